@@ -1,0 +1,36 @@
+# bertlab: `make setup` then `make test`. See README.md.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+NAME   ?=
+SCALE  ?= default
+
+.PHONY: setup test test-all experiment report bench clean
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# pinned on purpose: this version resolves to a local CPU wheel; an unpinned torch pulls CUDA wheels
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,plot,models]"
+
+test:
+	$(PY) -m pytest -q
+
+# includes the tests marked slow (long end-to-end runs)
+test-all:
+	$(PY) -m pytest -q -m "slow or not slow"
+
+experiment:
+	@test -n "$(NAME)" || { echo "usage: make experiment NAME=<name> [SCALE=smoke|default|full]  (see experiments/)"; exit 2; }
+	$(PY) -m bertlab experiment $(NAME) --scale $(SCALE)
+
+report:
+	@test -n "$(NAME)" || { echo "usage: make report NAME=<name>"; exit 2; }
+	$(PY) -m bertlab report $(NAME)
+
+bench:
+	$(PY) -m bertlab bench
+
+clean:
+	rm -rf build *.egg-info .pytest_cache

