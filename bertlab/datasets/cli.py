@@ -1,0 +1,46 @@
+"""``bertlab data list`` and ``bertlab data stats NAME [--json]``: the bundled corpora and their imbalance."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from bertlab.datasets.bundled import CORPORA, load
+from bertlab.datasets.stats import corpus_stats, format_stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bertlab data``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="bertlab data", description="bundled corpora and their statistics")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the bundled corpora")
+    stats = sub.add_parser("stats", help="per-split documents, sentences, tokens, mentions per type, "
+                                         "share, imbalance ratio, tokens per tag")
+    stats.add_argument("name", choices=list(CORPORA))
+    stats.add_argument("--split", action="append", choices=["train", "dev", "test"],
+                       help="only this split (repeatable); default all three")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    brat = stats.add_argument_group("brat flattening policies (maccrobat, jnlpba train)")
+    brat.add_argument("--overlap", choices=["longest", "shortest"])
+    brat.add_argument("--discontinuous", choices=["span", "fragments", "first"])
+    brat.add_argument("--inside-token", choices=["expand", "split", "drop"])
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        width = max(map(len, CORPORA))
+        for name, description in CORPORA.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+
+    options = {k: v for k, v in (("overlap", args.overlap), ("discontinuous", args.discontinuous),
+                                 ("inside_token", args.inside_token)) if v}
+    if options and args.name not in ("maccrobat", "jnlpba"):
+        parser.error(f"{args.name} is a CoNLL corpus; brat policies apply to maccrobat and jnlpba only")
+    all_stats = []
+    for split in args.split or ["train", "dev", "test"]:
+        split_options = options if args.name == "maccrobat" or split == "train" else {}
+        all_stats.append(corpus_stats(load(args.name, split, **split_options)))
+    if args.json:
+        print(json.dumps(all_stats, indent=1))
+    else:
+        print(format_stats(all_stats))
+    return 0

@@ -1,0 +1,365 @@
+"""Bundled corpora, readers, splits and statistics, checked against each corpus README's numbers."""
+import hashlib
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from bertlab.datasets import (DataError, corpus_dir, corpus_stats, entity_types, label_list, list_corpora, load,
+                              make_split, read_brat, read_conll, read_nbme, read_split, write_conll)
+from bertlab.datasets.brat import overlap_pairs, parse_ann, word_tokenize
+from bertlab.datasets.bundled import DATA, jnlpba_devel_ids
+from bertlab.datasets.cli import main as data_main
+from bertlab.datasets.tags import spans_from_tags
+
+from conftest import REPO
+
+NBME_SAMPLE = REPO / "tests" / "data" / "nbme_sample"
+CONLL_CORPORA = ["ncbi_disease", "bionlp13cg", "bc5cdr", "anatem"]
+
+
+def readme_table(name, first_header):
+    """Rows of the Markdown table in a bundled README whose header starts with ``first_header``:
+    ``{first cell: [other cells as int where they are numbers]}``."""
+    lines = (corpus_dir(name) / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header} |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        rows[cells[0]] = [int(c.replace(",", "")) if re.fullmatch(r"[\d,]+", c) else c for c in cells[1:]]
+    return rows
+
+
+def mentions_per_type(corpus):
+    return Counter(t for s in corpus.sentences for _, _, t in spans_from_tags(s.tags))
+
+
+# ---------------------------------------------------------------------------------------- bundle
+@pytest.mark.parametrize("name", ["maccrobat", "ncbi_disease", "bionlp13cg", "jnlpba", "bc5cdr", "anatem"])
+def test_bundled_files_match_manifest_sha1(name):
+    folder = corpus_dir(name)
+    rows = (folder / "MANIFEST.tsv").read_text(encoding="utf-8").splitlines()
+    header = rows[0].split("\t")
+    assert header[:1] == ["local_path"] and "git_blob_sha1" in header
+    checked = 0
+    for row in rows[1:]:
+        record = dict(zip(header, row.split("\t")))
+        data = (folder / record["local_path"]).read_bytes()
+        assert len(data) == int(record["bytes"]), record["local_path"]
+        assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == record["git_blob_sha1"], record["local_path"]
+        checked += 1
+    assert checked == len(rows) - 1 > 0
+    assert (folder / "README.md").exists() and (folder / "ATTRIBUTION.md").exists()
+    assert any(p.name.upper().startswith(("LICENSE", "REPO_LICENSE")) for p in folder.iterdir())
+
+
+def test_list_and_label_list():
+    assert list_corpora() == ["maccrobat", "ncbi_disease", "bionlp13cg", "jnlpba", "bc5cdr", "anatem"]
+    assert label_list(["Z", "A", "A"]) == ["O", "B-A", "I-A", "B-Z", "I-Z"]
+    assert entity_types("bc5cdr") == ["Chemical", "Disease"]
+    with pytest.raises(ValueError, match="unknown corpus 'nope'; bundled corpora: maccrobat"):
+        load("nope")
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        load("ncbi_disease", "validation")
+
+
+# ---------------------------------------------------------------------------------- CoNLL corpora
+@pytest.mark.parametrize("name", CONLL_CORPORA)
+def test_conll_corpus_stats_match_readme(name):
+    splits = readme_table(name, "split")
+    types = readme_table(name, "entity type")
+    for column, (split, alias) in enumerate([("train", "train"), ("dev", "devel"), ("test", "test")]):
+        corpus = load(name, alias)
+        assert corpus.split == split
+        stats = corpus_stats(corpus)
+        _, _, sentences, tokens, mentions = splits[alias]
+        assert (stats["sentences"], stats["tokens"], stats["total_mentions"]) == (sentences, tokens, mentions)
+        assert stats["documents"] == sentences  # no document markers: one document per sentence
+        expected = {t: row[column] for t, row in types.items() if t != "all" and row[column]}
+        assert stats["mentions"] == expected
+        assert abs(sum(stats["share"].values()) - 1) < 1e-9
+        assert stats["imbalance_ratio"] == max(expected.values()) / min(expected.values())
+        assert sum(stats["tag_counts"].values()) == tokens
+        assert sum(n for tag, n in stats["tag_counts"].items() if tag.startswith("B-")) == mentions
+
+
+def test_ncbi_duplicates_kept_by_default_and_droppable():
+    kept = load("ncbi_disease", "train")
+    dropped = load("ncbi_disease", "train", drop_duplicates=True)
+    assert corpus_stats(kept)["total_mentions"] == 5145
+    n_dropped = dropped.notes["duplicates_dropped"]
+    # README: dup_within_train 32 counts token sequences; one repeated sentence ("Familial
+    # Mediterranean fever ( FMF ) ...") is tagged differently, so 31 are exact (tokens and tags) repeats
+    token_repeats = Counter(tuple(s.tokens) for s in kept.sentences)
+    assert sum(n - 1 for n in token_repeats.values()) == 32
+    assert n_dropped == 31
+    assert len(dropped.sentences) == len(kept.sentences) - n_dropped
+    assert corpus_stats(dropped)["total_mentions"] < 5145
+
+
+# ------------------------------------------------------------------------------------------- JNLPBA
+@pytest.fixture(scope="module")
+def jnlpba_train():
+    return load("jnlpba", "train")
+
+
+def test_jnlpba_splits_match_readme(jnlpba_train):
+    conll = readme_table("jnlpba", "split")  # the first "| split |" table is the CoNLL one
+    types = ["protein", "DNA", "cell_type", "cell_line", "RNA"]
+    lines = (corpus_dir("jnlpba") / "README.md").read_text(encoding="utf-8")
+    train_row = re.search(r"\| standoff/train minus devel IDs \(= train\) \|([^\n]+)", lines).group(1)
+    docs, _, _, mentions, *per_type = [int(c.replace(",", "")) for c in train_row.strip(" |").split("|")]
+    header = re.search(r"\| split \| documents \| lines \|[^\n]+", lines).group().strip("|").split("|")
+    header_types = [h.strip() for h in header[5:]]
+
+    stats = corpus_stats(jnlpba_train)
+    assert stats["documents"] == docs == 1800
+    assert stats["total_mentions"] == mentions == 46750
+    assert stats["mentions"] == dict(zip(header_types, per_type))
+    assert sum(jnlpba_train.notes["mentions"].values()) == 46750 and not jnlpba_train.notes["dropped"]
+    assert not {d.doc_id for d in jnlpba_train.documents} & set(jnlpba_devel_ids())
+    # the PubMed text glues 19 mentions to a neighbour ("p70I kappa B"): tokens are cut there, counted
+    assert sum(jnlpba_train.notes["changed"]["split_token"].values()) == 19
+
+    for split, alias in (("dev", "devel"), ("test", "test")):
+        corpus = load("jnlpba", split)
+        s = corpus_stats(corpus)
+        _, docs_, sentences, tokens, mentions = conll[alias]
+        assert (s["documents"], s["sentences"], s["tokens"], s["total_mentions"]) == (docs_, sentences, tokens, mentions)
+        column = 0 if split == "dev" else 1
+        assert s["mentions"] == {t: r[column] for t, r in readme_table("jnlpba", "entity type").items() if t != "all"}
+    assert [d.doc_id for d in load("jnlpba", "dev").documents] == jnlpba_devel_ids()
+    assert set(types) == set(entity_types("jnlpba"))
+
+
+def test_jnlpba_standoff_test_matches_conll_test_counts():
+    standoff = load("jnlpba", "test", test_source="standoff")
+    assert len(standoff.documents) == 404
+    assert mentions_per_type(standoff) == mentions_per_type(load("jnlpba", "test"))
+
+
+# ---------------------------------------------------------------------------------------- MACCROBAT
+@pytest.fixture(scope="module")
+def maccrobat_all():
+    """All 200 documents, default policies, read in one go."""
+    return read_brat(DATA / "maccrobat" / "brat", name="maccrobat")
+
+
+def test_maccrobat_counts_match_readme(maccrobat_all):
+    ((docs, (sentences, _, tokens, _, mentions, n_types)),) = readme_table("maccrobat", "documents").items()
+    assert (int(docs), sentences, tokens, mentions, n_types) == (200, 4541, 107297, 25189, 41)
+    readme_types = {t: row[0] for t, row in readme_table("maccrobat", "entity type").items() if t != "all"}
+    corpus = maccrobat_all
+    assert len(corpus.documents) == 200
+    assert len(corpus.sentences) == sentences and sum(len(s.tokens) for s in corpus.sentences) == tokens
+    assert dict(corpus.notes["mentions"]) == readme_types
+    assert sum(readme_types.values()) == mentions and len(readme_types) == n_types
+    assert entity_types("maccrobat") == sorted(readme_types)
+    # every T line is either tagged or counted as dropped, per type
+    dropped = Counter()
+    for counts in corpus.notes["dropped"].values():
+        dropped.update(counts)
+    assert corpus.notes["kept"] + dropped == corpus.notes["mentions"]
+    assert mentions_per_type(corpus) == corpus.notes["kept"]
+
+
+def test_maccrobat_overlap_pairs_match_readme():
+    # README: 364 nested pairs, 124 identical spans with two types, 1 crossing pair
+    counts = Counter()
+    for txt in sorted((DATA / "maccrobat" / "brat").glob("*.txt")):
+        mentions = parse_ann(txt.with_suffix(".ann"), txt.read_text(encoding="utf-8"))
+        counts += overlap_pairs([(m.fragments[0][0], m.fragments[-1][1], m.type) for m in mentions])
+    assert counts == Counter(nested=364, identical=124, crossing=1)
+
+
+def test_maccrobat_brat_to_bio_to_spans_recovers_kept_mentions(maccrobat_all):
+    """Decoded tag spans are exactly the annotated spans (aligned to tokens) the policies keep."""
+    for doc in maccrobat_all.documents:
+        text = doc.text
+        tokens = [o for _, o in word_tokenize(text)]
+        annotated = Counter()
+        for m in parse_ann(DATA / "maccrobat" / "brat" / f"{doc.doc_id}.ann", text):
+            start, end = m.fragments[0][0], m.fragments[-1][1]
+            touched = [(s, e) for s, e in tokens if s < end and start < e]  # brute force alignment
+            annotated[(touched[0][0], touched[-1][1], m.type)] += 1
+        decoded = Counter()
+        for s in doc.sentences:
+            for a, b, t in spans_from_tags(s.tags):
+                decoded[(s.offsets[a][0], s.offsets[b - 1][1], t)] += 1
+        assert not decoded - annotated, doc.doc_id  # nothing invented
+        # and nothing kept goes missing: distinct decoded spans never overlap (IOB2 can't hold more)
+        spans = sorted(decoded)
+        assert all(e1 <= s2 for (_, e1, _), (s2, _, _) in zip(spans, spans[1:]))
+
+
+def test_maccrobat_policies_are_counted(maccrobat_all):
+    notes = maccrobat_all.notes
+    assert sum(notes["changed"]["discontinuous_merged"].values()) == 44  # README: 44 discontinuous
+    assert sum(notes["dropped"]["crosses_sentence"].values()) == 5
+    assert sum(notes["dropped"]["identical"].values()) == 121
+    assert sum(notes["dropped"]["nested"].values()) == 357
+    assert sum(notes["changed"]["expanded"].values()) == 31
+    shortest = read_brat(DATA / "maccrobat" / "brat", name="maccrobat", overlap="shortest",
+                         inside_token="drop")
+    assert sum(shortest.notes["dropped"]["inside_token"].values()) == 31
+    assert "expanded" not in shortest.notes["changed"]
+    kept_plus_dropped = shortest.notes["kept"] + sum(shortest.notes["dropped"].values(), Counter())
+    assert kept_plus_dropped == shortest.notes["mentions"]
+    fragments = read_brat(DATA / "maccrobat" / "brat", ["21308977"], discontinuous="fragments")
+    assert sum(fragments.notes["changed"]["fragments_split"].values()) == 6
+
+
+def test_maccrobat_split_file_is_stable_and_used():
+    shipped = read_split(DATA / "maccrobat" / "split.json")
+    ids = sorted(p.stem for p in (DATA / "maccrobat" / "brat").glob("*.txt"))
+    regenerated = make_split(ids, (160, 20, 20), seed=shipped["seed"])
+    assert {k: shipped[k] for k in ("train", "dev", "test")} == regenerated
+    assert make_split(list(reversed(ids)), seed=0) == regenerated  # input order does not matter
+    assert make_split(ids, seed=1) != regenerated
+    # pinned, so a change in Python's random or in the split code shows up on any platform
+    assert shipped["dev"][:3] == ["20146086", "21477357", "22781096"]
+    assert shipped["sizes"] == [160, 20, 20]
+    assert sorted(shipped["train"] + shipped["dev"] + shipped["test"]) == ids
+    dev = load("maccrobat", "dev")
+    assert [d.doc_id for d in dev.documents] == shipped["dev"]
+    assert [d.doc_id for d in dev.subset(3).documents] == shipped["dev"][:3]
+    fractions = make_split([f"d{i}" for i in range(10)], (0.8, 0.1, 0.1), seed=0)
+    assert [len(fractions[k]) for k in ("train", "dev", "test")] == [8, 1, 1]
+    with pytest.raises(ValueError, match="sum to 199, but there are 200 documents"):
+        make_split(ids, (160, 20, 19))
+
+
+# ----------------------------------------------------------------------------------- CoNLL reader
+def test_conll_reader_documents_schemes_and_round_trip(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("-DOCSTART- O\n\nAspirin B-Drug\ncauses O\nulcers B-Disease\n\n"
+                    "-DOCSTART- O\n\nNo O\nrisk O\n", encoding="utf-8")
+    corpus = read_conll(path, split="test")
+    assert [d.doc_id for d in corpus.documents] == ["test-0", "test-1"]
+    assert corpus.sentences[0].tags == ["B-Drug", "O", "B-Disease"]
+    bilou = tmp_path / "bilou.tsv"
+    write_conll(corpus, bilou, scheme="BILOU")
+    assert "U-Drug" in bilou.read_text()
+    again = read_conll(bilou, scheme="BILOU", split="test")
+    assert [s.tags for s in again.sentences] == [s.tags for s in corpus.sentences]
+    iob1 = tmp_path / "iob1.tsv"
+    iob1.write_text("a\tI-X\nb\tB-X\nc\tO\n", encoding="utf-8")
+    assert read_conll(iob1, scheme="IOB1").sentences[0].tags == ["B-X", "B-X", "O"]
+
+
+def test_conll_lenient_repair_reports_changes(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("a\tO\nb\tI-X\nc\tI-X\n\nd\tI-Y\n", encoding="utf-8")
+    corpus = read_conll(path, repair=True)
+    assert [s.tags for s in corpus.sentences] == [["O", "B-X", "I-X"], ["B-Y"]]
+    assert corpus.notes["repairs"] == [f"{path}:2: I-X -> B-X", f"{path}:5: I-Y -> B-Y"]
+
+
+# ------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("content, message", [
+    ("a\tO\nb\tO\tx\n", r":2: expected 2 columns like the first token line, got 3"),
+    ("a\tO\nb\tX-Drug\n", r":2: tag 'X-Drug' is not valid IOB2: expected 'O' or B-Type/I-Type"),
+    ("a\tO\nb\tDrug\n", r":2: tag 'Drug' is not valid IOB2"),
+    ("a\tO\n\nb\tO\nc\tI-Drug\n", r":4: I-Drug must follow B-Drug or I-Drug, not O \(strict IOB2"),
+    ("-DOCSTART-\tO\n\na\tO\n\n-DOCSTART-\tO\n\n", r":5: empty document: -DOCSTART- is followed by no sentence"),
+    ("a\n", r":1: expected at least 2 columns"),
+    ("\n\n", r": no sentences found"),
+])
+def test_conll_bad_input_names_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(str(path)) + message):
+        read_conll(path)
+
+
+def test_bad_encoding_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes("a\tO\n\ncaf\u00e9\tO\n".encode("latin-1"))
+    with pytest.raises(DataError, match=re.escape(str(path)) + r":3: cannot decode byte 0xe9 .* expected UTF-8"):
+        read_conll(path)
+    (tmp_path / "doc.txt").write_bytes(b"fi\xe8vre\n")
+    (tmp_path / "doc.ann").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match=r"doc.txt:1: cannot decode byte 0xe8"):
+        read_brat(tmp_path)
+
+
+@pytest.mark.parametrize("text, ann, message", [
+    ("Fever and rash.\n", "T1\tSign_symptom 0 5\tFever\nT2\tSign_symptom 10 40\trash\n",
+     r"doc.ann:2: T2: offsets 10 40 outside the text of .*doc.txt \(16 characters\)"),
+    ("Fever and rash.\n", "T1\tSign_symptom 0 5\tFevers\n",
+     r"doc.ann:1: T1: annotation text 'Fevers' does not match the text at offsets '0 5', which is 'Fever'"),
+    ("Fever and rash.\n", "T1\tSign_symptom zero 5\tFever\n", r"doc.ann:1: T1: expected '<Type> <start> <end>"),
+    ("Fever and rash.\n", "X1\tsomething\n", r"doc.ann:1: unknown annotation line 'X1\\tsomething'"),
+    ("Fever and rash.\n", "T1\tSign_symptom 0 5\n", r"doc.ann:1: expected 'T<n><TAB><Type> <start> <end><TAB><text>'"),
+    ("  \n\n", "", r"doc.txt:1: empty document"),
+])
+def test_brat_bad_input_names_file_and_annotation(tmp_path, text, ann, message):
+    (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "doc.ann").write_text(ann, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_brat(tmp_path)
+
+
+def test_brat_user_files_ignore_non_entity_lines(tmp_path):
+    (tmp_path / "d.txt").write_text("A 28-year-old man.\nNo fever.\n", encoding="utf-8")
+    (tmp_path / "d.ann").write_text("T1\tAge 2 13\t28-year-old\nE1\tAge:T1 \nT2\tSex 14 17\tman\n"
+                                    "R1\tMODIFY Arg1:T1 Arg2:T2\t\nA1\tPOLARITY T2 NEG\n#1\tAnnotatorNotes T1\tx\n"
+                                    "T3\tSign_symptom 22 27\tfever\n", encoding="utf-8")
+    corpus = read_brat(tmp_path)
+    first, second = corpus.sentences
+    assert first.tokens == ["A", "28", "-", "year", "-", "old", "man", "."]
+    assert first.tags == ["O", "B-Age", "I-Age", "I-Age", "I-Age", "I-Age", "B-Sex", "O"]
+    assert second.tags == ["O", "B-Sign_symptom", "O"] and second.offsets[1] == (22, 27)
+    assert corpus.documents[0].text[22:27] == "fever"
+
+
+# -------------------------------------------------------------------------------------------- NBME
+def test_nbme_sample_pairs():
+    pairs = {p.id: p for p in read_nbme(NBME_SAMPLE)}
+    assert len(pairs) == 8
+    p = pairs["100_001"]  # discontinuous "dad ... MI": two one-word mentions
+    assert p.feature_tokens == ["Family", "-", "history", "-", "of", "-", "MI"]
+    assert [(t, g) for t, g in zip(p.tokens, p.tags) if g != "O"] == [("dad", "B-FEATURE"), ("MI", "B-FEATURE")]
+    assert p.locations == [[(94, 97), (102, 104)]]
+    assert all(p.note_text[s:e] == tok for tok, (s, e) in zip(p.tokens, p.offsets))
+    assert set(pairs["100_003"].tags) == {"O"}  # feature absent: location []
+    # two overlapping annotations merge into one mention
+    p = pairs["200_100"]
+    assert [g for g in p.tags if g != "O"] == ["B-FEATURE", "I-FEATURE", "I-FEATURE", "I-FEATURE"]
+    assert read_nbme(NBME_SAMPLE, label="PRESENT")[0].tags.count("B-PRESENT") == 1
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("location", "['23 35;40']", r"train.csv:2: id 100_000: location \"\['23 35;40'\]\" is not a list"),
+    ("location", "['23 3500']", r"train.csv:2: id 100_000: location 23 3500 outside note 100"),
+    ("annotation", "['palpitation']", r"train.csv:2: id 100_000: annotation 'palpitation' does not match"),
+    ("pn_num", "999", r"train.csv:2: id 100_000: pn_num 999 is not in patient_notes.csv"),
+])
+def test_nbme_bad_input_names_file_line_and_id(tmp_path, column, value, message):
+    import csv
+    for name in ("patient_notes.csv", "features.csv"):
+        (tmp_path / name).write_bytes((NBME_SAMPLE / name).read_bytes())
+    with open(NBME_SAMPLE / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[0][column] = value
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match=message):
+        read_nbme(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def test_cli_list_and_stats(capsys):
+    assert data_main(["list"]) == 0
+    assert "maccrobat" in capsys.readouterr().out
+    assert data_main(["stats", "bc5cdr", "--split", "dev", "--json"]) == 0
+    (stats,) = json.loads(capsys.readouterr().out)
+    assert stats["split"] == "dev" and stats["mentions"] == {"Chemical": 5347, "Disease": 4246}
+    assert data_main(["stats", "ncbi_disease", "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "| test | 940 | 940 | 24,497 | 960 | 1 |" in out and "| B-Disease | 960 |" in out
