@@ -1,5 +1,7 @@
 """Encoders (BERT, DistilBERT) and the token-classification head."""
 from bertlab.models.bert import BERT_PRESETS, BertConfig, BertModel
+from bertlab.models.distilbert import DISTILBERT_PRESETS, DistilBertConfig, DistilBertModel
 from bertlab.models.heads import TokenClassifier
 
-__all__ = ["BERT_PRESETS", "BertConfig", "BertModel", "TokenClassifier"]
+__all__ = ["BERT_PRESETS", "BertConfig", "BertModel", "DISTILBERT_PRESETS", "DistilBertConfig",
+           "DistilBertModel", "TokenClassifier"]
