@@ -1,0 +1,489 @@
+"""Statistics for comparing NER runs, written in NumPy with scipy's names and results.
+
+scipy is used only for distribution functions (t, F, normal). Every test returns an object that
+unpacks like scipy's: ``statistic, pvalue = ttest_rel(a, b)``; extra fields (``df``) are attributes.
+
+Edge cases (the same answers as scipy.stats):
+
+- n < 2 (paired / one group) or no residual degrees of freedom: statistic and p-value are nan;
+- zero variance: t = ±inf and p = 0 when the means differ, nan when they are equal; Welch's df,
+  0/0 then, is taken as 1 as scipy does;
+- Wilcoxon with ties or zeros: no exact null distribution exists, so n ≤ 13 uses all 2^n sign
+  flips (a permutation test, as scipy does) and n > 13 the normal approximation with tie correction;
+- unequal group sizes: handled by every test (Student pools variances weighted by df; the two-way
+  ANOVA uses Type II sums of squares, which do not depend on the order of the factors).
+
+Which test to use for "3 seeds × 2 losses" is discussed in docs/evaluation.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import special
+from scipy.stats import f as f_dist
+from scipy.stats import norm
+from scipy.stats import t as t_dist
+
+ALTERNATIVES = ("two-sided", "less", "greater")
+
+
+class TestResult(tuple):
+    """``(statistic, pvalue)`` that also carries extra named values (``df``, ...) as attributes."""
+
+    __test__ = False  # not a pytest test class
+
+    def __new__(cls, statistic, pvalue, **extra):
+        result = super().__new__(cls, (float(statistic), float(pvalue)))
+        result.__dict__.update(extra)
+        return result
+
+    statistic = property(lambda self: self[0])
+    pvalue = property(lambda self: self[1])
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.__dict__.items())
+        return f"TestResult(statistic={self[0]!r}, pvalue={self[1]!r}{extra})"
+
+
+def _check_alternative(alternative: str) -> None:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, not {alternative!r}")
+
+
+def _t_pvalue(t: float, df: float, alternative: str) -> float:
+    _check_alternative(alternative)
+    if np.isnan(t) or np.isnan(df) or df <= 0:
+        return float("nan")
+    if alternative == "less":
+        return float(t_dist.cdf(t, df))
+    if alternative == "greater":
+        return float(t_dist.sf(t, df))
+    return float(min(2 * t_dist.sf(abs(t), df), 1.0))
+
+
+def _ratio(num: float, den: float) -> float:
+    """num/den with IEEE semantics (±inf, nan) and no warning: zero variance is an expected case."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(num) / np.float64(den))
+
+
+def _as_1d(x, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {x.shape}")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# t tests and ANOVA
+
+
+def ttest_rel(a, b, alternative: str = "two-sided") -> TestResult:
+    """Paired t test of the mean difference ``a − b`` (e.g. two systems on the same seeds).
+
+    t = mean(d) / (sd(d) / √n), sd with n − 1 denominator, df = n − 1. Returns ``(statistic,
+    pvalue)`` with ``.df``; as ``scipy.stats.ttest_rel``."""
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    d = a - b
+    n = len(d)
+    df = n - 1
+    if n < 2:
+        return TestResult(np.nan, np.nan, df=df)
+    t = _ratio(d.mean(), np.sqrt(d.var(ddof=1) / n))
+    return TestResult(t, _t_pvalue(t, df, alternative), df=df)
+
+
+def ttest_ind(a, b, equal_var: bool = True, alternative: str = "two-sided") -> TestResult:
+    """Two-sample t test of mean(a) − mean(b): Student's (pooled variance, ``equal_var=True``) or
+    Welch's (separate variances, Welch–Satterthwaite df). Groups may differ in size. Returns
+    ``(statistic, pvalue)`` with ``.df``; as ``scipy.stats.ttest_ind``."""
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    n1, n2 = len(a), len(b)
+    v1 = a.var(ddof=1) if n1 > 1 else np.nan
+    v2 = b.var(ddof=1) if n2 > 1 else np.nan
+    if equal_var:
+        df = float(n1 + n2 - 2)
+        if df <= 0:
+            return TestResult(np.nan, np.nan, df=df)
+        pooled = ((n1 - 1) * (v1 if n1 > 1 else 0.0) + (n2 - 1) * (v2 if n2 > 1 else 0.0)) / df
+        se = np.sqrt(pooled * (1.0 / n1 + 1.0 / n2))
+    else:
+        if n1 < 2 or n2 < 2:  # no variance estimate; df nan becomes 1, scipy's convention
+            return TestResult(np.nan, np.nan, df=1.0)
+        s1, s2 = v1 / n1, v2 / n2
+        df = _ratio((s1 + s2) ** 2, s1**2 / (n1 - 1) + s2**2 / (n2 - 1))
+        df = 1.0 if np.isnan(df) else df  # both variances zero: scipy's convention
+        se = np.sqrt(s1 + s2)
+    t = _ratio(a.mean() - b.mean(), se)
+    return TestResult(t, _t_pvalue(t, df, alternative), df=df)
+
+
+def f_oneway(*groups) -> TestResult:
+    """One-way ANOVA F test that all group means are equal (groups may differ in size).
+
+    F = (SS_between / (k − 1)) / (SS_within / (N − k)). As ``scipy.stats.f_oneway``."""
+    groups = [_as_1d(g, f"group {i}") for i, g in enumerate(groups)]
+    k, n = len(groups), sum(len(g) for g in groups)
+    if k < 2 or any(len(g) == 0 for g in groups) or n <= k:
+        return TestResult(np.nan, np.nan)
+    grand = np.concatenate(groups).mean()
+    ss_between = sum(len(g) * (g.mean() - grand) ** 2 for g in groups)
+    ss_within = sum(((g - g.mean()) ** 2).sum() for g in groups)
+    F = _ratio(ss_between / (k - 1), ss_within / (n - k))
+    p = float("nan") if np.isnan(F) else float(f_dist.sf(F, k - 1, n - k))
+    return TestResult(F, p)
+
+
+class AnovaTable(dict):
+    """An ANOVA table: ``{row: {"SS", "df", "MS", "F", "p"}}`` for rows ``A``, ``B``, ``A:B``,
+    ``Residual``; prints as a table."""
+
+    def __str__(self) -> str:
+        lines = [f"{'':>10s} {'SS':>12s} {'df':>6s} {'MS':>12s} {'F':>10s} {'p':>10s}"]
+        for name, r in self.items():
+            lines.append(f"{name:>10s} {r['SS']:>12.6g} {r['df']:>6g} {r['MS']:>12.6g} "
+                         f"{r['F']:>10.4g} {r['p']:>10.4g}")
+        return "\n".join(lines)
+
+
+def _dummies(codes: np.ndarray, n_levels: int) -> np.ndarray:
+    """Treatment coding: one column per level except the first."""
+    return (codes[:, None] == np.arange(1, n_levels)[None, :]).astype(np.float64)
+
+
+def _rss_rank(design: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    coef, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    return float(resid @ resid), int(rank)
+
+
+def anova_two_way(y, factor_a, factor_b) -> AnovaTable:
+    """Two-way ANOVA with interaction, Type II sums of squares.
+
+    ``y [n]`` the scores, ``factor_a [n]`` and ``factor_b [n]`` the level of each factor (any
+    labels). SS(A) = RSS(B) − RSS(A + B), SS(B) = RSS(A) − RSS(A + B), SS(A:B) = RSS(A + B) −
+    RSS(A * B), Residual = RSS(A * B); each F is tested against the residual mean square. For a
+    balanced design this is the textbook (and Type I/III) table; for unbalanced designs it equals
+    statsmodels' ``anova_lm(ols("y ~ C(a) * C(b)", data).fit(), typ=2)``. Empty cells reduce the
+    interaction df (the rank of the design decides every df)."""
+    y = _as_1d(y, "y")
+    a_levels, a = np.unique(np.asarray(factor_a), return_inverse=True)
+    b_levels, b = np.unique(np.asarray(factor_b), return_inverse=True)
+    if not len(y) == len(a) == len(b):
+        raise ValueError(f"y, factor_a, factor_b need equal lengths, got {len(y)}, {len(a)}, {len(b)}")
+    ones = np.ones((len(y), 1))
+    da, db = _dummies(a, len(a_levels)), _dummies(b, len(b_levels))
+    dab = (da[:, :, None] * db[:, None, :]).reshape(len(y), -1)
+    rss_a, rank_a = _rss_rank(np.hstack([ones, da]), y)
+    rss_b, rank_b = _rss_rank(np.hstack([ones, db]), y)
+    rss_add, rank_add = _rss_rank(np.hstack([ones, da, db]), y)
+    rss_full, rank_full = _rss_rank(np.hstack([ones, da, db, dab]), y)
+    df_res = len(y) - rank_full
+    ms_res = rss_full / df_res if df_res > 0 else np.nan
+    table = AnovaTable()
+    for name, ss, df in (("A", rss_b - rss_add, rank_add - rank_b), ("B", rss_a - rss_add, rank_add - rank_a),
+                         ("A:B", rss_add - rss_full, rank_full - rank_add)):
+        ms = ss / df if df > 0 else np.nan
+        F = _ratio(ms, ms_res)
+        p = float("nan") if np.isnan(F) else float(f_dist.sf(F, df, df_res))
+        table[name] = {"SS": float(ss), "df": float(df), "MS": float(ms), "F": F, "p": p}
+    table["Residual"] = {"SS": rss_full, "df": float(df_res), "MS": float(ms_res), "F": np.nan, "p": np.nan}
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Wilcoxon signed-rank
+
+
+def _rank_average(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ranks (1-based) of ``x`` and the size of each group of tied values."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    sizes = np.diff(np.r_[starts, len(x)])
+    average = starts + (sizes + 1) / 2.0  # mean of ranks starts+1 .. starts+sizes
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(average, sizes)
+    return ranks, sizes
+
+
+def _signed_rank_pmf(n: int) -> np.ndarray:
+    """Null distribution of W+ for n untied non-zero differences: P(W+ = s), s = 0 .. n(n+1)/2."""
+    counts = np.zeros(n * (n + 1) // 2 + 1)
+    counts[0] = 1.0
+    for k in range(1, n + 1):  # each rank k is in W+ or not: convolve with (1 + x^k)
+        counts[k:] = counts[k:] + counts[:-k].copy()
+    return counts / 2.0**n
+
+
+def _wilcoxon_parts(d: np.ndarray, zero_method: str):
+    """(W+, W−, mean, se, tied) of the signed-rank statistic, as scipy computes them."""
+    zeros = d == 0
+    kept = d[~zeros] if zero_method == "wilcox" else d
+    ranks, sizes = _rank_average(np.abs(kept))
+    r_plus = float(ranks[kept > 0].sum())
+    r_minus = float(ranks[kept < 0].sum())
+    if zero_method == "zsplit":
+        half = float(ranks[kept == 0].sum()) / 2
+        r_plus, r_minus = r_plus + half, r_minus + half
+    count = float(len(kept))
+    mean = count * (count + 1.0) * 0.25
+    var = count * (count + 1.0) * (2.0 * count + 1.0)
+    if zero_method == "pratt":
+        n_zero = float(zeros.sum())
+        mean -= n_zero * (n_zero + 1.0) * 0.25
+        var -= n_zero * (n_zero + 1.0) * (2.0 * n_zero + 1.0)
+        if n_zero:  # zeros are not a tie in the correction (they sort first)
+            sizes = sizes[1:]
+    se = np.sqrt((var - float((sizes**3 - sizes).sum()) / 2) / 24)
+    return r_plus, r_minus, mean, se, bool((sizes > 1).any())
+
+
+def wilcoxon(x, y=None, zero_method: str = "wilcox", correction: bool = False,
+             alternative: str = "two-sided", method: str = "auto") -> TestResult:
+    """Wilcoxon signed-rank test that the differences ``x − y`` (or ``x``) are symmetric about 0.
+
+    ``method="auto"`` (scipy's default): exact null distribution when n ≤ 50 and there are no ties
+    and no zeros; with ties or zeros, all 2^n sign flips when n ≤ 13 (a permutation test); the
+    normal approximation with tie correction otherwise. ``"exact"`` and ``"asymptotic"`` force a
+    method; ``correction`` applies a continuity correction to the approximation. ``zero_method``:
+    ``"wilcox"`` drops zero differences, ``"pratt"`` ranks them then drops them, ``"zsplit"``
+    splits their ranks between the signs. The statistic is min(W+, W−) for two-sided tests and W+
+    otherwise; the approximation also sets ``.zstatistic``. As ``scipy.stats.wilcoxon``."""
+    _check_alternative(alternative)
+    if zero_method not in ("wilcox", "pratt", "zsplit"):
+        raise ValueError(f"zero_method must be 'wilcox', 'pratt' or 'zsplit', not {zero_method!r}")
+    if method not in ("auto", "exact", "asymptotic"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'asymptotic', not {method!r}")
+    d = _as_1d(x, "x") if y is None else _as_1d(x, "x") - _as_1d(y, "y")
+    if len(d) == 0:
+        return TestResult(np.nan, np.nan)
+    r_plus, r_minus, mean, se, tied = _wilcoxon_parts(d, zero_method)
+    n_zero = int((d == 0).sum())
+    chosen = method
+    if method == "auto":
+        if len(d) > 50:
+            chosen = "asymptotic"
+        elif not (tied or n_zero):
+            chosen = "exact"
+        elif len(d) <= 13:
+            chosen = "permutation"
+        else:
+            chosen = "asymptotic"
+    statistic = min(r_plus, r_minus) if alternative == "two-sided" else r_plus
+    extra = {}
+    if chosen == "asymptotic":
+        z = _ratio(r_plus - mean, se)
+        if correction:
+            sign = {"greater": 1.0, "less": -1.0}.get(alternative, float(np.sign(z)))
+            z -= sign * 0.5 / se
+        p = {"less": norm.cdf(z), "greater": norm.sf(z)}.get(alternative, 2 * norm.sf(abs(z)))
+        if method == "asymptotic":
+            extra["zstatistic"] = -abs(z) if alternative == "two-sided" else z
+    elif chosen == "exact":
+        # with ties or zeros W+ may be fractional and the null is not exact; like scipy, round
+        # conservatively (up for the lower tail, down for the upper)
+        pmf = _signed_rank_pmf(int((d != 0).sum()) if zero_method == "wilcox" else len(d))
+        lower = pmf[: int(np.ceil(r_plus)) + 1].sum()
+        upper = pmf[int(np.floor(r_plus)):].sum()
+        p = {"less": lower, "greater": upper}.get(alternative, min(1.0, 2 * min(lower, upper)))
+    else:
+        p = _sign_flip_pvalue(d, lambda flipped: _wilcoxon_parts(flipped, zero_method)[0], alternative)
+    return TestResult(statistic, float(p), **extra)
+
+
+def _all_sign_flips(n: int) -> np.ndarray:
+    """Every ±1 pattern of length n, ``[2^n, n]``."""
+    bits = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
+    return 1.0 - 2.0 * bits
+
+
+def _sign_flip_pvalue(d: np.ndarray, statistic: Callable, alternative: str,
+                      signs: np.ndarray | None = None) -> float:
+    """p-value of ``statistic(d)`` against its values under sign flips of ``d`` (all 2^n if
+    ``signs`` is None, else the given random ones, with the +1 correction for random draws).
+    Comparisons allow scipy's relative tolerance of 100 machine epsilons."""
+    exact = signs is None
+    signs = _all_sign_flips(len(d)) if exact else signs
+    observed = statistic(d)
+    null = np.array([statistic(d * s) for s in signs])
+    gamma = abs(np.finfo(np.float64).eps * 100 * observed)
+    adjust = 0 if exact else 1
+    less = ((null <= observed + gamma).sum() + adjust) / (len(null) + adjust)
+    greater = ((null >= observed - gamma).sum() + adjust) / (len(null) + adjust)
+    p = {"less": less, "greater": greater}.get(alternative, 2 * min(less, greater))
+    return float(min(p, 1.0))
+
+
+def permutation_test_paired(a, b, n_resamples: int = 9999, seed: int | None = 0,
+                            alternative: str = "two-sided", statistic: Callable | None = None) -> TestResult:
+    """Paired permutation (sign-flip) test: under H0 each pair's difference ``a − b`` is as likely
+    to have either sign. ``statistic`` maps differences ``[n]`` to a number (default: the mean).
+
+    When 2^n ≤ ``n_resamples`` all sign patterns are enumerated and the p-value is exact (equal to
+    ``scipy.stats.permutation_test(..., permutation_type="samples")``); otherwise ``n_resamples``
+    random patterns from ``np.random.default_rng(seed)`` are drawn and p = (count + 1) /
+    (n_resamples + 1), never 0. Returns ``(statistic, pvalue)``."""
+    _check_alternative(alternative)
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    d = a - b
+    statistic = statistic or (lambda x: float(np.mean(x)))
+    if len(d) == 0:
+        return TestResult(np.nan, np.nan)
+    signs = None
+    if 2 ** min(len(d), 62) > n_resamples:
+        rng = np.random.default_rng(seed)
+        signs = np.where(rng.random((n_resamples, len(d))) < 0.5, -1.0, 1.0)
+    return TestResult(statistic(d), _sign_flip_pvalue(d, statistic, alternative, signs))
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple comparisons
+
+
+def bonferroni(pvalues, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Bonferroni correction: adjusted p = min(1, m·p). Returns ``(reject, pvalues_adjusted)`` as
+    statsmodels' ``multipletests(pvalues, alpha, method="bonferroni")[:2]``."""
+    p = _as_1d(pvalues, "pvalues")
+    adjusted = np.minimum(1.0, p * len(p))
+    return adjusted <= alpha, adjusted
+
+
+def holm(pvalues, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Holm–Bonferroni step-down correction (controls the family-wise error rate, uniformly more
+    powerful than Bonferroni): the i-th smallest p (i from 0) is multiplied by m − i, then made
+    non-decreasing. Returns ``(reject, pvalues_adjusted)`` in the input order, as statsmodels'
+    ``multipletests(pvalues, alpha, method="holm")[:2]``."""
+    p = _as_1d(pvalues, "pvalues")
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+    adjusted = np.empty_like(p)
+    adjusted[order] = stepped
+    return adjusted <= alpha, adjusted
+
+
+# ---------------------------------------------------------------------------------------------
+# effect sizes
+
+
+def cohens_d(a, b) -> float:
+    """Cohen's d for two independent groups: (mean(a) − mean(b)) / pooled sd, the pooled variance
+    weighting each group's (n − 1)-denominator variance by its df. nan if n_a + n_b < 3."""
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    df = len(a) + len(b) - 2
+    if df < 1 or len(a) == 0 or len(b) == 0:
+        return float("nan")
+    pooled = (((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / df
+    return _ratio(a.mean() - b.mean(), np.sqrt(pooled))
+
+
+def paired_d(a, b) -> float:
+    """Paired effect size d_z = mean(a − b) / sd(a − b) (sd with n − 1); equals the paired t
+    statistic divided by √n. nan if n < 2."""
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    d = a - b
+    if len(d) < 2:
+        return float("nan")
+    return _ratio(d.mean(), d.std(ddof=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# bootstrap
+
+
+@dataclass
+class ConfidenceInterval:
+    low: float
+    high: float
+
+    def __iter__(self):
+        return iter((self.low, self.high))
+
+
+@dataclass
+class BootstrapResult:
+    """As ``scipy.stats.bootstrap``'s result: the interval, every resampled statistic, and their
+    standard deviation (n − 1)."""
+
+    confidence_interval: ConfidenceInterval
+    bootstrap_distribution: np.ndarray
+    standard_error: float
+
+
+def bootstrap_ci(data, statistic: Callable, n_resamples: int = 9999, confidence_level: float = 0.95,
+                 method: str = "BCa", seed: int | None = 0) -> BootstrapResult:
+    """Bootstrap confidence interval of ``statistic(data)`` resampling the rows of ``data``.
+
+    ``data [n_units, ...]``: one row per resampling unit — for entity F1 the units are documents,
+    ``data`` their ``(tp, fp, fn)`` counts (``bertlab.metrics.entity_counts`` grouped with
+    ``group_by_document``) and ``statistic`` is ``bertlab.metrics.micro_f1``, because entities of
+    one document are not independent. ``statistic`` maps an array like ``data`` to a number.
+    ``method``: ``"percentile"`` or ``"BCa"`` (bias-corrected and accelerated, Efron & Tibshirani
+    14.3, the acceleration from the jackknife). Resamples are
+    ``np.random.default_rng(seed).integers(0, n, (n_resamples, n))``, the draw scipy makes, so a
+    seed reproduces the interval — and reproduces ``scipy.stats.bootstrap(..., rng=seed)``."""
+    method_key = method.lower()
+    if method_key not in ("percentile", "bca"):
+        raise ValueError(f"method must be 'percentile' or 'BCa', not {method!r}")
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
+    data = np.asarray(data)
+    n = len(data)
+    if n < 2:
+        raise ValueError(f"the bootstrap needs at least 2 resampling units, got {n}")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, n, (n_resamples, n))
+    theta_b = np.array([statistic(data[i]) for i in index], dtype=np.float64)
+    alpha = (1 - confidence_level) / 2
+    if method_key == "percentile":
+        levels = [alpha, 1 - alpha]
+    else:
+        theta_hat = float(statistic(data))
+        share = ((theta_b < theta_hat).sum() + (theta_b <= theta_hat).sum()) / (2 * n_resamples)
+        z0 = special.ndtri(share)
+        keep = np.ones(n, dtype=bool)
+        jack = np.empty(n)
+        for i in range(n):  # leave-one-unit-out estimates
+            keep[i] = False
+            jack[i] = statistic(data[keep])
+            keep[i] = True
+        u = (n - 1) * (jack.mean() - jack)
+        accel = 1 / 6 * ((u**3).sum() / n**3) / ((u**2).sum() / n**2) ** 1.5
+        z = special.ndtri(alpha)
+        levels = [special.ndtr(z0 + (z0 + zz) / (1 - accel * (z0 + zz))) for zz in (z, -z)]
+    low, high = np.quantile(theta_b, levels)
+    return BootstrapResult(ConfidenceInterval(float(low), float(high)), theta_b, float(theta_b.std(ddof=1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+
+
+def seeds_needed(difference: float, seed_sd: float, alpha: float = 0.05, power: float = 0.8,
+                 paired: bool = False, max_n: int = 1000) -> int:
+    """Smallest number of seeds per system for a two-sided t test at level ``alpha`` to detect a
+    true mean ``difference`` with probability ``power``, when scores vary across seeds with
+    standard deviation ``seed_sd`` (for ``paired=True``: the sd of the per-seed differences).
+    Uses the noncentral t distribution (exact power, not the normal approximation)."""
+    from scipy.stats import nct
+
+    for n in range(2, max_n + 1):
+        if paired:
+            df, ncp = n - 1, difference / seed_sd * np.sqrt(n)
+        else:
+            df, ncp = 2 * n - 2, difference / seed_sd * np.sqrt(n / 2)
+        crit = t_dist.ppf(1 - alpha / 2, df)
+        if nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp) >= power:
+            return n
+    raise ValueError(f"more than {max_n} seeds needed for difference {difference} with sd {seed_sd}")
+
+
+__all__ = ["ttest_rel", "ttest_ind", "f_oneway", "anova_two_way", "AnovaTable", "wilcoxon", "holm",
+           "bonferroni", "bootstrap_ci", "BootstrapResult", "ConfidenceInterval", "cohens_d", "paired_d",
+           "permutation_test_paired", "seeds_needed", "TestResult"]
