@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bertlab.models.crf import CRF, FORBIDDEN, iob2_allowed, pack_masked
+from bertlab.models.crf import CRF, iob2_allowed, pack_masked
 
 LABELS = ["O", "B-Dis", "I-Dis", "B-Drug", "I-Drug"]
 
@@ -130,7 +130,7 @@ def test_constrained_decoding_never_invalid():
     crf = CRF(len(LABELS), LABELS)  # zero transitions: the constraints alone must do the work
     unconstrained = CRF(len(LABELS))
     invalid_without = 0
-    for trial in range(50):
+    for trial in range(25):
         # emissions favour I- tags so that argmax alone would often be invalid
         e = torch.randn(16, 12, len(LABELS), generator=g) * 3
         e[..., 2] += 1.5
@@ -140,7 +140,7 @@ def test_constrained_decoding_never_invalid():
         for path in crf.decode(e, mask):
             assert is_valid_iob2([LABELS[i] for i in path])
         invalid_without += sum(not is_valid_iob2([LABELS[i] for i in p]) for p in unconstrained.decode(e, mask))
-    assert invalid_without > 100  # the test has teeth: unconstrained Viterbi does go wrong
+    assert invalid_without > 50  # the test has teeth: unconstrained Viterbi does go wrong
 
 
 def test_constrained_partition_only_counts_valid_sequences():

@@ -1,0 +1,16 @@
+"""Classic NER baselines beside the BERT models, on the same data, splits and metrics.
+
+* ``HMMTagger`` (NumPy): supervised HMM, add-k smoothing, suffix/shape unknown-word classes,
+  log-space Viterbi.                                              ``.fit(tokens, tags).predict(tokens)``
+* ``FeatureCRFTagger``: hand-crafted sparse features + linear-chain CRF, L-BFGS. Same fit/predict.
+* ``BiLSTMTagger`` (``head="softmax"|"crf"``): a ``TokenClassifier`` over a BiLSTM encoder, fed by
+  ``WordTokenizer`` windows; trained by ``bertlab.train`` like any BERT model.
+
+docs/baselines.md has the equations and where each one fails.
+"""
+from bertlab.baselines.bilstm import BiLSTMConfig, BiLSTMEncoder, BiLSTMTagger
+from bertlab.baselines.feature_crf import FeatureCRFTagger
+from bertlab.baselines.hmm import HMMTagger
+from bertlab.baselines.vocab import WordTokenizer
+
+__all__ = ["BiLSTMConfig", "BiLSTMEncoder", "BiLSTMTagger", "FeatureCRFTagger", "HMMTagger", "WordTokenizer"]
