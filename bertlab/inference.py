@@ -1,0 +1,196 @@
+"""From a trained model to tags and scores: word logits, decoding, evaluation.
+
+    sentences --encode_words--> windows --model--> subword logits --word_predictions--> word logits
+    word logits --decode--> tags --entity_report--> scores
+
+Decodes (all read the same word logits, so they come from one forward pass):
+
+- ``"argmax"``: each word's highest-scoring label (softmax heads).
+- ``"viterbi"``: the CRF's best IOB2-valid tag sequence over the sentence's words (CRF heads).
+- ``"knn"``: each word's label voted by its k nearest *training* words in logit space
+  (``fit_knn_on_train``, ``bertlab.knn.KNNClassifier``, k = 17 as in the BTL paper).
+
+Argmax and KNN predict one label per word independently, so they can produce sequences that are
+not valid IOB2 (``O I-X``). Scoring is strict IOB2 (seqeval ``mode="strict"``): such an orphan
+``I-X`` is simply not an entity, which is the conservative reading; the tolerant conlleval reading
+(an orphan ``I-X`` starts an entity) is reported next to it (``micro_f1_conlleval``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from bertlab.metrics import entity_report, token_report, unweighted_accuracy
+from bertlab.sampling import collate
+from bertlab.tokenization import word_predictions
+
+DECODES = ("argmax", "viterbi", "knn")
+
+
+def _words(sentences) -> list[list[str]]:
+    """Accept Sentence objects (``.tokens``) or plain lists of words."""
+    return [list(s.tokens) if hasattr(s, "tokens") else list(s) for s in sentences]
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int = 32,
+                batch_size: int = 64, precision: str = "fp32") -> list[np.ndarray]:
+    """Per-sentence float32 arrays ``[n_words, C]``: the logits at each word's first subword.
+
+    ``sentences``: Sentence objects or lists of words. Long sentences become overlapping windows
+    (``max_length`` subwords, ``stride`` overlap); ``tokenizer.word_predictions`` merges them so
+    each word is read from the one window that owns it (no double counting). Windows are run
+    sorted by length in batches of ``batch_size`` to keep padding small. ``precision="bf16"``
+    runs the model under bf16 autocast (logits are returned in float32). The model is put in eval
+    mode for the call and restored to its previous mode afterwards.
+    """
+    words = _words(sentences)
+    windows = tokenizer.batch_encode(words, None, max_length, stride)
+    flat = [w for ws in windows for w in ws]
+    order = sorted(range(len(flat)), key=lambda j: len(flat[j]))
+    out: list = [None] * len(flat)
+    device = _device_of(model)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    was_training = model.training
+    model.eval()
+    try:
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            batch = collate([flat[j] for j in chunk], pad_token_id=tokenizer.pad_token_id)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast:
+                logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            logits = logits.float().cpu().numpy()
+            for row, j in enumerate(chunk):
+                out[j] = logits[row, :len(flat[j])]
+    finally:
+        model.train(was_training)
+    result, k = [], 0
+    num_labels = model.num_labels
+    for sentence_words, ws in zip(words, windows):
+        if not sentence_words:
+            result.append(np.zeros((0, num_labels), dtype=np.float32))
+        else:
+            result.append(word_predictions(ws, out[k:k + len(ws)]))
+        k += len(ws)
+    return result
+
+
+def decode_argmax(logits: list[np.ndarray], labels: list[str]) -> list[list[str]]:
+    """Each word's highest-scoring label."""
+    return [[labels[i] for i in l.argmax(-1)] if len(l) else [] for l in logits]
+
+
+@torch.no_grad()
+def decode_viterbi(model, logits: list[np.ndarray], batch_size: int = 256) -> list[list[str]]:
+    """The CRF's best tag sequence for each sentence (``model.crf``), IOB2-valid by construction.
+
+    The CRF runs over the sentence's words (the word logits are its emissions), also for sentences
+    that were split into several windows for the encoder.
+    """
+    if getattr(model, "crf", None) is None:
+        raise ValueError("decode='viterbi' needs a model with a CRF head (head='crf')")
+    labels = model.labels
+    crf = model.crf
+    device = crf.transitions.device
+    out = []
+    for lo in range(0, len(logits), batch_size):
+        chunk = logits[lo:lo + batch_size]
+        T = max((len(l) for l in chunk), default=0)
+        if T == 0:
+            out.extend([] for _ in chunk)
+            continue
+        emissions = np.zeros((len(chunk), T, len(labels)), dtype=np.float32)
+        mask = np.zeros((len(chunk), T), dtype=bool)
+        for b, l in enumerate(chunk):
+            emissions[b, :len(l)] = l
+            mask[b, :len(l)] = True
+        paths = crf.decode(torch.from_numpy(emissions).to(device), torch.from_numpy(mask).to(device))
+        out.extend([labels[i] for i in p] for p in paths)
+    return out
+
+
+def fit_knn_on_train(model, tokenizer, train_sentences, k: int = 17, metric: str = "euclidean",
+                     max_length: int = 128, stride: int = 32, batch_size: int = 64,
+                     precision: str = "fp32", logits: list[np.ndarray] | None = None):
+    """A ``bertlab.knn.KNNClassifier`` fitted on the training set's word logits.
+
+    Every word of a training sentence is labelled (its gold tag), so X is all training words'
+    logits ``[N_words, C]`` and y their label ids. Pass precomputed ``logits`` to skip the forward pass.
+    """
+    from bertlab.knn import KNNClassifier
+    label2id = {l: i for i, l in enumerate(model.labels)}
+    if logits is None:
+        logits = word_logits(model, tokenizer, train_sentences, max_length, stride, batch_size, precision)
+    X = np.concatenate([l for l in logits if len(l)], axis=0)
+    y = np.array([label2id[t] for s in train_sentences for t in s.tags], dtype=np.int64)
+    if len(X) != len(y):
+        raise ValueError(f"{len(X)} word logits but {len(y)} training tags")
+    return KNNClassifier(k=k, metric=metric).fit(X, y)
+
+
+def decode_knn(knn, logits: list[np.ndarray], labels: list[str]) -> list[list[str]]:
+    """Each word's label by a vote of its k nearest training words (may be invalid IOB2)."""
+    lengths = [len(l) for l in logits]
+    if sum(lengths) == 0:
+        return [[] for _ in logits]
+    ids = np.asarray(knn.predict(np.concatenate([l for l in logits if len(l)], axis=0)))
+    out, k = [], 0
+    for n in lengths:
+        out.append([labels[i] for i in ids[k:k + n]])
+        k += n
+    return out
+
+
+def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_length: int = 128,
+             stride: int = 32, batch_size: int = 64, precision: str = "fp32",
+             logits: list[np.ndarray] | None = None) -> dict:
+    """Score ``model`` on a Corpus (or a list of Sentences) with one decode.
+
+    Returns ``{"decode", "micro_f1", "micro_f1_conlleval", "entity_report", "entity_conlleval",
+    "token", "unweighted_accuracy", "predictions"}``: ``entity_report`` is ``entity_report(..., scheme="IOB2",
+    mode="strict")`` (seqeval's dict layout), ``entity_conlleval`` the tolerant conlleval reading,
+    ``token`` the token-level report, ``unweighted_accuracy`` the mean per-label recall, and
+    ``predictions`` one ``{"doc_id", "sentence", "tokens", "tags" (gold), "pred"}`` per sentence (sentence =
+    index within its document), for bootstrapping over documents. ``decode="knn"`` needs ``knn``
+    (see ``fit_knn_on_train``); ``logits`` reuses word logits computed earlier for these sentences.
+    """
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    if decode == "knn" and knn is None:
+        raise ValueError("decode='knn' needs knn= (a classifier from fit_knn_on_train)")
+    sentences = corpus.sentences if hasattr(corpus, "sentences") else list(corpus)
+    if logits is None:
+        logits = word_logits(model, tokenizer, sentences, max_length, stride, batch_size, precision)
+    if decode == "argmax":
+        pred = decode_argmax(logits, model.labels)
+    elif decode == "viterbi":
+        pred = decode_viterbi(model, logits)
+    else:
+        pred = decode_knn(knn, logits, model.labels)
+    gold = [list(s.tags) for s in sentences]
+    strict = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
+    tolerant = entity_report(gold, pred, mode="conlleval", zero_division=0)
+    predictions, index_in_doc, last_doc = [], 0, None
+    for s, p in zip(sentences, pred):
+        index_in_doc = index_in_doc + 1 if s.doc_id == last_doc else 0
+        last_doc = s.doc_id
+        predictions.append({"doc_id": s.doc_id, "sentence": index_in_doc, "tokens": list(s.tokens),
+                            "tags": list(s.tags), "pred": p})
+    return {
+        "decode": decode,
+        "micro_f1": strict["micro avg"]["f1-score"],
+        "micro_f1_conlleval": tolerant["micro avg"]["f1-score"],
+        "entity_report": dict(strict),
+        "entity_conlleval": dict(tolerant),
+        "token": dict(token_report(gold, pred, zero_division=0)),
+        "unweighted_accuracy": unweighted_accuracy(gold, pred),
+        "predictions": predictions,
+    }

@@ -1,0 +1,137 @@
+"""Inference against references: one forward per window (word logits), brute force (Viterbi over
+all tag sequences, nearest neighbours in float64), and seqeval (strict and conlleval scoring)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from bertlab.datasets import Corpus, Document, Sentence
+from bertlab.inference import (decode_argmax, decode_knn, decode_viterbi, evaluate, fit_knn_on_train,
+                               word_logits)
+
+LABELS = ["O", "B-Drug", "I-Drug", "B-Sign", "I-Sign"]
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path):
+    from bertlab.tokenization import Tokenizer
+    return Tokenizer.from_pretrained(minilm_path)
+
+
+def tiny_model(head="softmax"):
+    from bertlab.checkpoint import build_model
+    from bertlab.models.heads import TokenClassifier
+    torch.manual_seed(0)
+    model = build_model("minilm", LABELS, **TINY)
+    if head == "crf":
+        model = TokenClassifier(model.encoder, LABELS, head="crf")
+        with torch.no_grad():
+            model.crf.transitions.normal_()
+            model.crf.start_transitions.normal_()
+            model.crf.end_transitions.normal_()
+    return model.eval()
+
+
+LONG = ("the patient had severe chest pain and fever after aspirin was given daily for a "
+        "persistent headache with nausea").split()
+SHORT = "aspirin for pain".split()
+
+
+def test_word_logits_read_each_word_once_from_its_owning_window(tokenizer):
+    model = tiny_model()
+    max_length, stride = 10, 3
+    out = word_logits(model, tokenizer, [LONG, SHORT, []], max_length=max_length, stride=stride, batch_size=3)
+    assert [o.shape for o in out] == [(len(LONG), 5), (len(SHORT), 5), (0, 5)]
+    windows = tokenizer.encode_words(LONG, max_length=max_length, stride=stride)
+    assert len(windows) > 2  # the sentence really is split into overlapping windows
+    expected = np.full((len(LONG), 5), np.nan, dtype=np.float32)
+    owners = np.zeros(len(LONG), dtype=int)
+    with torch.no_grad():
+        for w in windows:  # one window at a time: no padding, no batching
+            logits = model(torch.tensor([w.input_ids]), torch.ones(1, len(w), dtype=torch.long),
+                           torch.tensor([w.token_type_ids]))[0].numpy()
+            for t, owned in enumerate(w.owned):
+                if owned:
+                    expected[w.word_ids[t]] = logits[t]
+                    owners[w.word_ids[t]] += 1
+    assert (owners == 1).all()  # every word read exactly once
+    np.testing.assert_allclose(out[0], expected, atol=1e-5, rtol=1e-5)
+    # the model's mode is restored
+    model.train()
+    word_logits(model, tokenizer, [SHORT], max_length=max_length, stride=stride)
+    assert model.training
+
+
+def test_decode_argmax_and_strict_versus_conlleval_scoring_match_seqeval():
+    """Per-word argmax can produce an orphan I- tag; strict IOB2 scoring ignores it, the conlleval
+    reading counts it as an entity. Both equal seqeval's."""
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+    gold = [["B-Drug", "O", "B-Sign", "I-Sign"], ["O", "B-Sign"], ["B-Drug", "I-Drug"]]
+    pred = [["B-Drug", "O", "O", "I-Sign"], ["O", "B-Sign"], ["I-Drug", "I-Drug"]]
+    logits = [np.eye(5, dtype=np.float32)[[LABELS.index(t) for t in p]] for p in pred]
+    assert decode_argmax(logits, LABELS) == pred
+    sentences = [Sentence(tokens=[f"w{i}" for i in range(len(g))], tags=g, doc_id=d)
+                 for g, d in zip(gold, ["a", "a", "b"])]
+    corpus = Corpus("toy", "test", [Document("a", sentences[:2]), Document("b", sentences[2:])])
+
+    class Labelled:  # evaluate only needs .labels when the logits are given
+        labels = LABELS
+
+    result = evaluate(Labelled(), None, corpus, decode="argmax", logits=logits)
+    assert result["micro_f1"] == pytest.approx(f1_score(gold, pred, mode="strict", scheme=IOB2))
+    assert result["micro_f1_conlleval"] == pytest.approx(f1_score(gold, pred))
+    assert result["micro_f1"] != result["micro_f1_conlleval"]  # the orphan tags make a difference
+    assert [(p["doc_id"], p["sentence"]) for p in result["predictions"]] == [("a", 0), ("a", 1), ("b", 0)]
+    assert [p["pred"] for p in result["predictions"]] == pred
+    assert set(result["entity_report"]) >= {"Drug", "Sign", "micro avg", "macro avg", "weighted avg"}
+
+
+def test_viterbi_decode_equals_brute_force_over_all_sequences(tokenizer):
+    model = tiny_model("crf")
+    sentences = [SHORT, "fever".split(), "chest pain".split()]
+    logits = word_logits(model, tokenizer, sentences, max_length=16, stride=4)
+    paths = decode_viterbi(model, logits, batch_size=2)  # batches of different lengths: padding
+    crf = model.crf
+    trans, start, end = (t.detach() for t in crf._potentials(torch.float32))
+    for emissions, path in zip(logits, paths):
+        e = torch.from_numpy(emissions)
+
+        def score(seq):
+            s = start[seq[0]] + e[0, seq[0]] + end[seq[-1]]
+            return s + sum(trans[a, b] + e[t + 1, b] for t, (a, b) in enumerate(zip(seq, seq[1:])))
+
+        best = max(itertools.product(range(5), repeat=len(e)), key=lambda seq: float(score(seq)))
+        assert path == [LABELS[i] for i in best]
+
+
+def test_knn_decode_equals_brute_force_nearest_training_word(tokenizer):
+    model = tiny_model()
+    train = [Sentence(LONG, ["O"] * 4 + ["B-Sign", "I-Sign", "O", "B-Sign", "O", "B-Drug"] + ["O"] * 6
+                      + ["B-Sign", "O", "B-Sign"], "d0"),
+             Sentence(SHORT, ["B-Drug", "O", "B-Sign"], "d1")]
+    assert len(train[0].tags) == len(LONG)
+    knn = fit_knn_on_train(model, tokenizer, train, k=1, max_length=10, stride=3)
+    queries = [["severe", "headache", "and", "aspirin"], ["pain"]]
+    q = word_logits(model, tokenizer, queries, max_length=10, stride=3)
+    X = np.concatenate(word_logits(model, tokenizer, train, max_length=10, stride=3)).astype(np.float64)
+    y = [t for s in train for t in s.tags]
+    expected = [[y[int(np.argmin(((X - row) ** 2).sum(1)))] for row in l.astype(np.float64)] for l in q]
+    assert decode_knn(knn, q, LABELS) == expected
+    # k = 1 on the training set itself gives back its gold tags
+    own = word_logits(model, tokenizer, train, max_length=10, stride=3)
+    assert decode_knn(knn, own, LABELS) == [s.tags for s in train]
+    result = evaluate(model, tokenizer, train, decode="knn", knn=knn, max_length=10, stride=3)
+    assert result["micro_f1"] == 1.0
+
+
+def test_evaluate_rejects_unknown_decode_and_missing_knn():
+    with pytest.raises(ValueError, match="decode must be one of"):
+        evaluate(None, None, [], decode="beam")
+    with pytest.raises(ValueError, match="needs knn="):
+        evaluate(None, None, [], decode="knn")

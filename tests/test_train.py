@@ -1,0 +1,439 @@
+"""The training loop against references: an uninterrupted run (resume after SIGKILL), a second run
+with the same seed (bit-identical), one process (two torchrun processes), one big batch (gradient
+accumulation), transformers (the learning-rate schedule, the saved model), the losses' own
+reductions (the normaliser), and the config validator's error messages.
+
+Every run is a 2-layer, 32-wide BERT with MiniLM's vocabulary on a 24-sentence corpus (tests/_train_script.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertlab.train import (ConfigError, NonFiniteLossError, Objective, Run, TrainConfig, config_to_dict,
+                           load_config, lr_factor, main, optimisation_step, train)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _train_script import TINY_MODEL, tiny_config  # noqa: E402
+
+SCRIPT = Path(__file__).with_name("_train_script.py")
+REPO = Path(__file__).resolve().parents[1]
+TIMING_KEYS = {"timing", "train_seconds", "tokens_per_second"}
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def strip_timing(obj):
+    """metrics.json without its wall-clock fields (the only ones allowed to differ between runs)."""
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def final_params(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_params(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0.0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def log_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of the tiny config (2 epochs x 4 steps, grad_accum 2, checkpoints
+    every 2 steps): the reference for determinism, resume and output files."""
+    root = tmp_path_factory.mktemp("reference")
+    cfg = tiny_config(root / "data")
+    metrics = train(load_config(cfg), root / "run", resume=False, log=quiet)
+    return cfg, root / "run", metrics
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("toml, expected", [
+    ("[trian]\nepochs = 1\n", "unknown section [trian]"),
+    ("[train]\nepoch = 1\n", "[train] epoch: unknown key"),
+    ("[train]\nepochs = \"3\"\n", "[train] epochs: expected an integer, got '3'"),
+    ("[train]\nepochs = 2.5\n", "[train] epochs: expected an integer"),
+    ("[optim]\nlr = true\n", "[optim] lr: expected a number, got True"),
+    ("[sampler]\nname = \"bTL\"\n", "[sampler] name: expected one of ['atl', 'btl'], got 'bTL'"),
+    ("[sampler]\nbatch_size = 0\n", "[sampler] batch_size: expected a value >= 1"),
+    ("[eval]\ndecode = [\"argmax\", \"beam\"]\n", "[eval] decode: expected entries from"),
+    ("[eval]\ndecode = [\"viterbi\"]\n", "[eval] decode: 'viterbi' needs a CRF"),
+    ("[loss]\nname = \"dice\"\n", "[loss] name: expected one of"),
+    ("[loss]\nname = \"ce\"\ngamma = 2.0\n", "[loss] LossConfig.gamma=2.0 is only used by name='focal'"),
+    ("[model]\npreset = \"tinybert\"\npath = \"/x\"\n", "[model] path and preset are both set"),
+    ("[sampler]\nname = \"btl\"\n[model]\nhead = \"crf\"\n", "[sampler] name: 'btl' cannot train a CRF"),
+    ("[train\n", "not valid TOML"),
+])
+def test_config_errors_name_file_section_and_key(tmp_path, toml, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: ")
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_config_defaults_roundtrip_and_overrides(tmp_path):
+    assert load_config({}) == TrainConfig()
+    path = tmp_path / "run.toml"
+    path.write_text('[optim]\nlr = 1e-4\n[eval]\ndecode = ["argmax"]\n')
+    cfg = load_config(path, ["optim.lr=3", "eval.decode=[\"argmax\", \"knn\"]", "model.builtin=minilm",
+                             "loss.name=focal", "loss.gamma=1"])
+    assert cfg.optim.lr == 3.0 and isinstance(cfg.optim.lr, float)  # an int is accepted for a float
+    assert cfg.eval.decode == ["argmax", "knn"] and cfg.loss.gamma == 1.0
+    assert load_config(config_to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"--set 'optim\.lr': expected section\.key=value"):
+        load_config(path, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"bad\.toml: config file not found"):
+        load_config(tmp_path / "bad.toml")
+
+
+# ---- schedule and normalisation -------------------------------------------------------------
+
+def test_lr_schedule_matches_transformers():
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+    total, warmup = 23, 5
+    for schedule, make in (("linear", lambda o: get_linear_schedule_with_warmup(o, warmup, total)),
+                           ("constant", lambda o: get_constant_schedule_with_warmup(o, warmup))):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        for step in range(total):
+            assert lr_factor(step, total, warmup, schedule) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+            opt.step()
+            sched.step()
+
+
+def _tiny_model(labels, dropout=0.0):
+    from bertlab.checkpoint import build_model
+    torch.manual_seed(0)
+    return build_model("minilm", labels, **TINY_MODEL, hidden_dropout_prob=dropout,
+                       attention_probs_dropout_prob=dropout)
+
+
+def _windows(minilm_path, labels, sentences):
+    from bertlab.tokenization import Tokenizer
+    tok = Tokenizer.from_pretrained(minilm_path)
+    label2id = {l: i for i, l in enumerate(labels)}
+    return [w for words, tags in sentences
+            for w in tok.encode_words(words, [label2id[t] for t in tags], max_length=16, stride=4)]
+
+
+SENTENCES = [
+    ("the patient had chest pain".split(), ["O", "O", "O", "B-Sign", "I-Sign"]),
+    ("aspirin".split(), ["B-Drug"]),
+    ("fever after ibuprofen was given daily for headache".split(),
+     ["B-Sign", "O", "B-Drug", "O", "O", "O", "O", "B-Sign"]),
+    ("nausea".split(), ["B-Sign"]),
+]
+LABELS = ["O", "B-Drug", "I-Drug", "B-Sign", "I-Sign"]
+
+
+def test_grad_accum_normalises_by_all_labelled_tokens(minilm_path):
+    """Two micro-batches of 2 sentences give the gradient of one batch of 4: the mean over all
+    labelled tokens, not the mean of the two micro-batch means (their token counts differ)."""
+    from bertlab.sampling import collate
+    windows = _windows(minilm_path, LABELS, SENTENCES)
+    cfg = load_config({"optim": {"name": "sgd", "lr": 1.0, "clip_grad_norm": 0.0}})
+    objective = Objective(cfg, LABELS, windows)
+
+    reference = _tiny_model(LABELS)
+    big = collate(windows)
+    logits = reference(big["input_ids"], big["attention_mask"], big["token_type_ids"])
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 5), big["labels"].reshape(-1)).backward()
+    expected = {n: p.grad.clone() for n, p in reference.named_parameters()}
+
+    model = _tiny_model(LABELS)
+    seen = {}
+
+    class Grab:
+        def after_backward(self, step, model):
+            seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
+
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for g in opt.param_groups:
+        g["initial_lr"] = 1.0
+    run = Run(model=model, objective=objective, optimizer=opt, params=list(model.parameters()),
+              device=torch.device("cpu"), autocast=contextlib.nullcontext, clip_grad_norm=0.0,
+              callbacks=[Grab()])
+    micro = [collate(windows[:2]), collate(windows[2:])]
+    normaliser = objective.normaliser(list(range(len(windows))))
+    assert normaliser == sum(len(tags) for _, tags in SENTENCES)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss, _ = optimisation_step(run, 1, micro, normaliser, lr_scale=1.0)
+    for n in expected:
+        torch.testing.assert_close(seen[n], expected[n], atol=1e-6, rtol=1e-5, msg=n)
+    # SGD with lr 1: the update is exactly minus the gradient
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(before[n] - p.detach(), expected[n], atol=1e-6, rtol=1e-5)
+    # the mean of micro-batch means is a different (wrong) normalisation, so this test can fail
+    counts = [sum(len(t) for _, t in SENTENCES[:2]), sum(len(t) for _, t in SENTENCES[2:])]
+    assert counts[0] != counts[1]
+
+
+def test_normaliser_reproduces_each_loss_reduction(minilm_path):
+    """loss_sum / normaliser equals the loss modules' own reduction on one micro-batch: token mean
+    for CE and focal, Σα_t for weighted_mean, token_mean for the CRF, and per-copy token mean for
+    BTL (other_to_o: every copy sees all labelled tokens)."""
+    from bertlab.losses import LossConfig, build_loss, label_counts
+    from bertlab.sampling import btl_fused_loss, collate
+    windows = _windows(minilm_path, LABELS, SENTENCES)
+    batch = collate(windows)
+    everything = list(range(len(windows)))
+    counts = label_counts([w.labels for w in windows], len(LABELS))
+    cases = [
+        ({}, lambda m, lg: build_loss(LossConfig())(lg, batch["labels"])),
+        ({"loss": {"name": "focal", "gamma": 2.0, "alpha": "weights"}},
+         lambda m, lg: build_loss(LossConfig(name="focal", gamma=2.0, alpha="weights"), counts)(lg, batch["labels"])),
+        ({"loss": {"name": "weighted_ce", "reduction": "weighted_mean"}},
+         lambda m, lg: build_loss(LossConfig(name="weighted_ce", reduction="weighted_mean"), counts)(
+             lg, batch["labels"])),
+        ({"model": {"head": "crf"}}, lambda m, lg: m.crf_loss(lg, batch["labels"], reduction="token_mean")),
+        ({"sampler": {"name": "btl"}},
+         lambda m, lg: btl_fused_loss(lg, batch["labels"], LABELS, build_loss(LossConfig()))[0]),
+    ]
+    for sections, reference in cases:
+        cfg = load_config(sections)
+        objective = Objective(cfg, LABELS, windows)
+        model = _tiny_model(LABELS)
+        if cfg.model.head == "crf":
+            from bertlab.models.heads import TokenClassifier
+            model = TokenClassifier(model.encoder, LABELS, head="crf")
+            with torch.no_grad():
+                model.crf.transitions.normal_()
+        model.eval()
+        loss_sum, logits = objective.loss_sum(model, batch)
+        ours = loss_sum / objective.normaliser(everything)
+        torch.testing.assert_close(ours, reference(model, logits).float(), atol=1e-6, rtol=1e-6,
+                                   msg=str(sections))
+
+
+# ---- whole runs -----------------------------------------------------------------------------
+
+def test_run_writes_metrics_predictions_log_and_a_transformers_folder(reference):
+    cfg, run_dir, metrics = reference
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["epochs"] == 2 and metrics["steps"] == 8 and metrics["params"] > 0
+    assert set(metrics["test"]) == {"argmax"} and set(metrics["dev"]) == {"argmax"}
+    report = metrics["test"]["argmax"]["entity_report"]
+    assert {"micro avg", "macro avg", "weighted avg"} <= set(report)
+    assert metrics["best_dev_f1"] == max(h["dev_f1"] for h in metrics["history"])
+    assert len(metrics["timing"]) == 2 and metrics["timing"][0]["tokens_per_s"] > 0
+
+    rows = [json.loads(l) for l in (run_dir / "predictions_test_argmax.jsonl").read_text().splitlines()]
+    test_tags = [l.split("\t")[1].strip() for l in Path(cfg["data"]["test_file"]).read_text().splitlines()
+                 if "\t" in l and not l.startswith("-DOCSTART-")]
+    assert sum(len(r["tags"]) for r in rows) == len(test_tags)
+    assert [t for r in rows for t in r["tags"]] == test_tags
+    assert all(len(r["pred"]) == len(r["tokens"]) for r in rows)
+    assert len({r["doc_id"] for r in rows}) == 2  # 6 sentences, 3 a document
+
+    log = log_rows(run_dir)
+    assert [r["step"] for r in log if r["event"] == "step"] == [3, 6]  # log_every = 3
+    assert [r["epoch"] for r in log if r["event"] == "epoch"] == [0, 1]
+
+    # best/ is an ordinary Hugging Face folder: transformers gives the logits bertlab gives
+    from transformers import AutoModelForTokenClassification
+
+    from bertlab.checkpoint import load_pretrained
+    ours, tok = load_pretrained(run_dir / "best")
+    theirs = AutoModelForTokenClassification.from_pretrained(run_dir / "best").eval()
+    ids = torch.tensor([tok.encode_words(["chest", "pain"])[0].input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_gives_bit_identical_metrics_and_parameters(reference, tmp_path):
+    cfg, run_dir, metrics = reference
+    again = train(load_config(cfg), tmp_path / "again", resume=False, log=quiet)
+    assert strip_timing(again) == strip_timing(metrics)
+    assert_same_params(final_params(tmp_path / "again"), final_params(run_dir))
+    # and the seed matters: another seed gives other parameters
+    other = copy.deepcopy(cfg)
+    other["train"].update(seed=4, epochs=1, max_steps=1)
+    train(load_config(other), tmp_path / "other", resume=False, log=quiet)
+    first = final_params(tmp_path / "other")
+    assert not torch.equal(first["classifier.weight"], final_params(run_dir)["classifier.weight"])
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(reference, tmp_path):
+    cfg, run_dir, metrics = reference
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "config.json"), str(out), "--sleep", "0.4"],
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():  # the first checkpoint comes after step 2 of epoch 0
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "metrics.json").exists()
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    progress = json.loads(ckpt["progress"])
+    assert progress["step"] < 8 and progress["micro_batch"] > 0, progress  # killed mid-epoch
+
+    lines = []
+    resumed = train(load_config(cfg), out, resume=True, log=lines.append)
+    assert any(l.startswith(f"resuming {out} at step {progress['step']}") for l in lines), lines
+    assert strip_timing(resumed) == strip_timing(metrics)
+    assert_same_params(final_params(out), final_params(run_dir))
+    # the log reads as the uninterrupted one: nothing twice, the same mean losses (log_every 3
+    # straddles the checkpoints every 2 steps)
+    steps = [(r["step"], r["loss"]) for r in log_rows(out) if r["event"] == "step"]
+    assert steps == [(r["step"], r["loss"]) for r in log_rows(run_dir) if r["event"] == "step"]
+    assert [r["event"] for r in log_rows(out)].count("resume") == 1
+    # a finished run is not trained again
+    assert strip_timing(train(load_config(cfg), out, resume=True, log=quiet)) == strip_timing(metrics)
+
+
+def test_resume_refuses_a_different_config(reference, tmp_path):
+    cfg, run_dir, _ = reference
+    changed = copy.deepcopy(cfg)
+    changed["optim"]["lr"] = 1e-3
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
+    with pytest.raises(ConfigError, match=r"checkpoint\.pt: written by a run with a different config: "
+                                          r"\[optim\] lr \(0\.002 -> 0\.001\)"):
+        train(load_config(changed), out, resume=True, log=quiet)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    """A callback poisons the weights after step 3; step 4's loss is NaN. The checkpoint of step 2
+    stays byte for byte, and the error names step 4."""
+    cfg = tiny_config(tmp_path / "data")
+    out = tmp_path / "run"
+    seen = {}
+
+    class Poison:
+        def after_optimizer_step(self, step, model, optimizer):
+            if step == 3:
+                seen["sha"] = hashlib.sha256((out / "checkpoint.pt").read_bytes()).hexdigest()
+                with torch.no_grad():
+                    model.classifier.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at step 4 \(epoch 0\).*"
+                                                 r"last good checkpoint is .*checkpoint\.pt \(step 2\)"):
+        train(load_config(cfg), out, callbacks=[Poison()], resume=False, log=quiet)
+    assert hashlib.sha256((out / "checkpoint.pt").read_bytes()).hexdigest() == seen["sha"]
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert json.loads(ckpt["progress"])["step"] == 2
+    assert torch.isfinite(ckpt["model"]["classifier.weight"]).all()
+
+
+def test_early_stopping_after_patience_epochs(tmp_path):
+    # lr 0: the dev F1 of epoch 0 is never beaten, so patience 1 stops after epoch 1
+    cfg = tiny_config(tmp_path / "data", optim={"lr": 0.0}, train={"epochs": 5, "early_stopping_patience": 1})
+    metrics = train(load_config(cfg), tmp_path / "run", resume=False, log=quiet)
+    assert metrics["stopped_early"] and metrics["epochs"] == 2 and metrics["best_epoch"] == 0
+    assert [h["dev_f1"] for h in metrics["history"]] == [metrics["best_dev_f1"]] * 2
+
+
+def test_fused_btl_equals_naive_btl_without_dropout(tmp_path):
+    """Without dropout the fused BTL loss (one forward) and the paper's naive one (a forward per
+    class) give the same training run."""
+    runs = {}
+    for impl in ("fused", "naive"):
+        cfg = tiny_config(tmp_path / "data", sampler={"name": "btl", "btl_impl": impl},
+                          model={"overrides": {**TINY_MODEL, "hidden_dropout_prob": 0.0,
+                                               "attention_probs_dropout_prob": 0.0}},
+                          train={"epochs": 1, "max_steps": 2})
+        runs[impl] = train(load_config(cfg), tmp_path / impl, resume=False, log=quiet)
+    assert_same_params(final_params(tmp_path / "fused"), final_params(tmp_path / "naive"), atol=1e-6)
+
+
+@pytest.mark.parametrize("sections", [
+    {"model": {"head": "crf"}, "eval": {"decode": ["viterbi", "argmax", "knn"]}},
+    {"loss": {"name": "focal", "gamma": 2.0}, "optim": {"name": "sgd", "lr": 5e-2, "momentum": 0.9}},
+    {"loss": {"name": "weighted_ce"}, "sampler": {"name": "btl", "btl_mode": "binary", "btl_classes": "all"},
+     "train": {"precision": "bf16"}},
+    {"model": {"preset": "", "arch": "bilstm_crf", "overrides": {"embedding_dim": 16, "lstm_hidden_size": 8}},
+     "eval": {"decode": ["viterbi", "knn"]}},
+], ids=["crf-viterbi-knn", "focal-sgd", "btl-binary-bf16", "bilstm-crf"])
+def test_variants_train_and_decode(tmp_path, sections):
+    sections = copy.deepcopy(sections)
+    sections.setdefault("train", {}).update(epochs=1, max_steps=2)
+    cfg = tiny_config(tmp_path / "data", **sections)
+    metrics = train(load_config(cfg), tmp_path / "run", resume=False, log=quiet)
+    decodes = cfg["eval"]["decode"]
+    assert set(metrics["test"]) == set(decodes)
+    for d in decodes:
+        assert (tmp_path / "run" / f"predictions_test_{d}.jsonl").exists()
+        assert 0.0 <= metrics["test"][d]["micro_f1"] <= 1.0
+    assert all(r["loss"] == r["loss"] for r in log_rows(tmp_path / "run") if r["event"] == "step")
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of every global micro-batch, gradients
+    are summed, the normaliser counts the global batch; after 3 steps (with accumulation) the
+    parameters equal a single process's."""
+    cfg = tiny_config(tmp_path / "data", model={"overrides": {**TINY_MODEL, "hidden_dropout_prob": 0.0,
+                                                              "attention_probs_dropout_prob": 0.0}},
+                      train={"epochs": 1, "max_steps": 3, "checkpoint_every": 0})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(SCRIPT), str(tmp_path / "config.json"), str(tmp_path / "ddp")]
+    env = subprocess_env()
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout
+    train(load_config(cfg), tmp_path / "single", resume=False, log=quiet)
+    assert_same_params(final_params(tmp_path / "ddp"), final_params(tmp_path / "single"), atol=1e-6)
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["steps"] == 3
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+def test_cli_trains_and_reports_config_errors(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "data")
+    toml = "\n".join(
+        [f"[{s}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items() if not isinstance(v, dict))
+         for s, vals in cfg.items()]) + "\n[model.overrides]\n" + "\n".join(
+        f"{k} = {v}" for k, v in TINY_MODEL.items()) + "\n"
+    path = tmp_path / "tiny.toml"
+    path.write_text(toml)
+    assert main(["--config", str(path), "--set", "train.bogus=1"]) == 2
+    assert f"{path}: [train] bogus: unknown key" in capsys.readouterr().err
+    out = tmp_path / "cli"
+    assert main(["--config", str(path), "--set", "train.max_steps=1", "--set", "train.epochs=1",
+                 "--out", str(out), "--no-resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["config"]["train"]["max_steps"] == 1
