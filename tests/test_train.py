@@ -437,3 +437,23 @@ def test_cli_trains_and_reports_config_errors(tmp_path, capsys):
                  "--out", str(out), "--no-resume"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 1 and metrics["config"]["train"]["max_steps"] == 1
+
+
+def test_crf_transitions_get_their_own_learning_rate():
+    """optim.crf_lr puts the CRF's parameters in their own group (no decay), scheduled like the rest."""
+    from bertlab.models import BertModel, TokenClassifier
+    from bertlab.models.bert import BertConfig
+    from bertlab.train import OptimConfig, make_optimizer
+    model = TokenClassifier(BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=16)),
+                            ["O", "B-X", "I-X"], head="crf")
+    crf_ids = {id(p) for p in model.crf.parameters()}
+    opt = make_optimizer(model, OptimConfig(lr=2e-5, crf_lr=1e-3), torch.device("cpu"))
+    crf_groups = [g for g in opt.param_groups if any(id(p) in crf_ids for p in g["params"])]
+    assert len(crf_groups) == 1 and {id(p) for p in crf_groups[0]["params"]} == crf_ids
+    assert crf_groups[0]["lr"] == crf_groups[0]["initial_lr"] == 1e-3 and crf_groups[0]["weight_decay"] == 0.0
+    others = [g for g in opt.param_groups if g is not crf_groups[0]]
+    assert all(g["lr"] == g["initial_lr"] == 2e-5 for g in others)
+    # crf_lr = 0 means "same as optim.lr"
+    opt = make_optimizer(model, OptimConfig(lr=2e-5), torch.device("cpu"))
+    assert all(g["initial_lr"] == 2e-5 for g in opt.param_groups)
