@@ -189,17 +189,21 @@ def load_config(source: str | os.PathLike | dict | TrainConfig, overrides: list[
     elif isinstance(source, dict):
         raw, where = json.loads(json.dumps(source)), "<dict>"  # a deep copy
     else:
-        path = Path(source)
-        where = str(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{where}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{where}: not valid TOML ({e})") from None
+        raw, where = read_toml(source), str(source)
     for item in overrides:
         apply_override(raw, item, where)
     return config_from_dict(raw, where)
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """The TOML file as a dict; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
 def apply_override(raw: dict, item: str, where: str) -> None:
@@ -216,6 +220,12 @@ def apply_override(raw: dict, item: str, where: str) -> None:
     if not isinstance(raw[section], dict):
         raise ConfigError(f"{where}: [{section}] is not a table")
     raw[section][name] = value
+
+
+def _with_overrides(raw: dict, overrides, where: str) -> dict:
+    for item in overrides:
+        apply_override(raw, item, where)
+    return raw
 
 
 def config_from_dict(raw: dict, where: str = "<dict>") -> TrainConfig:
@@ -1307,8 +1317,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path("runs") / "train" / Path(args.config).stem
     try:
-        cfg = load_config(args.config, args.overrides)
-        metrics = train(cfg, out, resume=not args.no_resume)
+        raw = read_toml(args.config)
+        # a [gradflow] section turns the gradient-flow instruments on (bertlab.gradflow)
+        gradflow = raw.pop("gradflow", None)
+        cfg = config_from_dict(_with_overrides(raw, args.overrides, args.config), args.config)
+        callbacks = []
+        if gradflow is not None:
+            from bertlab.gradflow import GradFlowConfig, GradFlowRecorder
+            try:
+                gcfg = GradFlowConfig.from_dict(gradflow, source=args.config)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            callbacks.append(GradFlowRecorder.from_config(gcfg, out))
+        metrics = train(cfg, out, callbacks=callbacks, resume=not args.no_resume)
+        if callbacks and int(os.environ.get("RANK", "0")) == 0:
+            from bertlab.gradflow import read_rows, write_figures
+            folder = callbacks[0].out_dir
+            written = write_figures(read_rows(folder / "gradflow.csv"), folder)
+            print(f"gradient flow: {folder / 'gradflow.csv'}" + (f" and {len(written)} figures" if written else ""))
     except ConfigError as e:
         print(f"bertlab train: {e}", file=sys.stderr)
         return 2

@@ -457,3 +457,27 @@ def test_crf_transitions_get_their_own_learning_rate():
     # crf_lr = 0 means "same as optim.lr"
     opt = make_optimizer(model, OptimConfig(lr=2e-5), torch.device("cpu"))
     assert all(g["initial_lr"] == 2e-5 for g in opt.param_groups)
+
+
+def test_cli_gradflow_section_records_the_gradient_flow(tmp_path, capsys):
+    """A [gradflow] section in a train config turns the instruments on (issue #6)."""
+    cfg = tiny_config(tmp_path / "data")
+    toml = "\n".join(
+        [f"[{s}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items() if not isinstance(v, dict))
+         for s, vals in cfg.items()]) + "\n[model.overrides]\n" + "\n".join(
+        f"{k} = {v}" for k, v in TINY_MODEL.items()) + "\n[gradflow]\nevery = 1\nper_class_every = 1\n"
+    path = tmp_path / "tiny.toml"
+    path.write_text(toml)
+    out = tmp_path / "cli"
+    assert main(["--config", str(path), "--set", "train.max_steps=2", "--set", "train.epochs=1",
+                 "--out", str(out), "--no-resume"]) == 0
+    import csv
+    rows = list(csv.DictReader((out / "gradflow" / "gradflow.csv").open()))
+    assert {int(r["step"]) for r in rows} == {1, 2}
+    layers = {r["layer"] for r in rows}
+    assert {"embeddings", "layer.0", "layer.1", "head"} <= layers
+    assert (out / "gradflow" / "summary.md").exists()
+    # a bad [gradflow] key is a config error naming the file
+    path.write_text(toml + "bogus = 1\n")
+    assert main(["--config", str(path), "--out", str(tmp_path / "bad"), "--no-resume"]) == 2
+    assert str(path) in capsys.readouterr().err
