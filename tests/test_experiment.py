@@ -1,0 +1,228 @@
+"""bertlab.experiment: study files, sweep expansion, errors, resume, and a smoke run of every
+shipped study (experiments/*.toml at scale smoke)."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from bertlab.experiment import (StudyError, expand, load_study, read_results, run_experiment, select,
+                                study_dir_for, toml_dumps)
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+# study files have a [study] table (experiments/ also holds plain training configs)
+SHIPPED = sorted(p.stem for p in EXPERIMENTS.glob("*.toml") if "\n[study]" in "\n" + p.read_text())
+
+TINY = """
+[study]
+name = "tiny"
+baseline = { "loss.name" = "ce", decode = "argmax" }
+
+[base.data]
+name = "maccrobat"
+max_documents = 2
+max_length = 48
+stride = 8
+
+[base.model]
+preset = "minilm"
+overrides = { num_hidden_layers = 1, hidden_size = 16, num_attention_heads = 2, intermediate_size = 32 }
+
+[base.train]
+epochs = 1
+max_steps = 3
+checkpoint_every = 1
+progress = "off"
+
+[base.eval]
+decode = ["argmax"]
+
+[sweep]
+"loss.name" = ["ce", "focal"]
+"train.seed" = [0, 1]
+
+[scale.smoke]
+"train.max_steps" = 2
+"""
+
+
+def write_study(tmp_path, text=TINY, name="tiny"):
+    d = tmp_path / "experiments"
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.toml").write_text(text)
+    return d
+
+
+# ---- reading and expanding ----------------------------------------------------------------
+
+def test_expand_run_ids_and_scale(tmp_path):
+    d = write_study(tmp_path)
+    study = load_study("tiny", "default", experiments_dir=d)
+    runs = expand(study)
+    assert [r.run_id for r in runs] == ["loss=ce__seed=0", "loss=ce__seed=1", "loss=focal__seed=0",
+                                        "loss=focal__seed=1"]
+    assert runs[2].config["loss"] == {"name": "focal"}
+    assert runs[3].config["train"]["seed"] == 1 and runs[3].config["train"]["max_steps"] == 3
+    smoke = expand(load_study("tiny", "smoke", experiments_dir=d))
+    assert all(r.config["train"]["max_steps"] == 2 for r in smoke)
+    assert [r.run_id for r in select(runs, ["seed=1", "loss=focal"], study)] == ["loss=focal__seed=1"]
+    pinned = load_study("tiny", "default", overrides=["train.seed=1", "optim.lr=1e-3"], experiments_dir=d)
+    assert [r.run_id for r in expand(pinned)] == ["loss=ce__seed=1", "loss=focal__seed=1"]
+    assert expand(pinned)[0].config["optim"]["lr"] == 1e-3
+
+
+def test_table_and_bundle_axes(tmp_path):
+    text = TINY.replace('"loss.name" = ["ce", "focal"]', '''loss = [{ name = "ce" }, { name = "focal", gamma = 1.0, label = "focal1" }]
+setting = [{ label = "a", "sampler.name" = "atl", "optim.lr" = 1e-4 }, { label = "b", "sampler.name" = "btl" }]''')
+    text = text.replace('baseline = { "loss.name" = "ce", decode = "argmax" }', 'baseline = { loss = "ce", setting = "a" }')
+    d = write_study(tmp_path, text)
+    runs = expand(load_study("tiny", experiments_dir=d))
+    assert len(runs) == 8
+    r = next(r for r in runs if r.run_id == "loss=focal1__setting=b__seed=0")
+    assert r.config["loss"] == {"name": "focal", "gamma": 1.0}
+    assert r.config["sampler"]["name"] == "btl" and "optim" not in r.config
+    assert r.axes == {"loss": "focal1", "setting": "b", "train.seed": 0}
+
+
+def test_toml_roundtrip():
+    import tomllib
+    cfg = {"data": {"name": "x", "max_documents": 3}, "model": {"overrides": {"a": 1, "b": 0.5}},
+           "eval": {"decode": ["argmax", "knn"]}, "loss": {"name": "focal", "gamma": 2.0}}
+    assert tomllib.loads(toml_dumps(cfg)) == cfg
+
+
+@pytest.mark.parametrize("change, message", [
+    (('"train.seed" = [0, 1]', '"train.seed" = []'), "[sweep] 'train.seed' must be a non-empty list"),
+    (('decode = "argmax" }', 'decode = "knn" }'), "baseline decode='knn' is not in [base.eval] decode"),
+    (('"loss.name" = "ce"', '"loss.name" = "dice"'), "baseline loss.name='dice' is not among the swept"),
+    (("[base.train]", "[base.train]\nepochz = 2"), "[train] epochz: unknown key"),
+    (('"loss.name" = ["ce", "focal"]', '"loss.name" = ["ce", "focal"]\n"eval.decode" = [["knn"]]'),
+     "'eval.decode' is not a training axis"),
+    (("[base.data]", "[base.loss]\ngamma = 2.0\n[base.data]"), "gamma=2.0 is only used by name='focal'"),
+])
+def test_bad_study_files_name_file_and_key(tmp_path, change, message):
+    d = write_study(tmp_path, TINY.replace(*change))
+    with pytest.raises(StudyError) as e:
+        run_experiment("tiny", out=tmp_path / "runs", experiments_dir=d, progress=lambda s: None)
+    assert message in str(e.value)
+    assert str(d / "tiny.toml") in str(e.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.json"))
+
+
+def test_missing_checkpoint_fails_before_training(tmp_path):
+    text = TINY.replace('preset = "minilm"\noverrides = { num_hidden_layers = 1, hidden_size = 16, '
+                        'num_attention_heads = 2, intermediate_size = 32 }', "")
+    text = text.replace('"loss.name" = ["ce", "focal"]', '"loss.name" = ["ce", "focal"]\nmodel = ["clinical"]')
+    text += '\n[models.clinical]\npath = "nowhere/Bio_ClinicalBERT"\nhub = "emilyalsentzer/Bio_ClinicalBERT"\n'
+    d = write_study(tmp_path, text)
+    with pytest.raises(StudyError) as e:
+        run_experiment("tiny", out=tmp_path / "runs", experiments_dir=d, progress=lambda s: None)
+    msg = str(e.value)
+    assert "huggingface-cli download emilyalsentzer/Bio_ClinicalBERT --local-dir nowhere/Bio_ClinicalBERT" in msg
+    assert "--set models.clinical.path=DIR" in msg
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- running, resuming --------------------------------------------------------------------
+
+class StopAfter:
+    """A training callback that interrupts the study at a given optimisation step of its n-th run."""
+
+    class Interrupt(Exception):
+        pass
+
+    def __init__(self, run_number, step):
+        self.run_number, self.step, self.runs = run_number, step, 0
+
+    def on_batch(self, step, model, batch, logits, loss):
+        if step == 1:
+            self.runs += 1
+        if self.runs == self.run_number and step == self.step:
+            raise self.Interrupt()
+
+
+def comparable(rows):
+    drop = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env"}
+    return sorted((json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in rows))
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    d = write_study(tmp_path)
+    quiet = dict(experiments_dir=d, progress=lambda s: None, report=False)
+    ref = run_experiment("tiny", out=tmp_path / "ref", **quiet)
+    ref_rows = read_results(ref / "results.jsonl")
+    assert len(ref_rows) == 4
+
+    out = tmp_path / "runs"
+    with pytest.raises(StopAfter.Interrupt):  # run 3 stops at step 3, after the step-2 checkpoint
+        run_experiment("tiny", out=out, callbacks=[StopAfter(3, 3)], **quiet)
+    sdir = study_dir_for("tiny", "default", out)
+    rows = read_results(sdir / "results.jsonl")
+    assert sorted(r["run_id"] for r in rows) == ["loss=ce__seed=0", "loss=ce__seed=1"]
+    interrupted = sdir / "loss=focal__seed=0"
+    assert (interrupted / "checkpoint.pt").exists() and not (interrupted / "metrics.json").exists()
+    finished = {p: p.stat().st_mtime_ns for p in sdir.glob("loss=ce__*/metrics.json")}
+
+    log = []
+    run_experiment("tiny", out=out, experiments_dir=d, progress=log.append)
+    assert "[1/4] loss=ce__seed=0: finished, skipped" in log
+    assert "[3/4] loss=focal__seed=0: resuming" in log
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished runs untouched
+    rows = read_results(sdir / "results.jsonl")
+    lines = (sdir / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows) == 4  # nothing duplicated, nothing lost
+    assert comparable(rows) == comparable(ref_rows)  # same numbers as the uninterrupted study
+    timing = json.loads((interrupted / "timing.json").read_text())
+    assert timing["sessions"] == 2 and timing["resumed"] is True
+    assert (sdir / "report.md").exists()
+
+    # a third invocation trains nothing and leaves results.jsonl identical
+    before = (sdir / "results.jsonl").read_text()
+    log.clear()
+    run_experiment("tiny", out=out, experiments_dir=d, progress=log.append, report=False)
+    assert all("skipped" in line for line in log)
+    assert (sdir / "results.jsonl").read_text() == before
+
+
+def test_changed_config_refuses_to_mix(tmp_path):
+    d = write_study(tmp_path)
+    out = tmp_path / "runs"
+    with pytest.raises(StopAfter.Interrupt):
+        run_experiment("tiny", out=out, callbacks=[StopAfter(1, 2)], experiments_dir=d,
+                       progress=lambda s: None, report=False)
+    with pytest.raises(StudyError, match=r"started with a different config \(differs in optim.lr\)"):
+        run_experiment("tiny", out=out, overrides=["optim.lr=1e-3"], experiments_dir=d,
+                       progress=lambda s: None, report=False)
+
+
+# ---- every shipped study, at smoke scale --------------------------------------------------
+
+def test_all_studies_are_shipped():
+    assert {"btl_focal", "ce_vs_focal", "ce_vs_focal_minilm", "hparam_anova", "btl_ablation",
+            "cross_dataset", "baselines"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_smoke_run_of_shipped_study(tmp_path, name):
+    t0 = time.perf_counter()
+    study = load_study(name, "smoke", experiments_dir=EXPERIMENTS)
+    runs = expand(study)
+    sdir = run_experiment(name, scale="smoke", out=tmp_path, experiments_dir=EXPERIMENTS,
+                          progress=lambda s: None)
+    rows = read_results(sdir / "results.jsonl")
+    decodes = {r.run_id: r.config.get("eval", {}).get("decode", ["argmax"]) for r in runs}
+    assert sorted((r["run_id"], r["decode"]) for r in rows) == sorted(
+        (rid, d) for rid, ds in decodes.items() for d in ds)
+    for r in rows:
+        assert 0.0 <= r["f1_micro"] <= 1.0 and r["predictions"] and r["params"]
+        assert (sdir / r["predictions"]).exists()
+        assert (sdir / r["run_id"] / "config.toml").exists()
+    md = (sdir / "report.md").read_text()
+    for section in ("## Environment", "## Main results", "## Per-class F1", "## Significance",
+                    "## Compute cost"):
+        assert section in md
+    if study.report.get("anova"):
+        assert "## Two-way ANOVA" in md
+    assert time.perf_counter() - t0 < 180, "a smoke study must stay under 3 minutes"
