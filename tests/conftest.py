@@ -6,7 +6,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"  # ../shared/data: the upstream copies, for checks only
+BUNDLED = REPO / "bertlab" / "datasets" / "data"  # the corpora as shipped, byte-identical to upstream
 
 torch.set_num_threads(2)
 

@@ -16,7 +16,7 @@ from sklearn.metrics import confusion_matrix as sklearn_confusion
 from bertlab import metrics
 from bertlab.metrics import confusion_matrix, entity_counts, entity_report, token_report, unweighted_accuracy
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUNDLED = Path(__file__).resolve().parents[1] / "bertlab" / "datasets" / "data"  # shipped corpora
 SEQEVAL_SCHEMES = {"IOB2": IOB2, "IOBES": IOBES, "BILOU": BILOU}
 PREFIXES = {"IOB2": "BIO", "IOBES": "BIOES", "BILOU": "BILOU"}
 
@@ -136,9 +136,9 @@ def read_conll_tags(path: Path, column: int = -1):
     return sentences
 
 
-@pytest.mark.parametrize("corpus", ["ncbi-disease", "bionlp13cg"])
+@pytest.mark.parametrize("corpus", ["ncbi_disease", "bionlp13cg"])
 def test_real_corpus_tags_with_perturbed_predictions(corpus):
-    y_true = read_conll_tags(SHARED_DATA / corpus / "devel.tsv")
+    y_true = read_conll_tags(BUNDLED / corpus / "devel.tsv")
     assert sum(map(len, y_true)) > 20000
     labels = sorted({t for seq in y_true for t in seq})
     rng = random.Random(3)

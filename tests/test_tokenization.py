@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import transformers
 
-from conftest import SHARED_DATA
+from conftest import BUNDLED
 from bertlab.tokenization import IGNORE_INDEX, Tokenizer, word_predictions
 
 
 def maccrobat_sentences(limit_files=40):
     """MACCROBAT case reports: every non-empty line of the brat .txt files, split on whitespace."""
-    files = sorted((SHARED_DATA / "maccrobat2020" / "brat").glob("*.txt"))[:limit_files]
+    files = sorted((BUNDLED / "maccrobat" / "brat").glob("*.txt"))[:limit_files]
     return [line.split() for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.split()]
 
 
@@ -22,7 +22,7 @@ def ncbi_sentences(limit=400):
     """NCBI-disease train.tsv (token<TAB>tag, blank line between sentences): the first `limit`
     sentences plus every sentence with a non-ASCII token."""
     sents, cur = [], []
-    for line in (SHARED_DATA / "ncbi-disease" / "train.tsv").read_text(encoding="utf-8").splitlines():
+    for line in (BUNDLED / "ncbi_disease" / "train.tsv").read_text(encoding="utf-8").splitlines():
         if line.strip():
             cur.append(line.split("\t")[0])
         elif cur:
@@ -230,4 +230,4 @@ def test_truncation_and_bad_arguments(tok):
     with pytest.raises(ValueError, match="no room"):
         tok.encode_words(words, max_length=5, pair_words=["a", "b", "c"])
     with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
-        Tokenizer.from_pretrained(SHARED_DATA)
+        Tokenizer.from_pretrained(BUNDLED)
