@@ -71,6 +71,8 @@ HUB_HINTS = {"bio_clinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
 # keys of a model table that describe it for the runner, not for TrainConfig
 # (``decode`` sets [eval] decode for that model, e.g. ["viterbi"] for a CRF head)
 MODEL_META = ("name", "hub", "decode")
+# sub-tables a [models.NAME] table may hold: that model's own training recipe
+RECIPE_SECTIONS = ("data", "loss", "sampler", "optim", "train", "eval")
 # sections that can be swept as a list of tables, e.g. loss = [{name="ce"}, {name="focal", gamma=1.0}]
 # (the model table replaces [model]; any other merges into its section; ``label`` names the run)
 TABLE_AXES = ("model", "data", "loss", "sampler", "optim", "train", "eval")
@@ -301,11 +303,15 @@ def expand(study: Study) -> list[Run]:
         for key, value in zip(keys, combo):
             axes[key] = axis_value(key, value)
             if key == "model":
-                table = {k: v for k, v in value.items() if k not in MODEL_META}
+                table = {k: v for k, v in value.items() if k not in MODEL_META and k not in RECIPE_SECTIONS}
                 # the model table replaces the base one, so builtin/path/preset never mix
                 cfg["model"] = copy.deepcopy(table)
                 if "decode" in value:
                     cfg.setdefault("eval", {})["decode"] = list(value["decode"])
+                # a model's own training recipe (e.g. a BiLSTM's lr and epochs) updates the base
+                for section in RECIPE_SECTIONS:
+                    if isinstance(value.get(section), dict):
+                        cfg.setdefault(section, {}).update(copy.deepcopy(value[section]))
             elif isinstance(value, dict) and key in TABLE_AXES:
                 cfg.setdefault(key, {}).update({k: v for k, v in value.items() if k != "label"})
             elif isinstance(value, dict):  # a bundle: several dotted keys that vary together

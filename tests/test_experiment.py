@@ -226,3 +226,27 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
     if study.report.get("anova"):
         assert "## Two-way ANOVA" in md
     assert time.perf_counter() - t0 < 180, "a smoke study must stay under 3 minutes"
+
+
+def test_model_tables_carry_their_own_training_recipe(tmp_path):
+    """[models.NAME.optim] / [models.NAME.train] update the base config for that model only."""
+    text = TINY.replace('"loss.name" = ["ce", "focal"]', 'model = ["small", "lstm"]')
+    text = text.replace('baseline = { "loss.name" = "ce", decode = "argmax" }', 'baseline = { model = "small" }')
+    text += '''
+[models.small]
+preset = "minilm"
+
+[models.lstm]
+arch = "bilstm"
+overrides = { embedding_dim = 8 }
+optim = { lr = 2e-3, schedule = "constant" }
+train = { epochs = 7 }
+'''
+    d = write_study(tmp_path, text)
+    runs = {r.run_id: r for r in expand(load_study("tiny", experiments_dir=d))}
+    lstm, small = runs["model=lstm__seed=0"].config, runs["model=small__seed=0"].config
+    assert lstm["model"] == {"arch": "bilstm", "overrides": {"embedding_dim": 8}}
+    assert lstm["optim"]["lr"] == 2e-3 and lstm["optim"]["schedule"] == "constant"
+    assert lstm["train"]["epochs"] == 7 and lstm["train"]["seed"] == 0 and lstm["train"]["max_steps"] == 3
+    assert small["model"] == {"preset": "minilm"}
+    assert small.get("optim", {}).get("lr") != 2e-3 and small["train"].get("epochs") != 7
