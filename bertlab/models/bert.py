@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertlab.models import ops
-from bertlab.models.ops import Linear
+from bertlab.models.ops import Dropout, Linear
 
 
 @dataclass
@@ -102,7 +102,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         T = input_ids.shape[1]
@@ -126,13 +126,26 @@ class BertSelfAttention(nn.Module):
         self.key = Linear(config.hidden_size, config.hidden_size)
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
+        self._qkv_cache = None  # (key, weight, bias) of the fused QKV at inference; see fused_qkv
+
+    def fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The [3H, H] weight and [3H] bias of query, key and value stacked (a runtime fusion:
+        checkpoints keep HF names). With gradients, a concat in the graph every call; without,
+        cached, and rebuilt when any of the six tensors is replaced or changed in place."""
+        params = (self.query.weight, self.key.weight, self.value.weight,
+                  self.query.bias, self.key.bias, self.value.bias)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return torch.cat(params[:3]), torch.cat(params[3:])
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            self._qkv_cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+        return self._qkv_cache[1], self._qkv_cache[2]
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         B, T, H = x.shape
-        if ops.fast_kernels_enabled():
-            # fused QKV: one [3H, H] GEMM instead of three; a runtime concat, checkpoints keep HF names
-            w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-            b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        if ops.fast_kernels_enabled("fused_qkv"):
+            # fused QKV: one [3H, H] GEMM instead of three
+            w, b = self.fused_qkv()
             qkv = ops.linear(x, w, b).view(B, T, 3, self.num_heads, -1)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, head_dim]
         else:
@@ -140,8 +153,8 @@ class BertSelfAttention(nn.Module):
                        for proj in (self.query, self.key, self.value))
         if attn_bias is not None and attn_bias.dtype != q.dtype:
             attn_bias = attn_bias.to(q.dtype)  # under autocast q is bf16
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
+        # SDPA, or with attention dropout on CPU an explicit path with a cheaper mask (ops.attention)
+        y = ops.attention(q, k, v, attn_bias, dropout_p=self.dropout_p if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, H)
 
 
@@ -150,9 +163,12 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if not self.training and ops.fast_kernels_enabled("inference_fusions"):
+            # inference: no dropout, so the residual add runs inside the GEMM (a oneDNN post-op)
+            return self.LayerNorm(ops.linear_add(h, self.dense.weight, self.dense.bias, residual))
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
@@ -175,6 +191,9 @@ class BertIntermediate(nn.Module):
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is gelu_erf and ops.fast_kernels_enabled("inference_fusions"):
+            # GELU inside the GEMM when no gradient is needed; dense then GELU otherwise
+            return ops.linear_gelu(x, self.dense.weight, self.dense.bias)
         return self.act(self.dense(x))
 
 
@@ -183,9 +202,12 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if not self.training and ops.fast_kernels_enabled("inference_fusions"):
+            # inference: no dropout, so the residual add runs inside the GEMM (a oneDNN post-op)
+            return self.LayerNorm(ops.linear_add(h, self.dense.weight, self.dense.bias, residual))
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
@@ -240,6 +262,8 @@ class BertModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embeddings(input_ids, token_type_ids)
+        if attention_mask is not None and ops.fast_kernels_enabled() and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: no [B, 1, 1, T] bias to add, same result
         return self.encoder(x, additive_padding_mask(attention_mask, x.dtype))
 
     @property

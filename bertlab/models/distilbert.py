@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from bertlab.models import ops
 from bertlab.models.bert import ACTIVATIONS, additive_padding_mask
+from bertlab.models.ops import Dropout, Linear  # nn.Linear / nn.Dropout with switchable fast CPU kernels
 
 LAYER_NORM_EPS = 1e-12  # hard-coded in DistilBERT, not a config field
 
@@ -100,7 +101,7 @@ class Embeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.dim)
         self.LayerNorm = nn.LayerNorm(config.dim, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         T = input_ids.shape[1]
@@ -114,10 +115,10 @@ class MultiHeadSelfAttention(nn.Module):
         if config.dim % config.n_heads:
             raise ValueError(f"dim {config.dim} is not a multiple of n_heads {config.n_heads}")
         self.n_heads = config.n_heads
-        self.q_lin = nn.Linear(config.dim, config.dim)
-        self.k_lin = nn.Linear(config.dim, config.dim)
-        self.v_lin = nn.Linear(config.dim, config.dim)
-        self.out_lin = nn.Linear(config.dim, config.dim)
+        self.q_lin = Linear(config.dim, config.dim)
+        self.k_lin = Linear(config.dim, config.dim)
+        self.v_lin = Linear(config.dim, config.dim)
+        self.out_lin = Linear(config.dim, config.dim)
         self.dropout_p = config.attention_dropout
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
@@ -127,17 +128,17 @@ class MultiHeadSelfAttention(nn.Module):
                    for proj in (self.q_lin, self.k_lin, self.v_lin))
         if attn_bias is not None and attn_bias.dtype != q.dtype:
             attn_bias = attn_bias.to(q.dtype)  # under autocast q is bf16
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
+        # SDPA, or with attention dropout on CPU an explicit path with a cheaper mask (ops.attention)
+        y = ops.attention(q, k, v, attn_bias, dropout_p=self.dropout_p if self.training else 0.0)
         return self.out_lin(y.transpose(1, 2).reshape(B, T, H))
 
 
 class FFN(nn.Module):
     def __init__(self, config: DistilBertConfig):
         super().__init__()
-        self.lin1 = nn.Linear(config.dim, config.hidden_dim)
-        self.lin2 = nn.Linear(config.hidden_dim, config.dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.lin1 = Linear(config.dim, config.hidden_dim)
+        self.lin2 = Linear(config.hidden_dim, config.dim)
+        self.dropout = Dropout(config.dropout)
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"activation {config.activation!r} is not one of {sorted(ACTIVATIONS)}")
         self.act = ACTIVATIONS[config.activation]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bertlab.models.crf import CRF, pack_masked
+from bertlab.models.ops import Dropout, Linear
 
 HEADS = ("softmax", "crf")
 
@@ -29,8 +30,9 @@ class TokenClassifier(nn.Module):
         self.head = head
         self.encoder = encoder
         self.labels = list(labels)  # id -> label name; index 0 is usually "O"
-        self.dropout = nn.Dropout(encoder.dropout_p if dropout is None else dropout)
-        self.classifier = nn.Linear(encoder.hidden_size, len(self.labels))
+        # bertlab.models.ops: nn.Dropout / nn.Linear with the switchable fast CPU kernels
+        self.dropout = Dropout(encoder.dropout_p if dropout is None else dropout)
+        self.classifier = Linear(encoder.hidden_size, len(self.labels))
         std = getattr(encoder.config, "initializer_range", 0.02)
         nn.init.normal_(self.classifier.weight, std=std)
         nn.init.zeros_(self.classifier.bias)

@@ -1,44 +1,75 @@
 """Fast CPU kernels that compute the same maths as the plain PyTorch ops.
 
-Why: on x86 CPUs with AVX-512 (e.g. AMD EPYC), ``F.linear`` goes to MKL's sgemm, which there
-runs an AVX2 code path (~110-190 GFLOP/s on 2 cores), while oneDNN's fp32 matmul uses AVX-512
-(~250-330 GFLOP/s). Results differ only by float reassociation (~1e-6 relative).
+What is here, and why (docs/performance.md has the measurements):
+
+- ``linear``: on x86 CPUs with AVX-512 (e.g. AMD EPYC), ``F.linear`` goes to MKL's sgemm, which
+  there runs an AVX2 code path (~110-190 GFLOP/s on 2 cores), while oneDNN's fp32 matmul uses
+  AVX-512 (~250-330 GFLOP/s). Results differ only by float reassociation (~1e-6 relative).
+- ``linear_gelu`` / ``linear_add``: inference only (no autograd graph): the GELU or the residual
+  add runs inside the GEMM as a oneDNN post-op, saving a pass over the activations.
+- ``dropout`` / ``keep_mask``: torch's CPU dropout draws a float Bernoulli per element (the
+  slowest part of a training step after the GEMMs). Here the keep mask comes from the 16-bit
+  lanes of 64-bit random words, so p is quantised to k/65536 (p = 0.1 -> 0.100006); the kept
+  values are scaled by the exact 1/(1 - k/65536), so E[dropout(x)] = x still holds exactly.
+- ``attention``: training with attention dropout, where ``F.scaled_dot_product_attention`` on CPU
+  falls back to its math path (extra scaling passes, a "safe" softmax, float Bernoulli dropout);
+  here: one scaled QKᵀ, softmax, the 16-bit keep mask, and the 1/(1-p) scale folded into V (a
+  [T, d] tensor instead of the [T, T] probabilities). Everything else goes to SDPA (its fused
+  flash kernel at inference).
 
 Every fast path here is switchable, for studies that need the plain path::
 
     from bertlab.models import ops
-    ops.use_fast_kernels(False)            # globally
-    with ops.fast_kernels(False): ...      # for a block
+    ops.use_fast_kernels(False)                    # all of them, globally
+    ops.use_fast_kernels(True, dropout=False)      # all but one ("gemm", "fused_qkv", "dropout",
+                                                   # "inference_fusions")
+    with ops.fast_kernels(False): ...              # for a block
 """
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_state = {"fast": True}
+# each fast path by name; all on by default
+PATHS = ("gemm", "fused_qkv", "dropout", "inference_fusions")
+_state = {name: True for name in PATHS}
 
 
-def use_fast_kernels(enabled: bool = True) -> None:
-    """Turn the fast CPU kernels on or off for the whole process."""
-    _state["fast"] = bool(enabled)
+def _set(enabled: bool | None, paths: dict) -> None:
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        raise ValueError(f"unknown fast path(s) {sorted(unknown)}; choose from {PATHS}")
+    if enabled is not None:
+        _state.update({name: bool(enabled) for name in PATHS})
+    _state.update({name: bool(v) for name, v in paths.items()})
+
+
+def use_fast_kernels(enabled: bool | None = True, **paths: bool) -> None:
+    """Turn the fast paths on or off for the whole process: all of them (``enabled``), then any
+    named one, e.g. ``use_fast_kernels(True, dropout=False)``. Names: :data:`PATHS`."""
+    _set(enabled, paths)
 
 
 @contextlib.contextmanager
-def fast_kernels(enabled: bool):
-    """Context manager form of :func:`use_fast_kernels`; restores the previous setting."""
-    old = _state["fast"]
-    _state["fast"] = bool(enabled)
+def fast_kernels(enabled: bool | None = None, **paths: bool):
+    """Context manager form of :func:`use_fast_kernels`; restores the previous settings."""
+    old = dict(_state)
+    _set(enabled, paths)
     try:
         yield
     finally:
-        _state["fast"] = old
+        _state.update(old)
 
 
-def fast_kernels_enabled() -> bool:
-    return _state["fast"]
+def fast_kernels_enabled(path: str | None = None) -> bool:
+    """Whether fast path ``path`` is on (``None``: whether any is)."""
+    if path is None:
+        return any(_state.values())
+    return _state[path]
 
 
 def _onednn_linear_available() -> bool:
@@ -79,7 +110,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_state["fast"] and _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
+    return (_state["gemm"] and _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0
             and not torch.is_autocast_enabled("cpu"))
 
@@ -97,3 +128,97 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``gelu(linear(x))`` (erf GELU); one oneDNN GEMM with a GELU post-op when no gradient is needed."""
+    if _state["inference_fusions"] and _use_onednn(x, weight) and not _needs_grad(x, weight, bias):
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "gelu", [None], "none")
+        return y.view(*x.shape[:-1], weight.shape[0])
+    return F.gelu(linear(x, weight, bias))
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
+    """``linear(x) + other`` (a residual); the add is a oneDNN post-op when no gradient is needed."""
+    if (_state["inference_fusions"] and _use_onednn(x, weight) and not _needs_grad(x, weight, bias, other)
+            and other.dtype == torch.float32 and other.shape == (*x.shape[:-1], weight.shape[0])):
+        y = torch.ops.mkldnn._linear_pointwise.binary(x.reshape(-1, x.shape[-1]), other.reshape(-1, weight.shape[0]),
+                                                      weight, bias, "add")
+        return y.view(other.shape)
+    return linear(x, weight, bias) + other
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout from 16-bit random integers
+
+
+def _drop_count(p: float) -> int:
+    return min(65536, max(0, round(p * 65536)))
+
+
+def effective_dropout_p(p: float) -> float:
+    """The drop probability the fast dropout really uses for a requested ``p``: k/65536."""
+    return _drop_count(p) / 65536
+
+
+def keep_mask(shape, p: float, device=None) -> tuple[torch.Tensor, float]:
+    """A float32 Bernoulli keep mask (0/1) with P(drop) = k/65536, k = round(65536 p), and the
+    scale 1 / (1 - k/65536) that makes E[mask * scale] = 1 exactly.
+
+    The bits: ``random_(-2**63, None)`` fills int64 words with all 64 bits random (plain
+    ``random_()`` draws from [0, 2^63), whose top bit is always 0); each word is four int16 lanes
+    r, uniform on [-32768, 32767]. Keep iff r >= t, t = k - 32768, computed in float without a
+    bool tensor (bool ops are not vectorised on CPU): clamp(r, t-1, t) - (t-1) is exactly 0 or 1.
+    """
+    k = _drop_count(p)
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+    t = float(k - 32768)
+    mask = words.view(torch.int16)[:n].to(torch.float32).clamp_(t - 1, t).sub_(t - 1)  # exact in fp32
+    return mask.view(shape), (math.inf if k == 65536 else 65536 / (65536 - k))
+
+
+def _use_fast_dropout(x: torch.Tensor) -> bool:
+    # CUDA has its own fused (Philox) dropout; this path is for CPUs
+    return _state["dropout"] and x.device.type == "cpu" and x.is_floating_point()
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout(x, p, training)`` with the mask from :func:`keep_mask` (p quantised to k/65536)."""
+    if not training or p <= 0:
+        return x
+    if not _use_fast_dropout(x) or p >= 1:
+        return F.dropout(x, p, training)
+    mask, scale = keep_mask(x.shape, p, x.device)
+    # autograd saves the scaled mask: grad = g * mask * scale; bf16/fp16 inputs keep their dtype
+    return (x * mask.mul_(scale)).to(x.dtype)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (no parameters) whose forward uses :func:`dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
+              dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(d) + bias) v with dropout on the probabilities; q, k, v ``[B, heads, T, d]``,
+    ``bias`` broadcastable to ``[B, heads, T, T]`` (additive, e.g. from a padding mask).
+
+    ``dropout_p`` > 0 (training) on CPU with fast kernels: the explicit path described at the top
+    of this module. Otherwise ``F.scaled_dot_product_attention``.
+    """
+    if dropout_p <= 0 or dropout_p >= 1 or not _use_fast_dropout(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+    if bias is not None:
+        scores = scores + bias
+    probs = scores.softmax(-1)
+    mask, scale = keep_mask(probs.shape, dropout_p, probs.device)
+    # (P ⊙ mask / (1-p)) v = (P ⊙ mask) (v / (1-p)): the scale touches [T, d], not [T, T]
+    return torch.matmul((probs * mask).to(probs.dtype), v * scale)
