@@ -16,6 +16,11 @@ O(n_query × n_train)):
 4. candidates' distances are recomputed exactly in float64 from the differences and sorted by
    (distance, training index).
 
+When step 3 leaves more than ``_MAX_CANDIDATES`` rows per query (training logits crowded within
+float32 rounding of each other, as after a model collapses to one class), steps 1–3 are redone
+for that chunk with a float64 GEMM (rounding bound 2^-29 times smaller) before step 4, so the
+exact step never degenerates into an all-pairs gather.
+
 Ties: among equal distances the lower training index wins (as a stable argsort over the float64
 distances would order them); when classes tie in the vote, the lower class id wins (sklearn's
 argmax rule). Everything is deterministic and independent of chunk size and thread count.
@@ -29,6 +34,11 @@ import numpy as np
 
 _BLOCK = 32                                 # training rows per block (step 2)
 _UNIT = float(np.finfo(np.float32).eps) / 2  # float32 unit roundoff u = 2^-24
+_UNIT64 = float(np.finfo(np.float64).eps) / 2  # float64 unit roundoff u = 2^-53
+# mean candidate rows per query above which the float32 bound is too loose to be worth gathering
+# (many nearly identical training rows, e.g. logits of a model that says "O" everywhere): the
+# chunk is then bounded again with a float64 GEMM, whose rounding only near-exact ties survive
+_MAX_CANDIDATES = 2048
 _PAD = float(np.finfo(np.float32).max) / 4   # a padding row's a_j: never a neighbour, never inf/nan
 
 
@@ -78,9 +88,11 @@ class KNNClassifier:
             pad = np.zeros((n_pad, dim + 1), np.float32)
             pad[:, -1] = _PAD
             self._scale = float(sq.max())  # max ‖x‖², for the rounding bound E
+            self._sq64 = sq
         else:
             self._norm = np.sqrt(np.einsum("ij,ij->i", self._X64, self._X64))
-            aug = (self._X64 / np.where(self._norm == 0, 1, self._norm)[:, None]).astype(np.float32)
+            self._Xhat64 = self._X64 / np.where(self._norm == 0, 1, self._norm)[:, None]
+            aug = self._Xhat64.astype(np.float32)
             # a padding row must lose to any real row: −q̂·x̂ ≥ −1, so give it a large positive a
             pad = np.zeros((n_pad, dim), np.float32)
         self._gemm_rhs = np.ascontiguousarray(np.vstack([aug, pad]).T)
@@ -151,14 +163,35 @@ class KNNClassifier:
             tau = np.partition(approx, k - 1, axis=1)[:, k - 1]
         limit = (tau + 2 * err).astype(np.float32)
         rows, blk = np.nonzero(block_min <= limit[:, None])
+        if len(rows) * _BLOCK > _MAX_CANDIDATES * n_q:
+            return self._chunk_neighbors_float64(Q64, k)
         values = blocks[rows, :, blk]                                   # [n_pairs, BLOCK]
         pair, offset = np.nonzero(values <= limit[rows][:, None])
         rows = rows[pair]
         cols = offset * blocks.shape[2] + blk[pair]
+        return self._nearest_of_candidates(Q64, rows, cols, k)
+
+    def _chunk_neighbors_float64(self, Q64: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-3 with a float64 GEMM and bound: for chunks whose float32 bound admits too many."""
+        dim = Q64.shape[1]
+        if self.metric == "euclidean":
+            q_sq = np.einsum("ij,ij->i", Q64, Q64)
+            approx = self._sq64[None, :] - 2.0 * (Q64 @ self._X64.T)    # [n_q, n_train]
+            err = 2 * (dim + 2) * _UNIT64 * (q_sq + 3 * self._scale)
+        else:
+            q_norm = np.sqrt(np.einsum("ij,ij->i", Q64, Q64))
+            approx = -((Q64 / np.where(q_norm == 0, 1, q_norm)[:, None]) @ self._Xhat64.T)
+            err = np.full(len(Q64), 4 * (dim + 2) * _UNIT64)
+        tau = np.partition(approx, k - 1, axis=1)[:, k - 1]
+        rows, cols = np.nonzero(approx <= (tau + 2 * err)[:, None])
+        return self._nearest_of_candidates(Q64, rows, cols, k)
+
+    def _nearest_of_candidates(self, Q64, rows, cols, k) -> tuple[np.ndarray, np.ndarray]:
+        """Step 4: exact distances of the candidate (query row, training index) pairs, the k best."""
         exact = self._exact_distance(Q64, rows, cols)
         order = np.lexsort((cols, exact, rows))                          # by row, distance, index
         rows, cols, exact = rows[order], cols[order], exact[order]
-        first = np.searchsorted(rows, np.arange(n_q))
+        first = np.searchsorted(rows, np.arange(len(Q64)))
         take = first[:, None] + np.arange(k)                             # each row has ≥ k candidates
         return exact[take], cols[take]
 

@@ -133,3 +133,46 @@ def test_kneighbors_options_and_errors():
         KNNClassifier().predict(X)
     with pytest.raises(ValueError, match="metric"):
         KNNClassifier(metric="manhattan")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_float64_bound_path_equals_brute_force_with_ties(metric, monkeypatch):
+    """Forcing the float64 re-bound for every chunk keeps exact ties and duplicates exact."""
+    import bertlab.knn
+    monkeypatch.setattr(bertlab.knn, "_MAX_CANDIDATES", 0)
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        n, dim = int(rng.integers(2, 300)), int(rng.integers(1, 10))
+        k = int(rng.integers(1, min(n, 20) + 1))
+        X, Q = tied_data(rng, n, dim)
+        model = KNNClassifier(k=k, metric=metric, chunk_size=int(rng.integers(1, 20))).fit(X, np.zeros(n))
+        dist, idx = model.kneighbors(Q)
+        ref_dist, ref_idx = brute_force(X, Q, k, metric)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(dist, ref_dist)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_crowded_logits_take_the_float64_bound_and_stay_exact(metric, monkeypatch):
+    """Logits of a collapsed model: thousands of training rows within float32 rounding of each
+    other. The float32 bound admits them all; the chunk must be re-bounded in float64 (not an
+    all-pairs exact gather) and the answer must still equal the brute force."""
+    import bertlab.knn
+    calls = []
+    original = KNNClassifier._chunk_neighbors_float64
+    monkeypatch.setattr(KNNClassifier, "_chunk_neighbors_float64",
+                        lambda self, Q64, k: calls.append(len(Q64)) or original(self, Q64, k))
+    rng = np.random.default_rng(3)
+    center = rng.normal(0, 8, size=40).astype(np.float32)   # large logits, as after fine-tuning
+    # spread 1e-3: far inside float32's rounding bound at this magnitude, yet well resolved in
+    # float64 (at 1e-5, 1 - cos itself sits at float64's cancellation floor for any implementation)
+    X = (center + rng.normal(0, 1e-3, size=(6000, 40))).astype(np.float32)
+    Q = (center + rng.normal(0, 1e-3, size=(50, 40))).astype(np.float32)
+    y = rng.integers(0, 3, size=len(X))
+    model = KNNClassifier(k=17, metric=metric).fit(X, y)
+    dist, idx = model.kneighbors(Q)
+    assert sum(calls) == len(Q)
+    ref_dist, ref_idx = brute_force(X, Q, 17, metric)
+    np.testing.assert_array_equal(idx, ref_idx)
+    # same neighbours; the distances agree to float64 rounding of the dot product (summation order)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-12, atol=4 * np.finfo(np.float64).eps)
