@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -63,6 +62,23 @@ def _matmul_weights(model: torch.nn.Module) -> tuple[int, int, int]:
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layers")
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim")
     return n, layers, hidden
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    VmHWM, the high-water mark of this process's own address space (it starts afresh at exec),
+    rather than ``getrusage().ru_maxrss``, which Linux keeps across execve and so can include the
+    pages of a parent that started the worker with fork + exec.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # not Linux: the best available (may include the parent's RSS)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(spec: dict) -> dict:
@@ -124,7 +140,7 @@ def worker(spec: dict) -> dict:
     flops_per_token = (6 * n_weights + 12 * layers * T * hidden) if train else (2 * n_weights + 4 * layers * T * hidden)
     return {"tokens_per_s": tokens_per_s, "mean_tokens_per_s": B * T * len(times) / sum(times),
             "gflops": tokens_per_s * flops_per_token / 1e9,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _run_worker(spec: dict) -> dict | None:
