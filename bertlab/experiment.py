@@ -728,21 +728,11 @@ def _toml_value(v) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     """Write atomically: a temp file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_bytes(path, text.encode("utf-8"))
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """``_write_text`` for bytes (temp file, fsync, os.replace)."""
+    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

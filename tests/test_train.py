@@ -422,12 +422,17 @@ def test_two_processes_equal_one_process(tmp_path):
 
 # ---- command line ---------------------------------------------------------------------------
 
-def test_cli_trains_and_reports_config_errors(tmp_path, capsys):
+def tiny_toml(tmp_path) -> str:
+    """The tiny config (tests/_train_script.py) written as a TOML file's text."""
     cfg = tiny_config(tmp_path / "data")
-    toml = "\n".join(
+    return "\n".join(
         [f"[{s}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items() if not isinstance(v, dict))
          for s, vals in cfg.items()]) + "\n[model.overrides]\n" + "\n".join(
         f"{k} = {v}" for k, v in TINY_MODEL.items()) + "\n"
+
+
+def test_cli_trains_and_reports_config_errors(tmp_path, capsys):
+    toml = tiny_toml(tmp_path)
     path = tmp_path / "tiny.toml"
     path.write_text(toml)
     assert main(["--config", str(path), "--set", "train.bogus=1"]) == 2
@@ -461,11 +466,7 @@ def test_crf_transitions_get_their_own_learning_rate():
 
 def test_cli_gradflow_section_records_the_gradient_flow(tmp_path, capsys):
     """A [gradflow] section in a train config turns the instruments on (issue #6)."""
-    cfg = tiny_config(tmp_path / "data")
-    toml = "\n".join(
-        [f"[{s}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items() if not isinstance(v, dict))
-         for s, vals in cfg.items()]) + "\n[model.overrides]\n" + "\n".join(
-        f"{k} = {v}" for k, v in TINY_MODEL.items()) + "\n[gradflow]\nevery = 1\nper_class_every = 1\n"
+    toml = tiny_toml(tmp_path) + "\n[gradflow]\nevery = 1\nper_class_every = 1\n"
     path = tmp_path / "tiny.toml"
     path.write_text(toml)
     out = tmp_path / "cli"
