@@ -444,21 +444,37 @@ def bootstrap_ci(data, statistic: Callable, n_resamples: int = 9999, confidence_
     if method_key == "percentile":
         levels = [alpha, 1 - alpha]
     else:
-        theta_hat = float(statistic(data))
-        share = ((theta_b < theta_hat).sum() + (theta_b <= theta_hat).sum()) / (2 * n_resamples)
-        z0 = special.ndtri(share)
         keep = np.ones(n, dtype=bool)
         jack = np.empty(n)
         for i in range(n):  # leave-one-unit-out estimates
             keep[i] = False
             jack[i] = statistic(data[keep])
             keep[i] = True
-        u = (n - 1) * (jack.mean() - jack)
-        accel = 1 / 6 * ((u**3).sum() / n**3) / ((u**2).sum() / n**2) ** 1.5
-        z = special.ndtri(alpha)
-        levels = [special.ndtr(z0 + (z0 + zz) / (1 - accel * (z0 + zz))) for zz in (z, -z)]
+        levels = bca_levels(theta_b, float(statistic(data)), jack, confidence_level)
     low, high = np.quantile(theta_b, levels)
     return BootstrapResult(ConfidenceInterval(float(low), float(high)), theta_b, float(theta_b.std(ddof=1)))
+
+
+def bca_levels(theta_b, theta_hat: float, jackknife, confidence_level: float = 0.95) -> list[float]:
+    """The two quantile levels of a BCa interval (Efron & Tibshirani 14.3): ``theta_b`` the
+    bootstrap statistics, ``theta_hat`` the full-sample statistic, ``jackknife`` the
+    leave-one-unit-out statistics. ``np.quantile(theta_b, levels)`` is then the interval.
+
+    The bias correction ``z0`` counts ties half (as scipy does) and is clipped to the share
+    ``1/(2B)`` when every resample falls on one side, so a degenerate distribution (e.g. F1 = 0
+    in every resample) gives its own end points instead of NaN. A constant jackknife has no
+    skew to correct: its acceleration is 0."""
+    theta_b = np.asarray(theta_b, dtype=np.float64)
+    jack = np.asarray(jackknife, dtype=np.float64)
+    B, n = len(theta_b), len(jack)
+    share = ((theta_b < theta_hat).sum() + (theta_b <= theta_hat).sum()) / (2 * B)
+    share = min(max(share, 1 / (2 * B)), 1 - 1 / (2 * B))
+    z0 = special.ndtri(share)
+    u = (n - 1) * (jack.mean() - jack)
+    den = ((u**2).sum() / n**2) ** 1.5
+    accel = 1 / 6 * ((u**3).sum() / n**3) / den if den > 0 else 0.0
+    z = special.ndtri((1 - confidence_level) / 2)
+    return [float(special.ndtr(z0 + (z0 + zz) / (1 - accel * (z0 + zz)))) for zz in (z, -z)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -159,37 +159,45 @@ def test_main_table_mean_std(study):
             assert table[name][col] == f"{v.mean():.4f} ± {v.std(ddof=1):.4f}"
 
 
-def test_bootstrap_ci_recomputed_with_seqeval(study):
-    """The CI: percentile bootstrap over documents with the documented shared resamples; each
-    resample's score recomputed by seqeval on the resampled documents' sentences."""
+def test_bootstrap_ci_recomputed_with_seqeval_and_scipy(study):
+    """The CI: BCa bootstrap over documents with the documented shared resamples, recomputed by
+    ``scipy.stats.bootstrap(method="BCa")`` whose statistic re-scores the resampled documents'
+    sentences with seqeval and averages over seeds (scipy draws the same resamples from the same
+    seed, and jackknifes documents for the acceleration)."""
+    import scipy.stats as sps
+    from seqeval.scheme import IOB2
+
     sdir, md, rows = study
     table = {row[0]: row for row in table_rows(md, "Main results")}
-    name = "sampler=btl, loss=focal, decode=knn"
-    group = by_variant(rows)[name]
-    per_seed = []
-    for r in group:
-        docs = {}
-        for l in (sdir / r["predictions"]).read_text().splitlines():
-            l = json.loads(l)
-            docs.setdefault(l["doc_id"], []).append(l)
-        per_seed.append(list(docs.values()))
-    D = len(per_seed[0])
-    idx = np.random.default_rng(0).integers(0, D, size=(300, D))
-    from seqeval.scheme import IOB2
-    micro = []
-    for row in idx:
-        scores = []
-        for docs in per_seed:
-            sents = [s for d in row for s in docs[d]]
-            rep = classification_report([s["tags"] for s in sents], [s["pred"] for s in sents], mode="strict",
-                                        scheme=IOB2, output_dict=True, zero_division=0)
-            scores.append(rep["micro avg"]["f1-score"])
-        micro.append(np.mean(scores))
-    lo, hi = np.percentile(micro, [2.5, 97.5])
-    assert table[name][3] == f"[{lo:.4f}, {hi:.4f}]"
-    # and the CI brackets the seed mean of the full test set
-    mean = np.mean([r["f1_micro"] for r in group])
-    assert lo <= mean <= hi
+    for name in ("sampler=btl, loss=focal, decode=knn", "sampler=atl, loss=ce, decode=argmax"):
+        group = by_variant(rows)[name]
+        per_seed = []
+        for r in group:
+            docs = {}
+            for l in (sdir / r["predictions"]).read_text().splitlines():
+                l = json.loads(l)
+                docs.setdefault(l["doc_id"], []).append(l)
+            per_seed.append(list(docs.values()))
+        D = len(per_seed[0])
+
+        def seed_mean(index, key):
+            scores = []
+            for docs in per_seed:
+                sents = [s for d in np.atleast_1d(index).astype(int) for s in docs[d]]
+                rep = classification_report([s["tags"] for s in sents], [s["pred"] for s in sents], mode="strict",
+                                            scheme=IOB2, output_dict=True, zero_division=0)
+                scores.append(rep[key]["f1-score"])
+            return float(np.mean(scores))
+
+        for col, key in ((3, "micro avg"), (5, "macro avg")):
+            ref = sps.bootstrap((np.arange(D),), lambda i: seed_mean(i, key), vectorized=False, n_resamples=300,
+                                method="BCa", rng=np.random.default_rng(0))
+            lo, hi = ref.confidence_interval
+            assert table[name][col] == f"[{lo:.4f}, {hi:.4f}]", (name, key)
+        # the micro-F1 interval brackets the seed mean of the full test set
+        mean = np.mean([r["f1_micro"] for r in group])
+        lo, hi = (float(x) for x in table[name][3].strip("[]").split(", "))
+        assert lo <= mean <= hi
 
 
 def test_significance_recomputed_with_scipy(study):

@@ -217,6 +217,16 @@ def test_bootstrap_of_document_f1_is_seeded_and_matches_scipy_paired():
     assert close(low, ref.confidence_interval.low) and close(high, ref.confidence_interval.high)
 
 
+def test_bca_levels_degenerate_distributions_stay_finite():
+    """Every resample equal to the estimate (F1 = 0 throughout, a collapsed model): the interval is
+    that value, not NaN; a one-sided distribution clips the bias correction instead of diverging."""
+    lo, hi = stats.bca_levels(np.zeros(500), 0.0, np.zeros(20))
+    assert 0 < lo < hi < 1
+    assert tuple(np.quantile(np.zeros(500), [lo, hi])) == (0.0, 0.0)
+    lo, hi = stats.bca_levels(np.linspace(1, 2, 500), 0.5, np.linspace(0.4, 0.6, 20))  # all above
+    assert np.isfinite([lo, hi]).all() and lo < hi
+
+
 @pytest.mark.parametrize("alternative", ["two-sided", "less", "greater"])
 def test_permutation_test_paired_exact_equals_scipy(alternative):
     rng = np.random.default_rng(8)
