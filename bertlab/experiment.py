@@ -51,11 +51,12 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bertlab.files import write_text
 
 SCALES = ("smoke", "default", "full")
 STUDY_KEYS = {"study", "base", "sweep", "scale", "report", "models", "gradflow"}
@@ -440,7 +441,7 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
         _check_snapshot(rdir, run, study)
         rdir.mkdir(parents=True, exist_ok=True)
         if not (rdir / "config.toml").exists():
-            _write_text(rdir / "config.toml", toml_dumps(run.config))
+            write_text(rdir / "config.toml", toml_dumps(run.config))
         _write_json(rdir / "run.json", {"study": study.name, "scale": scale, "run_id": run.run_id,
                                          "axes": run.axes, "env": env})
         resumed = any(rdir.glob("checkpoint*"))
@@ -569,7 +570,7 @@ def write_predictions(path: Path, sentences, pred_tags) -> None:
         last = s.doc_id
         lines.append(json.dumps({"doc_id": s.doc_id, "sentence": index, "tokens": list(s.tokens),
                                  "tags": list(s.tags), "pred": list(p)}))
-    _write_text(path, "".join(line + "\n" for line in lines))
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 # ---- results.jsonl ------------------------------------------------------------------------------
@@ -633,7 +634,7 @@ def write_results(sdir: Path) -> Path:
     """Rewrite ``sdir/results.jsonl`` from the finished run folders (temp file + os.replace)."""
     rows = result_rows(sdir)
     path = sdir / "results.jsonl"
-    _write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     return path
 
 
@@ -726,28 +727,8 @@ def _toml_value(v) -> str:
     raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
-    _write_bytes(path, text.encode("utf-8"))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(o):

@@ -27,10 +27,14 @@ argmax rule). Everything is deterministic and independent of chunk size and thre
 """
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+
+from bertlab.files import write_bytes
 
 _BLOCK = 32                                 # training rows per block (step 2)
 _UNIT = float(np.finfo(np.float32).eps) / 2  # float32 unit roundoff u = 2^-24
@@ -40,6 +44,7 @@ _UNIT64 = float(np.finfo(np.float64).eps) / 2  # float64 unit roundoff u = 2^-53
 # chunk is then bounded again with a float64 GEMM, whose rounding only near-exact ties survive
 _MAX_CANDIDATES = 2048
 _PAD = float(np.finfo(np.float32).max) / 4   # a padding row's a_j: never a neighbour, never inf/nan
+KNN_FILE = "knn.npz"  # a saved model folder's KNN reference (KNNClassifier.save), written by training
 
 
 class KNNClassifier:
@@ -98,6 +103,23 @@ class KNNClassifier:
         self._gemm_rhs = np.ascontiguousarray(np.vstack([aug, pad]).T)
         self._n_pad = n_pad
         return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """The training points, their labels, ``k``, ``metric`` and ``weights`` as one ``.npz``,
+        written atomically; ``KNNClassifier.load(path)`` gives back an identical classifier."""
+        if not hasattr(self, "_X"):
+            raise RuntimeError("KNNClassifier is not fitted yet: call fit(X, y) first")
+        buf = io.BytesIO()
+        np.savez(buf, X=self._X, y=self.classes_[self._y], k=np.int64(self.k), metric=np.str_(self.metric),
+                 weights=np.str_(self.weights))
+        return write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs) -> "KNNClassifier":
+        """A classifier fitted from a ``save``d ``.npz`` (``kwargs``: chunk_size, n_jobs, ...)."""
+        with np.load(path, allow_pickle=False) as z:
+            weights = str(z["weights"]) if "weights" in z.files else "uniform"
+            return cls(k=int(z["k"]), metric=str(z["metric"]), weights=weights, **kwargs).fit(z["X"], z["y"])
 
     def _check_fitted(self, X) -> np.ndarray:
         if not hasattr(self, "_X"):

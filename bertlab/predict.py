@@ -23,7 +23,6 @@ import numpy as np
 
 from bertlab.metrics import strict_entities
 
-KNN_FILE = "knn.npz"
 
 
 def load_model(model_dir: str | os.PathLike):
@@ -56,14 +55,14 @@ def run_config(model_dir: Path) -> dict | None:
 
 def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print):
     """The KNN decoder of a saved model: ``model_dir/knn.npz`` (training-word logits ``X``,
-    labels ``y``, ``k``, ``metric``) if present; otherwise refitted on the training split named by
-    the run's config (the logits of every training word, as at training time) and cached there."""
-    from bertlab.knn import KNNClassifier
+    labels ``y``, ``k``, ``metric``; training writes it into ``best/`` when ``[eval] decode`` has
+    "knn") if present; otherwise refitted on the training split named by the run's config (the
+    logits of every training word, as at training time) and cached there."""
+    from bertlab.knn import KNN_FILE, KNNClassifier
     model_dir = Path(model_dir)
     cached = model_dir / KNN_FILE
     if cached.exists():
-        z = np.load(cached, allow_pickle=False)
-        return KNNClassifier(k=int(z["k"]), metric=str(z["metric"])).fit(z["X"], z["y"])
+        return KNNClassifier.load(cached)
     cfg = run_config(model_dir)
     if cfg is None:
         raise FileNotFoundError(
@@ -79,12 +78,9 @@ def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print):
     label2id = {l: i for i, l in enumerate(model.labels)}
     X = np.concatenate([l for l in logits if len(l)], axis=0)
     y = np.array([label2id[t] for s in train.sentences for t in s.tags], dtype=np.int64)
-    from bertlab.experiment import _write_bytes
-    import io
-    buf = io.BytesIO()
-    np.savez(buf, X=X, y=y, k=np.int64(tc.eval.knn_k), metric=np.str_(tc.eval.knn_metric))
-    _write_bytes(cached, buf.getvalue())
-    return KNNClassifier(k=tc.eval.knn_k, metric=tc.eval.knn_metric).fit(X, y)
+    knn = KNNClassifier(k=tc.eval.knn_k, metric=tc.eval.knn_metric).fit(X, y)
+    knn.save(cached)
+    return knn
 
 
 def split_words(text: str) -> list[tuple[list[str], list[tuple[int, int]]]]:

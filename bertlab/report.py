@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertlab.files import write_text
 from bertlab.metrics import strict_entities
 from bertlab.stats import bca_levels
 
@@ -316,10 +317,9 @@ def build_report(study_dir: str | os.PathLike) -> Path:
 
 
 def _write_report(study_dir: Path, md: list[str], data: dict) -> Path:
-    from bertlab.experiment import _write_text
-    _write_text(study_dir / "report.json", json.dumps(data, indent=2, default=_nan_json) + "\n")
+    write_text(study_dir / "report.json", json.dumps(data, indent=2, default=_nan_json) + "\n")
     path = study_dir / "report.md"
-    _write_text(path, "\n".join(md).rstrip() + "\n")
+    write_text(path, "\n".join(md).rstrip() + "\n")
     return path
 
 

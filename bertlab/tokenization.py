@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,8 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
+
+from bertlab.files import write_text
 
 IGNORE_INDEX = -100
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
@@ -133,15 +134,15 @@ class Tokenizer:
         into the folder ``path`` (created if needed), the set ``AutoTokenizer`` reads."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / "tokenizer.json", self._tok.to_str())
+        write_text(path / "tokenizer.json", self._tok.to_str())
         vocab = sorted(self._tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
-        _atomic_write(path / "vocab.txt", "".join(t + "\n" for t, _ in vocab))
+        write_text(path / "vocab.txt", "".join(t + "\n" for t, _ in vocab))
         cfg = {k: v for k, v in self._extra_config.items()
                if k in ("strip_accents", "tokenize_chinese_chars", "clean_up_tokenization_spaces")}
         cfg.update(self.special_tokens, do_lower_case=self.do_lower_case,
                    model_max_length=self.model_max_length, tokenizer_class="BertTokenizer")
-        _atomic_write(path / "tokenizer_config.json", json.dumps(cfg, indent=2) + "\n")
-        _atomic_write(path / "special_tokens_map.json", json.dumps(self.special_tokens, indent=2) + "\n")
+        write_text(path / "tokenizer_config.json", json.dumps(cfg, indent=2) + "\n")
+        write_text(path / "special_tokens_map.json", json.dumps(self.special_tokens, indent=2) + "\n")
 
     # ---- plain encoding -------------------------------------------------------------------
 
@@ -335,14 +336,3 @@ def bert_wordpiece(vocab_file: str | os.PathLike, lowercase: bool = True, strip_
 def _token_str(t) -> str:
     # tokenizer_config.json may hold a token as a string or as an AddedToken dict
     return t["content"] if isinstance(t, dict) else str(t)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertlab.files import write_json, write_jsonl
 from bertlab.losses import LOSS_NAMES, REDUCTIONS, WEIGHT_SCHEMES, LossConfig, build_loss, label_counts, token_losses
 from bertlab.sampling import btl_fused_loss, btl_naive_loss, collate, length_bucketed_batches
 
@@ -162,7 +163,7 @@ CHOICES = {
     ("optim", "schedule"): ("linear", "constant"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "progress"): ("auto", "on", "off"),
-    ("eval", "knn_metric"): ("euclidean", "cosine", "manhattan"),
+    ("eval", "knn_metric"): ("euclidean", "cosine"),
 }
 DECODES = ("argmax", "viterbi", "knn")
 # fields that must be >= the given minimum
@@ -832,18 +833,11 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    text = json.dumps(clean_json(obj), indent=2) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, clean_json(obj))
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(clean_json(row)) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, (clean_json(row) for row in rows))
 
 
 def clean_json(obj):
@@ -1246,12 +1240,15 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
     """Load the best weights, score dev and test with every decode of ``[eval] decode``, write
     ``predictions_<split>_<decode>.jsonl``; returns ``{"dev": {decode: ...}, "test": {...}}``."""
     from bertlab.inference import fit_knn_on_train, word_logits
+    from bertlab.knn import KNN_FILE
     if (out_dir / "best").exists():
         load_best_into(model, out_dir / "best")
     knn = None
     if "knn" in cfg.eval.decode:
         knn = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
                                metric=cfg.eval.knn_metric, **options)
+        if (out_dir / "best").exists():  # so `bertlab predict --knn` never has to refit
+            knn.save(out_dir / "best" / KNN_FILE)
     out = {}
     for split in ("dev", "test"):
         corpus = getattr(splits, split)

@@ -176,3 +176,21 @@ def test_crowded_logits_take_the_float64_bound_and_stay_exact(metric, monkeypatc
     np.testing.assert_array_equal(idx, ref_idx)
     # same neighbours; the distances agree to float64 rounding of the dot product (summation order)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-12, atol=4 * np.finfo(np.float64).eps)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_save_and_load_give_the_same_classifier(metric, weights, tmp_path):
+    rng = np.random.default_rng(9)
+    X, Q = tied_data(rng, 300, 7)
+    y = rng.choice(np.array(["B-Dis", "I-Dis", "O"]), size=len(X))
+    ours = KNNClassifier(k=5, metric=metric, weights=weights).fit(X, y)
+    ours.save(tmp_path / "knn.npz")
+    back = KNNClassifier.load(tmp_path / "knn.npz")
+    assert (back.k, back.metric, back.weights) == (5, metric, weights)
+    np.testing.assert_array_equal(back.classes_, ours.classes_)
+    np.testing.assert_array_equal(back.kneighbors(Q)[1], ours.kneighbors(Q)[1])
+    np.testing.assert_array_equal(back.predict_proba(Q), ours.predict_proba(Q))
+    assert [p.name for p in tmp_path.iterdir()] == ["knn.npz"]  # no temp file left behind
+    with pytest.raises(RuntimeError, match="fit"):
+        KNNClassifier().save(tmp_path / "other.npz")

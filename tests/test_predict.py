@@ -176,7 +176,14 @@ knn_k = 3
 """)
     sdir = run_experiment("k", out=tmp_path / "runs", experiments_dir=d, progress=lambda s: None, report=False)
     best = sdir / "seed=0" / "best"
+    trained = [json.loads(l) for l in (sdir / "seed=0" / "predictions_test_knn.jsonl").read_text().splitlines()]
+    saved = (best / "knn.npz").read_bytes()  # written at the end of training
+    r = evaluate_model(best, "maccrobat", "test", knn=True, max_documents=2, max_length=48, stride=8)
+    assert [p["pred"] for p in r["predictions"]] == [p["pred"] for p in trained]
+    (best / "knn.npz").unlink()  # an older run folder: refit from the run's config
     r = evaluate_model(best, "maccrobat", "test", knn=True, max_documents=2, max_length=48, stride=8)
     assert (best / "knn.npz").exists()  # cached for the next call
-    trained = [json.loads(l) for l in (sdir / "seed=0" / "predictions_test_knn.jsonl").read_text().splitlines()]
     assert [p["pred"] for p in r["predictions"]] == [p["pred"] for p in trained]
+    z_saved, z_refit = np.load(io.BytesIO(saved)), np.load(best / "knn.npz")
+    np.testing.assert_allclose(z_refit["X"], z_saved["X"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(z_refit["y"], z_saved["y"])

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from bertlab.files import write_json
 
 AREAS = {
     "models": "bertlab.bench.models",   # train/inference tokens/s, peak RSS, MFU vs transformers
@@ -50,9 +50,7 @@ def environment() -> dict:
 
 def write_json_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_json(path, data, indent=1)
 
 
 def main(argv: list[str] | None = None) -> int:
