@@ -77,7 +77,7 @@ RECIPE_SECTIONS = ("data", "loss", "sampler", "optim", "train", "eval")
 # sections that can be swept as a list of tables, e.g. loss = [{name="ce"}, {name="focal", gamma=1.0}]
 # (the model table replaces [model]; any other merges into its section; ``label`` names the run)
 TABLE_AXES = ("model", "data", "loss", "sampler", "optim", "train", "eval")
-# classic taggers that bertlab.baselines fits directly (no training loop)
+# classic taggers that bertlab.baselines fits directly (no training loop); they decode by Viterbi
 DIRECT_BASELINES = ("hmm", "crf")
 
 
@@ -106,7 +106,8 @@ class Study:
         """Every decode some run is scored with, in order ([base.eval] first, then per model)."""
         out = list(self.base.get("eval", {}).get("decode", ["argmax"]))
         for m in self.axes.get("model", []):
-            out += [d for d in m.get("decode", []) if d not in out]
+            own = ["viterbi"] if m.get("arch") in DIRECT_BASELINES else m.get("decode", [])
+            out += [d for d in own if d not in out]
         return out
 
 
@@ -307,7 +308,13 @@ def expand(study: Study) -> list[Run]:
                 table = {k: v for k, v in value.items() if k not in MODEL_META and k not in RECIPE_SECTIONS}
                 # the model table replaces the base one, so builtin/path/preset never mix
                 cfg["model"] = copy.deepcopy(table)
-                if "decode" in value:
+                if value.get("arch") in DIRECT_BASELINES:
+                    if list(value.get("decode", ["viterbi"])) != ["viterbi"]:
+                        raise StudyError(f"{study.path}: model {value.get('name', value['arch'])!r}: decode = "
+                                         f"{list(value['decode'])}, but the HMM and feature CRF decode with "
+                                         f"Viterbi only (decode = [\"viterbi\"])")
+                    cfg.setdefault("eval", {})["decode"] = ["viterbi"]
+                elif "decode" in value:
                     cfg.setdefault("eval", {})["decode"] = list(value["decode"])
                 # a model's own training recipe (e.g. a BiLSTM's lr and epochs) updates the base
                 for section in RECIPE_SECTIONS:
@@ -516,8 +523,9 @@ def _finish_gradflow(recorder, run_id: str) -> None:
 
 
 def _fit_direct_baseline(config: dict, rdir: Path) -> None:
-    """HMM / feature-CRF taggers (``bertlab.baselines``): fit on train, score dev and test, and
-    write what ``bertlab.train`` writes (metrics.json, predictions_<split>_argmax.jsonl)."""
+    """HMM / feature-CRF taggers (``bertlab.baselines``): fit on train, score dev and test
+    (Viterbi decoding), and write what ``bertlab.train`` writes (metrics.json,
+    predictions_<split>_viterbi.jsonl)."""
     import numpy as np
 
     from bertlab import baselines
@@ -543,11 +551,11 @@ def _fit_direct_baseline(config: dict, rdir: Path) -> None:
         t0 = time.perf_counter()
         pred = tagger.predict([s.tokens for s in sents])
         seconds = time.perf_counter() - t0
-        write_predictions(rdir / f"predictions_{split}_argmax.jsonl", sents, pred)
+        write_predictions(rdir / f"predictions_{split}_viterbi.jsonl", sents, pred)
         gold = [s.tags for s in sents]
         entity = entity_report(gold, pred, zero_division=0)
-        out[split] = {"argmax": {
-            "decode": "argmax", "micro_f1": entity["micro avg"]["f1-score"] if "micro avg" in entity else 0.0,
+        out[split] = {"viterbi": {
+            "decode": "viterbi", "micro_f1": entity["micro avg"]["f1-score"] if "micro avg" in entity else 0.0,
             "entity_report": dict(entity), "token": dict(token_report(gold, pred, zero_division=0)),
             "unweighted_accuracy": unweighted_accuracy(gold, pred),
             "tokens_per_second": sum(len(s.tokens) for s in sents) / max(seconds, 1e-9)}}
@@ -558,7 +566,7 @@ def _fit_direct_baseline(config: dict, rdir: Path) -> None:
     _write_json(rdir / "metrics.json", {
         **out, "config": config, "labels": getattr(tagger, "labels", None), "params": n_params,
         "epochs": 1, "train_seconds": train_seconds, "train_mentions": mention_counts(train_sents),
-        "best_dev_f1": out.get("dev", {}).get("argmax", {}).get("micro_f1")})
+        "best_dev_f1": out.get("dev", {}).get("viterbi", {}).get("micro_f1")})
 
 
 def write_predictions(path: Path, sentences, pred_tags) -> None:

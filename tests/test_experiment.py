@@ -250,3 +250,19 @@ train = { epochs = 7 }
     assert lstm["train"]["epochs"] == 7 and lstm["train"]["seed"] == 0 and lstm["train"]["max_steps"] == 3
     assert small["model"] == {"preset": "minilm"}
     assert small.get("optim", {}).get("lr") != 2e-3 and small["train"].get("epochs") != 7
+
+
+def test_hmm_and_feature_crf_are_scored_as_viterbi(tmp_path):
+    """The direct baselines decode by Viterbi: their runs are labelled so, and asking them for
+    another decode is refused with the model's name."""
+    text = TINY.replace('"loss.name" = ["ce", "focal"]', 'model = ["small", "hmm"]')
+    text = text.replace('baseline = { "loss.name" = "ce", decode = "argmax" }', 'baseline = { model = "small" }')
+    text += '\n[models.small]\npreset = "minilm"\n\n[models.hmm]\narch = "hmm"\n'
+    d = write_study(tmp_path, text)
+    study = load_study("tiny", experiments_dir=d)
+    runs = {r.run_id: r for r in expand(study)}
+    assert runs["model=hmm__seed=0"].config["eval"]["decode"] == ["viterbi"]
+    assert "viterbi" in study.decodes
+    write_study(tmp_path, text.replace('arch = "hmm"', 'arch = "hmm"\ndecode = ["argmax"]'))
+    with pytest.raises(StudyError, match="'hmm'.*Viterbi only"):
+        expand(load_study("tiny", experiments_dir=d))
