@@ -2,7 +2,6 @@
 shipped study (experiments/*.toml at scale smoke)."""
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -206,9 +205,11 @@ def test_all_studies_are_shipped():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_smoke_run_of_shipped_study(tmp_path, name):
-    t0 = time.perf_counter()
     study = load_study(name, "smoke", experiments_dir=EXPERIMENTS)
     runs = expand(study)
+    for r in runs:  # what keeps a smoke study small (its time is make bench's business, not a test's)
+        assert 0 < r.config["data"]["max_documents"] <= 3, r.run_id
+        assert r.config["train"]["epochs"] == 1 and 0 < r.config["train"]["max_steps"] <= 2, r.run_id
     sdir = run_experiment(name, scale="smoke", out=tmp_path, experiments_dir=EXPERIMENTS,
                           progress=lambda s: None)
     rows = read_results(sdir / "results.jsonl")
@@ -225,7 +226,6 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert section in md
     if study.report.get("anova"):
         assert "## Two-way ANOVA" in md
-    assert time.perf_counter() - t0 < 180, "a smoke study must stay under 3 minutes"
 
 
 def test_model_tables_carry_their_own_training_recipe(tmp_path):
