@@ -432,7 +432,10 @@ def _band_section(variants: dict, labels: dict, opts: dict, data: dict) -> list[
     md += _table(["variant", "head F1 (classes)", "middle F1 (classes)", "tail F1 (classes)"], band_rows)
     # the full per-class table, variants as columns, classes by training frequency
     keys = list(variants)
-    mentions = per_class[keys[0]][0]
+    mentions = {}  # variants may be on different corpora: a class's count from one that has it
+    for k in keys:
+        for t, n in per_class[k][0].items():
+            mentions.setdefault(t, n)
     types = sorted({t for k in keys for t in per_class[k][1]}, key=lambda t: (-mentions.get(t, 0), t))
     if len(keys) <= 12:
         md += ["<details><summary>Per-class F1 (mean over seeds)</summary>", ""]

@@ -322,3 +322,20 @@ def test_anova_matches_statsmodels(tmp_path):
         if ref_name != "Residual":
             assert printed[name][4] == f"{ref.loc[ref_name, 'F']:.3f}"
             assert printed[name][5] == f"{ref.loc[ref_name, 'PR(>F)']:.4f}"
+
+
+def test_per_class_table_takes_each_class_count_from_its_own_corpus():
+    """Variants on two corpora (a study swept over datasets): each class's training mentions and
+    band come from the variant that has that class, not from the first variant."""
+    from bertlab.report import _band_section
+    rows = {("data", "a"): [{"train_mentions": {"Disease": 900}, "per_type": {"Disease": {"f1": 0.8, "support": 5}}}],
+            ("data", "b"): [{"train_mentions": {"Age": 30, "Dose": 120},
+                             "per_type": {"Age": {"f1": 0.9, "support": 3}, "Dose": {"f1": 0.5, "support": 2}}}]}
+    labels = {k: f"data={k[1]}" for k in rows}
+    data = {"variants": {v: {} for v in labels.values()}}
+    md = _band_section(rows, labels, {"bands": {"head": 500, "tail": 50}}, data)
+    table = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:3] for line in md if line.startswith("| ")}
+    assert table["Disease"] == ["900", "head"]
+    assert table["Dose"] == ["120", "middle"]
+    assert table["Age"] == ["30", "tail"]
+    assert data["variants"]["data=b"]["bands"]["tail"] == {"f1": 0.9, "classes": 1}
