@@ -603,6 +603,12 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict) 
         return md + ["matplotlib is not installed (`pip install bertlab[plot]`): tables only.", ""]
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
+    # one distinct (colour, marker) per variant: tab10 up to 10 variants, tab20 beyond, markers
+    # cycling after 20; legends sit outside the axes so they never hide a point
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    style = {key: dict(color=cmap(i % cmap.N), marker="osD^vPX*"[i // cmap.N % 8])
+             for i, key in enumerate(variants)}
+    legend = dict(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, group in variants.items():
@@ -610,25 +616,29 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict) 
         types = sorted({t for r in group for t, v in r["per_type"].items() if v["support"] > 0})
         xs = [max(mentions.get(t, 0), 0.5) for t in types]
         ys = [np.mean([r["per_type"].get(t, {"f1": 0.0})["f1"] for r in group]) for t in types]
-        ax.scatter(xs, ys, s=14, label=labels[key], alpha=0.7)
+        ax.scatter(xs, ys, s=14, label=labels[key], alpha=0.7, **style[key])
     ax.set_xscale("log")
     ax.set_xlabel("training mentions of the class (log)")
     ax.set_ylabel("test F1 (mean over seeds)")
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(fig_dir / "f1_vs_frequency.png", dpi=120)
+    ax.legend(**legend)
+    fig.savefig(fig_dir / "f1_vs_frequency.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    times = []
     for key, group in variants.items():
         t = _mean_std(r.get("train_seconds") for r in group)[0]
         f1 = _mean_std(r.get("f1_micro") for r in group)
-        ax.errorbar([t], [f1[0]], yerr=[0 if math.isnan(f1[1]) else f1[1]], fmt="o", label=labels[key])
-    ax.set_xlabel("train seconds (mean over seeds)")
+        ax.errorbar([t], [f1[0]], yerr=[0 if math.isnan(f1[1]) else f1[1]], fmt=style[key]["marker"],
+                    color=style[key]["color"], label=labels[key])
+        times.append(t)
+    times = [t for t in times if t > 0 and math.isfinite(t)]
+    if times and max(times) / min(times) > 100:  # e.g. an HMM's second next to a BERT's minutes
+        ax.set_xscale("log")
+    ax.set_xlabel("train seconds (mean over seeds)" + (" (log)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("test micro F1")
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(fig_dir / "accuracy_vs_time.png", dpi=120)
+    ax.legend(**legend)
+    fig.savefig(fig_dir / "accuracy_vs_time.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return md + ["![F1 per class vs class frequency](figures/f1_vs_frequency.png)", "",
                  "![accuracy vs training time](figures/accuracy_vs_time.png)", ""]
