@@ -159,9 +159,11 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-    def __init__(self, config: BertConfig):
+    """dense -> dropout -> + residual -> LayerNorm; ``BertOutput`` is the same after the FFN."""
+
+    def __init__(self, config: BertConfig, in_features: int | None = None):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
@@ -197,18 +199,11 @@ class BertIntermediate(nn.Module):
         return self.act(self.dense(x))
 
 
-class BertOutput(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+class BertOutput(BertSelfOutput):
+    """The FFN's output projection (intermediate -> hidden), residual and LayerNorm."""
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if not self.training and ops.fast_kernels_enabled("inference_fusions"):
-            # inference: no dropout, so the residual add runs inside the GEMM (a oneDNN post-op)
-            return self.LayerNorm(ops.linear_add(h, self.dense.weight, self.dense.bias, residual))
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+    def __init__(self, config: BertConfig):
+        super().__init__(config, in_features=config.intermediate_size)
 
 
 class BertLayer(nn.Module):
