@@ -161,6 +161,33 @@ def test_classifier_head_kept_or_replaced(hf_folder, caplog):
         load_pretrained(src, labels=LABELS, num_labels=4)
 
 
+def test_loaded_model_owns_real_trainable_tensors(hf_folder):
+    """Every loaded tensor is a real CPU tensor, every parameter a trainable fp32 leaf (the new
+    head included), and one SGD step moves them all (bar the key biases) without touching
+    transformers' model loaded from the same file."""
+    ref, src = hf_folder
+    model, _ = load_pretrained(src, labels=["O", "B-X", "I-X"])  # a new head: initialised, not loaded
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        assert not t.is_meta and t.device.type == "cpu", name
+    params = dict(model.named_parameters())
+    assert all(p.requires_grad and p.is_leaf and p.dtype == torch.float32 for p in params.values())
+    assert params["classifier.weight"].abs().sum() > 0
+    before = {k: p.detach().clone() for k, p in params.items()}
+    model.train()
+    ids, mask = batch()
+    model(ids, mask).logsumexp(-1).sum().backward()
+    with torch.no_grad():
+        for p in params.values():
+            p -= 0.1 * p.grad
+    moved = [k for k, p in params.items() if not torch.equal(p, before[k])]
+    # all but the key biases, whose gradient is exactly 0: q·b_k is the same for every key of a
+    # query, and softmax ignores a constant shift
+    frozen = sorted(k for k in params if k.endswith("attention.self.key.bias"))
+    assert sorted(set(params) - set(moved)) == frozen and len(frozen) == 2
+    ref_w = ref.bert.embeddings.word_embeddings.weight
+    assert not torch.equal(params["encoder.embeddings.word_embeddings.weight"], ref_w)
+
+
 def test_encoder_only_checkpoint_needs_labels(minilm_path):
     with pytest.raises(ValueError, match="pass labels="):
         load_pretrained(minilm_path)
