@@ -130,10 +130,17 @@ def check_wilcoxon(rng, sizes, repeats, alternative):
                 x, y = np.round(x), np.round(y)
             zero_method = ("wilcox", "pratt", "zsplit")[case % 3]
             method, correction = (("auto", False), ("asymptotic", False), ("asymptotic", True))[(case + n) % 3]
-            ref = scipy_quiet(sps.wilcoxon, x, y, zero_method=zero_method, correction=correction,
-                              alternative=alternative, method=method)
             ours = stats.wilcoxon(x, y, zero_method=zero_method, correction=correction,
                                   alternative=alternative, method=method)
+            try:
+                ref = scipy_quiet(sps.wilcoxon, x, y, zero_method=zero_method, correction=correction,
+                                  alternative=alternative, method=method)
+            except ValueError as e:
+                # scipy's permutation path refuses a single observation (n = 1, a zero difference
+                # under "zsplit"); one zero difference is no evidence either way: p = 1
+                assert n == 1 and "two or more observations" in str(e) and x[0] == y[0], (n, str(e))
+                assert ours.pvalue == 1.0
+                continue
             assert_result(ours, ref)
             if hasattr(ref, "zstatistic"):
                 assert close(ours.zstatistic, ref.zstatistic)
