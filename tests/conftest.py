@@ -25,3 +25,45 @@ def tiny_bert_config(**overrides):
                intermediate_size=64, max_position_embeddings=128)
     cfg.update(overrides)
     return BertConfig(**cfg)
+
+
+# a tiny study: 2 losses x 2 seeds on 2 MACCROBAT documents, a 1-layer random BERT, 3 steps
+TINY_STUDY = """
+[study]
+name = "tiny"
+baseline = { "loss.name" = "ce", decode = "argmax" }
+
+[base.data]
+name = "maccrobat"
+max_documents = 2
+max_length = 48
+stride = 8
+
+[base.model]
+preset = "minilm"
+overrides = { num_hidden_layers = 1, hidden_size = 16, num_attention_heads = 2, intermediate_size = 32 }
+
+[base.train]
+epochs = 1
+max_steps = 3
+checkpoint_every = 1
+progress = "off"
+
+[base.eval]
+decode = ["argmax"]
+
+[sweep]
+"loss.name" = ["ce", "focal"]
+"train.seed" = [0, 1]
+
+[scale.smoke]
+"train.max_steps" = 2
+"""
+
+
+def write_study(tmp_path, text=TINY_STUDY, name="tiny"):
+    """``tmp_path/experiments/NAME.toml`` holding ``text``; returns the folder."""
+    d = tmp_path / "experiments"
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.toml").write_text(text)
+    return d

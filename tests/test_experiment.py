@@ -5,6 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import TINY_STUDY as TINY
+from conftest import write_study
 
 from bertlab.experiment import (StudyError, expand, load_study, read_results, run_experiment, select,
                                 study_dir_for, toml_dumps)
@@ -13,45 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 # study files have a [study] table (experiments/ also holds plain training configs)
 SHIPPED = sorted(p.stem for p in EXPERIMENTS.glob("*.toml") if "\n[study]" in "\n" + p.read_text())
-
-TINY = """
-[study]
-name = "tiny"
-baseline = { "loss.name" = "ce", decode = "argmax" }
-
-[base.data]
-name = "maccrobat"
-max_documents = 2
-max_length = 48
-stride = 8
-
-[base.model]
-preset = "minilm"
-overrides = { num_hidden_layers = 1, hidden_size = 16, num_attention_heads = 2, intermediate_size = 32 }
-
-[base.train]
-epochs = 1
-max_steps = 3
-checkpoint_every = 1
-progress = "off"
-
-[base.eval]
-decode = ["argmax"]
-
-[sweep]
-"loss.name" = ["ce", "focal"]
-"train.seed" = [0, 1]
-
-[scale.smoke]
-"train.max_steps" = 2
-"""
-
-
-def write_study(tmp_path, text=TINY, name="tiny"):
-    d = tmp_path / "experiments"
-    d.mkdir(exist_ok=True)
-    (d / f"{name}.toml").write_text(text)
-    return d
 
 
 # ---- reading and expanding ----------------------------------------------------------------

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_STUDY, write_study
+
 from bertlab.datasets import entity_types, label_list
 from bertlab.metrics import strict_entities
 from bertlab.predict import evaluate_main, load_knn, load_model, main, predict_text, split_words
@@ -151,32 +153,14 @@ def test_knn_refit_reproduces_training_time_knn(tmp_path):
     same test predictions as the KNN decode written at training time."""
     from bertlab.experiment import run_experiment
     from bertlab.predict import evaluate_model
-    d = tmp_path / "experiments"
-    d.mkdir()
-    (d / "k.toml").write_text("""
-[study]
-name = "k"
-[base.data]
-name = "maccrobat"
-max_documents = 2
-max_length = 48
-stride = 8
-[base.model]
-preset = "minilm"
-overrides = { num_hidden_layers = 1, hidden_size = 16, num_attention_heads = 2, intermediate_size = 32 }
-[base.train]
-epochs = 1
-max_steps = 2
-progress = "off"
-[base.eval]
-decode = ["knn"]
-knn_k = 3
-[sweep]
-"train.seed" = [0]
-""")
+    # the tiny study, trained once and scored with KNN only
+    text = (TINY_STUDY.replace('decode = ["argmax"]', 'decode = ["knn"]\nknn_k = 3')
+            .replace('decode = "argmax" }', 'decode = "knn" }')
+            .replace('"loss.name" = ["ce", "focal"]', '"loss.name" = ["ce"]').replace('"train.seed" = [0, 1]', '"train.seed" = [0]'))
+    d = write_study(tmp_path, text, name="k")
     sdir = run_experiment("k", out=tmp_path / "runs", experiments_dir=d, progress=lambda s: None, report=False)
-    best = sdir / "seed=0" / "best"
-    trained = [json.loads(l) for l in (sdir / "seed=0" / "predictions_test_knn.jsonl").read_text().splitlines()]
+    best = sdir / "loss=ce__seed=0" / "best"
+    trained = [json.loads(l) for l in (sdir / "loss=ce__seed=0" / "predictions_test_knn.jsonl").read_text().splitlines()]
     saved = (best / "knn.npz").read_bytes()  # written at the end of training
     r = evaluate_model(best, "maccrobat", "test", knn=True, max_documents=2, max_length=48, stride=8)
     assert [p["pred"] for p in r["predictions"]] == [p["pred"] for p in trained]
