@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,9 +118,14 @@ class KNNClassifier:
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> "KNNClassifier":
         """A classifier fitted from a ``save``d ``.npz`` (``kwargs``: chunk_size, n_jobs, ...)."""
-        with np.load(path, allow_pickle=False) as z:
-            weights = str(z["weights"]) if "weights" in z.files else "uniform"
-            return cls(k=int(z["k"]), metric=str(z["metric"]), weights=weights, **kwargs).fit(z["X"], z["y"])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                weights = str(z["weights"]) if "weights" in z.files else "uniform"
+                X, y, k, metric = z["X"], z["y"], int(z["k"]), str(z["metric"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not a saved KNNClassifier ({type(e).__name__}: {e}); delete it to "
+                             f"refit from the run's config") from None
+        return cls(k=k, metric=metric, weights=weights, **kwargs).fit(X, y)
 
     def _check_fitted(self, X) -> np.ndarray:
         if not hasattr(self, "_X"):

@@ -194,3 +194,9 @@ def test_save_and_load_give_the_same_classifier(metric, weights, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["knn.npz"]  # no temp file left behind
     with pytest.raises(RuntimeError, match="fit"):
         KNNClassifier().save(tmp_path / "other.npz")
+    (tmp_path / "bad.npz").write_bytes((tmp_path / "knn.npz").read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=r"bad\.npz: not a saved KNNClassifier"):
+        KNNClassifier.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", X=np.zeros((2, 2)))  # no labels
+    with pytest.raises(ValueError, match=r"other\.npz: not a saved KNNClassifier \(KeyError"):
+        KNNClassifier.load(tmp_path / "other.npz")
