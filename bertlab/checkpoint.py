@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from bertlab.files import apply_umask
 from bertlab.models.bert import BERT_PRESETS, BertConfig, BertModel
 from bertlab.models.distilbert import DISTILBERT_PRESETS, DistilBertConfig, DistilBertModel
 from bertlab.models.heads import TokenClassifier
@@ -304,6 +305,7 @@ def _atomic_folder(out_dir: Path, write) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         write(tmp)
+        apply_umask(tmp)  # mkdtemp's 0o700 and safetensors' 0o600 would keep lab-mates out
         if out_dir.exists():
             # rename(2) cannot replace a non-empty folder: move the old one aside, then delete it
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))

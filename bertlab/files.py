@@ -3,21 +3,72 @@
 Each writer puts the bytes in a temp file in the target's folder, fsyncs it, then ``os.replace``s
 it over the target, so a reader (or a run killed mid-write) sees the old file or the new one,
 never a mix. Checkpoint folders have their own swap (``bertlab.checkpoint``).
+
+Permissions are those a plain ``open(path, "w")`` would give: a new file gets ``0o666`` minus the
+umask (``-rw-r--r--`` under the usual 022, so lab-mates on a shared disk can read results and
+models), a replaced file keeps its mode. ``tempfile.mkstemp``/``mkdtemp`` create ``0o600``/``0o700``
+on purpose (a temp file is private); that mode must not leak into the file or folder it becomes.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it (briefly)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file (``0o666``) or folder (``0o777``) under
+    the current umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` and everything in it the modes ``mkdir``/``open``
+    would have given them (folders ``0o777``, files ``0o666``, minus the umask). For temp folders
+    that are renamed into place, and for files a library writes privately (safetensors' ``save_file``
+    creates ``0o600``)."""
     path = Path(path)
+    dir_mode, file_mode = default_mode(directory=True), default_mode()
+    os.chmod(path, dir_mode if path.is_dir() else file_mode)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), dir_mode)
+            for f in files:
+                if not os.path.islink(os.path.join(root, f)):
+                    os.chmod(os.path.join(root, f), file_mode)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, os.replace).
+
+    The file ends up with the mode a plain write would give it: the old file's mode when it is
+    replaced, else ``0o666`` minus the umask."""
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = default_mode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # mkstemp's 0o600 would otherwise become the file's mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
