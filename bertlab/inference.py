@@ -40,7 +40,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int = 32,
-                batch_size: int = 64, precision: str = "fp32") -> list[np.ndarray]:
+                batch_size: int = 64, precision: str = "fp32", progress: bool = False) -> list[np.ndarray]:
     """Per-sentence float32 arrays ``[n_words, C]``: the logits at each word's first subword.
 
     ``sentences``: Sentence objects or lists of words. Long sentences become overlapping windows
@@ -48,8 +48,10 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
     each word is read from the one window that owns it (no double counting). Windows are run
     sorted by length in batches of ``batch_size`` to keep padding small. ``precision="bf16"``
     runs the model under bf16 autocast (logits are returned in float32). The model is put in eval
-    mode for the call and restored to its previous mode afterwards.
+    mode for the call and restored to its previous mode afterwards. ``progress=True`` shows a tqdm
+    bar over the batches on stderr.
     """
+    from tqdm import tqdm
     words = _words(sentences)
     windows = tokenizer.batch_encode(words, None, max_length, stride)
     flat = [w for ws in windows for w in ws]
@@ -61,7 +63,8 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
     was_training = model.training
     model.eval()
     try:
-        for lo in range(0, len(order), batch_size):
+        for lo in tqdm(range(0, len(order), batch_size), desc="word logits", unit="batch",
+                       disable=not progress, leave=False):
             chunk = order[lo:lo + batch_size]
             batch = collate([flat[j] for j in chunk], pad_token_id=tokenizer.pad_token_id)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
