@@ -254,6 +254,54 @@ def test_fused_qkv_cache_follows_weight_changes():
         close(model(ids, mask), plain)
 
 
+def _manual_sgd(params):
+    """A user's own update loop: ``p.data`` arithmetic, which autograd's version counter never sees."""
+    class Manual:
+        def step(self):
+            for p in params:
+                p.data.add_(p.grad, alpha=-0.5)
+
+        def zero_grad(self, set_to_none=True):
+            for p in params:
+                p.grad = None
+    return Manual()
+
+
+@pytest.mark.parametrize("name, impl", [("adamw", "fused"), ("adamw", "foreach"), ("adamw", "plain"),
+                                        ("sgd", "fused"), ("sgd", "foreach"), ("sgd", "plain"),
+                                        ("manual", "data")])
+def test_inference_after_optimizer_steps_matches_a_fresh_copy(name, impl):
+    # evaluate, take optimizer steps, evaluate again: the second evaluation must see the new
+    # weights, whatever optimizer made them (fused AdamW does not bump Tensor._version)
+    import copy
+    model = tiny_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids, mask = batch()
+    params = list(model.parameters())
+    if name == "manual":
+        opt = _manual_sgd(params)
+    else:
+        cls = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+        opt = cls(params, lr=0.05, **({} if impl == "plain" else {impl: True}))
+    model.eval()
+    with torch.no_grad():
+        first = model(ids, mask)
+    for _ in range(3):
+        model.train()
+        model(ids, mask).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        second = model(ids, mask)
+        fresh = copy.deepcopy(model)  # new tensors: nothing cached can survive
+        reference = fresh(ids, mask)
+        with ops.fast_kernels(False):
+            plain = model(ids, mask)
+    assert (second - first).abs().max() > 1e-3  # the steps did change the function
+    close(second, reference, 1e-5)
+    close(second, plain, 1e-5)
+
+
 def test_model_training_with_dropout_runs_both_paths_and_is_seeded():
     model = tiny_bert().train()
     ids, mask = batch()

@@ -126,20 +126,14 @@ class BertSelfAttention(nn.Module):
         self.key = Linear(config.hidden_size, config.hidden_size)
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
-        self._qkv_cache = None  # (key, weight, bias) of the fused QKV at inference; see fused_qkv
 
     def fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The [3H, H] weight and [3H] bias of query, key and value stacked (a runtime fusion:
-        checkpoints keep HF names). With gradients, a concat in the graph every call; without,
-        cached, and rebuilt when any of the six tensors is replaced or changed in place."""
-        params = (self.query.weight, self.key.weight, self.value.weight,
-                  self.query.bias, self.key.bias, self.value.bias)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return torch.cat(params[:3]), torch.cat(params[3:])
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._qkv_cache is None or self._qkv_cache[0] != key:
-            self._qkv_cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
-        return self._qkv_cache[1], self._qkv_cache[2]
+        checkpoints keep HF names). Concatenated on every call, never cached: a cache keyed on
+        ``Tensor._version`` went stale after fused AdamW steps (they do not bump the version), and
+        the copy costs ~0.01% of an inference forward (docs/performance.md)."""
+        q, k, v = self.query, self.key, self.value
+        return torch.cat((q.weight, k.weight, v.weight)), torch.cat((q.bias, k.bias, v.bias))
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         B, T, H = x.shape
