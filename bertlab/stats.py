@@ -140,7 +140,7 @@ def f_oneway(*groups) -> TestResult:
 
 class AnovaTable(dict):
     """An ANOVA table: ``{row: {"SS", "df", "MS", "F", "p"}}`` for rows ``A``, ``B``, ``A:B``,
-    ``Residual``; prints as a table."""
+    (``Block``,) ``Residual``; prints as a table."""
 
     def __str__(self) -> str:
         lines = [f"{'':>10s} {'SS':>12s} {'df':>6s} {'MS':>12s} {'F':>10s} {'p':>10s}"]
@@ -161,15 +161,22 @@ def _rss_rank(design: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     return float(resid @ resid), int(rank)
 
 
-def anova_two_way(y, factor_a, factor_b) -> AnovaTable:
-    """Two-way ANOVA with interaction, Type II sums of squares.
+def anova_two_way(y, factor_a, factor_b, block=None) -> AnovaTable:
+    """Two-way ANOVA with interaction, Type II sums of squares; optionally with a block factor.
 
     ``y [n]`` the scores, ``factor_a [n]`` and ``factor_b [n]`` the level of each factor (any
     labels). SS(A) = RSS(B) − RSS(A + B), SS(B) = RSS(A) − RSS(A + B), SS(A:B) = RSS(A + B) −
     RSS(A * B), Residual = RSS(A * B); each F is tested against the residual mean square. For a
     balanced design this is the textbook (and Type I/III) table; for unbalanced designs it equals
     statsmodels' ``anova_lm(ols("y ~ C(a) * C(b)", data).fit(), typ=2)``. Empty cells reduce the
-    interaction df (the rank of the design decides every df)."""
+    interaction df (the rank of the design decides every df).
+
+    ``block [n]`` (e.g. the seed, shared by every cell: a randomised complete block design) adds an
+    additive block term: every model above gains ``+ C(block)``, the table gains a ``Block`` row,
+    SS(Block) = RSS(A * B) − RSS(A * B + Block), and the residual loses the block's df. This is
+    statsmodels' ``anova_lm(ols("y ~ C(a) * C(b) + C(block)", data).fit(), typ=2)``. Use it when
+    a seed fixes what all cells share (initialisation, data order): the seed-to-seed variation
+    then leaves the residual instead of inflating it."""
     y = _as_1d(y, "y")
     a_levels, a = np.unique(np.asarray(factor_a), return_inverse=True)
     b_levels, b = np.unique(np.asarray(factor_b), return_inverse=True)
@@ -178,15 +185,26 @@ def anova_two_way(y, factor_a, factor_b) -> AnovaTable:
     ones = np.ones((len(y), 1))
     da, db = _dummies(a, len(a_levels)), _dummies(b, len(b_levels))
     dab = (da[:, :, None] * db[:, None, :]).reshape(len(y), -1)
-    rss_a, rank_a = _rss_rank(np.hstack([ones, da]), y)
-    rss_b, rank_b = _rss_rank(np.hstack([ones, db]), y)
-    rss_add, rank_add = _rss_rank(np.hstack([ones, da, db]), y)
-    rss_full, rank_full = _rss_rank(np.hstack([ones, da, db, dab]), y)
+    if block is None:
+        dk = np.zeros((len(y), 0))
+    else:
+        k_levels, k = np.unique(np.asarray(block), return_inverse=True)
+        if len(k) != len(y):
+            raise ValueError(f"block needs the length of y ({len(y)}), got {len(k)}")
+        dk = _dummies(k, len(k_levels))
+    rss_a, rank_a = _rss_rank(np.hstack([ones, da, dk]), y)
+    rss_b, rank_b = _rss_rank(np.hstack([ones, db, dk]), y)
+    rss_add, rank_add = _rss_rank(np.hstack([ones, da, db, dk]), y)
+    rss_full, rank_full = _rss_rank(np.hstack([ones, da, db, dab, dk]), y)
+    terms = [("A", rss_b - rss_add, rank_add - rank_b), ("B", rss_a - rss_add, rank_add - rank_a),
+             ("A:B", rss_add - rss_full, rank_full - rank_add)]
+    if block is not None:
+        rss_cells, rank_cells = _rss_rank(np.hstack([ones, da, db, dab]), y)
+        terms.append(("Block", rss_cells - rss_full, rank_full - rank_cells))
     df_res = len(y) - rank_full
     ms_res = rss_full / df_res if df_res > 0 else np.nan
     table = AnovaTable()
-    for name, ss, df in (("A", rss_b - rss_add, rank_add - rank_b), ("B", rss_a - rss_add, rank_add - rank_a),
-                         ("A:B", rss_add - rss_full, rank_full - rank_add)):
+    for name, ss, df in terms:
         ms = ss / df if df > 0 else np.nan
         F = _ratio(ms, ms_res)
         p = float("nan") if np.isnan(F) else float(f_dist.sf(F, df, df_res))
@@ -311,6 +329,14 @@ def _sign_flip_pvalue(d: np.ndarray, statistic: Callable, alternative: str,
     signs = _all_sign_flips(len(d)) if exact else signs
     observed = statistic(d)
     null = np.array([statistic(d * s) for s in signs])
+    return _null_pvalue(observed, null, alternative, exact)
+
+
+def _null_pvalue(observed: float, null: np.ndarray, alternative: str, exact: bool) -> float:
+    """p-value of ``observed`` against a permutation null distribution, as scipy's
+    ``permutation_test``: ``exact`` when ``null`` enumerates every pattern (p = count / N), else
+    random patterns with the +1 correction (p = (count + 1) / (N + 1), never 0). Comparisons allow
+    scipy's relative tolerance of 100 machine epsilons; two-sided p = 2 · min(less, greater) ≤ 1."""
     gamma = abs(np.finfo(np.float64).eps * 100 * observed)
     adjust = 0 if exact else 1
     less = ((null <= observed + gamma).sum() + adjust) / (len(null) + adjust)
@@ -341,6 +367,44 @@ def permutation_test_paired(a, b, n_resamples: int = 9999, seed: int | None = 0,
         rng = np.random.default_rng(seed)
         signs = np.where(rng.random((n_resamples, len(d))) < 0.5, -1.0, 1.0)
     return TestResult(statistic(d), _sign_flip_pvalue(d, statistic, alternative, signs))
+
+
+def permutation_test_paired_sums(a, b, statistic: Callable, n_resamples: int = 9999, seed: int | None = 0,
+                                 alternative: str = "two-sided", batch: int = 2048) -> TestResult:
+    """Paired permutation test of two systems scored on the same units, for statistics of
+    *summed* unit data — approximate randomisation (Noreen 1989) over documents.
+
+    ``a [n, ...]`` and ``b [n, ...]``: additive data of each unit (e.g. per-document entity counts,
+    with any trailing shape such as ``[seeds, types, 3]``). Under H0 the two systems' outputs on a
+    unit are exchangeable, so a permutation swaps ``a_i`` and ``b_i`` for the flagged units.
+    ``statistic(sum_a, sum_b)`` maps the two systems' sums over units, ``[R, ...]`` each, to ``[R]``
+    values (e.g. F1(a) − F1(b)); it is evaluated on batches of ``batch`` patterns.
+
+    When 2^n ≤ ``n_resamples`` every swap pattern is enumerated and the p-value is exact (equal to
+    ``scipy.stats.permutation_test(..., permutation_type="samples")``); otherwise ``n_resamples``
+    random patterns, ``np.random.default_rng(seed).random((n_resamples, n)) < 0.5``, give
+    p = (count + 1) / (n_resamples + 1). Returns ``(statistic, pvalue)``."""
+    _check_alternative(alternative)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired data need equal shapes, got {a.shape} and {b.shape}")
+    n = len(a)
+    if n == 0:
+        return TestResult(np.nan, np.nan)
+    rest = a.shape[1:]
+    total_a, total_b = a.sum(0), b.sum(0)
+    delta = (b - a).reshape(n, -1)  # what swapping unit i moves from a's sum to b's (and back)
+    observed = float(np.asarray(statistic(total_a[None], total_b[None])).reshape(-1)[0])
+    exact = 2 ** min(n, 62) <= n_resamples
+    if exact:
+        swaps = _all_sign_flips(n) < 0
+    else:
+        swaps = np.random.default_rng(seed).random((n_resamples, n)) < 0.5
+    null = np.empty(len(swaps))
+    for start in range(0, len(swaps), batch):
+        moved = (swaps[start:start + batch].astype(np.float64) @ delta).reshape(-1, *rest)
+        null[start:start + batch] = np.asarray(statistic(total_a + moved, total_b - moved)).reshape(-1)
+    return TestResult(observed, _null_pvalue(observed, null, alternative, exact))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,11 +473,12 @@ class ConfidenceInterval:
 @dataclass
 class BootstrapResult:
     """As ``scipy.stats.bootstrap``'s result: the interval, every resampled statistic, and their
-    standard deviation (n − 1)."""
+    standard deviation (n − 1); ``estimate`` is the statistic of the full sample."""
 
     confidence_interval: ConfidenceInterval
     bootstrap_distribution: np.ndarray
     standard_error: float
+    estimate: float = float("nan")
 
 
 def bootstrap_ci(data, statistic: Callable, n_resamples: int = 9999, confidence_level: float = 0.95,
@@ -452,7 +517,8 @@ def bootstrap_ci(data, statistic: Callable, n_resamples: int = 9999, confidence_
             keep[i] = True
         levels = bca_levels(theta_b, float(statistic(data)), jack, confidence_level)
     low, high = np.quantile(theta_b, levels)
-    return BootstrapResult(ConfidenceInterval(float(low), float(high)), theta_b, float(theta_b.std(ddof=1)))
+    return BootstrapResult(ConfidenceInterval(float(low), float(high)), theta_b, float(theta_b.std(ddof=1)),
+                           float(statistic(data)))
 
 
 def bca_levels(theta_b, theta_hat: float, jackknife, confidence_level: float = 0.95) -> list[float]:
@@ -475,6 +541,57 @@ def bca_levels(theta_b, theta_hat: float, jackknife, confidence_level: float = 0
     accel = 1 / 6 * ((u**3).sum() / n**3) / den if den > 0 else 0.0
     z = special.ndtri((1 - confidence_level) / 2)
     return [float(special.ndtr(z0 + (z0 + zz) / (1 - accel * (z0 + zz)))) for zz in (z, -z)]
+
+
+def hierarchical_bootstrap_diff(a, b, statistic: Callable, n_resamples: int = 1000,
+                                confidence_level: float = 0.95, seed: int | None = 0,
+                                min_runs: int = 3) -> BootstrapResult:
+    """Paired hierarchical bootstrap of a difference of seed means: system ``a`` minus system
+    ``b``, both trained several times (runs, e.g. seeds) and scored on the same test units
+    (documents).
+
+    ``a [S_a, D, ...]`` and ``b [S_b, D, ...]``: data per run and per unit (per-document counts).
+    ``statistic(x, w)`` scores every run of one system on resampled units: ``x [S, D, ...]`` that
+    system's data, ``w [B, D]`` how often each unit is drawn (all ones: the full test set); it
+    returns ``[B, S]``. The estimate is ``mean_s statistic(a, 1) − mean_s statistic(b, 1)``.
+
+    Each resample draws D units with replacement — the *same* units for ``a`` and ``b`` (paired:
+    both systems are scored on one resampled test set) — and, for a system with at least
+    ``min_runs`` runs, draws its runs with replacement, independently for ``a`` and ``b``; one
+    bootstrap value is the difference of the drawn runs' means. With fewer runs the runs are all
+    kept (two runs are no sample of a seed distribution), so the interval covers the test set
+    only. Draws: ``rng = np.random.default_rng(seed)``; units ``rng.integers(0, D, (B, D))`` (the
+    draw of ``bootstrap_ci`` and scipy); then ``rng.integers(0, S_a, (B, S_a))`` for ``a`` and the
+    same for ``b``, each only if resampled. The interval is the percentile interval; ``estimate``
+    is the full-sample difference."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim < 2 or b.ndim < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b need shapes [runs, units, ...] over the same units, got {a.shape} and {b.shape}")
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
+    D = a.shape[1]
+    if D < 2:
+        raise ValueError(f"the bootstrap needs at least 2 resampling units, got {D}")
+    rng = np.random.default_rng(seed)
+    units = rng.integers(0, D, (n_resamples, D))
+    weights = np.zeros((n_resamples, D))
+    np.add.at(weights, (np.arange(n_resamples)[:, None], units), 1.0)
+
+    def drawn_mean(x):
+        scores = np.asarray(statistic(x, weights), dtype=np.float64)  # [B, S]
+        S = x.shape[0]
+        if S < min_runs:
+            return scores.mean(1)
+        runs = rng.integers(0, S, (n_resamples, S))
+        return np.take_along_axis(scores, runs, axis=1).mean(1)
+
+    ones = np.ones((1, D))
+    estimate = float(np.mean(statistic(a, ones)) - np.mean(statistic(b, ones)))
+    theta_b = drawn_mean(a) - drawn_mean(b)
+    alpha = (1 - confidence_level) / 2
+    low, high = np.quantile(theta_b, [alpha, 1 - alpha])
+    return BootstrapResult(ConfidenceInterval(float(low), float(high)), theta_b, float(theta_b.std(ddof=1)),
+                           estimate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,6 +617,34 @@ def seeds_needed(difference: float, seed_sd: float, alpha: float = 0.05, power: 
     raise ValueError(f"more than {max_n} seeds needed for difference {difference} with sd {seed_sd}")
 
 
+def detectable_difference(paired_sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t test (``ttest_rel``) on ``n`` pairs
+    detects with probability ``power`` at level ``alpha``, when the per-pair differences have
+    standard deviation ``paired_sd``: δ = λ · sd / √n with λ the noncentrality at which the
+    noncentral t power reaches ``power`` (df = n − 1). The inverse of ``seeds_needed(paired=True)``;
+    equals statsmodels' ``TTestPower().solve_power(nobs=n, ...) · sd``. nan for n < 2 or sd nan;
+    0 for sd = 0."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct
+
+    if n < 2 or not np.isfinite(paired_sd):
+        return float("nan")
+    if paired_sd == 0:
+        return 0.0
+    df = n - 1
+    crit = t_dist.ppf(1 - alpha / 2, df)
+
+    def shortfall(ncp):
+        return nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp) - power
+
+    high = 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    ncp = brentq(shortfall, 0.0, high, xtol=1e-12, rtol=1e-12)
+    return float(ncp * paired_sd / np.sqrt(n))
+
+
 __all__ = ["ttest_rel", "ttest_ind", "f_oneway", "anova_two_way", "AnovaTable", "wilcoxon", "holm",
            "bonferroni", "bootstrap_ci", "BootstrapResult", "ConfidenceInterval", "cohens_d", "paired_d",
-           "permutation_test_paired", "seeds_needed", "TestResult"]
+           "permutation_test_paired", "permutation_test_paired_sums", "hierarchical_bootstrap_diff",
+           "seeds_needed", "detectable_difference", "TestResult"]

@@ -264,3 +264,183 @@ def test_seeds_needed_agrees_with_statsmodels_power():
         n = stats.seeds_needed(diff, sd)
         ref = TTestIndPower().solve_power(effect_size=diff / sd, alpha=0.05, power=0.8)
         assert n == int(np.ceil(ref))
+
+
+def test_anova_two_way_with_seed_blocks_equals_statsmodels():
+    """Randomised complete block: the seed is shared by every cell; statsmodels fits
+    y ~ C(a) * C(b) + C(block) and its Type II table has one row more."""
+    rng = np.random.default_rng(12)
+    for case in range(30):
+        la, lb, seeds = int(rng.integers(2, 4)), int(rng.integers(2, 4)), int(rng.integers(2, 5))
+        a = np.repeat(np.arange(la), lb * seeds)
+        b = np.tile(np.repeat(np.arange(lb), seeds), la)
+        k = np.tile(np.arange(seeds), la * lb)
+        seed_effect = rng.normal(0, 1, seeds)
+        y = 0.3 * a + 0.2 * b * a + seed_effect[k] + rng.normal(0, 0.5, len(a))
+        keep = np.ones(len(y), bool)
+        if case % 3 == 2:  # an unbalanced design: drop a few runs
+            keep[rng.choice(len(y), size=2, replace=False)] = False
+        y, a, b, k = y[keep], a[keep], b[keep], k[keep]
+        labels = np.array(["2e-5", "5e-5", "1e-4"])[a]
+        ours = stats.anova_two_way(y, labels, b, block=k)
+        frame = pd.DataFrame({"y": y, "a": labels, "b": b, "k": k})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = anova_lm(ols("y ~ C(a) * C(b) + C(k)", data=frame).fit(), typ=2)
+        for row, ref_row in (("A", "C(a)"), ("B", "C(b)"), ("A:B", "C(a):C(b)"), ("Block", "C(k)"),
+                             ("Residual", "Residual")):
+            assert close(ours[row]["SS"], ref.loc[ref_row, "sum_sq"]), (row, case)
+            assert ours[row]["df"] == ref.loc[ref_row, "df"], (row, case)
+            if row != "Residual":
+                assert close(ours[row]["F"], ref.loc[ref_row, "F"]), (row, case)
+                assert close(ours[row]["p"], ref.loc[ref_row, "PR(>F)"]), (row, case)
+    # without a block the table is the plain two-way one (no Block row)
+    assert "Block" not in stats.anova_two_way(y, labels, b)
+
+
+def test_anova_blocks_take_seed_variation_out_of_the_residual():
+    # 2 x 2 cells x 3 seeds; the seeds shift every cell alike: blocking removes exactly that
+    y = np.array([1.0, 2.0, 3.0] * 2 + [2.0, 3.0, 4.0] * 2)  # a adds 1, seed adds 0/1/2
+    a = ["x"] * 6 + ["y"] * 6
+    b = (["p"] * 3 + ["q"] * 3) * 2
+    seed = [0, 1, 2] * 4
+    plain, blocked = stats.anova_two_way(y, a, b), stats.anova_two_way(y, a, b, block=seed)
+    assert plain["Residual"]["SS"] == pytest.approx(8.0) and plain["Residual"]["df"] == 8
+    assert blocked["Block"]["SS"] == pytest.approx(8.0) and blocked["Block"]["df"] == 2
+    assert blocked["Residual"]["SS"] == pytest.approx(0.0, abs=1e-12) and blocked["Residual"]["df"] == 6
+    assert blocked["A"]["SS"] == pytest.approx(plain["A"]["SS"]) == pytest.approx(3.0)
+
+
+def sums_f1(tp, fp, fn):
+    return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "less", "greater"])
+def test_permutation_test_paired_sums_exact_equals_scipy(alternative):
+    """Swapping whole documents between two systems: scipy's paired ("samples") permutation test
+    with a statistic that sums the swapped documents' (tp, fp, fn) and compares micro F1."""
+    rng = np.random.default_rng(13)
+    for n in range(2, 10):
+        a = rng.integers(0, 8, (n, 3)).astype(float)
+        b = rng.integers(0, 8, (n, 3)).astype(float)
+        if n > 4:
+            b[0] = a[0]  # a document both systems get the same counts on
+
+        def stat(sa, sb):
+            return sums_f1(*np.moveaxis(sa, -1, 0)) - sums_f1(*np.moveaxis(sb, -1, 0))
+
+        ours = stats.permutation_test_paired_sums(a, b, stat, alternative=alternative)
+        both = np.concatenate([a, b])
+        ref = sps.permutation_test((np.arange(n), np.arange(n) + n),
+                                   lambda i, j: stat(both[i.astype(int)].sum(0)[None], both[j.astype(int)].sum(0)[None])[0],
+                                   permutation_type="samples", alternative=alternative, n_resamples=9999,
+                                   vectorized=False)
+        assert_result(ours, ref)
+
+
+def test_permutation_test_paired_sums_of_a_mean_is_the_sign_flip_test():
+    # with one value per unit and the mean difference as statistic, swapping a unit flips the
+    # sign of its difference: the same test as permutation_test_paired, exact and random
+    rng = np.random.default_rng(14)
+    for n, resamples in ((8, 9999), (16, 3000)):
+        a, b = rng.normal(0.3, 1, n), rng.normal(0, 1, n)
+        ours = stats.permutation_test_paired_sums(a, b, lambda sa, sb: (sa - sb) / n, n_resamples=resamples)
+        ref = stats.permutation_test_paired(a, b, n_resamples=resamples)
+        assert close(ours.statistic, ref.statistic)
+        if 2 ** n <= resamples:
+            assert close(ours.pvalue, ref.pvalue)
+        else:  # different random patterns: equal within Monte Carlo error
+            assert abs(ours.pvalue - ref.pvalue) < 4 * np.sqrt(ref.pvalue * (1 - ref.pvalue) / resamples) + 1e-3
+            assert ours == stats.permutation_test_paired_sums(a, b, lambda sa, sb: (sa - sb) / n,
+                                                               n_resamples=resamples)  # seeded
+
+
+def doc_f1(x, w):
+    """statistic(x [S, D, 3], w [B, D]) -> [B, S]: micro F1 of every run on each resample."""
+    tp, fp, fn = np.moveaxis(np.einsum("bd,sdk->bsk", w, x), -1, 0)
+    return sums_f1(tp, fp, fn)
+
+
+def brute_force_hierarchical(a, b, n_resamples, seed, min_runs=3):
+    """The documented draws, one resample at a time, in float64 loops."""
+    rng = np.random.default_rng(seed)
+    D = a.shape[1]
+    units = rng.integers(0, D, (n_resamples, D))
+    runs_a = rng.integers(0, len(a), (n_resamples, len(a))) if len(a) >= min_runs else None
+    runs_b = rng.integers(0, len(b), (n_resamples, len(b))) if len(b) >= min_runs else None
+    out = []
+    for i in range(n_resamples):
+        means = []
+        for x, runs in ((a, runs_a), (b, runs_b)):
+            chosen = range(len(x)) if runs is None else runs[i]
+            f1s = []
+            for s in chosen:
+                tp, fp, fn = (float(sum(x[s, d, k] for d in units[i])) for k in range(3))
+                f1s.append(2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0)
+            means.append(sum(f1s) / len(f1s))
+        out.append(means[0] - means[1])
+    return np.array(out)
+
+
+def test_hierarchical_bootstrap_equals_brute_force():
+    rng = np.random.default_rng(15)
+    for S_a, S_b, D in ((3, 3, 6), (4, 1, 5), (1, 3, 7), (2, 2, 5), (5, 3, 4)):
+        a = rng.integers(0, 9, (S_a, D, 3)).astype(float)
+        b = rng.integers(0, 9, (S_b, D, 3)).astype(float)
+        ours = stats.hierarchical_bootstrap_diff(a, b, doc_f1, n_resamples=200, seed=3)
+        ref = brute_force_hierarchical(a, b, 200, 3)
+        np.testing.assert_allclose(ours.bootstrap_distribution, ref, **TOL)
+        full = lambda x: np.mean([sums_f1(*x[s].sum(0)) for s in range(len(x))])
+        assert close(ours.estimate, full(a) - full(b))
+        assert close(ours.confidence_interval.low, np.quantile(ref, 0.025))
+        assert close(ours.confidence_interval.high, np.quantile(ref, 0.975))
+
+
+def test_hierarchical_bootstrap_without_run_resampling_is_scipys_paired_bootstrap():
+    """With fewer than 3 runs per system only documents are resampled: scipy.stats.bootstrap
+    (percentile) over document indices with the same seed draws the same resamples."""
+    rng = np.random.default_rng(16)
+    a = rng.integers(0, 9, (2, 12, 3)).astype(float)
+    b = rng.integers(0, 9, (2, 12, 3)).astype(float)
+    ours = stats.hierarchical_bootstrap_diff(a, b, doc_f1, n_resamples=500, seed=7)
+
+    def diff(i):
+        w = np.bincount(i.astype(int), minlength=12)[None].astype(float)
+        return doc_f1(a, w).mean() - doc_f1(b, w).mean()
+
+    ref = sps.bootstrap((np.arange(12),), diff, vectorized=False, n_resamples=500, method="percentile",
+                        rng=np.random.default_rng(7))
+    np.testing.assert_allclose(ours.bootstrap_distribution, ref.bootstrap_distribution, **TOL)
+    assert close(ours.confidence_interval.low, ref.confidence_interval.low)
+    assert close(ours.confidence_interval.high, ref.confidence_interval.high)
+
+
+def test_hierarchical_bootstrap_adds_seed_variance():
+    """A linear statistic (mean of per-document scores) with a run effect: resampling runs adds
+    the between-run variance of the mean, (S − 1)/S · var_runs / S per system, to the document
+    variance the plain paired bootstrap sees."""
+    rng = np.random.default_rng(17)
+    S, D = 5, 30
+    base = rng.normal(0, 1, D)
+    a = (base[None] + rng.normal(0, 2.0, (S, 1)))[..., None]  # run effects of sd 2: large
+    b = (base[None] + 0.1 * rng.normal(0, 1, (S, D)))[..., None]
+    mean_stat = lambda x, w: np.einsum("bd,sdk->bsk", w, x)[..., 0] / D
+    runs = stats.hierarchical_bootstrap_diff(a, b, mean_stat, n_resamples=4000, seed=1)
+    docs = stats.hierarchical_bootstrap_diff(a, b, mean_stat, n_resamples=4000, seed=1, min_runs=S + 1)
+    run_means = a[:, :, 0].mean(1)
+    expected = docs.standard_error**2 + run_means.var(ddof=0) / S + b[:, :, 0].mean(1).var(ddof=0) / S
+    assert runs.standard_error**2 == pytest.approx(expected, rel=0.15)
+    assert runs.standard_error > 3 * docs.standard_error
+
+
+def test_detectable_difference_agrees_with_statsmodels_power():
+    from statsmodels.stats.power import TTestPower
+
+    for n in (3, 4, 5, 10, 20):
+        for sd in (0.004, 0.01, 0.5):
+            ours = stats.detectable_difference(sd, n)
+            ref = TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8) * sd
+            assert np.isclose(ours, ref, rtol=1e-6), (n, sd)
+            # and it inverts seeds_needed: n pairs are enough for that difference
+            assert stats.seeds_needed(ours * 1.0001, sd, paired=True) <= n
+    assert np.isnan(stats.detectable_difference(0.01, 1)) and stats.detectable_difference(0.0, 3) == 0.0
