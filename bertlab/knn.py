@@ -57,11 +57,13 @@ class KNNClassifier:
     ``"uniform"`` (one vote each) or ``"distance"`` (vote 1/d; neighbours at distance 0, if any,
     take all the weight, as in sklearn). ``chunk_size``: queries per chunk; ``None`` picks it so one
     chunk's float32 distance block is about ``working_memory_mb``. ``n_jobs``: worker threads
-    (NumPy and BLAS release the GIL), ``None`` = all cores.
+    (NumPy and BLAS release the GIL), ``None`` = all cores. ``progress``: a tqdm bar over the query
+    chunks on stderr.
     """
 
     def __init__(self, k: int = 17, metric: str = "euclidean", weights: str = "uniform",
-                 chunk_size: int | None = None, n_jobs: int | None = None, working_memory_mb: float = 32):
+                 chunk_size: int | None = None, n_jobs: int | None = None, working_memory_mb: float = 32,
+                 progress: bool = False):
         if metric not in ("euclidean", "cosine"):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', not {metric!r}")
         if weights not in ("uniform", "distance"):
@@ -70,6 +72,7 @@ class KNNClassifier:
             raise ValueError(f"k must be at least 1, not {k}")
         self.k, self.metric, self.weights = k, metric, weights
         self.chunk_size, self.n_jobs, self.working_memory_mb = chunk_size, n_jobs, working_memory_mb
+        self.progress = progress
 
     # -- fitting -----------------------------------------------------------------------------
 
@@ -157,13 +160,18 @@ class KNNClassifier:
             stop = min(start + chunk, len(X))
             dist[start:stop], idx[start:stop] = self._chunk_neighbors(X[start:stop], k)
 
+        from tqdm import tqdm
+        bar = tqdm(total=len(starts), desc="knn", unit="chunk", disable=not self.progress, leave=False)
         n_jobs = self.n_jobs or os.cpu_count() or 1
-        if n_jobs == 1 or len(starts) == 1:
-            for s in starts:
-                work(s)
-        else:
-            with ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
-                list(pool.map(work, starts))
+        with bar:
+            if n_jobs == 1 or len(starts) == 1:
+                for s in starts:
+                    work(s)
+                    bar.update()
+            else:
+                with ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
+                    for _ in pool.map(work, starts):
+                        bar.update()
         return (dist, idx) if return_distance else idx
 
     def _chunk_neighbors(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

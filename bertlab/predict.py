@@ -1,15 +1,24 @@
 """Using what was trained: ``bertlab predict`` tags new text, ``bertlab evaluate`` re-scores a
-saved model on a bundled corpus.
+saved model on a bundled corpus or a CoNLL file.
 
     text --sentence_spans / word_tokenize--> words with character offsets
          --word_logits (sliding windows, one row per word)--> argmax | viterbi | knn --> IOB2 tags
-         --strict_entities--> {doc, type, text, start, end, score}
+         --strict_entities (or conlleval_entities)--> {doc, type, text, start, end, score}
+
+Windows are cut as the model was trained: ``max_length`` and ``stride`` come from the settings saved
+with the model (``best/bertlab_train.json``, else the run's ``metrics.json`` or ``config.toml``),
+and only fall back to 128 / 32 when there are none; ``--max-length`` / ``--stride`` override them.
 
 Offsets are character offsets into the input text (``text[start:end] == entity["text"]``). The
 score of an entity is the mean, over its words, of the softmax probability of the predicted tag
 (for a CRF head, of its emissions; for KNN, the share of the k neighbours that voted for it).
-Entities are read in strict IOB2 (an ``I-X`` with no ``B-X`` before it is no entity), the reading
-``bertlab evaluate`` and the study reports score.
+
+Entities are read from the tags in strict IOB2 by default: an ``I-X`` with no ``B-X`` before it is
+no entity, the reading ``bertlab evaluate`` and the study reports score as ``micro_f1``. Argmax and
+KNN choose each word's tag alone and do emit such orphans, so the lenient reading
+(``reading="lenient"``, ``--lenient``: an ``I-X`` after ``O`` or after another type starts an
+entity, as conlleval and transformers' ``pipeline(aggregation_strategy="first")`` read it) finds
+more entities on the same logits; ``micro_f1_conlleval`` scores that reading.
 """
 from __future__ import annotations
 
@@ -21,9 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bertlab.metrics import strict_entities
+from bertlab.files import write_text
+from bertlab.metrics import conlleval_entities, strict_entities
+
+DEFAULT_WINDOW = (128, 32)              # max_length, stride when no settings were saved
+TRAIN_SETTINGS = "bertlab_train.json"   # written into best/ by training: {"config": TrainConfig dict}
+READINGS = {"strict": strict_entities, "lenient": conlleval_entities}
 
 
+class UsageError(ValueError):
+    """An expected failure of ``bertlab predict`` / ``evaluate``: one line on stderr, exit status 2."""
+
+
+# ---- the saved model and its settings -----------------------------------------------------
 
 def load_model(model_dir: str | os.PathLike):
     """``(model, tokenizer)`` from a Hugging Face folder saved by training (e.g. ``<run>/best``)."""
@@ -39,49 +58,97 @@ def load_model(model_dir: str | os.PathLike):
     return model, tokenizer
 
 
-def run_config(model_dir: Path) -> dict | None:
-    """The training config of the run that saved ``model_dir`` (its parent's metrics.json or
-    config.toml), or None when the folder is not inside a run folder."""
+def run_config(model_dir: str | os.PathLike) -> tuple[dict | None, Path | None]:
+    """``(training config, the file it came from)`` of the run that saved ``model_dir``:
+    ``model_dir/bertlab_train.json`` (saved with the model), else the run folder's ``metrics.json``
+    or ``config.toml`` (older runs); ``(None, None)`` when there is none."""
     import tomllib
-    run = Path(model_dir).resolve().parent
-    if (run / "metrics.json").exists():
-        cfg = json.loads((run / "metrics.json").read_text(encoding="utf-8")).get("config")
+    model_dir = Path(model_dir).resolve()
+    candidates = [model_dir / TRAIN_SETTINGS, model_dir.parent / "metrics.json", model_dir.parent / "config.toml"]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text).get("config")
+        except (ValueError, AttributeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path}: cannot read the run's training config ({type(e).__name__}: {e})") from None
         if cfg:
-            return cfg
-    if (run / "config.toml").exists():
-        return tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
-    return None
+            return cfg, path
+    return None, None
 
 
-def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print):
+def window_settings(model_dir, max_length: int | None = None, stride: int | None = None) -> tuple[int, int, str]:
+    """``(max_length, stride, where they came from)``: the explicit values where given, else the
+    ``[data]`` settings the model was trained with (``run_config``), else 128 / 32."""
+    if max_length is not None and stride is not None:
+        return max_length, stride, "--max-length/--stride"
+    cfg, source = run_config(model_dir)
+    if cfg is None:
+        where = (f"bertlab's defaults: no {TRAIN_SETTINGS} in the model folder, no metrics.json beside it; "
+                 f"--max-length/--stride set them")
+        saved = DEFAULT_WINDOW
+    else:
+        data = cfg.get("data", {})
+        saved = (int(data.get("max_length", DEFAULT_WINDOW[0])), int(data.get("stride", DEFAULT_WINDOW[1])))
+        where = f"as trained, from {source}"
+    if max_length is not None or stride is not None:
+        where = f"--max-length/--stride, the rest {where}"
+    return (saved[0] if max_length is None else max_length), (saved[1] if stride is None else stride), where
+
+
+def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress: bool = False):
     """The KNN decoder of a saved model: ``model_dir/knn.npz`` (training-word logits ``X``,
     labels ``y``, ``k``, ``metric``; training writes it into ``best/`` when ``[eval] decode`` has
     "knn") if present; otherwise refitted on the training split named by the run's config (the
-    logits of every training word, as at training time) and cached there."""
+    logits of every training word, as at training time) and cached there.
+
+    A reference that does not fit the model (other labels, other logit width) is a ``ValueError``
+    naming the file or the training data."""
     from bertlab.knn import KNN_FILE, KNNClassifier
     model_dir = Path(model_dir)
     cached = model_dir / KNN_FILE
+    n_labels = len(model.labels)
     if cached.exists():
-        return KNNClassifier.load(cached)
-    cfg = run_config(model_dir)
+        knn = KNNClassifier.load(cached, progress=progress)
+        width = knn._X.shape[1]
+        if width != n_labels or int(np.max(knn.classes_)) >= n_labels or int(np.min(knn.classes_)) < 0:
+            raise ValueError(f"{cached}: a KNN reference of {width}-wide logits with label ids up to "
+                             f"{int(np.max(knn.classes_))}, but the model has {n_labels} labels; it belongs "
+                             f"to another model: delete it to refit from the run's config")
+        return knn
+    cfg, source = run_config(model_dir)
     if cfg is None:
         raise FileNotFoundError(
             f"{model_dir}: --knn needs the training words' logits: {cached} is missing and the folder "
-            f"is not inside a run folder (no ../metrics.json or ../config.toml naming the training data)")
+            f"is not inside a run folder (no {TRAIN_SETTINGS}, ../metrics.json or ../config.toml naming "
+            f"the training data)")
     from bertlab.inference import word_logits
     from bertlab.train import config_from_dict, load_splits
-    tc = config_from_dict({k: v for k, v in cfg.items() if k in ("data", "eval")})
+    tc = config_from_dict({k: v for k, v in cfg.items() if k in ("data", "eval")}, str(source))
     train = load_splits(tc.data).train
+    label2id = {l: i for i, l in enumerate(model.labels)}
+    unknown: dict[str, int] = {}
+    for s in train.sentences:
+        for t in s.tags:
+            if t not in label2id:
+                unknown[t] = unknown.get(t, 0) + 1
+    if unknown:
+        shown = ", ".join(f"{t} ({n})" for t, n in sorted(unknown.items(), key=lambda x: -x[1])[:5])
+        raise ValueError(f"{model_dir}: --knn refits on {train.name} train (named by {source}), but "
+                         f"{len(unknown)} of its tags, {sum(unknown.values())} words, are not among the "
+                         f"model's {n_labels} labels: {shown}{', ...' if len(unknown) > 5 else ''}")
     log(f"fitting KNN (k={tc.eval.knn_k}, {tc.eval.knn_metric}) on {train.name} train "
         f"({len(train.sentences)} sentences); cached in {cached}")
-    logits = word_logits(model, tokenizer, train.sentences, tc.data.max_length, tc.data.stride)
-    label2id = {l: i for i, l in enumerate(model.labels)}
+    logits = word_logits(model, tokenizer, train.sentences, tc.data.max_length, tc.data.stride, progress=progress)
     X = np.concatenate([l for l in logits if len(l)], axis=0)
     y = np.array([label2id[t] for s in train.sentences for t in s.tags], dtype=np.int64)
-    knn = KNNClassifier(k=tc.eval.knn_k, metric=tc.eval.knn_metric).fit(X, y)
+    knn = KNNClassifier(k=tc.eval.knn_k, metric=tc.eval.knn_metric, progress=progress).fit(X, y)
     knn.save(cached)
     return knn
 
+
+# ---- tagging text -------------------------------------------------------------------------
 
 def split_words(text: str) -> list[tuple[list[str], list[tuple[int, int]]]]:
     """Sentences of raw text as ``(words, character offsets)``: lines, cut further after ``.?!``
@@ -101,48 +168,81 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def predict_text(model, tokenizer, texts: list[str], doc_ids: list[str] | None = None, knn=None,
-                 max_length: int = 128, stride: int = 32, batch_size: int = 64) -> list[dict]:
-    """Entities of each text: a list of ``{doc, type, text, start, end, score}`` dicts, offsets
-    into that text. Decoding: KNN when ``knn`` is given, Viterbi for a CRF head, else argmax."""
+def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 128, stride: int = 32,
+              batch_size: int = 64, progress: bool = False) -> list[list[dict]]:
+    """Per text, per sentence: ``{"words", "offsets", "tags", "scores"}`` (``scores[i]``: the
+    probability of word i's tag, see the module docstring). Decoding: KNN when ``knn`` is given,
+    Viterbi for a CRF head, else argmax."""
+    from tqdm import tqdm
+
     from bertlab.inference import decode_argmax, decode_viterbi, word_logits
-    doc_ids = [str(i) for i in range(len(texts))] if doc_ids is None else list(doc_ids)
-    entities = []
-    for doc, text in zip(doc_ids, texts):
+    label2id = {l: i for i, l in enumerate(model.labels)}
+    out = []
+    for text in tqdm(texts, desc="predict", unit="doc", disable=not progress):
         sents = split_words(text)
         if not sents:
+            out.append([])
             continue
         logits = word_logits(model, tokenizer, [w for w, _ in sents], max_length, stride, batch_size)
         if knn is not None:
-            flat = np.concatenate(logits, axis=0)
-            proba = np.asarray(knn.predict_proba(flat))
-            ids = np.asarray(knn.classes_)[proba.argmax(-1)]
-            conf, k = proba.max(-1), 0
-            tags, probs = [], []
-            for l in logits:
-                tags.append([model.labels[i] for i in ids[k:k + len(l)]])
-                probs.append(conf[k:k + len(l)])
-                k += len(l)
+            proba = np.asarray(knn.predict_proba(np.concatenate(logits, axis=0)))
+            ids, conf = np.asarray(knn.classes_)[proba.argmax(-1)], proba.max(-1)
+            bounds = np.cumsum([0] + [len(l) for l in logits])
+            tags = [[model.labels[i] for i in ids[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
+            probs = [conf[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         else:
             tags = (decode_viterbi(model, logits) if getattr(model, "crf", None) is not None
                     else decode_argmax(logits, model.labels))
-            label2id = {l: i for i, l in enumerate(model.labels)}
             probs = [_softmax(l)[np.arange(len(t)), [label2id[x] for x in t]] for l, t in zip(logits, tags)]
-        for (words, offsets), sent_tags, p in zip(sents, tags, probs):
-            for typ, a, b in strict_entities(sent_tags):
-                start, end = offsets[a][0], offsets[b - 1][1]
-                entities.append({"doc": doc, "type": typ, "text": text[start:end], "start": start,
-                                 "end": end, "score": round(float(np.mean(p[a:b])), 4)})
+        out.append([{"words": words, "offsets": offsets, "tags": t, "scores": p}
+                    for (words, offsets), t, p in zip(sents, tags, probs)])
+    return out
+
+
+def entities_of(text: str, sentences: list[dict], doc: str, reading: str = "strict") -> list[dict]:
+    """The entities of one tagged text (``tag_texts``' sentences) as ``{doc, type, text, start,
+    end, score}`` dicts; ``reading``: ``"strict"`` IOB2 or ``"lenient"`` (conlleval)."""
+    if reading not in READINGS:
+        raise ValueError(f"reading must be one of {sorted(READINGS)}, got {reading!r}")
+    entities = []
+    for s in sentences:
+        for typ, a, b in READINGS[reading](s["tags"]):
+            start, end = s["offsets"][a][0], s["offsets"][b - 1][1]
+            entities.append({"doc": doc, "type": typ, "text": text[start:end], "start": start, "end": end,
+                             "score": round(float(np.mean(s["scores"][a:b])), 4)})
     return entities
+
+
+def predict_text(model, tokenizer, texts: list[str], doc_ids: list[str] | None = None, knn=None,
+                 max_length: int = 128, stride: int = 32, batch_size: int = 64, reading: str = "strict",
+                 progress: bool = False) -> list[dict]:
+    """Entities of each text: a list of ``{doc, type, text, start, end, score}`` dicts, offsets
+    into that text, read from the tags in ``reading`` (``"strict"`` IOB2 or ``"lenient"``)."""
+    doc_ids = [str(i) for i in range(len(texts))] if doc_ids is None else list(doc_ids)
+    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, batch_size, progress)
+    return [e for doc, text, sents in zip(doc_ids, texts, tagged) for e in entities_of(text, sents, doc, reading)]
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UsageError(f"{name}:{line}: cannot decode byte {data[e.start]:#04x} at byte offset {e.start}; "
+                         f"expected UTF-8 text") from None
 
 
 def read_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
     """``(doc ids, texts)`` from files (or ``-`` for stdin): a ``.jsonl`` file (or JSONL on stdin)
     holds one document a line with a ``text`` field (``id``/``doc_id`` optional); any other file is
-    one plain-text document named after the file."""
+    one plain-text document named after the file. Input must be UTF-8."""
     ids, texts = [], []
     for path in paths:
-        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            raw = _decode(stdin.read(), "stdin") if stdin is not None else sys.stdin.read()
+        else:
+            raw = _decode(Path(path).read_bytes(), path)
         name = "stdin" if path == "-" else Path(path).name
         is_jsonl = path.endswith(".jsonl") or (path == "-" and raw.lstrip().startswith("{"))
         if not is_jsonl:
@@ -155,91 +255,255 @@ def read_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
             try:
                 obj = json.loads(line)
                 text = obj["text"]
+                if not isinstance(text, str):
+                    raise TypeError
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{name}:{n}: expected a JSON object with a \"text\" field") from None
+                raise UsageError(f"{name}:{n}: expected a JSON object with a \"text\" string field") from None
             ids.append(str(obj.get("id", obj.get("doc_id", f"{name}:{n}"))))
             texts.append(text)
     return ids, texts
 
 
+def format_entities(doc_ids, texts, tagged, reading: str = "strict") -> str:
+    """JSONL, one entity a line; a document without entities gets one line with ``type``,
+    ``text``, ``start``, ``end`` and ``score`` null, so every input document is accounted for."""
+    lines = []
+    for doc, text, sents in zip(doc_ids, texts, tagged):
+        ents = entities_of(text, sents, doc, reading) or [
+            {"doc": doc, "type": None, "text": None, "start": None, "end": None, "score": None}]
+        lines += [json.dumps(e, ensure_ascii=False) + "\n" for e in ents]
+    return "".join(lines)
+
+
+def format_conll(tagged) -> str:
+    """CoNLL: ``-DOCSTART-<TAB>O`` before each document (in input order), then ``word<TAB>tag``
+    lines, a blank line after each sentence; ``bertlab.datasets.read_conll`` reads it back. The tags
+    are the decoder's own, orphan ``I-X`` included (the reading applies to entities only)."""
+    out = []
+    for sents in tagged:
+        out.append("-DOCSTART-\tO\n")
+        for s in sents:
+            out.append("".join(f"{w}\t{t}\n" for w, t in zip(s["words"], s["tags"])) + "\n")
+    return "".join(out)
+
+
+# ---- command line -------------------------------------------------------------------------
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after minutes of work, when ``path`` cannot be written (atomically: the
+    folder must exist and be writable, the path must not be a folder)."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder; expected a file path")
+    if not folder.is_dir():
+        raise UsageError(f"{path}: cannot write: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: cannot write: folder {folder} is not writable")
+
+
+def _failure(e: BaseException) -> str:
+    """One line for an expected failure: OSErrors as ``path: reason``."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def show_progress() -> bool:
+    """tqdm bars on a terminal unless ``$CI`` is set (as ``bertlab train``'s ``progress = "auto"``)."""
+    from bertlab.train import show_progress as train_show_progress
+    return train_show_progress("auto")
+
+
+def _window_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--max-length", type=int, metavar="N",
+                    help="subwords per window, [CLS]/[SEP] included (default: as the model was trained, "
+                         "from best/bertlab_train.json or the run's metrics.json; 128 without them)")
+    ap.add_argument("--stride", type=int, metavar="N",
+                    help="overlap of consecutive windows of a long sentence (default: as trained; 32 without it)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``bertlab predict --model DIR [--knn] --input FILE|- [...]``: entities as JSONL on stdout."""
-    ap = argparse.ArgumentParser(prog="bertlab predict", description=main.__doc__)
-    ap.add_argument("--model", required=True, help="a saved model folder, e.g. runs/btl_focal/<run>/best")
-    ap.add_argument("--input", required=True, nargs="+", help="text files (one document each), "
-                    ".jsonl files (a \"text\" field per line), or - for stdin")
-    ap.add_argument("--knn", action="store_true", help="KNN decoding over the training words' logits")
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--stride", type=int, default=32)
-    ap.add_argument("--output", default="-", help="JSONL output file (default: stdout)")
+    """Tag new text with a trained model: entities as JSONL (or word/tag lines as CoNLL) on stdout."""
+    ap = argparse.ArgumentParser(
+        prog="bertlab predict", description=main.__doc__,
+        epilog="Entities are read from the tags in strict IOB2 (an I-X with no B-X before it is no entity), "
+               "as `bertlab evaluate` scores them; --lenient reads them as conlleval and transformers' "
+               "pipeline(aggregation_strategy=\"first\") do, which finds more on the same tags.")
+    ap.add_argument("--model", required=True, metavar="DIR", help="a saved model folder, e.g. runs/btl_focal/<run>/best")
+    ap.add_argument("--input", required=True, nargs="+", metavar="FILE",
+                    help="UTF-8 text files (one document each), .jsonl files (a \"text\" field per line, "
+                         "\"id\" optional), or - for stdin")
+    ap.add_argument("--knn", action="store_true",
+                    help="KNN decoding over the training words' logits (DIR/knn.npz, else refitted from the run)")
+    _window_options(ap)
+    ap.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
+                    help="jsonl: one entity a line {doc, type, text, start, end, score}, a null-type line for a "
+                         "document without entities; conll: word<TAB>tag lines, -DOCSTART- before each "
+                         "document (default: jsonl)")
+    ap.add_argument("--lenient", action="store_true",
+                    help="read entities leniently: an I-X after O or another type starts an entity (jsonl only)")
+    ap.add_argument("--output", default="-", metavar="FILE", help="output file (default: - for stdout)")
     args = ap.parse_args(argv)
     try:
-        model, tokenizer = load_model(args.model)
-        knn = load_knn(model, tokenizer, args.model, log=lambda s: print(s, file=sys.stderr)) if args.knn else None
+        if args.output != "-":
+            check_writable(args.output)
         ids, texts = read_inputs(args.input)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"bertlab predict: {e}", file=sys.stderr)
+        model, tokenizer = load_model(args.model)
+        max_length, stride, where = window_settings(args.model, args.max_length, args.stride)
+        if where.startswith("bertlab's defaults"):
+            print(f"bertlab predict: note: windows of {max_length} subwords, stride {stride} ({where})", file=sys.stderr)
+        progress = show_progress()
+        knn = (load_knn(model, tokenizer, args.model, log=lambda s: print(s, file=sys.stderr), progress=progress)
+               if args.knn else None)
+    except (OSError, ValueError) as e:
+        print(f"bertlab predict: {_failure(e)}", file=sys.stderr)
         return 2
-    ents = predict_text(model, tokenizer, texts, ids, knn, args.max_length, args.stride)
-    lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in ents)
+    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, progress=progress)
+    text = (format_conll(tagged) if args.format == "conll"
+            else format_entities(ids, texts, tagged, "lenient" if args.lenient else "strict"))
     if args.output == "-":
-        sys.stdout.write(lines)
+        sys.stdout.write(text)
     else:
-        Path(args.output).write_text(lines, encoding="utf-8")
+        write_text(args.output, text)
     return 0
 
 
-def evaluate_model(model_dir, data: str, split: str = "test", knn: bool = False, max_documents: int = 0,
-                   max_length: int = 128, stride: int = 32) -> dict:
-    """Re-score a saved model on a bundled corpus: ``bertlab.inference.evaluate``'s dict plus the
-    entity- and token-level confusion matrices."""
-    from bertlab.datasets import load
-    from bertlab.inference import evaluate
+# ---- evaluate -----------------------------------------------------------------------------
+
+def load_eval_data(data: str, split: str | None = None, scheme: str | None = None):
+    """A bundled corpus split (``data`` a name from ``bertlab data list``; ``split`` default test)
+    or a CoNLL file (``data`` a path; ``scheme`` its tag scheme, default IOB2)."""
+    from bertlab.datasets import list_corpora, load, read_conll
+    if data in list_corpora():
+        if scheme is not None:
+            raise UsageError(f"--scheme applies to CoNLL files; {data} is a bundled corpus")
+        return load(data, split or "test")
+    path = Path(data)
+    if path.is_file():
+        if split is not None:
+            raise UsageError(f"--split applies to bundled corpora; {data} is a file (evaluated whole)")
+        return read_conll(path, split="test", scheme=scheme or "IOB2")
+    if path.exists():
+        raise UsageError(f"{data}: is a folder; --data takes a bundled corpus name or a CoNLL file")
+    raise UsageError(f"{data}: no such file, nor a bundled corpus ({', '.join(list_corpora())})")
+
+
+def label_coverage(model_labels: list[str], corpus) -> dict:
+    """Gold mentions of ``corpus`` whose type the model cannot predict: ``{"types": {type: count},
+    "mentions", "total"}`` (empty ``types`` when the model knows every type)."""
+    known = {l[2:] for l in model_labels if l != "O"}
+    counts: dict[str, int] = {}
+    for s in corpus.sentences:
+        for typ, _, _ in strict_entities(s.tags):
+            counts[typ] = counts.get(typ, 0) + 1
+    missing = {t: n for t, n in sorted(counts.items(), key=lambda x: -x[1]) if t not in known}
+    return {"types": missing, "mentions": sum(missing.values()), "total": sum(counts.values())}
+
+
+def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = False, max_documents: int = 0,
+                   max_length: int | None = None, stride: int | None = None, scheme: str | None = None,
+                   progress: bool = False, log=lambda s: None) -> dict:
+    """Re-score a saved model on a bundled corpus or a CoNLL file: ``bertlab.inference.evaluate``'s
+    dict plus the entity- and token-level confusion matrices, the window settings
+    (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks)."""
+    from bertlab.inference import evaluate, word_logits
     from bertlab.metrics import confusion_matrix
     model, tokenizer = load_model(model_dir)
-    corpus = load(data, split)
+    corpus = load_eval_data(data, split, scheme)
     if max_documents:
         corpus = corpus.subset(max_documents)
-    knn_model = load_knn(model, tokenizer, model_dir, log=lambda s: print(s, file=sys.stderr)) if knn else None
+    max_length, stride, where = window_settings(model_dir, max_length, stride)
+    warnings = []
+    lacking = label_coverage(model.labels, corpus)
+    if lacking["types"]:
+        shown = ", ".join(f"{t} ({n})" for t, n in list(lacking["types"].items())[:5])
+        warnings.append(f"{len(lacking['types'])} gold entity types, {lacking['mentions']} of "
+                        f"{lacking['total']} mentions, are not among the model's labels and can never be "
+                        f"found: {shown}{', ...' if len(lacking['types']) > 5 else ''}")
+    for w in warnings:
+        log(f"warning: {w}")
+    knn_model = load_knn(model, tokenizer, model_dir, log=log, progress=progress) if knn else None
     decode = "knn" if knn else ("viterbi" if getattr(model, "crf", None) is not None else "argmax")
-    result = evaluate(model, tokenizer, corpus, decode=decode, knn=knn_model, max_length=max_length,
-                      stride=stride)
-    gold = [p["tags"] if "tags" in p else p["gold"] for p in result["predictions"]]
+    logits = word_logits(model, tokenizer, corpus.sentences, max_length, stride, progress=progress)
+    result = evaluate(model, tokenizer, corpus, decode=decode, knn=knn_model, logits=logits)
+    gold = [p["tags"] for p in result["predictions"]]
     pred = [p["pred"] for p in result["predictions"]]
     result["confusion_entity"] = confusion_matrix(gold, pred, level="entity")
     result["confusion_token"] = confusion_matrix(gold, pred, level="token", collapse=True)
+    result.update(data=corpus.name, split=corpus.split, documents=len(corpus.documents),
+                  sentences=len(corpus.sentences), max_length=max_length, stride=stride,
+                  window_source=where, warnings=warnings)
     return result
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
-    """``bertlab evaluate --model DIR --data NAME [--split test] [--knn]``: the full report."""
+def format_evaluation(r: dict, title: str, details: bool = False) -> str:
+    """The text ``bertlab evaluate`` prints: a summary (micro, macro and weighted averages of the
+    strict entity scores, conlleval micro F1, token accuracy, unweighted accuracy); with
+    ``details`` also the per-type tables and both confusion matrices."""
     from bertlab.metrics import format_report
+    averages = ("micro avg", "macro avg", "weighted avg")
+    entity = r["entity_report"] if details else {k: v for k, v in r["entity_report"].items() if k in averages}
+    lines = [title, "",
+             "Entities (strict IOB2, seqeval's strict mode):",
+             format_report(entity).replace("\n\n\n", "\n\n"),  # no per-type rows: one blank line
+             f"Entity micro F1, conlleval (tolerant) reading: {r['micro_f1_conlleval']:.4f}",
+             f"Token accuracy: {r['token']['accuracy']:.4f}",
+             f"Unweighted accuracy (mean per-tag recall): {r['unweighted_accuracy']:.4f}"]
+    lines += [f"warning: {w}" for w in r.get("warnings", [])]
+    if details:
+        lines += ["", "Tokens:", format_report(r["token"]),
+                  f"Entity confusion (gold rows, predicted columns):\n{r['confusion_entity']}", "",
+                  f"Token confusion by type:\n{r['confusion_token']}"]
+    else:
+        lines += ["", "(--details: per-type tables and confusion matrices; --output FILE: everything as JSON)"]
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_json(r: dict) -> dict:
+    """``evaluate_model``'s dict as plain JSON (confusion matrices as rows, cols, matrix)."""
+    out = {k: v for k, v in r.items() if not k.startswith("confusion")}
+    for k in ("confusion_entity", "confusion_token"):
+        out[k] = {"rows": r[k].rows, "cols": r[k].cols, "matrix": r[k].matrix.tolist()}
+    return out
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """Re-score a saved model on a bundled corpus or a CoNLL file: a summary of the strict entity
+    scores, with --details the per-type tables and confusion matrices."""
     ap = argparse.ArgumentParser(prog="bertlab evaluate", description=evaluate_main.__doc__)
-    ap.add_argument("--model", required=True, help="a saved model folder, e.g. runs/btl_focal/<run>/best")
-    ap.add_argument("--data", required=True, help="a bundled corpus (bertlab data lists them)")
-    ap.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    ap.add_argument("--model", required=True, metavar="DIR", help="a saved model folder, e.g. runs/btl_focal/<run>/best")
+    ap.add_argument("--data", required=True, metavar="NAME|FILE",
+                    help="a bundled corpus (`bertlab data list`) or a CoNLL file (token<TAB>tag lines)")
+    ap.add_argument("--split", choices=("train", "dev", "test"),
+                    help="split of a bundled corpus (default: test)")
+    ap.add_argument("--scheme", choices=("IOB1", "IOB2", "IOBES", "BILOU"),
+                    help="tag scheme of a CoNLL file, converted to IOB2 (default: IOB2)")
     ap.add_argument("--knn", action="store_true", help="KNN decoding (see bertlab predict --knn)")
-    ap.add_argument("--max-documents", type=int, default=0, help="only the first N documents")
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--stride", type=int, default=32)
-    ap.add_argument("--json", help="also write the numbers (and predictions) to this JSON file")
+    ap.add_argument("--max-documents", type=int, default=0, metavar="N",
+                    help="only the first N documents (default: 0, all)")
+    _window_options(ap)
+    ap.add_argument("--details", action="store_true",
+                    help="also print the per-type tables and the entity and token confusion matrices")
+    ap.add_argument("--output", metavar="FILE",
+                    help="also write every number, the confusion matrices and the predictions to this JSON file")
+    ap.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # its old name
     args = ap.parse_args(argv)
     try:
-        r = evaluate_model(args.model, args.data, args.split, args.knn, args.max_documents,
-                           args.max_length, args.stride)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"bertlab evaluate: {e}", file=sys.stderr)
+        if args.output:
+            check_writable(args.output)
+        r = evaluate_model(args.model, args.data, args.split, args.knn, args.max_documents, args.max_length,
+                           args.stride, args.scheme, progress=show_progress(),
+                           log=lambda s: print(s, file=sys.stderr))
+    except (OSError, ValueError) as e:
+        print(f"bertlab evaluate: {_failure(e)}", file=sys.stderr)
         return 2
-    print(f"{args.model} on {args.data} {args.split}, decode {r['decode']}\n")
-    print("Entities (strict IOB2, seqeval's strict mode):\n" + format_report(r["entity_report"] if "entity_report" in r else r["entity"]))
-    print(f"Entity micro F1, conlleval (tolerant) reading: {r['micro_f1_conlleval']:.4f}\n")
-    print("Tokens:\n" + format_report(r["token"]))
-    print(f"Unweighted accuracy (mean per-tag recall): {r['unweighted_accuracy']:.4f}\n")
-    print(f"Entity confusion (gold rows, predicted columns):\n{r['confusion_entity']}\n")
-    print(f"Token confusion by type:\n{r['confusion_token']}")
-    if args.json:
-        out = {k: v for k, v in r.items() if not k.startswith("confusion")}
-        for k in ("confusion_entity", "confusion_token"):
-            out[k] = {"rows": r[k].rows, "cols": r[k].cols, "matrix": r[k].matrix.tolist()}
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    data = f"{args.data} {r['split']}" if args.data == r["data"] else args.data
+    docs = f"{r['documents']} document{'s' * (r['documents'] != 1)}"
+    title = (f"{args.model} on {data} ({docs}, {r['sentences']} sentences), "
+             f"decode {r['decode']}\nwindows of {r['max_length']} subwords, stride {r['stride']} "
+             f"({r['window_source']})")
+    sys.stdout.write(format_evaluation(r, title, args.details))
+    if args.output:
+        write_text(args.output, json.dumps(evaluation_json(r), indent=1) + "\n")
     return 0

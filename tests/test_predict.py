@@ -35,8 +35,8 @@ def model_dir(tmp_path_factory, minilm_path):
     return out
 
 
-def reference_entities(folder, text):
-    """transformers on the same folder: first-subword logits per word, argmax, strict entities."""
+def reference_tags(folder, text):
+    """transformers on the same folder: first-subword logits per word, argmax; one tag list a sentence."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForTokenClassification.from_pretrained(folder).eval()
@@ -50,10 +50,15 @@ def reference_entities(folder, text):
         for pos, w in enumerate(enc.word_ids()):
             if w is not None and w not in first:
                 first[w] = pos
-        tags = [labels[int(logits[first[w]].argmax())] for w in range(len(words))]
-        for typ, a, b in strict_entities(tags):
-            out.append((typ, offsets[a][0], offsets[b - 1][1]))
+        out.append([labels[int(logits[first[w]].argmax())] for w in range(len(words))])
     return out
+
+
+def reference_entities(folder, text):
+    """The strict IOB2 entities of ``reference_tags`` as ``(type, start, end)`` character spans."""
+    return [(typ, offsets[a][0], offsets[b - 1][1])
+            for (words, offsets), tags in zip(split_words(text), reference_tags(folder, text))
+            for typ, a, b in strict_entities(tags)]
 
 
 def test_predict_matches_transformers_and_offsets(model_dir):
@@ -130,22 +135,137 @@ def test_cli_reads_text_jsonl_and_stdin(model_dir, tmp_path, monkeypatch, capsys
     assert [json.loads(l)["start"] for l in lines] == [e["start"] for e in by_doc["a"]]
     (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n')
     assert main(["--model", str(model_dir), "--input", str(tmp_path / "bad.jsonl")]) == 2
-    assert "bad.jsonl:1: expected a JSON object with a \"text\" field" in capsys.readouterr().err
+    assert capsys.readouterr().err == 'bertlab predict: bad.jsonl:1: expected a JSON object with a "text" string field\n'
 
 
-def test_evaluate_prints_full_report(model_dir, capsys, tmp_path):
-    assert evaluate_main(["--model", str(model_dir), "--data", "maccrobat", "--split", "test",
-                          "--max-documents", "1", "--json", str(tmp_path / "r.json")]) == 0
-    out = capsys.readouterr().out
-    for piece in ("micro avg", "Tokens:", "Unweighted accuracy", "Entity confusion", "missed", "Token confusion"):
-        assert piece in out
+def test_evaluate_prints_a_summary_and_details_on_request(model_dir, capsys, tmp_path):
+    args = ["--model", str(model_dir), "--data", "maccrobat", "--split", "test", "--max-documents", "1"]
+    assert evaluate_main(args + ["--output", str(tmp_path / "r.json")]) == 0
+    summary = capsys.readouterr().out
+    for piece in ("micro avg", "macro avg", "weighted avg", "conlleval", "Token accuracy", "Unweighted accuracy"):
+        assert piece in summary
+    for piece in ("Activity", "Entity confusion", "Token confusion"):  # no per-type rows, no matrices
+        assert piece not in summary
+    assert len(summary.splitlines()) < 20 and max(map(len, summary.splitlines())) < 200
+    assert evaluate_main(args + ["--details"]) == 0
+    details = capsys.readouterr().out
+    for piece in ("Tokens:", "Entity confusion", "missed", "Token confusion"):
+        assert piece in details
     r = json.loads((tmp_path / "r.json").read_text())
     from bertlab.metrics import entity_report
     gold = [p["tags"] for p in r["predictions"]]
     pred = [p["pred"] for p in r["predictions"]]
     assert r["entity_report"]["micro avg"]["f1-score"] == pytest.approx(
         entity_report(gold, pred, zero_division=0)["micro avg"]["f1-score"])
-    assert evaluate_main(["--model", str(tmp_path), "--data", "maccrobat"]) == 2
+    assert r["confusion_entity"]["rows"][-1] == "spurious" and r["confusion_token"]["matrix"]
+
+
+def test_evaluate_on_a_conll_file_equals_the_bundled_corpus(model_dir, tmp_path):
+    """A CoNLL file written from a bundled split scores exactly as the split, in any tag scheme."""
+    from bertlab.datasets import load, write_conll
+    from bertlab.predict import evaluate_model
+    corpus = load("maccrobat", "test").subset(2)
+    write_conll(corpus, tmp_path / "test.conll")
+    write_conll(corpus, tmp_path / "test.iobes", scheme="IOBES")
+    bundled = evaluate_model(model_dir, "maccrobat", "test", max_documents=2)
+    for path, scheme in ((tmp_path / "test.conll", None), (tmp_path / "test.iobes", "IOBES")):
+        r = evaluate_model(model_dir, str(path), scheme=scheme)
+        assert r["documents"] == 2 and r["sentences"] == len(corpus.sentences)
+        for key in ("micro_f1", "micro_f1_conlleval", "entity_report", "token", "unweighted_accuracy"):
+            assert r[key] == bundled[key], key
+        assert [p["pred"] for p in r["predictions"]] == [p["pred"] for p in bundled["predictions"]]
+
+
+def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsys, monkeypatch):
+    """Missing files, bad folders, non-UTF-8 input, unknown corpora, wrong flag combinations,
+    unwritable outputs: one line on stderr, exit status 2; an unwritable output fails first."""
+    (tmp_path / "latin1.txt").write_bytes("Fever.\nCaf\xe9 au lait spots.\n".encode("latin-1"))
+    (tmp_path / "note.txt").write_text(TEXT)
+    (tmp_path / "test.conll").write_text("Fever\tB-Sign_symptom\n")
+    note, model = str(tmp_path / "note.txt"), str(model_dir)
+    cases = [
+        (main, ["--model", model, "--input", str(tmp_path / "latin1.txt")],
+         f"{tmp_path / 'latin1.txt'}:2: cannot decode byte 0xe9"),
+        (main, ["--model", model, "--input", str(tmp_path / "missing.txt")], f"{tmp_path / 'missing.txt'}: No such file"),
+        (main, ["--model", model, "--input", str(tmp_path)], f"{tmp_path}: Is a directory"),
+        (main, ["--model", str(tmp_path), "--input", note], "no config.json"),
+        (main, ["--model", model, "--input", note, "--output", str(tmp_path / "no" / "e.jsonl")], "does not exist"),
+        (evaluate_main, ["--model", str(tmp_path), "--data", "maccrobat"], "no config.json"),
+        (evaluate_main, ["--model", model, "--data", "my_test.conll"], "my_test.conll: no such file, nor a bundled corpus"),
+        (evaluate_main, ["--model", model, "--data", str(tmp_path)], "is a folder"),
+        (evaluate_main, ["--model", model, "--data", "maccrobat", "--scheme", "IOBES"], "--scheme applies to CoNLL files"),
+        (evaluate_main, ["--model", model, "--data", str(tmp_path / "test.conll"), "--split", "dev"], "--split applies"),
+        (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path / "no" / "r.json")],
+         f"{tmp_path / 'no' / 'r.json'}: cannot write: folder {tmp_path / 'no'} does not exist"),
+        (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path)], "is a folder"),
+    ]
+    for func, argv, message in cases:
+        assert func(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+
+    def fail(*a, **k):
+        raise AssertionError("the model was loaded before the output was checked")
+    monkeypatch.setattr("bertlab.predict.load_model", fail)
+    assert evaluate_main(["--model", model, "--data", "maccrobat", "--json", str(tmp_path / "no" / "r.json")]) == 2
+    assert main(["--model", model, "--input", note, "--output", str(tmp_path / "no" / "e.jsonl")]) == 2
+
+
+def test_evaluate_warns_about_gold_types_the_model_lacks(model_dir, tmp_path, capsys):
+    """A MACCROBAT model on NCBI-disease can never find a Disease: scores are zero, and it says so."""
+    from bertlab.predict import evaluate_model
+    messages = []
+    r = evaluate_model(model_dir, "ncbi_disease", "test", max_documents=3, log=messages.append)
+    gold = sum(1 for p in r["predictions"] for t in p["tags"] if t == "B-Disease")
+    assert gold > 0 and r["micro_f1"] == 0
+    expected = f"1 gold entity types, {gold} of {gold} mentions, are not among the model's labels and can never be found: Disease ({gold})"
+    assert r["warnings"] == [expected] and messages == ["warning: " + expected]
+    assert evaluate_main(["--model", str(model_dir), "--data", "ncbi_disease", "--max-documents", "3"]) == 0
+    assert "warning: " + expected in capsys.readouterr().out
+    assert evaluate_model(model_dir, "maccrobat", "test", max_documents=1)["warnings"] == []
+
+
+def saved_run(model_dir, tmp_path, settings_file: str, config: dict):
+    """A copy of the model as ``tmp_path/run/best`` with the run's config in ``settings_file``
+    (``best/bertlab_train.json`` or ``metrics.json`` beside it)."""
+    import shutil
+    best = tmp_path / "run" / "best"
+    shutil.copytree(model_dir, best)
+    (tmp_path / "run" / settings_file).write_text(json.dumps({"config": config}))
+    return best
+
+
+@pytest.mark.parametrize("settings_file", ["best/bertlab_train.json", "metrics.json"])
+def test_windows_are_cut_as_the_model_was_trained(model_dir, tmp_path, settings_file):
+    """evaluate/predict read max_length and stride saved with the model (the lead's
+    best/bertlab_train.json, or an older run's metrics.json), so they score as training did;
+    explicit values win, and without saved settings it is 128 / 32 with a note."""
+    from bertlab.predict import evaluate_model, window_settings
+    best = saved_run(model_dir, tmp_path, settings_file, {"data": {"max_length": 24, "stride": 4}})
+    assert window_settings(best)[:2] == (24, 4) and str(tmp_path / "run" / settings_file) in window_settings(best)[2]
+    assert window_settings(best, 40, None)[:2] == (40, 4) and window_settings(best, 40, 8)[:2] == (40, 8)
+    assert window_settings(model_dir)[:2] == (128, 32) and "bertlab's defaults" in window_settings(model_dir)[2]
+    saved = evaluate_model(best, "maccrobat", "test", max_documents=1)
+    explicit = evaluate_model(model_dir, "maccrobat", "test", max_documents=1, max_length=24, stride=4)
+    default = evaluate_model(model_dir, "maccrobat", "test", max_documents=1)
+    assert (saved["max_length"], saved["stride"]) == (24, 4)
+    assert [p["pred"] for p in saved["predictions"]] == [p["pred"] for p in explicit["predictions"]]
+    assert [p["pred"] for p in saved["predictions"]] != [p["pred"] for p in default["predictions"]]
+
+
+def test_predict_uses_saved_windows_and_notes_the_default(model_dir, tmp_path, capsys):
+    from bertlab.datasets import load
+    text = " ".join(load("maccrobat", "test").sentences[0].tokens * 3)  # a sentence of many windows
+    (tmp_path / "note.txt").write_text(text)
+    best = saved_run(model_dir, tmp_path, "best/bertlab_train.json", {"data": {"max_length": 24, "stride": 4}})
+    model, tokenizer = load_model(model_dir)
+    for folder, extra, window in ((best, [], (24, 4)), (model_dir, ["--max-length", "24", "--stride", "4"], (24, 4)),
+                                  (model_dir, [], (128, 32))):
+        assert main(["--model", str(folder), "--input", str(tmp_path / "note.txt")] + extra) == 0
+        out, err = capsys.readouterr()
+        expected = predict_text(model, tokenizer, [text], ["note.txt"], max_length=window[0], stride=window[1])
+        assert [json.loads(l) for l in out.splitlines()] == expected
+        assert ("note: windows of 128 subwords, stride 32 (bertlab's defaults" in err) == (window == (128, 32))
 
 
 def test_knn_refit_reproduces_training_time_knn(tmp_path):
@@ -171,3 +291,98 @@ def test_knn_refit_reproduces_training_time_knn(tmp_path):
     z_saved, z_refit = np.load(io.BytesIO(saved)), np.load(best / "knn.npz")
     np.testing.assert_allclose(z_refit["X"], z_saved["X"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(z_refit["y"], z_saved["y"])
+
+
+def test_lenient_reading_is_transformers_pipeline_first(model_dir):
+    """--lenient reads the tags as pipeline(aggregation_strategy="first") groups them on the same
+    folder (an orphan I-X starts an entity); the default strict reading finds fewer."""
+    from transformers import pipeline
+    pipe = pipeline("token-classification", model=str(model_dir), aggregation_strategy="first")
+    model, tokenizer = load_model(model_dir)
+    lenient = predict_text(model, tokenizer, [TEXT], reading="lenient")
+    strict = predict_text(model, tokenizer, [TEXT])
+    expected = []
+    for words, offsets in split_words(TEXT):
+        joined = " ".join(words)  # bertlab's words, so both sides see the same word boundaries
+        starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+        for e in pipe(joined):
+            a, b = int(np.searchsorted(starts, e["start"])), int(np.searchsorted(starts, e["end"]))
+            expected.append((e["entity_group"], offsets[a][0], offsets[b - 1][1]))
+    assert [(e["type"], e["start"], e["end"]) for e in lenient] == expected
+    assert len(strict) < len(lenient)
+    assert set((e["type"], e["start"], e["end"]) for e in strict) <= set(expected)
+    with pytest.raises(ValueError, match="reading must be one of"):
+        predict_text(model, tokenizer, [TEXT], reading="tolerant")
+
+
+def test_predict_conll_format_and_empty_documents(model_dir, tmp_path, capsys):
+    """--format conll is word<TAB>tag, the tags transformers gives; every input document appears in
+    the output, one without entities as one null record (jsonl) or a -DOCSTART- with no words."""
+    docs = [{"id": "note", "text": TEXT}, {"id": "blank", "text": " \n"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert main(["--model", str(model_dir), "--input", str(tmp_path / "in.jsonl"), "--format", "conll"]) == 0
+    blocks = capsys.readouterr().out.split("-DOCSTART-\tO\n")
+    assert blocks[0] == "" and len(blocks) == 3 and blocks[2] == ""
+    sentences = [[line.split("\t") for line in block.splitlines()] for block in blocks[1].split("\n\n") if block]
+    assert [[w for w, _ in s] for s in sentences] == [words for words, _ in split_words(TEXT)]
+    assert [[t for _, t in s] for s in sentences] == reference_tags(model_dir, TEXT)
+
+    assert main(["--model", str(model_dir), "--input", str(tmp_path / "in.jsonl")]) == 0
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rows[-1] == {"doc": "blank", "type": None, "text": None, "start": None, "end": None, "score": None}
+    assert all(r["doc"] == "note" and r["type"] for r in rows[:-1]) and len(rows) > 1
+    from bertlab.predict import format_entities
+    all_o = [{"words": ["Fever", "."], "offsets": [(0, 5), (5, 6)], "tags": ["O", "I-Sign_symptom"],
+              "scores": np.ones(2)}]
+    assert format_entities(["d"], ["Fever."], [all_o]) == (
+        '{"doc": "d", "type": null, "text": null, "start": null, "end": null, "score": null}\n')
+    assert json.loads(format_entities(["d"], ["Fever."], [all_o], "lenient"))["text"] == "."
+
+
+def test_knn_references_that_do_not_fit_the_model_are_one_line(model_dir, tmp_path, capsys):
+    """A knn.npz of another model, or a refit on training data with labels the model lacks, is a
+    ValueError naming the file or the data, and one line with status 2 from the CLI (no KeyError)."""
+    from bertlab.knn import KNNClassifier
+    (tmp_path / "note.txt").write_text(TEXT)
+    best = saved_run(model_dir, tmp_path, "best/bertlab_train.json",
+                     {"data": {"name": "ncbi_disease", "max_documents": 2}, "eval": {"knn_k": 3}})
+    model, tokenizer = load_model(best)
+    with pytest.raises(ValueError, match=r"ncbi_disease train .* 2 of its tags, \d+ words, are not among the model's 83 labels"):
+        load_knn(model, tokenizer, best)
+    assert main(["--model", str(best), "--input", str(tmp_path / "note.txt"), "--knn"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "B-Disease" in err and "KeyError" not in err
+    KNNClassifier(k=1).fit(np.eye(3, dtype=np.float32), [0, 1, 2]).save(best / "knn.npz")
+    with pytest.raises(ValueError, match=r"knn.npz: a KNN reference of 3-wide logits .* the model has 83 labels"):
+        load_knn(model, tokenizer, best)
+    assert evaluate_main(["--model", str(best), "--data", "maccrobat", "--knn"]) == 2
+    assert "belongs to another model" in capsys.readouterr().err
+
+
+def test_progress_bars_only_when_wanted(model_dir, tmp_path, capsys, monkeypatch):
+    """tqdm bars for predict (documents) and evaluate (word logits) on a terminal; none under CI or
+    when stderr is not a terminal."""
+    from bertlab.predict import show_progress
+    (tmp_path / "note.txt").write_text(TEXT)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    assert show_progress()
+    monkeypatch.setenv("CI", "true")
+    assert not show_progress()
+    monkeypatch.setattr("bertlab.predict.show_progress", lambda: True)
+    assert main(["--model", str(model_dir), "--input", str(tmp_path / "note.txt")]) == 0
+    assert "predict: 100%" in capsys.readouterr().err
+    assert evaluate_main(["--model", str(model_dir), "--data", "maccrobat", "--max-documents", "1"]) == 0
+    assert "word logits" in capsys.readouterr().err
+    from bertlab.knn import KNNClassifier
+    rng = np.random.default_rng(0)
+    X, y, Q = rng.normal(size=(300, 4)), rng.integers(0, 3, 300), rng.normal(size=(100, 4))
+    quiet = KNNClassifier(k=5, chunk_size=10).fit(X, y).predict(Q)
+    assert capsys.readouterr().err == ""
+    for n_jobs in (1, 2):  # the bar counts chunks; the votes do not change
+        shown = KNNClassifier(k=5, chunk_size=10, n_jobs=n_jobs, progress=True).fit(X, y).predict(Q)
+        assert "knn" in capsys.readouterr().err and (shown == quiet).all()
+    monkeypatch.setattr("bertlab.predict.show_progress", lambda: False)
+    assert main(["--model", str(model_dir), "--input", str(tmp_path / "note.txt"), "--max-length", "128",
+                 "--stride", "32"]) == 0
+    assert capsys.readouterr().err == ""
