@@ -621,6 +621,18 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
     dev = metrics.get("dev", {}).get(decode, {})
     dev_f1 = dev.get("micro_f1", metrics.get("best_dev_f1"))
     pred_file = f"predictions_test_{decode}.jsonl"
+    # this decode's learning curve, so a report can draw curves without the run folders
+    history = metrics.get("history") or []
+    curve = None
+    if any(h.get("dev") for h in history):
+        def dev_of(h, key):
+            return ((h.get("dev") or {}).get(decode) or {}).get(key)
+        curve = {"epoch": [h["epoch"] for h in history],
+                 "train_loss": [h.get("train_loss") for h in history],
+                 "dev_loss": [h.get("dev_loss") for h in history],
+                 "dev_f1_micro": [dev_of(h, "f1_micro") for h in history],
+                 "dev_f1_macro": [dev_of(h, "f1_macro") for h in history],
+                 "dev_unweighted_accuracy": [dev_of(h, "unweighted_accuracy") for h in history]}
     return {
         "study": meta["study"], "scale": meta["scale"], "run_id": meta["run_id"],
         "axes": meta["axes"], "seed": meta["axes"].get("train.seed", 0), "decode": decode,
@@ -629,6 +641,7 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
         "unweighted_accuracy": m.get("unweighted_accuracy"),
         "per_type": per_type, "dev_f1_micro": dev_f1,
         "train_seconds": train_seconds, "epochs": epochs,
+        "best_epoch": m.get("best_epoch"), "select": metrics.get("select"), "curve": curve,
         "seconds_per_epoch": None if train_seconds is None else train_seconds / epochs,
         "inference_tokens_per_s": m.get("tokens_per_second"),  # words of the split per second
         "params": metrics.get("params"), "train_mentions": metrics.get("train_mentions", {}),

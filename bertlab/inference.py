@@ -9,6 +9,8 @@ Decodes (all read the same word logits, so they come from one forward pass):
 - ``"viterbi"``: the CRF's best IOB2-valid tag sequence over the sentence's words (CRF heads).
 - ``"knn"``: each word's label voted by its k nearest *training* words in logit space
   (``fit_knn_on_train``, ``bertlab.knn.KNNClassifier``, k = 17 as in the BTL paper).
+- ``"calibrated"``: argmax after per-entity-type logit offsets fitted on dev
+  (``bertlab.calibration.BiasCalibrator``): the decoder a BTL objective calls for.
 
 Argmax and KNN predict one label per word independently, so they can produce sequences that are
 not valid IOB2 (``O I-X``). Scoring is strict IOB2 (seqeval ``mode="strict"``): such an orphan
@@ -26,7 +28,7 @@ from bertlab.metrics import entity_report, token_report, unweighted_accuracy
 from bertlab.sampling import collate
 from bertlab.tokenization import word_predictions
 
-DECODES = ("argmax", "viterbi", "knn")
+DECODES = ("argmax", "viterbi", "knn", "calibrated")
 
 
 def _words(sentences) -> list[list[str]]:
@@ -152,9 +154,26 @@ def decode_knn(knn, logits: list[np.ndarray], labels: list[str]) -> list[list[st
     return out
 
 
+def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrator=None) -> list[list[str]]:
+    """Tags per sentence from word logits with one decode (see the module docstring)."""
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    if decode == "argmax":
+        return decode_argmax(logits, model.labels)
+    if decode == "viterbi":
+        return decode_viterbi(model, logits)
+    if decode == "knn":
+        if knn is None:
+            raise ValueError("decode='knn' needs knn= (a classifier from fit_knn_on_train)")
+        return decode_knn(knn, logits, model.labels)
+    if calibrator is None:
+        raise ValueError("decode='calibrated' needs calibrator= (a BiasCalibrator fitted on dev)")
+    return calibrator.predict(logits)
+
+
 def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_length: int = 128,
              stride: int = 32, batch_size: int = 64, precision: str = "fp32",
-             logits: list[np.ndarray] | None = None) -> dict:
+             logits: list[np.ndarray] | None = None, calibrator=None) -> dict:
     """Score ``model`` on a Corpus (or a list of Sentences) with one decode.
 
     Returns ``{"decode", "micro_f1", "micro_f1_conlleval", "entity_report", "entity_conlleval",
@@ -163,21 +182,19 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
     ``token`` the token-level report, ``unweighted_accuracy`` the mean per-label recall, and
     ``predictions`` one ``{"doc_id", "sentence", "tokens", "tags" (gold), "pred"}`` per sentence (sentence =
     index within its document), for bootstrapping over documents. ``decode="knn"`` needs ``knn``
-    (see ``fit_knn_on_train``); ``logits`` reuses word logits computed earlier for these sentences.
+    (see ``fit_knn_on_train``), ``decode="calibrated"`` a fitted ``calibrator``; ``logits`` reuses
+    word logits computed earlier for these sentences.
     """
     if decode not in DECODES:
         raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
     if decode == "knn" and knn is None:
         raise ValueError("decode='knn' needs knn= (a classifier from fit_knn_on_train)")
+    if decode == "calibrated" and calibrator is None:
+        raise ValueError("decode='calibrated' needs calibrator= (a BiasCalibrator fitted on dev)")
     sentences = corpus.sentences if hasattr(corpus, "sentences") else list(corpus)
     if logits is None:
         logits = word_logits(model, tokenizer, sentences, max_length, stride, batch_size, precision)
-    if decode == "argmax":
-        pred = decode_argmax(logits, model.labels)
-    elif decode == "viterbi":
-        pred = decode_viterbi(model, logits)
-    else:
-        pred = decode_knn(knn, logits, model.labels)
+    pred = decode_tags(decode, logits, model, knn, calibrator)
     gold = [list(s.tags) for s in sentences]
     strict = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
     tolerant = entity_report(gold, pred, mode="conlleval", zero_division=0)

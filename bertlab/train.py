@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertlab.files import write_json, write_jsonl
+from bertlab.files import write_json, write_jsonl, write_text
 from bertlab.losses import LOSS_NAMES, REDUCTIONS, WEIGHT_SCHEMES, LossConfig, build_loss, label_counts, token_losses
 from bertlab.sampling import btl_fused_loss, btl_naive_loss, collate, length_bucketed_batches
 
@@ -130,9 +130,14 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    decode: list = field(default_factory=lambda: ["argmax"])  # "argmax" | "viterbi" (CRF) | "knn"
+    # "argmax" | "viterbi" (CRF) | "knn" | "calibrated"; the first names the model saved in best/
+    decode: list = field(default_factory=lambda: ["argmax"])
     knn_k: int = 17
     knn_metric: str = "euclidean"
+    # how each decode's checkpoint is chosen on dev, every decode by its own scores:
+    # "f1_micro" | "f1_macro" | "unweighted_accuracy" (higher wins, ties to the later epoch),
+    # "loss" (lowest dev loss, shared by all decodes) | "last" (the last epoch)
+    select: str = "f1_micro"
 
 
 @dataclass
@@ -164,8 +169,9 @@ CHOICES = {
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "progress"): ("auto", "on", "off"),
     ("eval", "knn_metric"): ("euclidean", "cosine"),
+    ("eval", "select"): ("f1_micro", "f1_macro", "unweighted_accuracy", "loss", "last"),
 }
-DECODES = ("argmax", "viterbi", "knn")
+DECODES = ("argmax", "viterbi", "knn", "calibrated")
 # fields that must be >= the given minimum
 MINIMUM = {
     ("data", "max_documents"): 0, ("data", "max_length"): 3, ("data", "stride"): 0,
@@ -368,6 +374,14 @@ def check_config(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: [data] dev_file/test_file need train_file as well")
     if cfg.data.train_file and not cfg.data.dev_file and cfg.train.early_stopping_patience:
         raise ConfigError(f"{where}: [train] early_stopping_patience: needs a dev set ([data] dev_file)")
+    if cfg.data.train_file and not cfg.data.dev_file and "calibrated" in cfg.eval.decode:
+        raise ConfigError(f"{where}: [eval] decode: 'calibrated' is fitted on dev and needs a dev set "
+                          f"([data] dev_file)")
+    if cfg.eval.select == "last" and cfg.train.early_stopping_patience:
+        raise ConfigError(f"{where}: [train] early_stopping_patience: with [eval] select = \"last\" nothing "
+                          f"is compared across epochs; set patience to 0 or select by a dev score")
+    if len(set(cfg.eval.decode)) != len(cfg.eval.decode):
+        raise ConfigError(f"{where}: [eval] decode: {cfg.eval.decode} names a decode twice")
     if cfg.train.device != "auto" and not (cfg.train.device == "cpu" or cfg.train.device.startswith("cuda")):
         raise ConfigError(f"{where}: [train] device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', "
                           f"got {cfg.train.device!r}")
@@ -746,8 +760,9 @@ class Progress:
     step: int = 0                  # optimisation steps done
     epoch: int = 0                 # the epoch in progress
     micro_batch: int = 0           # next global micro-batch of that epoch
-    best_dev_f1: float = -1.0
-    best_epoch: int = -1
+    best_dev_f1: float = -1.0      # the first decode's dev micro F1 at its best epoch
+    best_epoch: int = -1           # the first decode's best epoch
+    best: dict = field(default_factory=dict)  # decode -> {"score": selection score, "epoch": its best epoch}
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     training_done: bool = False
@@ -986,7 +1001,8 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: list, resume: bool, log, 
             out_dir.mkdir(parents=True, exist_ok=True)
             for stale in (ckpt_path, metrics_path):  # a previous run's results must not survive
                 stale.unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "best", ignore_errors=True)
+            for folder in out_dir.glob("best*"):
+                shutil.rmtree(folder, ignore_errors=True)
     if d.main:
         for tmp in out_dir.glob(f".{CHECKPOINT}.tmp-*"):  # left by a process killed while writing
             tmp.unlink(missing_ok=True)
@@ -1045,7 +1061,7 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: list, resume: bool, log, 
         else "fp32"
     eval_options = dict(max_length=cfg.data.max_length, stride=cfg.data.stride,
                         batch_size=cfg.train.eval_batch_size, precision=precision)
-    primary = "viterbi" if has_crf(cfg) else "argmax"
+    primary = cfg.eval.decode[0]
     n_params = count_parameters(model)
     jlog = JsonlLog(out_dir / "log.jsonl", d.main, progress.log_bytes if resumed else None)
     jlog.write(event="resume" if resumed else "start", step=progress.step, epoch=progress.epoch,
@@ -1160,37 +1176,40 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: list, resume: bool, log, 
         read_pending()
         progress.epoch_train_seconds += time.perf_counter() - segment_start[0]
 
-        # -- end of epoch: dev F1, best model, early stopping --------------------------------
+        # -- end of epoch: dev scores of every decode, each decode's best model, early stopping --
         t0 = time.perf_counter()
-        dev_f1 = None
-        if splits.dev is not None:
-            if d.main:
-                dev_f1 = evaluate_split(model, tokenizer, splits.dev, primary, None, eval_options)["micro_f1"]
-            dev_f1 = broadcast_value(dev_f1, d)
-        improved = dev_f1 is None or dev_f1 > progress.best_dev_f1
-        if improved:
-            progress.best_dev_f1 = dev_f1 if dev_f1 is not None else -1.0
-            progress.best_epoch = epoch
-            progress.epochs_without_improvement = 0
-            if d.main:
-                save_best(model, tokenizer, out_dir / "best")
-        else:
-            progress.epochs_without_improvement += 1
+        check_finite(params, f"at the end of epoch {epoch} (step {progress.step})")  # never saved as best
+        dev, fitted = (evaluate_dev(model, tokenizer, splits, cfg, eval_options) if d.main else (None, {}))
+        dev = broadcast_value(dev, d)
+        improved, progressed = update_best(progress.best, cfg.eval, epoch, dev)
+        if improved and d.main:
+            save_best_folders(model, tokenizer, out_dir, improved, fitted, cfg, epoch, config_dict)
+        progress.epochs_without_improvement = 0 if progressed else progress.epochs_without_improvement + 1
+        progress.best_epoch = progress.best[primary]["epoch"]
+        if dev is not None and primary in improved:
+            progress.best_dev_f1 = dev["decodes"][primary]["f1_micro"]
         eval_seconds = time.perf_counter() - t0
         n_steps = len(progress.epoch_losses)
+        dev_f1 = dev["decodes"][primary]["f1_micro"] if dev is not None else None
         record = {"epoch": epoch, "step": progress.step,
                   "train_loss": math.fsum(progress.epoch_losses) / n_steps if n_steps else None,
-                  "dev_f1": dev_f1, "best_dev_f1": progress.best_dev_f1 if progress.best_epoch >= 0 else None,
-                  "best_epoch": progress.best_epoch}
+                  "dev_loss": dev["loss"] if dev is not None else None,
+                  "dev": dev["decodes"] if dev is not None else None,
+                  "dev_f1": dev_f1, "best_dev_f1": progress.best_dev_f1 if dev is not None else None,
+                  "best_epoch": progress.best_epoch,
+                  "best_epochs": {k: v["epoch"] for k, v in progress.best.items()}}
         seconds = progress.epoch_train_seconds
         timing = {"epoch": epoch, "train_seconds": seconds, "eval_seconds": eval_seconds,
                   "train_tokens": progress.epoch_tokens, "tokens_per_s": progress.epoch_tokens / max(seconds, 1e-9)}
         progress.history.append(record)
         progress.timing.append(timing)
         jlog.write(event="epoch", **record, **{k: v for k, v in timing.items() if k != "epoch"})
-        log(f"epoch {epoch}: train loss {fmt(record['train_loss'])}, dev F1 {fmt(dev_f1)} "
-            f"(best {fmt(record['best_dev_f1'])} @ epoch {progress.best_epoch}), "
-            f"{seconds:.1f}s, {timing['tokens_per_s']:,.0f} tokens/s")
+        if d.main:
+            write_metrics_csv(out_dir / "metrics.csv", progress.history, progress.timing, cfg.eval.decode)
+        scores = ", ".join(f"{k} {fmt(v['f1_micro'])}" for k, v in (record["dev"] or {}).items())
+        log(f"epoch {epoch}: train loss {fmt(record['train_loss'])}, dev loss {fmt(record['dev_loss'])}, "
+            f"dev micro F1 {scores or '-'} (best epoch {record['best_epochs']}), "
+            f"{seconds:.1f}s + {eval_seconds:.1f}s eval, {timing['tokens_per_s']:,.0f} tokens/s")
         for cb in callbacks:
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(epoch, dict(record))
@@ -1202,17 +1221,19 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: list, resume: bool, log, 
         progress.training_done = (progress.stopped_early or hit_max_steps or progress.epoch >= cfg.train.epochs
                                   or bool(cfg.train.max_steps and progress.step >= cfg.train.max_steps))
         if progress.stopped_early:
-            log(f"early stopping: no dev F1 improvement for {patience} epoch(s)")
+            log(f"early stopping: no decode's dev {cfg.eval.select} improved for {patience} epoch(s)")
         segment_start[0] = time.perf_counter()  # the new epoch's clock starts now
         checkpoint()
 
     # -- the end: the best model on dev and test, every decode -------------------------------
     metrics = None
     if d.main:
-        metrics = final_evaluation(cfg, model, tokenizer, splits, out_dir, eval_options, log)
+        best_epochs = {k: v["epoch"] for k, v in progress.best.items()}
+        metrics = final_evaluation(cfg, model, tokenizer, splits, out_dir, eval_options, log, best_epochs)
         metrics.update(config=config_dict, labels=splits.labels, params=n_params, device=str(device),
                        precision=precision, world_size=d.world_size, steps=progress.step,
                        epochs=len(progress.history), best_epoch=progress.best_epoch,
+                       best_epochs=best_epochs, select=cfg.eval.select,
                        best_dev_f1=progress.best_dev_f1 if splits.dev is not None else None,
                        stopped_early=progress.stopped_early, history=progress.history,
                        train_mentions=mention_counts(splits.train.sentences),
@@ -1231,42 +1252,204 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: list, resume: bool, log, 
     return metrics
 
 
-def evaluate_split(model, tokenizer, corpus, decode: str, knn, options: dict, logits=None) -> dict:
+def evaluate_split(model, tokenizer, corpus, decode: str, knn, options: dict, logits=None, calibrator=None) -> dict:
     from bertlab.inference import evaluate
-    return evaluate(model, tokenizer, corpus, decode=decode, knn=knn, logits=logits, **options)
+    return evaluate(model, tokenizer, corpus, decode=decode, knn=knn, logits=logits, calibrator=calibrator, **options)
 
 
-def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir: Path, options: dict, log) -> dict:
-    """Load the best weights, score dev and test with every decode of ``[eval] decode``, write
+def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir: Path, options: dict, log,
+                     best_epochs: dict | None = None) -> dict:
+    """Score dev and test with every decode of ``[eval] decode``, each on the checkpoint chosen
+    for it (``best_folder``), with the KNN reference / calibration saved beside that checkpoint;
+    decodes that share a checkpoint share its forward pass. Writes
     ``predictions_<split>_<decode>.jsonl``; returns ``{"dev": {decode: ...}, "test": {...}}``."""
+    from bertlab.calibration import CALIBRATION_FILE, BiasCalibrator
     from bertlab.inference import fit_knn_on_train, word_logits
-    from bertlab.knn import KNN_FILE
-    if (out_dir / "best").exists():
-        load_best_into(model, out_dir / "best")
-    knn = None
-    if "knn" in cfg.eval.decode:
-        knn = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
-                               metric=cfg.eval.knn_metric, **options)
-        if (out_dir / "best").exists():  # so `bertlab predict --knn` never has to refit
-            knn.save(out_dir / "best" / KNN_FILE)
-    out = {}
-    for split in ("dev", "test"):
-        corpus = getattr(splits, split)
-        if corpus is None:
-            continue
-        t0 = time.perf_counter()
-        logits = word_logits(model, tokenizer, corpus.sentences, **options)
-        forward_seconds = time.perf_counter() - t0
-        n_words = sum(len(s.tokens) for s in corpus.sentences)
-        out[split] = {}
-        for decode in cfg.eval.decode:
+    from bertlab.knn import KNN_FILE, KNNClassifier
+    best_epochs = best_epochs or {}
+    groups: dict[Path, list[str]] = {}
+    for decode in cfg.eval.decode:
+        groups.setdefault(best_folder(out_dir, decode, cfg.eval.decode), []).append(decode)
+    out: dict = {}
+    for folder, decodes in groups.items():
+        if folder.exists():
+            load_best_into(model, folder)
+        knn = calibrator = None
+        if "knn" in decodes:
+            if (folder / KNN_FILE).exists():
+                knn = KNNClassifier.load(folder / KNN_FILE)
+            else:  # no dev set at epoch end: fit it now, and keep it for `bertlab predict --knn`
+                knn = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
+                                       metric=cfg.eval.knn_metric, **options)
+                if folder.exists():
+                    knn.save(folder / KNN_FILE)
+        if "calibrated" in decodes and (folder / CALIBRATION_FILE).exists():
+            calibrator = BiasCalibrator.load(folder / CALIBRATION_FILE)
+        for split in ("dev", "test"):
+            corpus = getattr(splits, split)
+            if corpus is None:
+                continue
             t0 = time.perf_counter()
-            result = evaluate_split(model, tokenizer, corpus, decode, knn, options, logits=logits)
-            seconds = forward_seconds + time.perf_counter() - t0
-            write_jsonl_atomic(out_dir / f"predictions_{split}_{decode}.jsonl", result.pop("predictions"))
-            result["tokens_per_second"] = n_words / max(seconds, 1e-9)
-            out[split][decode] = result
-    return out
+            logits = word_logits(model, tokenizer, corpus.sentences, **options)
+            forward_seconds = time.perf_counter() - t0
+            if "calibrated" in decodes and calibrator is None and split == "dev":
+                calibrator = BiasCalibrator(model.labels).fit(logits, [s.tags for s in corpus.sentences])
+                if folder.exists():
+                    calibrator.save(folder / CALIBRATION_FILE)
+            n_words = sum(len(s.tokens) for s in corpus.sentences)
+            for decode in decodes:
+                t0 = time.perf_counter()
+                result = evaluate_split(model, tokenizer, corpus, decode, knn, options, logits=logits,
+                                        calibrator=calibrator)
+                seconds = forward_seconds + time.perf_counter() - t0
+                write_jsonl_atomic(out_dir / f"predictions_{split}_{decode}.jsonl", result.pop("predictions"))
+                result["tokens_per_second"] = n_words / max(seconds, 1e-9)
+                result["best_epoch"] = best_epochs.get(decode)
+                out.setdefault(split, {})[decode] = result
+    # the order of [eval] decode, whatever order the checkpoints were visited in
+    return {split: {d: v[d] for d in cfg.eval.decode if d in v} for split, v in out.items()}
+
+
+# ---- the end of an epoch: dev scores, selection per decode, best folders -------------------------
+
+def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: dict) -> tuple[dict | None, dict]:
+    """Dev scores of the model as it is now, for every decode of ``[eval] decode``, from one
+    forward pass over dev (and one over train for ``knn``, whose reference is the training words).
+
+    Returns ``({"loss": dev loss, "decodes": {decode: {"f1_micro", "f1_macro",
+    "unweighted_accuracy"}}}, fitted)``; ``fitted`` holds the KNN reference and the calibration
+    made for this epoch, saved beside the checkpoint if this epoch becomes that decode's best.
+    The dev loss is plain cross entropy at each word's first subword, averaged over dev words
+    (the same for every loss and sampler, so curves compare across them). No dev set: ``(None, {})``.
+    """
+    from bertlab.calibration import BiasCalibrator
+    from bertlab.inference import decode_tags, fit_knn_on_train, word_logits
+    from bertlab.metrics import entity_report, unweighted_accuracy
+    if splits.dev is None:
+        return None, {}
+    sentences = splits.dev.sentences
+    logits = word_logits(model, tokenizer, sentences, **options)
+    gold = [list(s.tags) for s in sentences]
+    fitted = {}
+    if "knn" in cfg.eval.decode:
+        fitted["knn"] = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
+                                         metric=cfg.eval.knn_metric, **options)
+    if "calibrated" in cfg.eval.decode:
+        fitted["calibrated"] = BiasCalibrator(model.labels).fit(logits, gold)
+    scores = {}
+    for decode in cfg.eval.decode:
+        pred = decode_tags(decode, logits, model, fitted.get("knn"), fitted.get("calibrated"))
+        report = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
+        scores[decode] = {"f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
+                          "unweighted_accuracy": unweighted_accuracy(gold, pred)}
+    return {"loss": word_cross_entropy(logits, gold, model.labels), "decodes": scores}, fitted
+
+
+def word_cross_entropy(logits: list[np.ndarray], tags: list[list[str]], labels: list[str]) -> float:
+    """Mean over words of -log softmax(z)[gold] (float64): the dev loss of the learning curves."""
+    z = np.concatenate([l for l in logits if len(l)], axis=0).astype(np.float64) if logits else np.zeros((0, 1))
+    if len(z) == 0:
+        return float("nan")
+    index = {l: i for i, l in enumerate(labels)}
+    y = np.array([index[t] for s in tags for t in s])
+    m = z.max(1)
+    log_z = m + np.log(np.exp(z - m[:, None]).sum(1))
+    return float(np.mean(log_z - z[np.arange(len(y)), y]))
+
+
+def selection_score(select: str, dev: dict | None, decode: str, epoch: int) -> float:
+    """Higher is better: the dev score ``select`` of ``decode``, minus the dev loss for "loss",
+    the epoch itself for "last" and when there is no dev set. NaN counts as -inf."""
+    if dev is None or select == "last":
+        return float(epoch)
+    value = -dev["loss"] if select == "loss" else dev["decodes"][decode][select]
+    return value if value is not None and math.isfinite(value) else -math.inf
+
+
+def update_best(best: dict, ev: EvalConfig, epoch: int, dev: dict | None) -> tuple[list[str], bool]:
+    """Record ``epoch`` as the best of every decode whose selection score did not get worse
+    (ties go to the later epoch, so a flat metric keeps the latest model, not the first).
+    Returns ``(decodes whose best is now this epoch, whether any score strictly improved)``; the
+    second drives early stopping, so a flat metric does not keep a run going."""
+    improved, progressed = [], False
+    for decode in ev.decode:
+        score = selection_score(ev.select, dev, decode, epoch)
+        old = best.get(decode)
+        if old is None or score >= old["score"]:
+            progressed = progressed or old is None or score > old["score"]
+            best[decode] = {"score": score, "epoch": epoch}
+            improved.append(decode)
+    return improved, progressed
+
+
+def best_folder(out_dir: Path, decode: str, decodes: list[str]) -> Path:
+    """Where ``decode``'s checkpoint lives: ``best/`` for the first decode of ``[eval] decode``,
+    ``best-<decode>/`` for the others (hard links to the same files when the epochs agree)."""
+    return Path(out_dir) / ("best" if decode == decodes[0] else f"best-{decode}")
+
+
+BEST_META = "bertlab_train.json"  # in every best folder: the run's config and which epoch/decode it is
+
+
+def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitted: dict, cfg: TrainConfig,
+                      epoch: int, config_dict: dict) -> None:
+    """Save the model as the best checkpoint of each of ``decodes`` (once on disk: the other
+    folders are hard links), with the decode's KNN reference or calibration beside it."""
+    from bertlab.calibration import CALIBRATION_FILE
+    from bertlab.knn import KNN_FILE
+    folders = [best_folder(out_dir, dec, cfg.eval.decode) for dec in decodes]
+    save_best(model, tokenizer, folders[0])
+    for folder in folders[1:]:
+        link_folder(folders[0], folder)
+    for decode, folder in zip(decodes, folders):
+        write_json_atomic(folder / BEST_META, {"config": config_dict, "decode": decode, "epoch": epoch,
+                                               "select": cfg.eval.select, "labels": list(model.labels)})
+        if decode == "knn" and "knn" in fitted:
+            fitted["knn"].save(folder / KNN_FILE)
+        if decode == "calibrated" and "calibrated" in fitted:
+            fitted["calibrated"].save(folder / CALIBRATION_FILE)
+
+
+def link_folder(src: Path, dst: Path) -> None:
+    """Replace folder ``dst`` by hard links to the files of ``src`` (copies where links are not
+    possible), atomically: built beside it, then renamed over it."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_finite(params: list, where: str) -> None:
+    """NonFiniteLossError if any parameter holds NaN/inf (checked before a model is saved as best)."""
+    norm = torch.nn.utils.get_total_norm(params, foreach=True)
+    if not math.isfinite(float(norm)):
+        raise NonFiniteLossError(f"the parameters became non-finite {where}; training stopped, the best "
+                                 f"model saved so far (if any) is kept")
+
+
+def write_metrics_csv(path: Path, history: list[dict], timing: list[dict], decodes: list[str]) -> None:
+    """``metrics.csv``: one row per finished epoch (train/dev loss, every decode's dev scores, seconds)."""
+    columns = ["epoch", "step", "train_loss", "dev_loss"]
+    columns += [f"dev_{m}_{d}" for d in decodes for m in ("f1_micro", "f1_macro", "unweighted_accuracy")]
+    columns += [f"best_epoch_{d}" for d in decodes] + ["train_seconds", "eval_seconds"]
+    lines = [",".join(columns)]
+    for h, t in zip(history, timing):
+        dev = h.get("dev") or {}
+        row = [h["epoch"], h["step"], h.get("train_loss"), h.get("dev_loss")]
+        row += [dev.get(d, {}).get(m) for d in decodes for m in ("f1_micro", "f1_macro", "unweighted_accuracy")]
+        row += [(h.get("best_epochs") or {}).get(d) for d in decodes] + [t.get("train_seconds"), t.get("eval_seconds")]
+        lines.append(",".join("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def fmt(x) -> str:

@@ -358,10 +358,11 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_early_stopping_after_patience_epochs(tmp_path):
-    # lr 0: the dev F1 of epoch 0 is never beaten, so patience 1 stops after epoch 1
+    # lr 0: the dev F1 of epoch 0 is never beaten, so patience 1 stops after epoch 1; the tie
+    # goes to the later epoch (a flat metric keeps the latest model, not the first)
     cfg = tiny_config(tmp_path / "data", optim={"lr": 0.0}, train={"epochs": 5, "early_stopping_patience": 1})
     metrics = train(load_config(cfg), tmp_path / "run", resume=False, log=quiet)
-    assert metrics["stopped_early"] and metrics["epochs"] == 2 and metrics["best_epoch"] == 0
+    assert metrics["stopped_early"] and metrics["epochs"] == 2 and metrics["best_epoch"] == 1
     assert [h["dev_f1"] for h in metrics["history"]] == [metrics["best_dev_f1"]] * 2
 
 

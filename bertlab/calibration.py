@@ -1,0 +1,205 @@
+"""The calibrated decoder: per-entity-type logit offsets fitted on dev, then argmax.
+
+Why. A BTL model in ``other_to_o`` mode is trained on K binary copies per batch, and in K - 1 of
+them an entity token's target is ``O``. With shared logits, the mean of the K copy losses is cross
+entropy against a soft target with mass (K - 1)/K on ``O``, so at the optimum
+
+    log p(B-t) - log p(O) ≈ -log(K - 1)
+
+and plain argmax predicts ``O`` for every token: "BTL + argmax = 0" is guaranteed by the objective,
+not a finding (docs/btl.md). The logits still rank tokens well. A per-type offset b_t added to the
+B-t and I-t columns undoes the prior shift (logit adjustment, Menon et al. 2021):
+
+    pred(word) = argmax_c  z_c + b_type(c)          (b_O = 0)
+
+How it is fitted (on dev only, never on test). Coordinate ascent on strict IOB2 entity micro F1:
+start from b = 0 (plain argmax); for each type in label order, try every offset of ``grid`` with
+the other types' offsets fixed, keep the one with the highest dev micro F1 (ties: the offset
+closest to the current one, then the smaller); repeat for ``rounds`` sweeps. Each step can only
+raise dev micro F1, so the calibrated decoder is never worse than argmax *on dev*. ATL models are
+calibrated the same way, so every sampler is compared under every decoder.
+
+    cal = BiasCalibrator(labels).fit(dev_logits, dev_tags)   # lists of [n_words, C] / tag lists
+    tags = cal.predict(test_logits)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bertlab.files import write_text
+
+CALIBRATION_FILE = "calibration.json"
+DEFAULT_GRID = tuple(np.round(np.arange(-4.0, 10.0001, 0.25), 2).tolist())  # 57 offsets
+
+
+def entity_columns(labels: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(types, type_of, kind_of)`` of an IOB2 label list: the entity types in first-seen order,
+    and per label column its type index (-1 for ``O``) and kind (0 = O, 1 = B, 2 = I)."""
+    types: list[str] = []
+    type_of = np.full(len(labels), -1, dtype=np.int64)
+    kind_of = np.zeros(len(labels), dtype=np.int64)
+    for c, label in enumerate(labels):
+        if label == "O":
+            continue
+        prefix, _, typ = label.partition("-")
+        if prefix not in ("B", "I") or not typ:
+            raise ValueError(f"label {label!r} is not IOB2 (expected 'O', 'B-<type>' or 'I-<type>')")
+        if typ not in types:
+            types.append(typ)
+        type_of[c] = types.index(typ)
+        kind_of[c] = 1 if prefix == "B" else 2
+    return types, type_of, kind_of
+
+
+def entity_keys(pred: np.ndarray, sentence_start: np.ndarray, type_of: np.ndarray,
+                kind_of: np.ndarray) -> np.ndarray:
+    """The strict IOB2 entities of a flat label-id sequence, one int64 key per entity.
+
+    ``pred [N]`` label ids of all words of all sentences laid end to end; ``sentence_start [N]``
+    True at each sentence's first word. An entity is a ``B-t`` and the run of ``I-t`` after it
+    (seqeval's strict IOB2; an ``I-t`` that follows no ``B-t``/``I-t`` starts nothing). The key
+    encodes (first word, last word, type), so two entity sets compare with ``np.intersect1d``.
+    """
+    n = len(pred)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    typ, kind = type_of[pred], kind_of[pred]
+    cont = np.zeros(n, dtype=bool)
+    cont[1:] = (kind[1:] == 2) & (kind[:-1] > 0) & (typ[1:] == typ[:-1]) & ~sentence_start[1:]
+    first = np.flatnonzero(~cont)              # first word of each run
+    last = np.append(first[1:] - 1, n - 1)     # last word of each run
+    keep = kind[first] == 1                    # only runs that open with B-t are entities
+    first, last = first[keep], last[keep]
+    n_types = max(int(type_of.max()) + 1, 1)
+    return (first.astype(np.int64) * n + last) * n_types + typ[first]
+
+
+def _micro_f1(pred_keys: np.ndarray, gold_keys: np.ndarray) -> float:
+    denominator = len(pred_keys) + len(gold_keys)
+    if denominator == 0:
+        return 0.0
+    return 2.0 * len(np.intersect1d(pred_keys, gold_keys, assume_unique=True)) / denominator
+
+
+class BiasCalibrator:
+    """Per-entity-type offsets on the logits, fitted on dev to maximise strict entity micro F1.
+
+    ``labels``: the model's IOB2 label list (``labels[0] == "O"`` is not required). ``grid``: the
+    offsets tried for each type. ``rounds``: coordinate-ascent sweeps over the types.
+    After ``fit``: ``bias`` ``[n_types]`` (one offset per type, applied to its B and I columns),
+    ``dev_f1`` (micro F1 on the data it was fitted on) and ``argmax_f1`` (the same with b = 0).
+    """
+
+    def __init__(self, labels: list[str], grid=DEFAULT_GRID, rounds: int = 2):
+        self.labels = list(labels)
+        self.types, self.type_of, self.kind_of = entity_columns(self.labels)
+        self.grid = np.asarray(grid, dtype=np.float64)
+        if self.grid.ndim != 1 or len(self.grid) == 0 or not np.all(np.isfinite(self.grid)):
+            raise ValueError("grid: expected a non-empty list of finite offsets")
+        if rounds < 1:
+            raise ValueError(f"rounds: expected >= 1, got {rounds}")
+        self.rounds = int(rounds)
+        self.bias = np.zeros(len(self.types), dtype=np.float64)
+        self.dev_f1: float | None = None
+        self.argmax_f1: float | None = None
+
+    # -- the offsets as a per-column vector -------------------------------------------------------
+    def column_bias(self, bias: np.ndarray | None = None) -> np.ndarray:
+        """``[C]``: each label column's offset (0 for ``O``)."""
+        bias = self.bias if bias is None else bias
+        out = np.zeros(len(self.labels), dtype=np.float64)
+        entity = self.type_of >= 0
+        out[entity] = bias[self.type_of[entity]]
+        return out
+
+    def fit(self, logits: list[np.ndarray], gold_tags: list[list[str]]) -> "BiasCalibrator":
+        """Fit the offsets on dev: ``logits`` per sentence ``[n_words, C]``, ``gold_tags`` the
+        sentences' IOB2 tags. Returns self."""
+        z, starts = self._flatten(logits)
+        label2id = {l: i for i, l in enumerate(self.labels)}
+        gold_ids = [label2id.get(t) for s in gold_tags for t in s]
+        if len(gold_ids) != len(z):
+            raise ValueError(f"{len(z)} word logits but {len(gold_ids)} gold tags")
+        unknown = sorted({t for s in gold_tags for t in s if t not in label2id})
+        if unknown:
+            raise ValueError(f"gold tags {unknown[:5]} are not labels of the model")
+        gold = entity_keys(np.asarray(gold_ids, dtype=np.int64), starts, self.type_of, self.kind_of)
+        bias = np.zeros(len(self.types), dtype=np.float64)
+        self.argmax_f1 = best = _micro_f1(self._keys(z, starts, bias), gold)
+        columns = [np.flatnonzero(self.type_of == t) for t in range(len(self.types))]
+        for _ in range(self.rounds):
+            for t, cols in enumerate(columns):
+                # every other column's adjusted score is fixed while b_t moves: read its best once
+                others = z + self.column_bias(bias)
+                others[:, cols] = -np.inf
+                other_best, other_arg = others.max(1), others.argmax(1)
+                own = z[:, cols]
+                own_best, own_arg = own.max(1), cols[own.argmax(1)]
+                scores = []
+                for b in self.grid:
+                    # ties go to the lower column index, as np.argmax does over the full row
+                    take = (own_best + b > other_best) | ((own_best + b == other_best) & (own_arg < other_arg))
+                    pred = np.where(take, own_arg, other_arg)
+                    scores.append(_micro_f1(entity_keys(pred, starts, self.type_of, self.kind_of), gold))
+                scores = np.asarray(scores)
+                candidates = np.flatnonzero(scores == scores.max())
+                # ties: the offset closest to the current one, then the smaller offset
+                pick = min(candidates, key=lambda i: (abs(self.grid[i] - bias[t]), self.grid[i]))
+                if scores[pick] >= best:
+                    bias[t], best = self.grid[pick], float(scores[pick])
+        self.bias, self.dev_f1 = bias, best
+        return self
+
+    def adjust(self, logits: list[np.ndarray]) -> list[np.ndarray]:
+        """The logits with the fitted offsets added (float64)."""
+        cb = self.column_bias()
+        return [np.asarray(l, dtype=np.float64) + cb for l in logits]
+
+    def predict(self, logits: list[np.ndarray]) -> list[list[str]]:
+        """IOB2 tags per sentence: argmax of the adjusted logits (may be invalid IOB2, like argmax)."""
+        return [[self.labels[i] for i in l.argmax(-1)] if len(l) else [] for l in self.adjust(logits)]
+
+    def _keys(self, z: np.ndarray, starts: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        pred = (z + self.column_bias(bias)).argmax(1) if len(z) else np.zeros(0, dtype=np.int64)
+        return entity_keys(pred, starts, self.type_of, self.kind_of)
+
+    def _flatten(self, logits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        C = len(self.labels)
+        for l in logits:
+            if np.ndim(l) != 2 or np.shape(l)[1] != C:
+                raise ValueError(f"logits: expected [n_words, {C}] arrays per sentence, got shape {np.shape(l)}")
+        z = (np.concatenate([np.asarray(l, dtype=np.float64) for l in logits], axis=0)
+             if logits else np.zeros((0, C)))
+        starts = np.zeros(len(z), dtype=bool)
+        offsets = np.cumsum([0] + [len(l) for l in logits[:-1]]) if logits else []
+        starts[[o for o, l in zip(offsets, logits) if len(l)]] = True
+        return z, starts
+
+    # -- saving next to a model ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """``calibration.json``: labels, types, offsets, grid and the dev scores (atomically)."""
+        write_text(path, json.dumps({"format": "bertlab-calibration/1", "labels": self.labels,
+                                     "types": self.types, "bias": self.bias.tolist(),
+                                     "grid": self.grid.tolist(), "rounds": self.rounds,
+                                     "dev_f1": self.dev_f1, "argmax_f1": self.argmax_f1}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BiasCalibrator":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d.get("format") != "bertlab-calibration/1":
+                raise ValueError("not a bertlab calibration file")
+            cal = cls(d["labels"], d["grid"], d["rounds"])
+            cal.bias = np.asarray(d["bias"], dtype=np.float64)
+            if cal.bias.shape != (len(cal.types),):
+                raise ValueError(f"{len(cal.bias)} offsets for {len(cal.types)} types")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: cannot read the calibration ({e}); re-run the training's final "
+                             f"evaluation, or decode without 'calibrated'") from None
+        cal.dev_f1, cal.argmax_f1 = d.get("dev_f1"), d.get("argmax_f1")
+        return cal

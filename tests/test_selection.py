@@ -1,0 +1,157 @@
+"""Per-epoch learning curves and checkpoint selection per decoder.
+
+References: the dev scores a run records for each epoch equal a fresh evaluation of that epoch's
+weights (a stale cache or a mix-up of epochs fails this); each decode is scored on the checkpoint
+its own dev score chose (a scripted dev-score sequence fixes which epoch that must be).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bertlab.train as train_module
+from bertlab.train import EvalConfig, load_config, train, update_best
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _train_script import tiny_config  # noqa: E402
+
+DECODES = ["argmax", "knn", "calibrated"]
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def assert_saved_weights(folder: Path, state: dict, labels: list[str]) -> None:
+    from bertlab.checkpoint import load_pretrained
+    saved, _ = load_pretrained(folder, labels=labels)
+    saved = saved.state_dict()
+    assert saved.keys() == state.keys()
+    for key, value in saved.items():
+        assert torch.equal(value, state[key]), (folder.name, key)
+
+
+class Snapshots:
+    """Keeps the model's weights at the end of every epoch (the callback protocol gives the model
+    at each optimizer step and the epoch's record at its end)."""
+
+    def __init__(self):
+        self.model, self.states = None, {}
+
+    def after_optimizer_step(self, step, model, optimizer):
+        self.model = model
+
+    def on_epoch_end(self, epoch, record):
+        self.states[epoch] = copy.deepcopy(self.model.state_dict())
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("select")
+    cfg = load_config(tiny_config(root / "data", train={"epochs": 3, "seed": 1},
+                                  eval={"decode": DECODES, "knn_k": 3}))
+    snaps = Snapshots()
+    metrics = train(cfg, root / "run", callbacks=[snaps], resume=False, log=quiet)
+    return cfg, root / "run", metrics, snaps
+
+
+def test_every_epoch_records_every_decode_and_the_dev_loss(three_epochs):
+    cfg, run, metrics, _ = three_epochs
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+    for h in metrics["history"]:
+        assert set(h["dev"]) == set(DECODES) and h["dev_loss"] > 0 and h["train_loss"] > 0
+        for scores in h["dev"].values():
+            assert set(scores) == {"f1_micro", "f1_macro", "unweighted_accuracy"}
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("epoch,step,train_loss,dev_loss,dev_f1_micro_argmax")
+    first = dict(zip(lines[0].split(","), lines[1].split(",")))
+    assert float(first["dev_loss"]) == pytest.approx(metrics["history"][0]["dev_loss"], rel=1e-5)
+
+
+def test_recorded_dev_scores_equal_a_fresh_evaluation_of_that_epochs_weights(three_epochs):
+    # the stale-attention-cache bug made epochs >= 1 differ here: the loop's model scored
+    # with the first evaluation's fused QKV weights
+    cfg, run, metrics, snaps = three_epochs
+    from bertlab.checkpoint import load_pretrained
+    splits = train_module.load_splits(cfg.data)
+    fresh, tokenizer = load_pretrained(run / "best", labels=splits.labels)
+    options = dict(max_length=cfg.data.max_length, stride=cfg.data.stride, batch_size=64, precision="fp32")
+    for epoch, state in snaps.states.items():
+        fresh.load_state_dict(state)
+        dev, _ = train_module.evaluate_dev(fresh, tokenizer, splits, cfg, options)
+        recorded = metrics["history"][epoch]
+        assert dev["loss"] == pytest.approx(recorded["dev_loss"], rel=1e-5, abs=1e-7), epoch
+        assert dev["decodes"] == recorded["dev"], epoch
+
+
+def test_each_decode_is_scored_on_its_own_best_checkpoint(three_epochs):
+    cfg, run, metrics, snaps = three_epochs
+    for decode in DECODES:
+        curve = [h["dev"][decode]["f1_micro"] for h in metrics["history"]]
+        best = max(curve)
+        expected = max(i for i, v in enumerate(curve) if v == best)  # ties: the later epoch
+        assert metrics["best_epochs"][decode] == expected
+        assert metrics["test"][decode]["best_epoch"] == expected
+        folder = run / ("best" if decode == DECODES[0] else f"best-{decode}")
+        assert_saved_weights(folder, snaps.states[expected], metrics["labels"])
+        meta = json.loads((folder / "bertlab_train.json").read_text())
+        assert meta["epoch"] == expected and meta["decode"] == decode
+        assert meta["config"]["data"]["max_length"] == cfg.data.max_length
+    assert (run / "best-knn" / "knn.npz").exists()
+    assert (run / "best-calibrated" / "calibration.json").exists()
+
+
+def test_a_flat_argmax_does_not_pin_knn_to_the_first_epoch(tmp_path, monkeypatch):
+    """The regression of the converged-studies issue: argmax dev F1 is 0 every epoch (as under
+    BTL) while KNN's peaks at epoch 1. KNN rows must come from epoch 1, argmax from the last."""
+    scripted = {"argmax": [0.0, 0.0, 0.0, 0.0], "knn": [0.1, 0.4, 0.3, 0.2]}
+    real = train_module.evaluate_dev
+
+    def fake_evaluate_dev(model, tokenizer, splits, cfg, options):
+        dev, fitted = real(model, tokenizer, splits, cfg, options)
+        epoch = len(fake_evaluate_dev.seen)
+        fake_evaluate_dev.seen.append(epoch)
+        for decode, values in scripted.items():
+            dev["decodes"][decode]["f1_micro"] = values[epoch]
+        return dev, fitted
+    fake_evaluate_dev.seen = []
+    monkeypatch.setattr(train_module, "evaluate_dev", fake_evaluate_dev)
+    cfg = load_config(tiny_config(tmp_path / "data", train={"epochs": 4, "early_stopping_patience": 3},
+                                  eval={"decode": ["argmax", "knn"], "knn_k": 3}))
+    snaps = Snapshots()
+    metrics = train(cfg, tmp_path / "run", callbacks=[snaps], resume=False, log=quiet)
+    assert metrics["best_epochs"] == {"argmax": 3, "knn": 1}
+    assert metrics["test"]["knn"]["best_epoch"] == 1 and metrics["test"]["argmax"]["best_epoch"] == 3
+    assert_saved_weights(tmp_path / "run" / "best-knn", snaps.states[1], metrics["labels"])
+    # early stopping counts strict gains only: knn fell after epoch 1, argmax stayed flat
+    assert metrics["history"][-1]["epoch"] == 3 and not metrics["stopped_early"]
+
+
+@pytest.mark.parametrize("select, expected", [("f1_micro", {"argmax": 2, "knn": 1}),
+                                              ("loss", {"argmax": 0, "knn": 0}),
+                                              ("last", {"argmax": 2, "knn": 2})])
+def test_update_best_rules(select, expected):
+    devs = [{"loss": 0.5, "decodes": {"argmax": {"f1_micro": 0.0}, "knn": {"f1_micro": 0.2}}},
+            {"loss": 0.6, "decodes": {"argmax": {"f1_micro": 0.0}, "knn": {"f1_micro": 0.3}}},
+            {"loss": 0.7, "decodes": {"argmax": {"f1_micro": 0.0}, "knn": {"f1_micro": 0.3 - 1e-9}}}]
+    best, gains = {}, []
+    for epoch, dev in enumerate(devs):
+        _, progressed = update_best(best, EvalConfig(decode=["argmax", "knn"], select=select), epoch, dev)
+        gains.append(progressed)
+    assert {k: v["epoch"] for k, v in best.items()} == expected
+    if select == "f1_micro":
+        assert gains == [True, True, False]  # epoch 2: argmax only tied, knn fell
+
+
+def test_hard_links_when_decodes_agree(three_epochs):
+    _, run, metrics, _ = three_epochs
+    epochs = metrics["best_epochs"]
+    for decode in DECODES[1:]:
+        same = (run / "best" / "model.safetensors").stat().st_ino == \
+               (run / f"best-{decode}" / "model.safetensors").stat().st_ino
+        assert same == (epochs[decode] == epochs[DECODES[0]])
