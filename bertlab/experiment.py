@@ -639,6 +639,7 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
         "f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
         "precision_micro": report["micro avg"]["precision"], "recall_micro": report["micro avg"]["recall"],
         "unweighted_accuracy": m.get("unweighted_accuracy"),
+        "unweighted_accuracy_variants": m.get("unweighted_accuracy_variants"),
         "per_type": per_type, "dev_f1_micro": dev_f1,
         "train_seconds": train_seconds, "epochs": epochs,
         "best_epoch": m.get("best_epoch"), "select": metrics.get("select"), "curve": curve,

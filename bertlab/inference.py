@@ -154,6 +154,15 @@ def decode_knn(knn, logits: list[np.ndarray], labels: list[str]) -> list[list[st
     return out
 
 
+def unweighted_accuracy_variants(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Mean per-class recall in its four readings: classes are BIO tags (``tag``) or entity types
+    (``type``, B-X/I-X merged), with or without ``O``. ``tag_with_o`` is bertlab's
+    ``unweighted_accuracy``; the BTL paper does not say which one it reports."""
+    return {f"{unit}_{'with' if with_o else 'without'}_o": unweighted_accuracy(gold, pred, include_o=with_o,
+                                                                              collapse=unit == "type")
+            for unit in ("tag", "type") for with_o in (True, False)}
+
+
 def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrator=None) -> list[list[str]]:
     """Tags per sentence from word logits with one decode (see the module docstring)."""
     if decode not in DECODES:
@@ -179,7 +188,8 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
     Returns ``{"decode", "micro_f1", "micro_f1_conlleval", "entity_report", "entity_conlleval",
     "token", "unweighted_accuracy", "predictions"}``: ``entity_report`` is ``entity_report(..., scheme="IOB2",
     mode="strict")`` (seqeval's dict layout), ``entity_conlleval`` the tolerant conlleval reading,
-    ``token`` the token-level report, ``unweighted_accuracy`` the mean per-label recall, and
+    ``token`` the token-level report, ``unweighted_accuracy`` the mean per-label recall (its four
+    readings in ``unweighted_accuracy_variants``), and
     ``predictions`` one ``{"doc_id", "sentence", "tokens", "tags" (gold), "pred"}`` per sentence (sentence =
     index within its document), for bootstrapping over documents. ``decode="knn"`` needs ``knn``
     (see ``fit_knn_on_train``), ``decode="calibrated"`` a fitted ``calibrator``; ``logits`` reuses
@@ -212,5 +222,6 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
         "entity_conlleval": dict(tolerant),
         "token": dict(token_report(gold, pred, zero_division=0)),
         "unweighted_accuracy": unweighted_accuracy(gold, pred),
+        "unweighted_accuracy_variants": unweighted_accuracy_variants(gold, pred),
         "predictions": predictions,
     }

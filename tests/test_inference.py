@@ -135,3 +135,23 @@ def test_evaluate_rejects_unknown_decode_and_missing_knn():
         evaluate(None, None, [], decode="beam")
     with pytest.raises(ValueError, match="needs knn="):
         evaluate(None, None, [], decode="knn")
+
+
+def test_unweighted_accuracy_variants_equal_sklearn():
+    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    from bertlab.inference import unweighted_accuracy_variants
+    rng = np.random.default_rng(0)
+    labels = ["O", "B-A", "I-A", "B-B", "I-B"]
+    gold = [[labels[i] for i in rng.integers(0, 5, size=rng.integers(1, 10))] for _ in range(30)]
+    pred = [[labels[i] for i in rng.integers(0, 5, size=len(s))] for s in gold]
+    got = unweighted_accuracy_variants(gold, pred)
+    for unit in ("tag", "type"):
+        def flat(tags):
+            return [t if unit == "tag" or t == "O" else t[2:] for s in tags for t in s]
+        y, p = flat(gold), flat(pred)
+        assert got[f"{unit}_with_o"] == pytest.approx(balanced_accuracy_score(y, p), abs=1e-12)
+        classes = sorted(set(y) - {"O"})
+        assert got[f"{unit}_without_o"] == pytest.approx(
+            float(np.mean(recall_score(y, p, labels=classes, average=None, zero_division=0))), abs=1e-12)
