@@ -612,7 +612,8 @@ def seeds_needed(difference: float, seed_sd: float, alpha: float = 0.05, power: 
         else:
             df, ncp = 2 * n - 2, difference / seed_sd * np.sqrt(n / 2)
         crit = t_dist.ppf(1 - alpha / 2, df)
-        if nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp) >= power:
+        # the lower tail is negligible, and scipy's nct.cdf returns NaN for some df = 1 cases
+        if nct.sf(crit, df, ncp) + np.nan_to_num(nct.cdf(-crit, df, ncp)) >= power:
             return n
     raise ValueError(f"more than {max_n} seeds needed for difference {difference} with sd {seed_sd}")
 
@@ -635,7 +636,8 @@ def detectable_difference(paired_sd: float, n: int, alpha: float = 0.05, power: 
     crit = t_dist.ppf(1 - alpha / 2, df)
 
     def shortfall(ncp):
-        return nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp) - power
+        # the lower tail is negligible here, and scipy's nct.cdf returns NaN for some df = 1 cases
+        return nct.sf(crit, df, ncp) + np.nan_to_num(nct.cdf(-crit, df, ncp)) - power
 
     high = 1.0
     while shortfall(high) < 0:
