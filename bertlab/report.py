@@ -28,10 +28,13 @@ import math
 import os
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from bertlab import stats
 from bertlab.files import write_text
 from bertlab.metrics import strict_entities
 from bertlab.stats import bca_levels
@@ -39,11 +42,14 @@ from bertlab.stats import bca_levels
 METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy": "unweighted acc."}
 DEFAULTS = {
     "metrics": ["f1_micro", "f1_macro"],  # metrics tested for significance (Holm family each)
+    "compare": None,  # {NAME = {vary = "loss.name", baseline = "ce"}, ...}; None: [study] baseline
     "alpha": 0.05,
     "bootstrap_resamples": 1000,
+    "permutation_resamples": 9999,
     "bootstrap_seed": 0,
     "bands": {"head": 500, "tail": 50},  # head: >= head training mentions; tail: < tail
-    "anova": None,  # {a = "optim.lr", b = "sampler.batch_size", metric = "dev_f1_micro", decode = "argmax"}
+    "anova": None,  # {a = "optim.lr", b = "sampler.batch_size", metric = "dev_f1_micro", decode = "argmax",
+    #                  block = "train.seed"}
     "figures": True,
     "confusion": False,  # per-type P/R/F1 and entity confusion matrices per variant (issue #7)
 }
@@ -133,62 +139,122 @@ def document_counts(pred_file: str | os.PathLike) -> dict:
     return {"docs": list(docs), "entities": dict(ent), "tokens": dict(tok)}
 
 
-def scores_from_counts(ent: np.ndarray, tok: np.ndarray) -> dict[str, np.ndarray]:
-    """Micro F1, macro F1 and unweighted accuracy from summed counts.
+@dataclass
+class CountLayout:
+    """How one row of stacked counts is laid out: ``types`` entity types × (tp, predicted, gold),
+    then ``tags`` gold tags × (correct, gold). ``classes`` / ``tag_classes`` are the indices of
+    the **fixed class sets** the macro metrics average over: the types and tags with a gold
+    mention in the full test set."""
 
-    ``ent[..., T, 3]`` (tp, predicted, gold per entity type), ``tok[..., L, 2]`` (correct, gold per
-    tag); leading dimensions are kept. Macro F1 averages over the types that are gold or predicted
-    (seqeval's rule); unweighted accuracy averages recall over the tags that are gold."""
-    tp, n_pred, n_true = ent[..., 0], ent[..., 1], ent[..., 2]
-    micro = np.where(tp.sum(-1) > 0, 2 * tp.sum(-1) / np.maximum(n_pred.sum(-1) + n_true.sum(-1), 1), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
-        r = np.where(n_true > 0, tp / np.maximum(n_true, 1), 0.0)
-        f = np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0)
-        present = (n_pred + n_true) > 0
-        macro = (f * present).sum(-1) / present.sum(-1)
-        correct, gold = tok[..., 0], tok[..., 1]
-        has = gold > 0
-        ua = (np.where(has, correct / np.maximum(gold, 1), 0.0)).sum(-1) / has.sum(-1)
-    return {"f1_micro": micro, "f1_macro": macro, "unweighted_accuracy": ua}
+    types: list[str]
+    tags: list[str]
+    classes: np.ndarray
+    tag_classes: np.ndarray
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x [..., K]`` -> entity counts ``[..., T, 3]`` and tag counts ``[..., L, 2]``."""
+        T = len(self.types)
+        return (x[..., :3 * T].reshape(*x.shape[:-1], T, 3),
+                x[..., 3 * T:].reshape(*x.shape[:-1], len(self.tags), 2))
 
 
-def bootstrap_variant(counts: list[dict], idx: np.ndarray) -> dict[str, tuple[float, float, float]]:
-    """The document-bootstrap of one variant: ``counts`` per seed (``document_counts``), ``idx``
-    ``[B, D]`` resampled document indices. Returns ``{metric: (full-sample seed mean, lo, hi)}``."""
-    docs = counts[0]["docs"]
-    for c in counts[1:]:
-        if sorted(c["docs"]) != sorted(docs):
-            raise ValueError("the seeds of one variant were scored on different test documents")
-    types = sorted({t for c in counts for t in c["entities"]})
-    labels = sorted({l for c in counts for l in c["tokens"]})
+def stack_counts(counts: list[dict], docs: list[str] | None = None,
+                 types: list[str] | None = None) -> tuple[np.ndarray, CountLayout]:
+    """The per-document counts of several runs (``document_counts``) as one float array
+    ``[runs, D, K]`` in the order of ``docs`` (default: the first run's), with its layout.
+    ``types`` (default: every type gold or predicted in some run) lets two variants share one
+    layout. Raises ``ValueError`` when the runs were scored on different documents."""
+    docs = list(counts[0]["docs"]) if docs is None else list(docs)
+    types = sorted({t for c in counts for t in c["entities"]}) if types is None else list(types)
+    tags = sorted({l for c in counts for l in c["tokens"]})
     D = len(docs)
+    rows = []
+    for c in counts:
+        position = {d: i for i, d in enumerate(c["docs"])}
+        if sorted(position) != sorted(docs):
+            raise ValueError("these runs were scored on different test documents")
+        order = [position[d] for d in docs]
+        ent = [c["entities"][t][order] if t in c["entities"] else np.zeros((D, 3)) for t in types]
+        tok = [c["tokens"][l][order] if l in c["tokens"] else np.zeros((D, 2)) for l in tags]
+        rows.append(np.concatenate([np.stack(ent, 1).reshape(D, -1), np.stack(tok, 1).reshape(D, -1)], 1))
+    x = np.stack(rows).astype(np.float64)
+    probe = CountLayout(types, tags, np.arange(0), np.arange(0))
+    ent, tok = probe.split(x[0].sum(0))
+    layout = CountLayout(types, tags, np.flatnonzero(ent[:, 2] > 0), np.flatnonzero(tok[:, 1] > 0))
+    return x, layout
 
-    def stack(c, table, keys, width):
-        order = [c["docs"].index(d) for d in docs]
-        return np.stack([c[table][k][order] if k in c[table] else np.zeros((D, width), np.int64)
-                         for k in keys], axis=1)  # [D, K, width]
 
-    ent = np.stack([stack(c, "entities", types, 3) for c in counts])  # [S, D, T, 3]
-    tok = np.stack([stack(c, "tokens", labels, 2) for c in counts])    # [S, D, L, 2]
-    B = idx.shape[0]
-    weights = np.stack([np.bincount(row, minlength=D) for row in idx])   # [B, D] multiplicities
-    ent_b = np.einsum("bd,sdtk->sbtk", weights, ent)
-    tok_b = np.einsum("bd,sdlk->sblk", weights, tok)
-    full = scores_from_counts(ent.sum(1), tok.sum(1))
-    boot = scores_from_counts(ent_b, tok_b)
-    # leave-one-document-out: the totals minus that document's counts, [S, D, ...]
-    jack = scores_from_counts(ent.sum(1, keepdims=True) - ent, tok.sum(1, keepdims=True) - tok)
-    out = {}
-    for m in METRICS:
-        dist = boot[m].mean(0)  # the seed mean, per resample
-        theta = float(full[m].mean())
-        if B and D > 1:
-            lo, hi = np.quantile(dist, bca_levels(dist, theta, jack[m].mean(0)))
-        else:
-            lo, hi = math.nan, math.nan
-        out[m] = (theta, float(lo), float(hi))
-    return out
+def per_class_scores(x: np.ndarray, layout: CountLayout, metric: str) -> np.ndarray:
+    """Per-class F1 (``f1_macro``: 2 TP / (predicted + gold)) or recall (``unweighted_accuracy``:
+    correct / gold) of the fixed class set, from summed counts ``x [..., K]``; NaN for a class with
+    no gold mention in ``x`` (the score is undefined there, not 0)."""
+    ent, tok = layout.split(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "f1_macro":
+            e = ent[..., layout.classes, :]
+            return np.where(e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)
+        t = tok[..., layout.tag_classes, :]
+        return np.where(t[..., 1] > 0, t[..., 0] / t[..., 1], np.nan)
+
+
+def scores_from_sums(x: np.ndarray, layout: CountLayout, metric: str, full: np.ndarray | None = None) -> np.ndarray:
+    """One metric from summed counts ``x [..., K]`` (leading dimensions kept).
+
+    ``f1_micro``: 2 TP / (predicted + gold) pooled over types, 0 without a true positive (as
+    seqeval). ``f1_macro`` / ``unweighted_accuracy``: the mean over the **fixed class set** of
+    per-class F1 / recall (``per_class_scores``). A class with no gold mention in ``x`` (a document
+    resample that left out its documents) takes its value from ``full [..., K]`` (the same runs on
+    the full test set, broadcast against ``x``): that resample says nothing about the class, so it
+    neither drops out of the mean (which biased resampled macro scores upward) nor counts as 0."""
+    if metric == "f1_micro":
+        ent, _ = layout.split(x)
+        tp, pred, gold = ent[..., 0].sum(-1), ent[..., 1].sum(-1), ent[..., 2].sum(-1)
+        return np.where(tp > 0, 2 * tp / np.maximum(pred + gold, 1), 0.0)
+    if metric not in ("f1_macro", "unweighted_accuracy"):
+        raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
+    per_class = per_class_scores(x, layout, metric)
+    if per_class.shape[-1] == 0:
+        return np.full(per_class.shape[:-1], np.nan)
+    if full is not None:
+        per_class = np.where(np.isnan(per_class), per_class_scores(full, layout, metric), per_class)
+    return per_class.mean(-1)
+
+
+def score_runs(x: np.ndarray, weights: np.ndarray, layout: CountLayout, metric: str) -> np.ndarray:
+    """``[B, S]``: every run of ``x [S, D, K]`` scored on each document resample, given as
+    multiplicities ``weights [B, D]`` (all ones: the full test set)."""
+    sums = np.einsum("bd,sdk->bsk", weights, x)
+    return scores_from_sums(sums, layout, metric, full=x.sum(1)[None])
+
+
+def multiplicities(idx: np.ndarray, n_docs: int) -> np.ndarray:
+    """Resampled document indices ``[B, D]`` -> how often each document is drawn, ``[B, D]``."""
+    return np.stack([np.bincount(row, minlength=n_docs) for row in idx]).astype(np.float64)
+
+
+def bootstrap_variant(x: np.ndarray, layout: CountLayout, idx: np.ndarray, metric: str,
+                      confidence_level: float = 0.95) -> tuple[float, float, float, str | None]:
+    """The document-bootstrap interval of one variant's seed mean: ``x [S, D, K]`` its runs'
+    per-document counts, ``idx [B, D]`` the shared resampled document indices.
+
+    Returns ``(estimate, low, high, why_none)``: the seed mean on the full test set and its BCa
+    interval (acceleration from leave-one-document-out), or NaN bounds and the reason when no
+    sound interval exists (fewer than 2 documents, an undefined metric, or a BCa interval that
+    does not contain its own estimate)."""
+    S, D, _ = x.shape
+    theta = float(score_runs(x, np.ones((1, D)), layout, metric).mean())
+    if D < 2 or len(idx) == 0:
+        return theta, math.nan, math.nan, "fewer than 2 test documents"
+    if math.isnan(theta):
+        return theta, math.nan, math.nan, "no class of this metric has a gold mention"
+    dist = score_runs(x, multiplicities(idx, D), layout, metric).mean(1)
+    jack = score_runs(x, 1.0 - np.eye(D), layout, metric).mean(1)
+    lo, hi = (float(v) for v in np.quantile(dist, bca_levels(dist, theta, jack, confidence_level)))
+    if not lo - 1e-12 <= theta <= hi + 1e-12:
+        below = float((dist < theta).mean())
+        return theta, math.nan, math.nan, (f"the BCa interval [{lo:.4f}, {hi:.4f}] does not contain the "
+                                           f"estimate ({below:.0%} of the resamples lie below it)")
+    return theta, lo, hi, None
 
 
 def resample_indices(n_docs: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -196,7 +262,106 @@ def resample_indices(n_docs: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_docs, size=(n_resamples, n_docs))
 
 
-# ---- significance ---------------------------------------------------------------------------------
+# ---- the runs of a variant ------------------------------------------------------------------------
+
+def fixed_macro_f1(row: dict) -> float:
+    """Macro F1 of one results row over the fixed class set: the mean F1 of the types with test
+    support (seqeval's ``f1_macro`` also averages types that were only predicted)."""
+    f1 = [v["f1"] for v in row.get("per_type", {}).values() if v.get("support", 0) > 0]
+    return float(np.mean(f1)) if f1 else math.nan
+
+
+def metric_value(row: dict, metric: str) -> float:
+    """The value of ``metric`` in a results row, macro F1 over the fixed class set."""
+    value = fixed_macro_f1(row) if metric == "f1_macro" else row.get(metric)
+    return math.nan if value is None else float(value)
+
+
+@dataclass
+class VariantRuns:
+    """The runs of one variant that the statistics use: ``rows`` (one per seed; a single one for a
+    deterministic model), their per-document ``counts`` (``None`` without prediction files),
+    and ``single``: why several seeds count as one run (``None`` if they don't)."""
+
+    rows: list[dict]
+    counts: list[dict] | None
+    single: str | None = None
+    seeds_run: int = 0
+
+
+def _flagged_deterministic(study_dir: Path, row: dict) -> bool:
+    """A run marked deterministic (no random state: HMM, L-BFGS feature CRF), in its results row
+    or, for rows written before that field, in its metrics.json."""
+    if row.get("deterministic") is not None:
+        return bool(row["deterministic"])
+    metrics = study_dir / row["run_id"] / "metrics.json"
+    if metrics.exists():
+        try:
+            return bool(json.loads(metrics.read_text(encoding="utf-8")).get("deterministic", False))
+        except (json.JSONDecodeError, OSError):
+            return False
+    return False
+
+
+def _same_counts(a: dict, b: dict) -> bool:
+    return (a["docs"] == b["docs"] and a["entities"].keys() == b["entities"].keys()
+            and a["tokens"].keys() == b["tokens"].keys()
+            and all(np.array_equal(a["entities"][t], b["entities"][t]) for t in a["entities"])
+            and all(np.array_equal(a["tokens"][t], b["tokens"][t]) for t in a["tokens"]))
+
+
+def variant_runs(study_dir: Path, group: list[dict]) -> VariantRuns:
+    """A variant's rows and per-document counts; a deterministic model, or seeds whose predictions
+    are identical (old results of a deterministic model), count as one run."""
+    files = [study_dir / r["predictions"] for r in group if r.get("predictions")]
+    counts = ([document_counts(f) for f in files]
+              if group and len(files) == len(group) and all(f.exists() for f in files) else None)
+    if any(_flagged_deterministic(study_dir, r) for r in group):
+        return VariantRuns(group[:1], counts[:1] if counts else None, "deterministic", len(group))
+    if len(group) > 1:
+        if counts is not None:
+            identical = all(_same_counts(counts[0], c) for c in counts[1:])
+        else:
+            identical = all(r.get(m) == group[0].get(m) for r in group[1:]
+                            for m in ("f1_micro", "f1_macro", "unweighted_accuracy", "per_type"))
+        if identical:
+            return VariantRuns(group[:1], counts[:1] if counts else None, "identical on every seed", len(group))
+    return VariantRuns(group, counts, None, len(group))
+
+
+def constant_reason(v: VariantRuns, metric: str) -> str | None:
+    """Why ``metric`` of this variant is the same on every seed and every resample of the test
+    documents — by construction, not by measurement — or ``None``. F1 is 0 whatever the documents
+    when no run finds a correct entity; unweighted accuracy is fixed when every tag's recall is
+    the same in every document (e.g. only ``O`` is predicted)."""
+    if metric in ("f1_micro", "f1_macro"):
+        if v.counts is None:
+            if v.rows and all(r.get("f1_micro") == 0 for r in v.rows):
+                return "has micro F1 = 0 on every seed (no correct entity), so its F1 is 0 on any test set"
+            return None
+        tp = sum(int(e[:, 0].sum()) for c in v.counts for e in c["entities"].values())
+        pred = sum(int(e[:, 1].sum()) for c in v.counts for e in c["entities"].values())
+        if tp > 0:
+            return None
+        what = "predicts no entity at all" if pred == 0 else "finds no correct entity"
+        return f"{what} on any seed, so its F1 is 0 on every resample of the test documents"
+    if metric == "unweighted_accuracy" and v.counts is not None:
+        for tag in {t for c in v.counts for t in c["tokens"]}:
+            recalls = set()
+            for c in v.counts:
+                t = c["tokens"].get(tag)
+                if t is None:
+                    continue
+                present = t[:, 1] > 0
+                recalls |= {Fraction(int(a), int(b)) for a, b in t[present]}
+            if len(recalls) > 1:
+                return None
+        return ("has the same recall for every tag in every document on every seed (e.g. it predicts "
+                "only O), so its unweighted accuracy is the same on every resample")
+    return None
+
+
+# ---- comparison families ------------------------------------------------------------------------
 
 def baseline_of(key: tuple, baseline: dict, variants: dict) -> tuple | None:
     """The baseline variant a variant is compared with: the baseline's values on the baseline
@@ -213,27 +378,61 @@ def baseline_of(key: tuple, baseline: dict, variants: dict) -> tuple | None:
     return None
 
 
-def paired_test(a: list[float], b: list[float]) -> dict:
-    """Paired tests of ``a`` (variant) against ``b`` (baseline), one value per seed."""
-    from bertlab import stats
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    diff = a - b
-    n = len(diff)
-    out = {"n": n, "mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": float(diff.mean()),
-           "t": math.nan, "p_t": math.nan, "p_w": math.nan, "d": math.nan}
-    # identical differences on every seed (e.g. a deterministic model against itself) leave the
-    # t statistic undefined: no test rather than a p of 0
-    if n >= 2 and diff.std(ddof=1) > 0:
-        t = stats.ttest_rel(a, b)
-        out["t"], out["p_t"] = float(t.statistic), float(t.pvalue)
-        out["d"] = float(stats.paired_d(a, b))
-        out["p_w"] = float(stats.wilcoxon(a, b).pvalue)
+def comparison_families(study: dict, opts: dict) -> list[dict]:
+    """The study's questions, each a family of comparisons with its own Holm correction.
+
+    ``[report.compare]`` declares them, ``NAME = { vary = AXIS, baseline = LEVEL }``
+    (``vary = "decode"`` for the decoder): every level of AXIS is compared with LEVEL within every
+    combination of the other factors (factorial contrasts). Without it, the single family
+    ``baseline`` compares every variant with ``[study] baseline`` (the older form)."""
+    declared = opts.get("compare") or {}
+    where = f"{study.get('source') or 'study.json'}: [report.compare]"
+    if not isinstance(declared, dict):
+        raise ValueError(f"{where} must be a table of families, NAME = {{ vary = \"axis\", baseline = level }}")
+    levels = {k: list(v) for k, v in study.get("axes", {}).items() if k != "train.seed"}
+    levels["decode"] = list(study.get("decodes", []))
+    families = []
+    for name, spec in declared.items():
+        if not isinstance(spec, dict) or sorted(spec) != ["baseline", "vary"]:
+            raise ValueError(f"{where} {name}: expected {{ vary = \"axis\", baseline = level }}, got {spec!r}")
+        vary, level = spec["vary"], spec["baseline"]
+        if vary not in levels:
+            raise ValueError(f"{where} {name}: vary = {vary!r} is not an axis of the study "
+                             f"(axes: {', '.join(levels)})")
+        if level not in levels[vary]:
+            raise ValueError(f"{where} {name}: baseline = {level!r} is not a level of {vary} "
+                             f"(levels: {', '.join(map(str, levels[vary]))})")
+        families.append({"name": name, "vary": vary, "baseline": level})
+    if not families and study.get("baseline"):
+        families.append({"name": "baseline", "vary": None, "baseline": dict(study["baseline"])})
+    return families
+
+
+def family_pairs(family: dict, variants: dict) -> list[tuple[tuple, tuple]]:
+    """``(variant, baseline variant)`` pairs of one family, in the order of the variants."""
+    out = []
+    vary, level = family["vary"], family["baseline"]
+    for key in variants:
+        if vary is None:
+            base = baseline_of(key, level, variants)
+        else:
+            values = dict(key)
+            if vary not in values or values[vary] == level:
+                continue
+            want = tuple((k, level if k == vary else v) for k, v in key)
+            base = want if want in variants else None
+            if base is None and vary != "decode":  # a model with its own decode (CRF: viterbi)
+                candidates = [v for v in variants if v[:-1] == want[:-1]]
+                base = candidates[0] if len(candidates) == 1 else None
+        if base is not None and base != key:
+            out.append((key, base))
     return out
 
 
+# ---- one comparison -------------------------------------------------------------------------------
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm-adjusted p-values (NaN entries are left out of the family and stay NaN)."""
-    from bertlab import stats
     p = np.asarray(pvalues, float)
     out = np.full(len(p), math.nan)
     ok = ~np.isnan(p)
@@ -242,34 +441,165 @@ def holm(pvalues: list[float]) -> list[float]:
     return list(out)
 
 
-def min_wilcoxon_p(n: int) -> float:
-    """The smallest two-sided p-value the exact Wilcoxon signed-rank test can give with n pairs."""
-    return min(1.0, 2.0 / 2 ** n)
+def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
+    """Variant ``a`` against baseline ``b`` on ``metric``.
+
+    ``diff``: difference of seed means. Seed level (same test set): the paired t-test over shared
+    seeds, paired d, and ``mdd``, the smallest difference it detects with 80% power. Document level
+    (needs the prediction files): ``ci``, the paired hierarchical bootstrap interval
+    (``stats.hierarchical_bootstrap_diff``; documents shared, seeds resampled within a variant
+    that has at least 3), and ``p_perm``, the paired permutation test swapping whole documents
+    between the two variants (``stats.permutation_test_paired_sums``; seed means compared).
+    ``excluded``: why the comparison is certain by construction (it then is not tested)."""
+    alpha = float(opts["alpha"])
+    va = [metric_value(r, metric) for r in a.rows]
+    vb = [metric_value(r, metric) for r in b.rows]
+    out = {"metric": metric, "diff": float(np.mean(va) - np.mean(vb)), "runs": [len(va), len(vb)],
+           "single": [a.single, b.single], "n": 0, "t": math.nan, "p_t": math.nan, "d": math.nan,
+           "mdd": math.nan, "ci": None, "ci_note": None, "p_perm": math.nan, "excluded": None}
+    reasons = [f"{who} {why}" for who, v in (("the variant", a), ("the baseline", b))
+               if (why := constant_reason(v, metric))]
+    out["excluded"] = "; ".join(reasons) or None
+
+    # seed level: which seed did better, on this test set
+    if a.single or b.single:
+        out["t_note"] = "deterministic" if "deterministic" in (a.single, b.single) else "identical seeds"
+    else:
+        by_seed = {r["seed"]: v for r, v in zip(b.rows, vb)}
+        pairs = [(v, by_seed[r["seed"]]) for r, v in zip(a.rows, va) if r["seed"] in by_seed]
+        x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        out["n"] = len(pairs)
+        if len(pairs) >= 2 and not np.isnan(x - y).any():
+            sd = float((x - y).std(ddof=1))
+            out["mdd"] = stats.detectable_difference(sd, len(pairs), alpha)
+            if sd > 0:  # identical differences on every seed leave t undefined: no test, not p = 0
+                t = stats.ttest_rel(x, y)
+                out["t"], out["p_t"], out["d"] = float(t.statistic), float(t.pvalue), float(stats.paired_d(x, y))
+
+    # document level: another test set (and, in the interval, other seeds)
+    if a.counts is None or b.counts is None:
+        out["ci_note"] = "no prediction files"
+        return out
+    types = sorted({t for c in a.counts + b.counts for t in c["entities"]})
+    try:
+        xa, layout = stack_counts(a.counts, b.counts[0]["docs"], types)
+        xb, layout_b = stack_counts(b.counts, b.counts[0]["docs"], types)
+    except ValueError:
+        out["ci_note"] = "scored on different test documents"
+        return out
+    ga, gb = layout.split(xa[0].sum(0)), layout_b.split(xb[0].sum(0))
+    if layout.tags != layout_b.tags or not (np.array_equal(ga[0][:, 2], gb[0][:, 2])
+                                            and np.array_equal(ga[1][:, 1], gb[1][:, 1])):
+        out["ci_note"] = "different gold tags"
+        return out
+    D = xa.shape[1]
+    if D < 2:
+        out["ci_note"] = "fewer than 2 test documents"
+        return out
+    boot = stats.hierarchical_bootstrap_diff(
+        xa, xb, lambda x, w: score_runs(x, w, layout, metric), n_resamples=int(opts["bootstrap_resamples"]),
+        seed=int(opts["bootstrap_seed"]))
+    lo, hi = boot.confidence_interval
+    if lo - 1e-12 <= out["diff"] <= hi + 1e-12:
+        out["ci"] = [float(lo), float(hi)]
+    else:
+        out["ci_note"] = (f"the percentile interval [{lo:.4f}, {hi:.4f}] does not contain the difference "
+                          f"({float((boot.bootstrap_distribution < out['diff']).mean()):.0%} of the resamples "
+                          f"lie below it)")
+    out["resampled_seeds"] = [len(xa) >= 3, len(xb) >= 3]
+    # the permutation test pairs runs: by seed, or a deterministic run with every seed of the other
+    if len(xa) == 1 and len(xb) > 1:
+        xa = np.repeat(xa, len(xb), axis=0)
+    elif len(xb) == 1 and len(xa) > 1:
+        xb = np.repeat(xb, len(xa), axis=0)
+    elif len(xa) != 1:
+        seeds_b = [r["seed"] for r in b.rows]
+        shared = [(i, seeds_b.index(r["seed"])) for i, r in enumerate(a.rows) if r["seed"] in seeds_b]
+        if not shared:
+            return out
+        xa, xb = xa[[i for i, _ in shared]], xb[[j for _, j in shared]]
+
+    def seed_mean_diff(sa, sb):
+        return (scores_from_sums(sa, layout, metric).mean(-1) - scores_from_sums(sb, layout, metric).mean(-1))
+
+    perm = stats.permutation_test_paired_sums(xa.transpose(1, 0, 2), xb.transpose(1, 0, 2), seed_mean_diff,
+                                              n_resamples=int(opts["permutation_resamples"]),
+                                              seed=int(opts["bootstrap_seed"]))
+    out["p_perm"], out["perm_exact"] = float(perm.pvalue), 2 ** D <= int(opts["permutation_resamples"])
+    out["docs"] = D
+    return out
 
 
-def sentence(c: dict, alpha: float, n_family: int) -> str:
-    """What one comparison supports, and what it doesn't, in plain words."""
-    name, base, metric = c["variant"], c["baseline"], METRICS[c["metric"]]
-    n, diff = c["n"], c["diff"]
-    if n < 2:
-        return f"{name} vs {base} on {metric}: only {n} paired seed(s), so no test is possible."
-    if math.isnan(c["p_t"]):
-        return (f"{name} vs {base}: the {metric} difference is {diff:+.4f} on every one of the {n} "
-                f"seeds (no seed-to-seed variation), so a paired test is undefined; nothing is claimed.")
-    direction = "higher" if diff > 0 else "lower"
-    wnote = " (Wilcoxon cannot decide with so few seeds, see above)" if min_wilcoxon_p(n) >= alpha else ""
+def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], opts: dict) -> list[dict]:
+    """Every comparison of every family and metric; Holm within one family and one metric, over
+    the comparisons that are tested (those certain by construction are left out). The p-values
+    corrected are the document permutation test's when every comparison of the family has one,
+    else (no prediction files) the seed-paired t-test's."""
+    out = []
+    for family in families:
+        pairs = family_pairs(family, variants)
+        for metric in opts["metrics"]:
+            group = []
+            for key, base in pairs:
+                c = compare(runs[key], runs[base], metric, opts)
+                c.update(family=family["name"], variant=labels[key], baseline=labels[base],
+                         seeds=[r["seed"] for r in runs[key].rows])
+                group.append(c)
+            tested = [c for c in group if not c["excluded"]]
+            source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"
+            p = [c["p_perm"] if source == "perm" else c["p_t"] for c in tested]
+            for c, adjusted, raw in zip(tested, holm(p), p):
+                c.update(p=raw, p_holm=adjusted, holm_source=source,
+                         family_size=sum(not math.isnan(x) for x in p))
+            for c in group:
+                c.setdefault("p", math.nan)
+                c.setdefault("p_holm", math.nan)
+                c.setdefault("holm_source", source)
+                c.setdefault("family_size", 0)
+            out += group
+    return out
+
+
+def sentence(c: dict, alpha: float) -> str:
+    """What one comparison supports, and what it doesn't, in plain words. A claim rests on the
+    Holm-adjusted document permutation test and needs the hierarchical interval to exclude 0."""
+    head = f"{c['variant']} vs {c['baseline']}, {METRICS[c['metric']]}: {c['diff']:+.4f}"
+    if c["excluded"]:
+        return (f"{head}. Not tested: {c['excluded']}. The difference is certain by construction, so it is "
+                f"left out of the `{c['family']}` Holm family.")
+    if c["ci"] is not None:
+        interval = f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
+        excludes_zero = c["ci"][0] > 0 or c["ci"][1] < 0
+    else:
+        interval, excludes_zero = f"no interval: {c['ci_note']}", None
+    undetectable = (f" With {c['n']} seeds and this spread the seed-paired t-test detects only differences of "
+                    f"{c['mdd']:.4f} or more (80% power)." if not math.isnan(c["mdd"]) else "")
+    if math.isnan(c["p_holm"]):
+        why = (f"one side is a single run ({'; '.join(s for s in c['single'] if s)})" if any(c["single"])
+               else f"{c['n']} paired seed(s)")
+        return f"{head} ({interval}). No test: {why} and no prediction files for a document-level test."
+    family = f"the {c['family_size']} tested comparisons of `{c['family']}`"
+    if c["holm_source"] == "perm":
+        test = f"document permutation p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}"
+    else:
+        test = (f"seed-paired t-test p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}; "
+                f"without prediction files test-set variance is not accounted for")
+    direction = "higher" if c["diff"] > 0 else "lower"
     if c["p_holm"] < alpha:
-        return (f"{name} has {direction} {metric} than {base} ({diff:+.4f}, paired d = {c['d']:.2f}): "
-                f"significant after Holm correction over {n_family} comparisons "
-                f"(p = {c['p_t']:.3g}, adjusted {c['p_holm']:.3g}, {n} seeds). This is a difference "
-                f"between training runs on this test set; it says nothing about other datasets{wnote}.")
-    if c["p_t"] < alpha:
-        return (f"{name} has {direction} {metric} than {base} ({diff:+.4f}) with p = {c['p_t']:.3g} "
-                f"before correction, but not after Holm correction over {n_family} comparisons "
-                f"(adjusted {c['p_holm']:.3g}): suggestive, not established with {n} seeds{wnote}.")
-    return (f"{name} vs {base}: {metric} differs by {diff:+.4f}, not significant with {n} seeds "
-            f"(p = {c['p_t']:.3g}, adjusted {c['p_holm']:.3g}); the data neither show a difference "
-            f"nor rule out one of this size{wnote}.")
+        if excludes_zero or c["holm_source"] == "t":
+            return (f"{head} ({interval}): {direction}, significant ({test})"
+                    + (" and the interval excludes 0" if excludes_zero else "")
+                    + ". A difference on this corpus; other corpora are untested.")
+        if excludes_zero is None:
+            return (f"{head} ({interval}): larger than the test-document noise ({test}), but without a sound "
+                    f"interval it is not established.")
+        return (f"{head} ({interval}): larger than the test-document noise ({test}), but the interval, which "
+                f"also resamples seeds, includes 0: suggestive, not established.")
+    if c["p"] < alpha:
+        return (f"{head} ({interval}): p = {c['p']:.3g} before correction, not after Holm over {family} "
+                f"(adjusted {c['p_holm']:.3g}): suggestive, not established.{undetectable}")
+    return (f"{head} ({interval}): not significant ({test}); the data neither show a difference nor rule out "
+            f"one of this size.{undetectable}")
 
 
 # ---- the report -----------------------------------------------------------------------------------
@@ -301,11 +631,13 @@ def build_report(study_dir: str | os.PathLike) -> Path:
         md += ["No finished runs yet."]
         return _write_report(study_dir, md, data)
 
+    runs = {key: variant_runs(study_dir, group) for key, group in variants.items()}
     md += _environment_section(rows)
-    md += _main_section(study_dir, variants, labels, opts, data)
+    md += _main_section(variants, runs, labels, opts, data)
     md += _band_section(variants, labels, opts, data)
-    md += _significance_section(variants, labels, study.get("baseline", {}), opts, data)
+    md += _significance_section(variants, runs, labels, study, opts, data)
     md += _compute_section(variants, labels, data)
+    md += _learning_curve_section(study_dir, variants, labels, opts)
     if opts.get("confusion"):
         md += _confusion_section(study_dir, variants, labels)
     if opts.get("anova"):
@@ -362,40 +694,61 @@ def _environment_section(rows: list[dict]) -> list[str]:
     return md
 
 
-def _main_section(study_dir: Path, variants: dict, labels: dict, opts: dict, data: dict) -> list[str]:
+def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: dict) -> list[str]:
+    n_classes = sorted({sum(1 for v in r.get("per_type", {}).values() if v.get("support", 0) > 0)
+                        for g in variants.values() for r in g})
     md = ["## Main results (test set)", "",
           "Mean ± std over seeds (std with ddof=1); 95% CI: BCa bootstrap over test documents "
           f"({opts['bootstrap_resamples']} resamples shared by all seeds and variants, the seed mean "
-          "per resample). Entity scores are strict IOB2 (seqeval's strict mode).", ""]
-    body = []
+          "per resample). Entity scores are strict IOB2 (seqeval's strict mode). Macro F1 and "
+          "unweighted accuracy average over a **fixed class set**, the classes with a gold mention in "
+          f"the test set ({'/'.join(map(str, n_classes))} entity types; seqeval's macro F1, `f1_macro` in "
+          "results.jsonl, also averages types that are only predicted); in a resample that leaves out "
+          "every document of a class, that class keeps its full-test-set score. A model without random "
+          "state is one run (`1 (deterministic)`).", ""]
+    body, missing = [], []
     cache: dict[int, np.ndarray] = {}
     for key, group in variants.items():
-        entry = {"label": labels[key], "seeds": [r["seed"] for r in group], "runs": [r["run_id"] for r in group]}
-        files = [study_dir / r["predictions"] for r in group if r.get("predictions")]
-        ci = None
-        if len(files) == len(group) and all(f.exists() for f in files):
-            counts = [document_counts(f) for f in files]
-            D = len(counts[0]["docs"])
+        v = runs[key]
+        entry = {"label": labels[key], "seeds": [r["seed"] for r in v.rows], "runs": [r["run_id"] for r in v.rows],
+                 "single": v.single}
+        x = layout = None
+        if v.counts is not None:
+            x, layout = stack_counts(v.counts)
+            D = x.shape[1]
             if D not in cache:
                 cache[D] = resample_indices(D, int(opts["bootstrap_resamples"]), int(opts["bootstrap_seed"]))
-            ci = bootstrap_variant(counts, cache[D])
-        cells = [labels[key], str(len(group))]
+        seeds = str(len(v.rows))
+        if v.single == "deterministic":
+            seeds = "1 (deterministic)"
+        elif v.single:
+            seeds = f"1 ({v.seeds_run} identical runs)"
+        cells = [labels[key], seeds]
         for m in METRICS:
-            mean, std = _mean_std(r.get(m) for r in group)
-            entry[m] = {"mean": mean, "std": std, "values": [r.get(m) for r in group]}
+            mean, std = _mean_std(metric_value(r, m) for r in v.rows)
+            entry[m] = {"mean": mean, "std": std, "values": [metric_value(r, m) for r in v.rows]}
             cells.append(f"{_f(mean)} ± {_f(std)}")
-            if ci is not None:
-                entry[m]["ci"] = [ci[m][1], ci[m][2]]
-                entry[m]["bootstrap_point"] = ci[m][0]
-                cells.append(f"[{_f(ci[m][1])}, {_f(ci[m][2])}]")
-            else:
+            if x is None:
                 cells.append("n/a")
+                continue
+            theta, lo, hi, why = bootstrap_variant(x, layout, cache[x.shape[1]], m)
+            entry[m]["bootstrap_point"] = theta
+            if why is None:
+                entry[m]["ci"] = [lo, hi]
+                cells.append(f"[{_f(lo)}, {_f(hi)}]")
+            else:
+                entry[m]["ci"], entry[m]["ci_note"] = None, why
+                cells.append("none¹")
+                missing.append(f"{labels[key]}, {METRICS[m]}: {why}")
         data["variants"][labels[key]] = entry
         body.append(cells)
     header = ["variant", "seeds"]
     for m in METRICS.values():
         header += [m, "95% CI"]
-    return md + _table(header, body)
+    md += _table(header, body)
+    if missing:
+        md += ["¹ No sound interval, so none is printed:", ""] + [f"- {m}" for m in missing] + [""]
+    return md
 
 
 def band_of(mentions: int, bands: dict) -> str:
@@ -446,54 +799,81 @@ def _band_section(variants: dict, labels: dict, opts: dict, data: dict) -> list[
     return md
 
 
-def comparisons(variants: dict, labels: dict, baseline: dict, metrics: list[str]) -> list[dict]:
-    """Every (variant, metric) compared with its baseline variant, paired by seed; p-values
-    Holm-adjusted within each metric."""
-    out = []
-    if not baseline:
-        return out
-    for metric in metrics:
-        family = []
-        for key, group in variants.items():
-            base = baseline_of(key, baseline, variants)
-            if base is None or base == key:
-                continue
-            base_by_seed = {r["seed"]: r for r in variants[base]}
-            pairs = [(r[metric], base_by_seed[r["seed"]][metric]) for r in group
-                     if r["seed"] in base_by_seed and r.get(metric) is not None]
-            res = paired_test([a for a, _ in pairs], [b for _, b in pairs])
-            res.update(variant=labels[key], baseline=labels[base], metric=metric,
-                       seeds=[r["seed"] for r in group if r["seed"] in base_by_seed])
-            family.append(res)
-        for c, p in zip(family, holm([c["p_t"] for c in family])):
-            c["p_holm"] = p
-            c["family_size"] = sum(not math.isnan(x["p_t"]) for x in family)
-        out += family
-    return out
-
-
-def _significance_section(variants: dict, labels: dict, baseline: dict, opts: dict, data: dict) -> list[str]:
-    md = ["## Significance against the baseline", ""]
-    if not baseline:
-        return md + ["The study names no baseline (`[study] baseline`), so nothing is tested.", ""]
-    comps = comparisons(variants, labels, baseline, list(opts["metrics"]))
+def _significance_section(variants: dict, runs: dict, labels: dict, study: dict, opts: dict,
+                          data: dict) -> list[str]:
+    md = ["## Significance: differences with intervals, by comparison family", ""]
+    families = comparison_families(study, opts)
+    if not families:
+        return md + ["The study declares no comparison (`[report.compare]`) and names no baseline "
+                     "(`[study] baseline`), so nothing is tested.", ""]
+    comps = comparisons(variants, runs, labels, families, {**opts, "metrics": list(opts["metrics"])})
     data["comparisons"] = comps
+    data["families"] = families
     if not comps:
         return md + ["No variant has a baseline run to pair with yet.", ""]
-    md += [f"Paired over seeds: t-test (`ttest_rel`) and exact Wilcoxon signed-rank; Holm correction "
-           f"over the comparisons of each metric; paired d = mean(diff) / std(diff). α = {opts['alpha']}.", ""]
-    body = [[c["variant"], c["baseline"], METRICS[c["metric"]], str(c["n"]), f"{c['diff']:+.4f}",
-             _f(c["t"], 3), _f(c["p_t"], 4), _f(c["p_holm"], 4), _f(c["p_w"], 4), _f(c["d"], 2)]
-            for c in comps]
-    md += _table(["variant", "baseline", "metric", "n", "Δ mean", "t", "p (t)", "p Holm", "p (Wilcoxon)",
-                  "d"], body)
-    small = sorted({c["n"] for c in comps if c["n"] >= 2 and min_wilcoxon_p(c["n"]) >= opts["alpha"]})
-    for n in small:
-        md += [f"With {n} seeds the exact Wilcoxon test cannot reach p < {opts['alpha']:g}: its smallest "
-               f"possible two-sided p is 2/2^{n} = {min_wilcoxon_p(n):.3g}, so its p-values above are "
-               f"reported for completeness and only the t-test can show a difference.", ""]
-    md += [f"- {sentence(c, opts['alpha'], c['family_size'])}" for c in comps]
-    return md + [""]
+    alpha = float(opts["alpha"])
+    md += [f"Each row is one variant against its baseline variant, which differs in the family's factor "
+           f"only. α = {alpha:g}. What each column answers:", "",
+           "- **Δ**: variant minus baseline, difference of the seed means on the whole test set.",
+           f"- **95% CI**: paired hierarchical bootstrap ({opts['bootstrap_resamples']} resamples): the test "
+           "documents are resampled, the same documents for both variants, and within a variant with at "
+           "least 3 seeds the seeds are resampled too. It answers *would the difference hold on another "
+           "test set of this size, with other seeds?* A deterministic model is one run.",
+           "- **p (docs)**: paired permutation test over documents (whole documents swapped between the two "
+           "variants, seed means compared; exact when 2^D ≤ "
+           f"{opts['permutation_resamples']}, else that many random swaps): *is the difference larger than "
+           "which documents happen to be in the test set?* **p Holm** corrects it within one family and "
+           "one metric. The sentences below rest on it, and call a difference established only when the "
+           "interval excludes 0 as well.",
+           "- **t (seeds)**, **p (t)**, **d**: seed-paired t-test on this test set (paired d = mean / sd of the "
+           "per-seed differences): *does the difference reproduce across seeds on these documents?* It "
+           "ignores test-set variance, so it supports no claim about other test sets; not defined for a "
+           "deterministic model.",
+           f"- **MDD**: the smallest true difference the seed-paired t-test detects with 80% power at "
+           f"α = {alpha:g}, given this many seeds and the observed sd of the per-seed differences "
+           "(`bertlab.stats.detectable_difference`): a difference below it is not \"no difference\", it is "
+           "undetectable with these seeds.", ""]
+    for family in families:
+        mine = [c for c in comps if c["family"] == family["name"]]
+        if family["vary"] is None:
+            what = ("every variant against the study baseline (" + ", ".join(
+                f"{k}={v}" for k, v in family["baseline"].items()) + ")")
+        else:
+            what = (f"each level of `{family['vary']}` against `{family['baseline']}`, within every "
+                    "combination of the other factors")
+        md += [f"### Family `{family['name']}`: {what}", ""]
+        if not mine:
+            md += ["No variant has a baseline run to pair with yet.", ""]
+            continue
+        sizes = {c["metric"]: c["family_size"] for c in mine if not c["excluded"]}
+        left_out = sum(1 for c in mine if c["excluded"])
+        md += ["Holm correction within this family, per metric: " + ", ".join(
+            f"{METRICS[m]} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
+            + (f"; {left_out} comparison(s) left out as certain by construction." if left_out else "."), ""]
+        body = []
+        for c in mine:
+            ci = f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"] is not None else "none"
+            p_docs = _f(c["p_perm"], 4)
+            holm_cell = "left out" if c["excluded"] else _f(c["p_holm"], 4)
+            if c["excluded"]:
+                p_docs = "–"
+            seeds = "1 run" if any(c["single"]) else str(c["n"])
+            body.append([c["variant"], c["baseline"], METRICS[c["metric"]], f"{c['diff']:+.4f}", ci, p_docs,
+                         holm_cell, _f(c["t"], 3), _f(c["p_t"], 4), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
+        md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (docs)", "p Holm", "t (seeds)", "p (t)",
+                      "d", "seeds", "MDD"], body)
+        if any(c["holm_source"] == "t" and not c["excluded"] for c in mine):
+            md += ["Without prediction files there is no document-level test: p Holm corrects the seed-paired "
+                   "t-test, which ignores test-set variance.", ""]
+        notes = sorted({c["ci_note"] for c in mine if c["ci"] is None and c["ci_note"]})
+        if notes:
+            md += ["No interval where: " + "; ".join(notes) + ".", ""]
+        exact = sorted({c["docs"] for c in mine if c.get("docs") and 2 / 2 ** c["docs"] >= alpha})
+        for D in exact:
+            md += [f"With {D} test documents the permutation test cannot reach p < {alpha:g}: its smallest "
+                   f"two-sided p is 2/2^{D} = {2 / 2 ** D:.3g}.", ""]
+        md += [f"- {sentence(c, alpha)}" for c in mine] + [""]
+    return md
 
 
 def _compute_section(variants: dict, labels: dict, data: dict) -> list[str]:
@@ -549,26 +929,117 @@ def _confusion_section(study_dir: Path, variants: dict, labels: dict) -> list[st
 
 
 def _anova_section(rows: list[dict], spec: dict, short: dict, data: dict) -> list[str]:
-    from bertlab import stats
     a, b = spec["a"], spec["b"]
     metric, decode = spec.get("metric", "dev_f1_micro"), spec.get("decode", "argmax")
+    block = spec.get("block", "train.seed")
     use = [r for r in rows if r["decode"] == decode and r.get(metric) is not None]
     md = [f"## Two-way ANOVA: {metric} ~ {short.get(a, a)} × {short.get(b, b)}", ""]
     if not use:
         return md + [f"No finished run has {metric}.", ""]
+    blocks = [r["axes"].get(block) for r in use] if block else []
+    use_block = bool(block) and None not in blocks and len(set(map(str, blocks))) > 1
     table = stats.anova_two_way([r[metric] for r in use], [str(r["axes"][a]) for r in use],
-                                [str(r["axes"][b]) for r in use])
+                                [str(r["axes"][b]) for r in use],
+                                block=[str(k) for k in blocks] if use_block else None)
     data["anova"] = dict(table)
+    block_name = short.get(block, block) if block else ""
     names = {"A": short.get(a, a), "B": short.get(b, b), "A:B": f"{short.get(a, a)} × {short.get(b, b)}",
-             "Residual": "residual (seeds)"}
+             "Block": f"{block_name} (block)", "Residual": "residual"}
     body = [[names.get(name, name), _f(row["SS"], 6), f"{row['df']:.0f}", _f(row["MS"], 6), _f(row["F"], 3),
              _f(row["p"], 4)] for name, row in table.items()]
-    md += [f"Type II sums of squares (`bertlab.stats.anova_two_way`), {len(use)} runs, decode {decode}.", ""]
+    how = (f"{block_name} as a block factor (randomised complete block: each {block_name} is shared by every "
+           f"cell, so its effect leaves the residual)" if use_block else "no block factor")
+    md += [f"Type II sums of squares (`bertlab.stats.anova_two_way`), {len(use)} runs, decode {decode}, {how}.", ""]
     md += _table(["source", "sum of squares", "df", "mean square", "F", "p"], body)
     total = sum(row["SS"] for row in table.values())
     md += ["Share of the total variation: " + ", ".join(
         f"{names[k]} {table[k]['SS'] / total:.0%}" for k in table if total > 0) + ".", ""]
     return md
+
+
+def _curves(group: list[dict]) -> list[dict]:
+    """The learning curves of a variant's runs (rows without one, e.g. old results, are skipped)."""
+    return [r["curve"] for r in group if isinstance(r.get("curve"), dict) and r["curve"].get("epoch")]
+
+
+def _curve_matrix(curves: list[dict], key: str) -> tuple[list[int], np.ndarray]:
+    """Epochs (union over runs) and ``[runs, epochs]`` values of ``key``, NaN where missing."""
+    epochs = sorted({int(e) for c in curves for e in c["epoch"]})
+    at = {e: i for i, e in enumerate(epochs)}
+    out = np.full((len(curves), len(epochs)), np.nan)
+    for i, c in enumerate(curves):
+        for e, v in zip(c["epoch"], c.get(key) or []):
+            if v is not None:
+                out[i, at[int(e)]] = float(v)
+    return epochs, out
+
+
+def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts: dict) -> list[str]:
+    """Dev scores per epoch, from the ``curve`` of each results row (absent for old results and for
+    models fitted in one go): a table per variant and ``figures/learning_curves.png``."""
+    with_curves = {k: _curves(g) for k, g in variants.items()}
+    with_curves = {k: c for k, c in with_curves.items() if c}
+    if not with_curves:
+        return []
+    md = ["## Learning curves (dev)", "",
+          "Dev micro F1 after each epoch (mean over seeds) with this variant's decode, and the epoch whose "
+          "checkpoint was scored on the test set (`best epoch`, 0-based, per seed) under the selection "
+          "rule `select`.", ""]
+    epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, "dev_f1_micro")[0]})
+    body = []
+    for key, curves in with_curves.items():
+        group = variants[key]
+        ep, values = _curve_matrix(curves, "dev_f1_micro")
+        with np.errstate(invalid="ignore"):
+            mean = {e: (float(np.nanmean(values[:, i])) if not np.isnan(values[:, i]).all() else math.nan)
+                    for i, e in enumerate(ep)}
+        best = ", ".join("–" if r.get("best_epoch") is None else str(r["best_epoch"]) for r in group)
+        select = sorted({str(r["select"]) for r in group if r.get("select")})
+        body.append([labels[key], "/".join(select) or "–", best] + [_f(mean.get(e, math.nan)) for e in epochs])
+    md += _table(["variant", "select", "best epoch (per seed)"] + [f"epoch {e}" for e in epochs], body)
+    if opts.get("figures", True):
+        figure = _learning_curve_figure(study_dir, with_curves, variants, labels)
+        if figure:
+            md += [f"![dev micro F1 per epoch]({figure})", ""]
+    return md
+
+
+def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, labels: dict) -> str | None:
+    """``figures/learning_curves.png``: one panel per decode, a line per variant (mean over seeds)
+    with a band from the lowest to the highest seed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    decodes = list(dict.fromkeys(dict(k)["decode"] for k in with_curves))
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    colour = {key: cmap(i % cmap.N) for i, key in enumerate(variants)}
+    fig, axes = plt.subplots(1, len(decodes), figsize=(5 * len(decodes), 3.8), squeeze=False, sharey=True)
+    for ax, decode in zip(axes[0], decodes):
+        for key, curves in with_curves.items():
+            if dict(key)["decode"] != decode:
+                continue
+            epochs, values = _curve_matrix(curves, "dev_f1_micro")
+            keep = ~np.isnan(values).all(0)
+            if not keep.any():
+                continue
+            ep, v = np.asarray(epochs)[keep], values[:, keep]
+            label = ", ".join(part for part in labels[key].split(", ") if not part.startswith("decode="))
+            ax.plot(ep, np.nanmean(v, 0), marker="o", ms=3, color=colour[key], label=label or labels[key])
+            if len(v) > 1:
+                ax.fill_between(ep, np.nanmin(v, 0), np.nanmax(v, 0), color=colour[key], alpha=0.2, lw=0)
+        ax.set_title(f"decode = {decode}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][0].set_ylabel("dev micro F1 (mean, band: min–max over seeds)")
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig_dir = study_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    fig.savefig(fig_dir / "learning_curves.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return "figures/learning_curves.png"
 
 
 def _gradflow_section(study_dir: Path, rows: list[dict]) -> list[str]:
