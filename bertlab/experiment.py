@@ -295,11 +295,21 @@ def axis_value(key: str, value):
 
 
 def expand(study: Study) -> list[Run]:
-    """The runs of a study: the cartesian product of its axes, in file order (seed fastest)."""
+    """The runs of a study: the cartesian product of its axes, in file order (seed fastest).
+
+    A model without random state (the HMM; the feature CRF fitted by full-batch L-BFGS from zero
+    weights) is one run, at the first seed: more seeds would be identical copies."""
     keys = list(study.axes)
     names = short_names(keys)
+    first_seed = study.axes["train.seed"][0] if "train.seed" in study.axes else None
     runs = []
     for combo in itertools.product(*(study.axes[k] for k in keys)):
+        chosen = dict(zip(keys, combo))
+        model = chosen.get("model", {})
+        deterministic = model.get("arch") == "hmm" or (
+            model.get("arch") == "crf" and model.get("overrides", {}).get("optimizer", "lbfgs") == "lbfgs")
+        if deterministic and chosen.get("train.seed", first_seed) != first_seed:
+            continue
         cfg = copy.deepcopy(study.base)
         axes = {}
         for key, value in zip(keys, combo):
@@ -563,10 +573,12 @@ def _fit_direct_baseline(config: dict, rdir: Path) -> None:
         n_params = sum(p.numel() for p in tagger.model.parameters())
     else:  # the HMM: its probability tables (use_shape adds a second emission table)
         n_params = sum(int(np.size(getattr(tagger, a))) for a in ("pi", "A", "B", "B_shape") if hasattr(tagger, a))
+    # no random state (counts; convex L-BFGS from zero weights): one run stands for every seed
+    deterministic = model["arch"] == "hmm" or options.get("optimizer", "lbfgs") == "lbfgs"
     _write_json(rdir / "metrics.json", {
         **out, "config": config, "labels": getattr(tagger, "labels", None), "params": n_params,
         "epochs": 1, "train_seconds": train_seconds, "train_mentions": mention_counts(train_sents),
-        "best_dev_f1": out.get("dev", {}).get("viterbi", {}).get("micro_f1")})
+        "best_dev_f1": out.get("dev", {}).get("viterbi", {}).get("micro_f1"), "deterministic": deterministic})
 
 
 def write_predictions(path: Path, sentences, pred_tags) -> None:
