@@ -366,7 +366,10 @@ def convert_main(argv: list[str] | None = None) -> int:
     The pickle is read with ``torch.load(weights_only=True)``, which refuses anything but tensors.
     Keys are kept as they are (load_pretrained handles legacy names); other files are copied.
     """
-    ap = argparse.ArgumentParser(prog="bertlab convert", description=convert_main.__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="bertlab convert",
+        description="Copy a Hugging Face folder with pytorch_model.bin weights to one with model.safetensors "
+                    "(the only weights bertlab reads). The pickle is read with torch.load(weights_only=True).")
     ap.add_argument("src", type=Path, help="folder with config.json and pytorch_model.bin (or its shards)")
     ap.add_argument("dst", type=Path, help="output folder (written atomically)")
     args = ap.parse_args(argv)

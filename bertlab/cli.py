@@ -1,12 +1,16 @@
 """``bertlab <command> ...``: one explicit table from command to the module that owns it.
 
 Each module parses its own arguments (``main(argv)``), so commands stay next to the code they run
-and importing the CLI stays cheap.
+and importing the CLI stays cheap. What every command shares lives here: ``--version``, and a
+quiet exit when the reader of stdout goes away (``bertlab data stats maccrobat | head``).
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from bertlab import __version__
 
 COMMANDS = {
     # command: (module, function, one-line help)
@@ -16,23 +20,26 @@ COMMANDS = {
     "experiment": ("bertlab.experiment", "main", "run a study from experiments/NAME.toml"),
     "report": ("bertlab.report", "main", "rebuild a study's report.md from its results.jsonl"),
     "predict": ("bertlab.predict", "main", "tag new text with a trained model"),
-    "evaluate": ("bertlab.predict", "evaluate_main", "re-score a saved model on a bundled corpus"),
+    "evaluate": ("bertlab.predict", "evaluate_main", "re-score a saved model on a bundled corpus or a CoNLL file"),
     "gradflow": ("bertlab.gradflow", "main", "train with gradient-flow instruments on"),
     "bench": ("bertlab.bench", "main", "benchmarks against transformers / scikit-learn"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: bertlab <command> [options]", "", "commands:"]
+    lines = ["usage: bertlab [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines.append("\n`bertlab <command> --help` for a command's options.")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]) -> int:
+    """Dispatch ``argv`` (without the program name) to its command; returns the exit status."""
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"bertlab {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
@@ -40,6 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func, _ = COMMANDS[cmd]
     return getattr(importlib.import_module(module), func)(rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bertlab``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        try:
+            return run(argv)
+        finally:  # also on SystemExit (argparse's --help): a broken pipe shows up at this flush
+            if sys.stdout is not None:  # None when started with stdout closed (`bertlab ... >&-`)
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader (head, less) closed the pipe: stop quietly, and point stdout at /dev/null so
+        # the interpreter's own flush at exit does not raise again (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 Each area is a module with ``run(quick: bool) -> list[dict]`` returning rows
 ``{"name", "unit", "bertlab", "reference", "ratio"}``; ratio > 1 always means bertlab is better
 (faster, or less memory). Rows go to ``runs/bench/bench.json`` so they can be tracked over time.
+An efficiency figure above 100% of the GEMM peak measured in the same run is impossible: such a row
+is marked ``"invalid"`` (``(invalid)`` in the table, and a warning after it), never passed off as a
+measurement.
 """
 from __future__ import annotations
 
@@ -25,13 +28,33 @@ AREAS = {
 }
 
 
+EFFICIENCY_UNITS = ("% of GEMM peak",)  # a share of a peak measured in the same run: above 100 is impossible
+
+
+def flag_impossible(row: dict) -> dict:
+    """The row with ``"invalid"``: ``{"bertlab" | "reference": reason}`` for efficiency figures above
+    100% of the measured peak. Such a figure means the peak was under-measured (other work on the
+    machine while the GEMM ran, a cold start) or the FLOP count is wrong; either way it is no
+    measurement, and neither is the ratio built on it."""
+    invalid = {side: f"{row[side]:.0f}% of the measured GEMM peak is impossible: the peak was "
+                     f"under-measured (a busy machine?) or the FLOP count is wrong"
+               for side in ("bertlab", "reference")
+               if row.get("unit") in EFFICIENCY_UNITS and row.get(side) is not None and row[side] > 100}
+    return {**row, "invalid": invalid} if invalid else row
+
+
 def format_row(r: dict) -> str:
-    def num(v):
+    """One markdown table row; an invalid figure (``flag_impossible``) is marked ``(invalid)``."""
+    invalid = r.get("invalid", {})
+
+    def num(side):
+        v = r.get(side)
         if v is None:
             return "-"
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-    ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
-    return f"| {r['name']} | {r['unit']} | {num(r.get('bertlab'))} | {num(r.get('reference'))} | {ratio} |"
+        text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return f"{text} (invalid)" if side in invalid else text
+    ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}x" + (" (invalid)" if invalid else "")
+    return f"| {r['name']} | {r['unit']} | {num('bertlab')} | {num('reference')} | {ratio} |"
 
 
 def environment() -> dict:
@@ -54,10 +77,17 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bertlab bench", description=__doc__.split("\n\n")[0])
+    """Entry point of ``bertlab bench``; returns the exit status."""
+    ap = argparse.ArgumentParser(
+        prog="bertlab bench",
+        description="Speed and memory of bertlab against its reference (transformers, scikit-learn), both "
+                    "measured in the same run; ratio > 1 means bertlab is better (docs/performance.md).")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke check (numbers are noisy)")
-    ap.add_argument("--only", default="", help=f"comma-separated areas out of {','.join(AREAS)}")
-    ap.add_argument("--out", default="runs/bench/bench.json", help="where the rows are written")
+    ap.add_argument("--only", default="", metavar="AREA[,AREA...]",
+                    help=f"comma-separated areas out of {','.join(AREAS)} (default: all)")
+    ap.add_argument("--output", default="runs/bench/bench.json", metavar="FILE",
+                    help="JSON file the rows are written to (default: runs/bench/bench.json)")
+    ap.add_argument("--out", dest="output", help=argparse.SUPPRESS)  # its old name
     args = ap.parse_args(argv)
     areas = [a for a in args.only.split(",") if a] or list(AREAS)
     unknown = [a for a in areas if a not in AREAS]
@@ -70,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for area in areas:
         for row in importlib.import_module(AREAS[area]).run(quick=args.quick):
-            row = {"area": area, **row}
+            row = flag_impossible({"area": area, **row})
             rows.append(row)
             print(format_row(row), flush=True)
-    write_json_atomic(Path(args.out), {"environment": env, "quick": args.quick, "rows": rows})
-    print(f"\nwrote {args.out} (ratio > 1: bertlab better)")
+    write_json_atomic(Path(args.output), {"environment": env, "quick": args.quick, "rows": rows})
+    for row in rows:
+        for side, reason in row.get("invalid", {}).items():
+            print(f"\nwarning: invalid measurement in {row['name']!r}, {side}: {reason}")
+    print(f"\nwrote {args.output} (ratio > 1: bertlab better)")
     return 0
 
 

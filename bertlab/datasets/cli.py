@@ -10,21 +10,34 @@ from bertlab.datasets.stats import corpus_stats, format_stats
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bertlab data``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="bertlab data", description="bundled corpora and their statistics")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the bundled corpora")
+    parser = argparse.ArgumentParser(prog="bertlab data", description="The bundled corpora and their statistics.")
+    sub = parser.add_subparsers(dest="command", metavar="{list,stats}")
+    sub.add_parser("list", help="list the bundled corpora", description="List the bundled corpora.")
     stats = sub.add_parser("stats", help="per-split documents, sentences, tokens, mentions per type, "
-                                         "share, imbalance ratio, tokens per tag")
-    stats.add_argument("name", choices=list(CORPORA))
+                                         "share, imbalance ratio, tokens per tag",
+                           description="Per split: documents, sentences, tokens, mentions per type, each "
+                                       "type's share, the imbalance ratio and tokens per tag.")
+    stats.add_argument("name", choices=list(CORPORA), help="a bundled corpus")
     stats.add_argument("--split", action="append", choices=["train", "dev", "test"],
-                       help="only this split (repeatable); default all three")
+                       help="only this split (repeatable; default: all three)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    brat = stats.add_argument_group("brat flattening policies (maccrobat, jnlpba train)")
-    brat.add_argument("--overlap", choices=["longest", "shortest"])
-    brat.add_argument("--discontinuous", choices=["span", "fragments", "first"])
-    brat.add_argument("--inside-token", choices=["expand", "split", "drop"])
+    brat = stats.add_argument_group(
+        "brat flattening policies (maccrobat, jnlpba train; docs/data.md)",
+        "How standoff mentions become one IOB2 tag per token; every mention a policy changes or drops "
+        "is counted in the statistics.")
+    brat.add_argument("--overlap", choices=["longest", "shortest"],
+                      help="of two mentions sharing a token, keep the longest or the innermost (default: longest)")
+    brat.add_argument("--discontinuous", choices=["span", "fragments", "first"],
+                      help="a mention in several fragments: one span from first start to last end, each "
+                           "fragment a mention, or the first fragment only (default: span)")
+    brat.add_argument("--inside-token", choices=["expand", "split", "drop"],
+                      help="a mention boundary inside a word: tag the whole word, cut the word there, or drop "
+                           "the mention (default: expand for maccrobat, split for jnlpba train)")
     args = parser.parse_args(argv)
 
+    if args.command is None:  # `bertlab data` alone: what can it do?
+        parser.print_help()
+        return 0
     if args.command == "list":
         width = max(map(len, CORPORA))
         for name, description in CORPORA.items():
