@@ -4,21 +4,31 @@
 folder, so ``bertlab report NAME`` can be re-run at any time (e.g. after changing ``[report]``
 options or while a study is still running).
 
-The numbers, and how each is computed (docs/experiments.md explains the choices):
+The numbers, and how each is computed (docs/evaluation.md, "Which test answers which question",
+explains the choices):
 
-* **mean ± std over seeds**: std with ``ddof=1`` (the sample standard deviation), ``–`` for one seed.
+* **mean ± std over seeds**: std with ``ddof=1`` (the sample standard deviation), ``–`` for one run.
+  A model without random state (marked ``deterministic``, or with identical predictions on every
+  seed) is one run.
+* **macro F1 and unweighted accuracy** average over a fixed class set, the classes with a gold
+  mention in the test set; in a document resample without any mention of a class, that class
+  keeps its full-test-set score (``scores_from_sums``).
 * **95% CI over test documents**: a BCa bootstrap. One set of resamples of the test
   documents, ``idx = default_rng(seed).integers(0, D, size=(B, D))``, is shared by every seed and
   every variant; in each resample every seed's run is scored on the same documents and the scores
   are averaged over seeds. The CI is the bias-corrected and accelerated interval of that seed-mean
   (``bertlab.stats.bca_levels``; the acceleration from leave-one-document-out), so it is the
   uncertainty of the number in the table due to *which documents* happen to be in the test set.
-  BCa, not the plain percentile interval, because macro F1 and unweighted accuracy are biased
-  upward under document resampling (a class that loses its few documents drops out of the mean),
-  and the percentile interval then can exclude the point estimate.
-* **significance**: each variant against the study's baseline with the same values on the other
-  axes, paired by seed: ``scipy.stats.ttest_rel`` and ``wilcoxon`` (exact), Holm-corrected over all
-  comparisons of one metric, effect size paired d = mean(diff) / std(diff, ddof=1).
+  An interval that does not contain its estimate is not printed; the reason is.
+* **comparisons**, in the families the study declares (``[report.compare]``; else every variant
+  against ``[study] baseline``), each level against the baseline level within every combination
+  of the other factors: the difference of seed means with a paired hierarchical bootstrap interval
+  (documents shared, seeds resampled within a variant with at least 3), a paired permutation test
+  over documents, Holm-corrected within one family and one metric (comparisons certain by
+  construction left out), the seed-paired t-test with paired d, and the smallest difference that
+  t-test detects (80% power).
+* **two-way ANOVA** (``[report] anova``): Type II, the seed as a block factor by default.
+* **learning curves**: dev scores per epoch from each row's ``curve``, when the rows have one.
 """
 from __future__ import annotations
 
@@ -620,7 +630,10 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     if study.get("description"):
         md += [study["description"].strip(), ""]
     n_runs = len({r["run_id"] for r in rows})
-    md += [f"Made by `bertlab experiment {study['name']} --scale {study['scale']}` "
+    # every distinct command that trained in the folder, with its --set / --only (bertlab.experiment)
+    made_by = ", then ".join(f"`{c}`" for c in study.get("commands", [])) or (
+        f"`bertlab experiment {study['name']} --scale {study['scale']}`")
+    md += [f"Made by {made_by} "
            f"(study file `{study.get('source', '')}`); rebuild with `bertlab report {study_dir.name}`. "
            f"{n_runs} of {len(study.get('runs', []))} runs finished; {len(variants)} variants "
            f"(decode counted as an axis: every run is scored with each of {', '.join(study.get('decodes', []))}).",
@@ -868,7 +881,7 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         notes = sorted({c["ci_note"] for c in mine if c["ci"] is None and c["ci_note"]})
         if notes:
             md += ["No interval where: " + "; ".join(notes) + ".", ""]
-        exact = sorted({c["docs"] for c in mine if c.get("docs") and 2 / 2 ** c["docs"] >= alpha})
+        exact = sorted({c["docs"] for c in mine if c.get("docs") and not c["excluded"] and 2 / 2 ** c["docs"] >= alpha})
         for D in exact:
             md += [f"With {D} test documents the permutation test cannot reach p < {alpha:g}: its smallest "
                    f"two-sided p is 2/2^{D} = {2 / 2 ** D:.3g}.", ""]
@@ -1014,9 +1027,12 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
     except ImportError:
         return None
     decodes = list(dict.fromkeys(dict(k)["decode"] for k in with_curves))
-    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
-    colour = {key: cmap(i % cmap.N) for i, key in enumerate(variants)}
+    # one colour per trained variant (the key without its decode), the same in every panel
+    trained = list(dict.fromkeys(k[:-1] for k in variants))
+    cmap = plt.get_cmap("tab10" if len(trained) <= 10 else "tab20")
+    colour = {key: cmap(trained.index(key[:-1]) % cmap.N) for key in variants}
     fig, axes = plt.subplots(1, len(decodes), figsize=(5 * len(decodes), 3.8), squeeze=False, sharey=True)
+    all_epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, "dev_f1_micro")[0]})
     for ax, decode in zip(axes[0], decodes):
         for key, curves in with_curves.items():
             if dict(key)["decode"] != decode:
@@ -1032,9 +1048,17 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
                 ax.fill_between(ep, np.nanmin(v, 0), np.nanmax(v, 0), color=colour[key], alpha=0.2, lw=0)
         ax.set_title(f"decode = {decode}")
         ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(all_epochs) <= 20:
+            ax.set_xticks(all_epochs)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][0].set_ylabel("dev micro F1 (mean, band: min–max over seeds)")
-    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles = {}
+    for ax in axes[0]:  # one legend entry per trained variant, whatever panel it is drawn in
+        for line in ax.get_lines():
+            handles.setdefault(line.get_label(), line)
+    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=6, loc="center left",
+                       bbox_to_anchor=(1.01, 0.5))
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     fig.savefig(fig_dir / "learning_curves.png", dpi=120, bbox_inches="tight")
