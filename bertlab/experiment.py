@@ -26,31 +26,46 @@ so decode is an axis of *variants* (what the report compares) but not of *runs* 
 
 Layout of ``runs/NAME/`` (``runs/NAME-SCALE/`` for a scale other than ``default``)::
 
-    study.json                       the expanded study: axes, baseline, report options, scale
+    study.json                       the expanded study: axes, baseline, report options, scale (and
+                                     what it changes), the commands that trained in the folder
     results.jsonl                    one line per finished (run, decode); rebuilt from the folders
     report.md, figures/              bertlab.report
+    lock-G.json                      while a process rewrites study.json / results.jsonl / the report
     <run_id>/                        e.g. sampler=btl__loss=focal__seed=1
         config.toml                  the TrainConfig this run was trained with
         run.json                     axis values, environment, train mention counts
         metrics.json, log.jsonl, predictions_<split>_<decode>.jsonl, best/   (bertlab.train)
-        timing.json                  wall time of this process's part of the run
+        timing.json                  wall time summed over sessions (kept current while training)
+        claim-G.json                 while a process trains it: host, pid, heartbeat
 
 A run is finished iff its ``metrics.json`` exists. Re-running skips finished runs and resumes
 interrupted ones from their checkpoint (``train(..., resume=True)``). ``results.jsonl`` is a pure
 function of the finished run folders, rewritten atomically after every run, so it can never hold
 a duplicate or miss a finished run.
+
+Any number of processes, on one machine (``--workers N``) or many (``--shard I/N``, e.g. a Slurm
+array over a shared folder), may work on one study folder: a process trains a run only after
+claiming its folder (a file created with O_EXCL), a claim is taken over only when its holder is
+gone or its heartbeat is stale, and whichever process finishes last writes the report. Who
+trains a run does not change its numbers: its seed and config are the study's, not the process's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import dataclasses
 import itertools
 import json
 import math
 import os
 import platform
 import re
+import shlex
+import signal
+import socket
 import sys
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -79,6 +94,11 @@ RECIPE_SECTIONS = ("data", "loss", "sampler", "optim", "train", "eval")
 TABLE_AXES = ("model", "data", "loss", "sampler", "optim", "train", "eval")
 # classic taggers that bertlab.baselines fits directly (no training loop); they decode by Viterbi
 DIRECT_BASELINES = ("hmm", "crf")
+# seconds without a heartbeat after which another process may take over a run's claim (--stale-after)
+STALE_AFTER = 600.0
+# config keys that change how a run is watched, not what it computes: a run folder made with other
+# values is still this run (bertlab.train resumes across them too)
+NON_RESULT_KEYS = {"train.progress", "train.log_every", "train.checkpoint_every", "train.eval_batch_size"}
 
 
 class StudyError(ValueError):
@@ -100,6 +120,8 @@ class Study:
     baseline: dict
     report: dict = field(default_factory=dict)
     gradflow: dict | None = None
+    scale_overrides: dict = field(default_factory=dict)  # the file's [scale.SCALE] table, as applied
+    overrides: list = field(default_factory=list)        # the --set items, as given
 
     @property
     def decodes(self) -> list[str]:
@@ -126,11 +148,20 @@ def study_path(name: str | os.PathLike, experiments_dir: str | os.PathLike = "ex
         if not p.exists():
             raise StudyError(f"{p}: study file not found")
         return p
-    p = Path(experiments_dir) / f"{name}.toml"
+    folder = Path(experiments_dir)
+    p = folder / f"{name}.toml"
     if not p.exists():
-        have = sorted(q.stem for q in Path(experiments_dir).glob("*.toml")
+        have = sorted(q.stem for q in folder.glob("*.toml")
                       if "\n[study]" in "\n" + q.read_text(encoding="utf-8"))
-        raise StudyError(f"{p}: no such study; available: {', '.join(have) or '(none)'}")
+        if have:
+            raise StudyError(f"{p}: no such study; available in {folder}/: {', '.join(have)} "
+                             f"(--experiments DIR reads another folder)")
+        # run outside the checkout: point at the checkout's studies when this is an editable install
+        shipped = Path(__file__).resolve().parents[1] / "experiments"
+        where = (f"pass --experiments {shipped} (the bertlab checkout's studies)"
+                 if (shipped / f"{name}.toml").exists() else "pass --experiments DIR")
+        raise StudyError(f"{p}: no such study, and no study files in {folder.resolve()}; run from "
+                         f"the bertlab checkout or {where}")
     return p
 
 
@@ -226,7 +257,8 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
                              f"values {axes[key]}")
     return Study(name=study_name, path=path, scale=scale, description=head.get("description", ""),
                  base=base, axes=axes, baseline=baseline, report=dict(raw.get("report", {})),
-                 gradflow=raw.get("gradflow"))
+                 gradflow=raw.get("gradflow"), scale_overrides=dict(scales.get(scale, {})),
+                 overrides=list(overrides))
 
 
 def _model_table(value, models: dict, where: str) -> dict:
@@ -357,6 +389,10 @@ def select(runs: list[Run], only: list[str], study: Study) -> list[Run]:
         if key not in study.axes:
             raise StudyError(f"--only {item!r}: {key!r} is not an axis of {study.path} "
                              f"(axes: {', '.join(names.values())})")
+        swept = [axis_value(key, v) for v in study.axes[key]]
+        if not any(value_slug(v) == want or str(v) == want for v in swept):
+            raise StudyError(f"--only {item!r}: {want!r} is not a value of {names[key]} in {study.path} "
+                             f"at scale {study.scale} (values: {', '.join(map(str, swept))})")
         runs = [r for r in runs if value_slug(r.axes[key]) == want or str(r.axes[key]) == want]
     return runs
 
@@ -420,91 +456,603 @@ def study_dir_for(name: str, scale: str, out: str | os.PathLike = "runs") -> Pat
 def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | os.PathLike = "runs",
                    only: list[str] = (), overrides: list[str] = (), callbacks=(),
                    experiments_dir: str | os.PathLike = "experiments", report: bool = True,
-                   progress=print) -> Path:
+                   progress=print, shard: tuple[int, int] | None = None, workers: int = 1,
+                   threads: int = 0, stale_after: float = STALE_AFTER) -> Path:
     """Run (or resume) a study; returns its folder. See the module docstring for the layout.
 
     ``callbacks`` are passed to every ``train`` call (in addition to the study's own, e.g. the
-    gradient-flow recorder). ``report=False`` skips building report.md at the end."""
+    gradient-flow recorder); with ``workers > 1`` they must be picklable. ``report=False`` skips
+    building report.md at the end.
+
+    Scale-out: ``shard=(i, n)`` trains only part i of n of the runs (``shard_runs``); ``workers``
+    processes share the runs on this machine (``run_workers``; ``threads`` torch threads each,
+    0 = their share of the cores). Any number of such processes, on any hosts, may work in one
+    study folder at once: each run is trained by the process that claims it (``take_claim``), a
+    claim whose heartbeat is older than ``stale_after`` seconds may be taken over, and whichever
+    process finishes last writes the report (``finish_study``)."""
     study = load_study(name, scale, overrides, experiments_dir)
     runs = select(expand(study), list(only), study)
     if not runs:
         raise StudyError(f"{study.path}: no run matches --only {' '.join(only)}")
     check_models(study, runs)
-    direct = [r for r in runs if r.config.get("model", {}).get("arch") in DIRECT_BASELINES]
-    configs = {r.run_id: (None if r in direct else
-                          build_train_config(r.config, f"{study.path} (run {r.run_id})")) for r in runs}
-
+    for r in runs:  # every config is valid before anything trains
+        if r.config.get("model", {}).get("arch") not in DIRECT_BASELINES:
+            build_train_config(r.config, f"{study.path} (run {r.run_id})")
     sdir = study_dir_for(study.name, scale, out)
+    for r in runs:
+        _check_snapshot(sdir / r.run_id, r, study)
+    position = {r.run_id: i for i, r in enumerate(runs, 1)}
+    if shard is not None:
+        runs = shard_runs(runs, *shard)
+        progress(f"shard {shard[0]}/{shard[1]}: {len(runs)} of the {len(position)} runs")
+    job = Job(study=study, sdir=sdir, position=position, callbacks=list(callbacks),
+              stale_after=stale_after, invocation=f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}",
+              # the longest first, so that workers end together; equal costs keep study order
+              runs=sorted(runs, key=lambda r: (-run_cost(r), position[r.run_id])))
     sdir.mkdir(parents=True, exist_ok=True)
-    _write_json(sdir / "study.json", {
-        "name": study.name, "scale": scale, "source": str(study.path),
-        "description": study.description, "axes": {k: [axis_value(k, v) for v in vs]
-                                                    for k, vs in study.axes.items()},
-        "short_names": short_names(study.axes), "baseline": study.baseline,
-        "decodes": study.decodes, "report": study.report, "gradflow": study.gradflow is not None,
-        "runs": [r.run_id for r in expand(study)]})
-    env = environment()
-    spent: list[float] = []  # wall seconds of the runs trained by this invocation, for the ETA
-    for i, run in enumerate(runs, 1):
-        rdir = sdir / run.run_id
-        if (rdir / "metrics.json").exists():
-            progress(f"[{i}/{len(runs)}] {run.run_id}: finished, skipped")
-            continue
-        if spent:
-            left = sum(1 for r in runs[i - 1:] if not (sdir / r.run_id / "metrics.json").exists())
-            eta = sum(spent) / len(spent) * left
-            progress(f"    {len(spent)} run(s) took {sum(spent) / 60:.1f} min; about {eta / 60:.0f} min "
-                     f"left for {left} run(s)")
-        _check_snapshot(rdir, run, study)
-        rdir.mkdir(parents=True, exist_ok=True)
-        if not (rdir / "config.toml").exists():
-            write_text(rdir / "config.toml", toml_dumps(run.config))
-        _write_json(rdir / "run.json", {"study": study.name, "scale": scale, "run_id": run.run_id,
-                                         "axes": run.axes, "env": env})
-        resumed = any(rdir.glob("checkpoint*"))
-        progress(f"[{i}/{len(runs)}] {run.run_id}: {'resuming' if resumed else 'training'}")
-        t0 = time.perf_counter()
-        try:
-            if run in direct:
-                _fit_direct_baseline(run.config, rdir)
-            else:
-                cbs = list(callbacks)
-                recorder = _gradflow_recorder(study, rdir) if study.gradflow is not None else None
-                if recorder is not None:
-                    cbs.append(recorder)
-                from bertlab.train import train
-                train(configs[run.run_id], rdir, callbacks=cbs, resume=True)
-                if recorder is not None:
-                    _finish_gradflow(recorder, run.run_id)
-        finally:  # an interrupted session's time counts too: wall time is the sum of sessions
-            spent.append(time.perf_counter() - t0)
-            timing = _read_json(rdir / "timing.json", {"wall_seconds": 0.0, "sessions": 0})
-            _write_json(rdir / "timing.json", {
-                "wall_seconds": timing["wall_seconds"] + time.perf_counter() - t0,
-                "sessions": timing["sessions"] + 1, "resumed": resumed or timing.get("resumed", False)})
-        if not (rdir / "metrics.json").exists():
-            raise RuntimeError(f"{rdir}: training returned but wrote no metrics.json")
-        write_results(sdir)
-    write_results(sdir)
-    if report:
-        from bertlab.report import build_report
-        path = build_report(sdir)
-        progress(f"report: {path}")
+    with study_lock(sdir, stale_after, job.invocation):
+        write_study_json(sdir, study, study_command(name, scale, overrides, only, experiments_dir))
+    unfinished = sum(not (sdir / r.run_id / "metrics.json").exists() for r in runs)
+    if workers > 1 and unfinished > 1:
+        run_workers(dataclasses.replace(job, quiet=True), min(workers, unfinished), threads, progress)
+    else:
+        work(job, progress)
+    finish_study(job, report, progress)
     return sdir
 
 
 def _check_snapshot(rdir: Path, run: Run, study: Study) -> None:
-    """A half-finished run folder must come from the same config, or resuming would mix two."""
+    """A run folder must come from the config the study gives now: resuming would mix two configs,
+    and a finished run would silently stand for a study it was not trained in (e.g. after --set)."""
     snap = rdir / "config.toml"
     if not snap.exists():
         return
-    old = tomllib.loads(snap.read_text(encoding="utf-8"))
-    if old != tomllib.loads(toml_dumps(run.config)):
-        diff = sorted(k for k in set(_flatten(old)) | set(_flatten(run.config))
-                      if _flatten(old).get(k) != _flatten(run.config).get(k))
-        raise StudyError(f"{snap}: this unfinished run was started with a different config "
-                         f"(differs in {', '.join(diff)}) than {study.path} gives now; delete "
-                         f"{rdir} to restart it, or use --out for a new study folder")
+    old = _flatten(tomllib.loads(snap.read_text(encoding="utf-8")))
+    new = _flatten(tomllib.loads(toml_dumps(run.config)))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in NON_RESULT_KEYS)
+    if not diff:
+        return
+    given = f"{study.path}" + "".join(f" --set {s}" for s in study.overrides)
+    if (rdir / "metrics.json").exists():
+        raise StudyError(f"{snap}: this finished run was trained with a different config (differs in "
+                         f"{', '.join(diff)}) than {given} gives now; use --out DIR for a new study "
+                         f"folder, or delete {rdir} to train it again")
+    raise StudyError(f"{snap}: this unfinished run was started with a different config "
+                     f"(differs in {', '.join(diff)}) than {given} gives now; delete "
+                     f"{rdir} to restart it, or use --out for a new study folder")
+
+
+def study_command(name, scale: str, overrides, only, experiments_dir) -> str:
+    """The command that makes this study folder, for the report's "Made by" line (no --shard,
+    --workers or --out: they change who trains the runs, not what they compute)."""
+    args = ["bertlab", "experiment", str(name), "--scale", scale]
+    if str(experiments_dir) != "experiments" and Path(str(name)).suffix != ".toml":
+        args += ["--experiments", str(experiments_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    for item in only:
+        args += ["--only", item]
+    return shlex.join(args)
+
+
+def study_description(study: Study) -> str:
+    """The study file's description, plus a line on what this scale and --set change in the design
+    (so a smoke report does not read as the default-scale study)."""
+    changes = []
+    for key, value in study.scale_overrides.items():
+        items = value.items() if key == "sweep" else [(key, value)]
+        changes += [f"{k} = {_toml_value(v)}" for k, v in items]
+    lines = [study.description.strip()] if study.description.strip() else []
+    if changes:
+        lines.append(f"At scale `{study.scale}` the study file's [scale.{study.scale}] changes this "
+                     f"design: {', '.join(changes)}.")
+    if study.overrides:
+        lines.append(f"Changed on the command line: {', '.join('--set ' + s for s in study.overrides)}.")
+    return "\n\n".join(lines)
+
+
+def write_study_json(sdir: Path, study: Study, command: str) -> None:
+    """``sdir/study.json``: the expanded study, and every distinct command that trained in it."""
+    old = _read_json(sdir / "study.json", {})
+    commands = [c for c in old.get("commands", []) if c != command] + [command]
+    _write_json(sdir / "study.json", {
+        "name": study.name, "scale": study.scale, "source": str(study.path),
+        "description": study_description(study), "axes": {k: [axis_value(k, v) for v in vs]
+                                                           for k, vs in study.axes.items()},
+        "short_names": short_names(study.axes), "baseline": study.baseline,
+        "decodes": study.decodes, "report": study.report, "gradflow": study.gradflow is not None,
+        "runs": [r.run_id for r in expand(study)], "scale_overrides": study.scale_overrides,
+        "overrides": study.overrides, "commands": commands})
+
+
+# ---- sharing a study between processes and hosts ------------------------------------------------
+
+@dataclass
+class Job:
+    """What a study process (or each of its workers) needs to train its share of the runs."""
+    study: Study
+    runs: list                  # Run, in the order to try them
+    sdir: Path
+    position: dict              # run_id -> its number among the selected runs, for "[3/18]"
+    callbacks: list
+    stale_after: float
+    invocation: str             # host:pid:time of the command; its workers share it
+    quiet: bool = False         # no tqdm bars (several workers share one terminal)
+
+
+class RunError(RuntimeError):
+    """Training one run of a study failed; the message names the run folder and the cause."""
+
+
+class ClaimLost(RuntimeError):
+    """Another process took over this process's claim on a run (its heartbeat looked stale)."""
+
+
+def shard_runs(runs: list[Run], index: int, count: int) -> list[Run]:
+    """Part ``index`` of ``count`` of ``runs``, in study order. Longest first, each run goes to
+    the part with the least estimated cost so far (``run_cost``; ties to the lower part), so the
+    parts are balanced and, since only the configs decide, the same on every machine. Runs of
+    equal cost are dealt out round-robin in study order."""
+    costs = [run_cost(r) for r in runs]
+    load, part = [0.0] * count, {}
+    for i in sorted(range(len(runs)), key=lambda i: (-costs[i], i)):
+        part[i] = min(range(count), key=lambda k: (load[k], k))
+        load[part[i]] += costs[i]
+    return [r for i, r in enumerate(runs) if part[i] == index]
+
+
+def run_cost(run: Run) -> float:
+    """A rough relative cost of training ``run``, read from its config alone: epochs x encoder
+    size (layers x hidden², relative to MiniLM's 6 x 384²) x 1.5 with a KNN decode (one more pass
+    over the training split). The HMM, feature CRF and BiLSTMs count as 0.1 of MiniLM; the size
+    of the corpus is not in it."""
+    cfg = run.config
+    epochs = int(cfg.get("train", {}).get("epochs", 3))
+    knn = 1.5 if "knn" in cfg.get("eval", {}).get("decode", []) else 1.0
+    return epochs * _encoder_size(cfg.get("model", {})) * knn
+
+
+def _encoder_size(model: dict) -> float:
+    if model.get("arch"):
+        return 0.1
+    dims: dict = {}
+    try:
+        if model.get("preset"):
+            from bertlab.models import BERT_PRESETS, DISTILBERT_PRESETS
+            dims = dict({**BERT_PRESETS, **DISTILBERT_PRESETS}.get(model["preset"], {}))
+        else:
+            from bertlab.checkpoint import builtin_path
+            folder = (Path(os.path.expanduser(str(model["path"]))) if model.get("path")
+                      else builtin_path(model.get("builtin", "minilm")))
+            dims = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, ModuleNotFoundError):
+        pass  # unknown size: count it as MiniLM
+    dims.update(model.get("overrides", {}))
+    layers = dims.get("num_hidden_layers", dims.get("n_layers"))
+    hidden = dims.get("hidden_size", dims.get("dim"))
+    return layers * hidden ** 2 / (6 * 384 ** 2) if layers and hidden else 1.0
+
+
+# A claim is a file PREFIX-G.json in the claimed folder (a run folder; the study folder for its
+# lock), holding {"host", "pid", "invocation", "since", "heartbeat"}. It is created with O_EXCL,
+# so of several processes (on any hosts sharing the folder) exactly one gets it. To take over a
+# stale claim a process creates generation G+1: again only one can, and the old holder sees the
+# newer generation at its next heartbeat and stops.
+
+def claim_files(folder: Path, prefix: str = "claim") -> list[tuple[int, Path]]:
+    """``[(generation, path)]`` of the claim files in ``folder``, oldest first."""
+    found = []
+    for p in folder.glob(f"{prefix}-*.json"):
+        generation = p.name[len(prefix) + 1:-len(".json")]
+        if generation.isdigit():
+            found.append((int(generation), p))
+    return sorted(found)
+
+
+def read_claim(folder: Path, prefix: str = "claim") -> tuple[int, dict] | None:
+    """The newest claim on ``folder`` as ``(generation, holder)``, or None."""
+    for generation, path in reversed(claim_files(folder, prefix)):
+        try:
+            text, mtime = path.read_text(encoding="utf-8"), path.stat().st_mtime
+        except FileNotFoundError:  # released just now
+            continue
+        try:
+            return generation, json.loads(text)
+        except json.JSONDecodeError:  # created an instant ago, not written yet: as fresh as its file
+            return generation, {"heartbeat": mtime}
+    return None
+
+
+def claim_is_live(holder: dict, stale_after: float) -> bool:
+    """Whether a claim still holds: not if its process is gone (checked on its own host), nor if
+    its heartbeat is older than ``stale_after`` seconds (another host's process, or a hung one).
+    Hosts are compared by name, so their clocks should agree to well under ``stale_after``."""
+    if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+        return False
+    return time.time() - float(holder.get("heartbeat", 0)) < stale_after
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):  # another user's process, or no pid recorded
+        return True
+    try:  # a killed child that its parent has not reaped yet is a zombie: gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass
+class Claim:
+    """This process's claim on a folder (``take_claim``)."""
+    path: Path
+    prefix: str
+    generation: int
+    holder: dict
+    took_over: dict | None = None  # the stale holder it replaced
+    lost: bool = False
+
+    def beat(self) -> bool:
+        """Refresh the heartbeat; False (and ``lost``) once another process took the claim over."""
+        if self.lost or claim_files(self.path.parent, self.prefix)[-1:] != [(self.generation, self.path)]:
+            self.lost = True
+            return False
+        self.holder["heartbeat"] = time.time()
+        write_text(self.path, json.dumps(self.holder))
+        return True
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def take_claim(folder: Path, stale_after: float = STALE_AFTER, invocation: str = "",
+               prefix: str = "claim") -> Claim | None:
+    """Claim ``folder`` for this process; None if a live process holds it (``claim_is_live``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    current = read_claim(folder, prefix)
+    if current is not None and claim_is_live(current[1], stale_after):
+        return None
+    generation = 0 if current is None else current[0] + 1
+    now = time.time()
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "invocation": invocation,
+              "since": now, "heartbeat": now}
+    path = folder / f"{prefix}-{generation}.json"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:  # another process was faster
+        return None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(holder))
+    for g, p in claim_files(folder, prefix):
+        if g < generation:  # the stale holder's file
+            p.unlink(missing_ok=True)
+        elif g > generation:  # a fresh claim raced a takeover: the newer generation wins
+            path.unlink(missing_ok=True)
+            return None
+    return Claim(path, prefix, generation, holder, took_over=current[1] if current else None)
+
+
+def heartbeat_period(stale_after: float) -> float:
+    return min(30.0, stale_after / 4)
+
+
+@contextlib.contextmanager
+def heartbeat(period: float, beat):
+    """Call ``beat()`` every ``period`` seconds on a background thread while the block runs."""
+    stopped = threading.Event()
+
+    def loop():
+        while not stopped.wait(period):
+            with contextlib.suppress(OSError):  # a shared file system's hiccup: the next beat retries
+                beat()
+
+    thread = threading.Thread(target=loop, name="bertlab-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def study_lock(sdir: Path, stale_after: float = STALE_AFTER, invocation: str = ""):
+    """Hold the study folder's lock (a claim named ``lock-G.json``) while the block runs: processes
+    rewriting study.json, results.jsonl or the report take turns."""
+    while (claim := take_claim(sdir, stale_after, invocation, prefix="lock")) is None:
+        time.sleep(0.2)
+    try:
+        with heartbeat(heartbeat_period(stale_after), claim.beat):
+            yield
+    finally:
+        claim.release()
+
+
+def busy_runs(sdir: Path, stale_after: float = STALE_AFTER) -> dict[str, dict]:
+    """``{run_id: holder}`` of the unfinished runs in ``sdir`` that a live process is training."""
+    busy = {}
+    for rdir in sorted(p for p in sdir.iterdir() if p.is_dir()):
+        current = read_claim(rdir)
+        if current and claim_is_live(current[1], stale_after) and not (rdir / "metrics.json").exists():
+            busy[rdir.name] = current[1]
+    return busy
+
+
+@contextlib.contextmanager
+def run_session(rdir: Path, claim: Claim, stale_after: float):
+    """This process's turn at a run: beats its claim's heartbeat and keeps ``timing.json`` current
+    (``wall_seconds`` summed over sessions, ``sessions``, ``resumed``) from the start and at every
+    beat, so a session that is killed still counts, up to its last beat."""
+    before = _read_json(rdir / "timing.json", {"wall_seconds": 0.0, "sessions": 0})
+    resumed = any(rdir.glob("checkpoint*")) or before.get("resumed", False)
+    t0 = time.perf_counter()
+
+    def write_timing():
+        _write_json(rdir / "timing.json", {"wall_seconds": before["wall_seconds"] + time.perf_counter() - t0,
+                                           "sessions": before["sessions"] + 1, "resumed": resumed})
+
+    def beat():
+        if claim.beat():
+            write_timing()
+
+    write_timing()
+    try:
+        with heartbeat(heartbeat_period(stale_after), beat):
+            yield
+    finally:
+        if not claim.lost:
+            write_timing()
+
+
+class StopIfClaimLost:
+    """A training callback: stop when another process has taken this run over, so that two
+    processes never keep training one run."""
+
+    def __init__(self, claim: Claim):
+        self.claim = claim
+
+    def after_optimizer_step(self, step, model, optimizer):
+        if self.claim.lost:
+            raise ClaimLost(f"another process took this run over at step {step} (its claim "
+                            f"{self.claim.path.name} looked stale); stopped here")
+
+
+def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
+    """Train the job's runs in order, skipping finished ones and those a live process holds: the
+    loop of the study command and of each of its workers. ``event(kind, ...)`` hears
+    ``("start", run_id)`` and ``("done", run_id, seconds)``."""
+    env = environment()
+    spent: list[float] = []  # wall seconds of the runs trained here, for the ETA
+    for run in job.runs:
+        if stop():
+            return
+        rdir = job.sdir / run.run_id
+        tag = f"[{job.position[run.run_id]}/{len(job.position)}] {run.run_id}"
+        if (rdir / "metrics.json").exists():
+            progress(f"{tag}: finished, skipped")
+            continue
+        claim = take_claim(rdir, job.stale_after, job.invocation)
+        if claim is None:
+            holder = (read_claim(rdir) or (0, {}))[1]
+            if holder.get("invocation") != job.invocation:  # a sibling worker's run is no news
+                progress(f"{tag}: being trained by {holder.get('host')} pid {holder.get('pid')}, skipped")
+            continue
+        try:
+            if (rdir / "metrics.json").exists():  # finished between the check and the claim
+                progress(f"{tag}: finished, skipped")
+                continue
+            if spent and event is None:
+                left = sum(1 for r in job.runs if not (job.sdir / r.run_id / "metrics.json").exists())
+                progress(f"    {len(spent)} run(s) took {sum(spent) / 60:.1f} min; about "
+                         f"{sum(spent) / len(spent) * left / 60:.0f} min left for {left} run(s)")
+            resumed = any(rdir.glob("checkpoint*"))
+            was = claim.took_over
+            progress(f"{tag}: {'resuming' if resumed else 'training'}"
+                     + (f" (taken over from {was.get('host')} pid {was.get('pid')})" if was else ""))
+            if event:
+                event("start", run.run_id)
+            t0 = time.perf_counter()
+            try:
+                train_run(job, run, claim, env)
+            except ClaimLost as e:
+                progress(f"{tag}: {e}")
+                continue
+            spent.append(time.perf_counter() - t0)
+            if event:
+                event("done", run.run_id, spent[-1])
+        finally:
+            claim.release()
+        with study_lock(job.sdir, job.stale_after, job.invocation):
+            write_results(job.sdir)
+
+
+def train_run(job: Job, run: Run, claim: Claim, env: dict) -> None:
+    """Train (or resume) one claimed run in its folder. A failure is a RunError naming the folder."""
+    study, rdir = job.study, job.sdir / run.run_id
+    _check_snapshot(rdir, run, study)
+    if not (rdir / "config.toml").exists():
+        write_text(rdir / "config.toml", toml_dumps(run.config))
+    _write_json(rdir / "run.json", {"study": study.name, "scale": study.scale, "run_id": run.run_id,
+                                     "axes": run.axes, "env": env})
+    with run_session(rdir, claim, job.stale_after):
+        try:
+            if run.config.get("model", {}).get("arch") in DIRECT_BASELINES:
+                _fit_direct_baseline(run.config, rdir)
+            else:
+                from bertlab.train import train
+                cfg = build_train_config(run.config, f"{study.path} (run {run.run_id})")
+                if job.quiet and cfg.train.progress == "auto":
+                    cfg.train = dataclasses.replace(cfg.train, progress="off")
+                callbacks = list(job.callbacks) + [StopIfClaimLost(claim)]
+                recorder = _gradflow_recorder(study, rdir) if study.gradflow is not None else None
+                if recorder is not None:
+                    callbacks.append(recorder)
+                train(cfg, rdir, callbacks=callbacks, resume=True)
+                if recorder is not None:
+                    _finish_gradflow(recorder, run.run_id)
+        except (StudyError, ClaimLost):
+            raise
+        except Exception as e:
+            raise RunError(f"{rdir}: {_one_line(e)}") from e
+    if not (rdir / "metrics.json").exists():
+        raise RunError(f"{rdir}: training returned but wrote no metrics.json")
+
+
+def _one_line(e: BaseException) -> str:
+    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text if isinstance(e, (StudyError, RunError)) else f"{type(e).__name__}: {text}"
+
+
+def finish_study(job: Job, report: bool = True, progress=print) -> None:
+    """Rewrite ``results.jsonl`` from the finished run folders and, unless a live process is still
+    training a run of this study (it will do this in turn), the report: so whichever process
+    finishes last writes it. ``bertlab report`` rebuilds it at any time."""
+    with study_lock(job.sdir, job.stale_after, job.invocation):
+        write_results(job.sdir)
+        if not report:
+            return
+        busy = busy_runs(job.sdir, job.stale_after)
+        if busy:
+            run_id, holder = next(iter(busy.items()))
+            progress(f"report: left to the last process to finish ({len(busy)} run(s) still training, "
+                     f"e.g. {run_id} on {holder.get('host')} pid {holder.get('pid')}); "
+                     f"`bertlab report {job.sdir}` builds it now")
+            return
+        from bertlab.report import build_report
+        progress(f"report: {build_report(job.sdir)}")
+
+
+def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
+    """Train ``job`` with ``n`` worker processes on this machine, each taking the next unclaimed
+    run (``work``), and print their progress prefixed ``[wI]``. Each is pinned to its place
+    (``worker_places``). If one fails or dies, the others finish their current run and stop,
+    then RunError says what happened; re-running resumes."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or CUDA state
+    stop = ctx.Event()
+    procs, readers, current = [], {}, {}
+    failures: list[str] = []
+    spent: list[float] = []
+    try:
+        for i, place in enumerate(worker_places(n, threads)):
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(job, i, place, writer, stop), name=f"bertlab-w{i}")
+            with _environ(CUDA_VISIBLE_DEVICES=place["gpu"]):
+                proc.start()
+            writer.close()
+            procs.append(proc)
+            readers[reader] = i
+            progress(f"[w{i}] pid {proc.pid}: {place['text']}")
+        while readers:
+            for reader in wait(list(readers)):
+                i = readers[reader]
+                try:
+                    kind, *msg = reader.recv()
+                except (EOFError, OSError):  # the worker has exited, or died
+                    del readers[reader]
+                    procs[i].join()
+                    code = procs[i].exitcode
+                    if code != 0 and not any(f.startswith(f"[w{i}]") for f in failures):
+                        how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+                               else f"exited with status {code}")
+                        failures.append(f"[w{i}] pid {procs[i].pid} {how}"
+                                        + (f" while training {current[i]}" if i in current else ""))
+                        stop.set()
+                    continue
+                if kind == "line":
+                    progress(f"[w{i}] {msg[0]}")
+                elif kind == "start":
+                    current[i] = msg[0]
+                elif kind == "done":
+                    current.pop(i, None)
+                    spent.append(msg[1])
+                    left = sum(1 for r in job.runs if not (job.sdir / r.run_id / "metrics.json").exists())
+                    busy = max(1, sum(p.is_alive() for p in procs))
+                    progress(f"    {len(spent)} run(s) done here, {left} left: about "
+                             f"{sum(spent) / len(spent) * left / min(busy, max(left, 1)) / 60:.0f} min "
+                             f"with {busy} worker(s)")
+                elif kind == "failed":
+                    failures.append(f"[w{i}] {msg[0]}")
+                    stop.set()
+    except BaseException:  # Ctrl-C (the workers get it too) or an error here: let them stop cleanly
+        stop.set()
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    if failures:
+        raise RunError(f"{'; '.join(failures)}; the other workers stopped after their current run; "
+                       f"re-run the same command to resume")
+
+
+def worker_places(n: int, threads: int = 0) -> list[dict]:
+    """Where each of ``n`` workers runs: a CUDA device round-robin where CUDA is present
+    (``gpu``: a CUDA_VISIBLE_DEVICES entry), and its equal share of the cores this process may
+    use (``os.sched_getaffinity``: a Slurm allocation's, not the whole node's), with that many torch
+    threads unless ``threads`` is given."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    gpus = _visible_gpus()
+    places = []
+    for i in range(n):
+        share = cores[i * len(cores) // n:(i + 1) * len(cores) // n] or [cores[i % len(cores)]]
+        gpu = gpus[i % len(gpus)] if gpus else None
+        t = threads or len(share)
+        places.append({"gpu": gpu, "cores": share, "threads": t,
+                       "text": (f"CUDA device {gpu}, " if gpu is not None else "")
+                               + f"cores {','.join(map(str, share))}, {t} torch thread(s)"})
+    return places
+
+
+def _visible_gpus() -> list[str]:
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    listed = [s.strip() for s in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if s.strip()]
+    return (listed or [str(i) for i in range(torch.cuda.device_count())])[:torch.cuda.device_count()]
+
+
+@contextlib.contextmanager
+def _environ(**values):
+    """Set (or, for None, leave alone) environment variables while the block runs: a spawned
+    worker inherits them from birth, before torch reads them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
+    """One worker of ``run_workers``: pin to its place, then ``work`` on the shared job, sending
+    progress to the parent through ``conn``."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, place["cores"])
+    import torch
+    torch.set_num_threads(place["threads"])
+    try:
+        work(job, progress=lambda line: conn.send(("line", line)), stop=stop.is_set,
+             event=lambda *event: conn.send(event))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        conn.send(("failed", _one_line(e)))
+        sys.exit(2)
+
+
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM (Slurm's scancel, a time limit) as SystemExit: claims are released on the way out."""
+    sys.exit(128 + signum)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -780,13 +1328,19 @@ def _read_json(path: Path, default=None):
         if default is not None:
             return default
         raise FileNotFoundError(f"{path}: not found")
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); the "
+                         f"file is damaged: delete it and re-run the study (a run whose metrics.json is "
+                         f"deleted is trained or scored again)") from None
 
 
 # ---- command line -----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    """``bertlab experiment NAME [--scale S] [--only k=v ...] [--set k=v ...] [--out runs]``."""
+    """``bertlab experiment NAME [--scale S] [--only k=v ...] [--set k=v ...] [--out runs]
+    [--shard I/N] [--workers N]``."""
     ap = argparse.ArgumentParser(prog="bertlab experiment", description=main.__doc__)
     ap.add_argument("name", help="study name (experiments/NAME.toml) or a path to a study .toml")
     ap.add_argument("--scale", default="default", choices=SCALES)
@@ -799,16 +1353,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", default="experiments", help="folder of study files")
     ap.add_argument("--list", action="store_true", help="print the runs and exit")
     ap.add_argument("--no-report", action="store_true", help="do not build report.md at the end")
+    ap.add_argument("--shard", metavar="I/N",
+                    help="train only part I of N of the runs (0 <= I < N), e.g. --shard "
+                         "$SLURM_ARRAY_TASK_ID/8; parts are balanced by estimated cost and the same on "
+                         "every machine")
+    ap.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="N processes on this machine, each taking the next unclaimed run, each on "
+                         "its own CUDA device (round-robin) or its share of the CPU cores")
+    ap.add_argument("--threads", type=int, default=0, metavar="T",
+                    help="torch threads per process (default: with --workers N, cores / N; "
+                         "otherwise torch's default)")
+    ap.add_argument("--stale-after", type=float, default=STALE_AFTER, metavar="SECONDS",
+                    help=f"take over a run whose claim's heartbeat is older than this (default "
+                         f"{STALE_AFTER:.0f}); on its own host a claim is taken over once its process is gone")
+    ap.add_argument("--debug", action="store_true",
+                    help="print the traceback of an error (also: environment BERTLAB_DEBUG=1)")
     args = ap.parse_args(argv)
+    debug = args.debug or os.environ.get("BERTLAB_DEBUG", "0") not in ("", "0")
+    on_term = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a killed study releases its claims
     try:
+        shard = parse_shard(args.shard) if args.shard else None
+        if args.workers < 1 or args.threads < 0:
+            raise StudyError(f"--workers {args.workers} --threads {args.threads}: expected --workers >= 1 "
+                             f"and --threads >= 0")
         if args.list:
             study = load_study(args.name, args.scale, args.overrides, args.experiments)
-            for run in select(expand(study), args.only, study):
+            runs = select(expand(study), args.only, study)
+            for run in shard_runs(runs, *shard) if shard else runs:
                 print(run.run_id)
             return 0
+        if args.threads and args.workers == 1:
+            import torch
+            torch.set_num_threads(args.threads)
         run_experiment(args.name, args.scale, args.out, args.only, args.overrides,
-                       experiments_dir=args.experiments, report=not args.no_report)
-    except StudyError as e:
-        print(f"bertlab experiment: {e}", file=sys.stderr)
+                       experiments_dir=args.experiments, report=not args.no_report, shard=shard,
+                       workers=args.workers, threads=args.threads, stale_after=args.stale_after)
+    except KeyboardInterrupt:
+        print("bertlab experiment: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for a human; the traceback on request
+        if debug:
+            import traceback
+            traceback.print_exc()
+        hint = "" if debug or isinstance(e, StudyError) else " (--debug or BERTLAB_DEBUG=1 for the traceback)"
+        print(f"bertlab experiment: {_one_line(e)}{hint}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
     return 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise StudyError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/8 "
+                         f"(--shard $SLURM_ARRAY_TASK_ID/8 in an `sbatch --array=0-7` job)")
+    return int(m.group(1)), int(m.group(2))

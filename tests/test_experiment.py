@@ -8,8 +8,8 @@ import pytest
 from conftest import TINY_STUDY as TINY
 from conftest import write_study
 
-from bertlab.experiment import (StudyError, expand, load_study, read_results, run_experiment, select,
-                                study_dir_for, toml_dumps)
+from bertlab.experiment import (RunError, StudyError, expand, load_study, main, read_results, run_experiment,
+                                select, study_dir_for, toml_dumps)
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -118,9 +118,11 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     assert len(ref_rows) == 4
 
     out = tmp_path / "runs"
-    with pytest.raises(StopAfter.Interrupt):  # run 3 stops at step 3, after the step-2 checkpoint
+    with pytest.raises(RunError) as e:  # run 3 stops at step 3, after the step-2 checkpoint
         run_experiment("tiny", out=out, callbacks=[StopAfter(3, 3)], **quiet)
     sdir = study_dir_for("tiny", "default", out)
+    assert isinstance(e.value.__cause__, StopAfter.Interrupt)
+    assert str(e.value).startswith(f"{sdir / 'loss=focal__seed=0'}: Interrupt")
     rows = read_results(sdir / "results.jsonl")
     assert sorted(r["run_id"] for r in rows) == ["loss=ce__seed=0", "loss=ce__seed=1"]
     interrupted = sdir / "loss=focal__seed=0"
@@ -151,12 +153,83 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
 def test_changed_config_refuses_to_mix(tmp_path):
     d = write_study(tmp_path)
     out = tmp_path / "runs"
-    with pytest.raises(StopAfter.Interrupt):
+    with pytest.raises(RunError):
         run_experiment("tiny", out=out, callbacks=[StopAfter(1, 2)], experiments_dir=d,
                        progress=lambda s: None, report=False)
     with pytest.raises(StudyError, match=r"started with a different config \(differs in optim.lr\)"):
         run_experiment("tiny", out=out, overrides=["optim.lr=1e-3"], experiments_dir=d,
                        progress=lambda s: None, report=False)
+
+
+# ---- what a study folder says about how it was made, and errors a user meets ------------------
+
+def one_run(tmp_path, out="runs", **kw):
+    """The tiny study's first run only (a few seconds)."""
+    d = write_study(tmp_path)
+    kw.setdefault("only", ["loss=ce", "seed=0"])
+    return run_experiment("tiny", out=tmp_path / out, experiments_dir=d, progress=lambda s: None, **kw)
+
+
+def test_set_on_a_finished_study_folder_is_refused(tmp_path):
+    one_run(tmp_path, report=False)
+    with pytest.raises(StudyError, match=r"loss=ce__seed=0/config.toml: this finished run was trained with a "
+                                         r"different config \(differs in optim.lr\) than .*tiny.toml --set "
+                                         r"optim.lr=0.5 gives now; use --out DIR for a new study folder"):
+        one_run(tmp_path, overrides=["optim.lr=0.5"], report=False)
+    one_run(tmp_path, overrides=["train.progress=off"], report=False)  # how a run is watched is no change
+    one_run(tmp_path, out="other", overrides=["optim.lr=0.5"], report=False)  # a new folder is fine
+
+
+def test_only_a_value_outside_the_sweep_is_an_error(tmp_path):
+    with pytest.raises(StudyError, match=r"--only 'seed=5': '5' is not a value of seed in .*tiny.toml at "
+                                         r"scale default \(values: 0, 1\)"):
+        one_run(tmp_path, only=["seed=5"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_such_study_outside_the_checkout_points_at_the_studies(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["btl_focal"]) == 2
+    err = capsys.readouterr().err
+    assert f"no study files in {tmp_path}" in err and f"pass --experiments {EXPERIMENTS}" in err
+    assert err.count("\n") == 1
+
+
+def test_study_json_and_report_say_which_scale_and_command_made_them(tmp_path):
+    sdir = one_run(tmp_path, scale="smoke", only=["seed=0"], overrides=["optim.lr=1e-3"])
+    study = json.loads((sdir / "study.json").read_text())
+    assert study["scale_overrides"] == {"train.max_steps": 2} and study["overrides"] == ["optim.lr=1e-3"]
+    assert study["description"].endswith("At scale `smoke` the study file's [scale.smoke] changes this design: "
+                                          "train.max_steps = 2.\n\nChanged on the command line: --set optim.lr=1e-3.")
+    command = f"bertlab experiment tiny --scale smoke --experiments {tmp_path / 'experiments'} --set optim.lr=1e-3 --only seed=0"
+    assert study["commands"] == [command]
+    assert f"Made by `{command}`" in (sdir / "report.md").read_text()
+    one_run(tmp_path, scale="smoke", only=["seed=1"], overrides=["optim.lr=1e-3"], report=False)
+    assert json.loads((sdir / "study.json").read_text())["commands"] == [command, command.replace("seed=0", "seed=1")]
+
+
+def test_errors_are_one_line_naming_the_run_folder(tmp_path, capsys, monkeypatch):
+    d = write_study(tmp_path)
+    args = ["tiny", "--experiments", str(d), "--out", str(tmp_path / "runs"), "--only", "loss=ce", "--only", "seed=0"]
+    rdir = tmp_path / "runs" / "tiny" / "loss=ce__seed=0"
+    assert main(args + ["--set", "optim.lr=1e30"]) == 2  # the weights become inf/NaN
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"bertlab experiment: {rdir}: NonFiniteLossError: ") and "Traceback" not in err
+    monkeypatch.setenv("BERTLAB_DEBUG", "1")
+    assert main(args + ["--set", "optim.lr=1e30", "--no-report"]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    monkeypatch.delenv("BERTLAB_DEBUG")
+
+    shutil.rmtree(rdir)
+    assert main(args + ["--no-report"]) == 0
+    timing = json.loads((rdir / "timing.json").read_text())
+    assert timing["sessions"] == 1 and timing["wall_seconds"] > 0
+    metrics = rdir / "metrics.json"
+    metrics.write_text(metrics.read_text()[:100])  # a damaged copy
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bertlab experiment: ValueError: {metrics}: not valid JSON (") and err.count("\n") == 1
 
 
 # ---- every shipped study, at smoke scale --------------------------------------------------

@@ -1,0 +1,226 @@
+"""Scale-out of studies (bertlab.experiment, issue #18): --shard, --workers, claims on run folders.
+
+The promise checked here: who trains a run (one process, 2 workers, 3 shards, a worker killed and
+the study re-run) changes nothing in its results, and no run is trained twice or lost."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+from conftest import TINY_STUDY, write_study
+
+from bertlab.experiment import (STALE_AFTER, RunError, expand, load_study, read_claim, read_results,
+                                run_experiment, shard_runs, study_dir_for, take_claim, worker_places)
+
+QUIET = dict(progress=lambda s: None, report=False)
+TIMING = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env"}
+
+
+def comparable(rows) -> dict:
+    """results rows keyed by (run, decode), timing fields and the environment aside."""
+    return {(r["run_id"], r["decode"]): {k: v for k, v in r.items() if k not in TIMING} for r in rows}
+
+
+@contextmanager
+def torch_threads(n):
+    """CPU results are bit-identical only at equal thread counts (a BLAS reduction is split by
+    thread; 1 vs 2 threads moves the weights by ~1e-11), so every process here uses one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny study (4 runs), and its results trained by one process: the reference."""
+    root = tmp_path_factory.mktemp("scaleout")
+    d = write_study(root)
+    with torch_threads(1):
+        sdir = run_experiment("tiny", out=root / "ref", experiments_dir=d, **QUIET)
+    return d, comparable(read_results(sdir / "results.jsonl"))
+
+
+# ---- the partition -----------------------------------------------------------------------------
+
+def test_shards_partition_the_runs_by_cost(tmp_path):
+    d = write_study(tmp_path, TINY_STUDY.replace('"train.seed" = [0, 1]', '"train.seed" = [0, 1, 2]'))
+    study = load_study("tiny", experiments_dir=d)
+    runs = expand(study)
+    parts = [shard_runs(runs, i, 4) for i in range(4)]
+    ids = [r.run_id for part in parts for r in part]
+    assert sorted(ids) == sorted(r.run_id for r in runs)  # every run in exactly one part
+    assert [len(p) for p in parts] == [2, 2, 1, 1]  # equal costs: dealt round-robin in study order
+    assert [r.run_id for r in parts[0]] == ["loss=ce__seed=0", "loss=focal__seed=1"]
+    assert parts == [shard_runs(expand(load_study("tiny", experiments_dir=d)), i, 4) for i in range(4)]
+
+    # unequal costs (epochs 4, 2, 1 over 2 parts): longest first, each to the lighter part
+    # (round-robin would give 4 + 1 against 2)
+    text = TINY_STUDY.replace('"loss.name" = ["ce", "focal"]', '"train.epochs" = [4, 2, 1]')
+    text = text.replace('"train.seed" = [0, 1]', '"train.seed" = [0]')
+    text = text.replace('baseline = { "loss.name" = "ce", decode = "argmax" }', "")
+    runs = expand(load_study("tiny", experiments_dir=write_study(tmp_path, text)))
+    parts = [shard_runs(runs, i, 2) for i in range(2)]
+    assert [[r.run_id for r in p] for p in parts] == [["epochs=4__seed=0"],
+                                                      ["epochs=2__seed=0", "epochs=1__seed=0"]]
+
+
+# ---- claims -------------------------------------------------------------------------------------
+
+def test_claim_is_exclusive_and_stale_claims_are_taken_over(tmp_path):
+    a = take_claim(tmp_path)
+    assert a is not None and take_claim(tmp_path) is None  # held by a live process (this one)
+    assert read_claim(tmp_path)[1]["pid"] == os.getpid()
+    a.release()
+    b = take_claim(tmp_path)
+    assert b is not None and b.generation == 0
+    b.release()
+
+    # another host's claim: live while its heartbeat is fresh, taken over once it is stale
+    other = {"host": "node-17", "pid": 1, "invocation": "x", "since": time.time(), "heartbeat": time.time()}
+    (tmp_path / "claim-0.json").write_text(json.dumps(other))
+    assert take_claim(tmp_path, stale_after=60) is None
+    other["heartbeat"] -= 61
+    (tmp_path / "claim-0.json").write_text(json.dumps(other))
+    c = take_claim(tmp_path, stale_after=60)
+    assert c.generation == 1 and c.took_over["host"] == "node-17"
+    assert [p.name for p in tmp_path.glob("claim-*.json")] == ["claim-1.json"]
+
+    # the old holder learns at its next heartbeat that it lost the run
+    (tmp_path / "claim-2.json").write_text(json.dumps(other | {"heartbeat": time.time()}))
+    assert c.beat() is False and c.lost
+    c.release()
+    (tmp_path / "claim-2.json").unlink()
+
+    # this host's claim whose process is gone is taken over at once, heartbeat or not
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+    (tmp_path / "claim-0.json").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time()}))
+    assert take_claim(tmp_path, stale_after=STALE_AFTER) is not None
+
+
+def test_of_many_racing_claimants_exactly_one_wins(tmp_path):
+    stale = {"host": "node-17", "pid": 1, "heartbeat": 0.0}
+    for case in ("fresh", "takeover"):
+        folder = tmp_path / case
+        folder.mkdir()
+        if case == "takeover":
+            (folder / "claim-0.json").write_text(json.dumps(stale))
+        go, won = threading.Barrier(16), []
+
+        def claim():
+            go.wait()
+            c = take_claim(folder, stale_after=60)
+            if c is not None:
+                won.append(c)
+
+        threads = [threading.Thread(target=claim) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, case
+
+
+# ---- the same results however the study is split ----------------------------------------------
+
+def test_three_shards_give_the_same_results(tiny, tmp_path):
+    d, ref = tiny
+    out = tmp_path / "runs"
+    log = []
+    with torch_threads(1):
+        for i in range(3):
+            run_experiment("tiny", out=out, experiments_dir=d, shard=(i, 3), progress=log.append, report=False)
+    assert "shard 0/3: 2 of the 4 runs" in log and "shard 2/3: 1 of the 4 runs" in log
+    sdir = study_dir_for("tiny", "default", out)
+    assert comparable(read_results(sdir / "results.jsonl")) == ref
+    assert not list(sdir.rglob("claim-*.json")) and not list(sdir.glob("lock-*.json"))
+
+
+def test_two_workers_give_the_same_results(tiny, tmp_path):
+    d, ref = tiny
+    log = []
+    sdir = run_experiment("tiny", out=tmp_path, experiments_dir=d, workers=2, threads=1, progress=log.append)
+    assert comparable(read_results(sdir / "results.jsonl")) == ref
+    assert (sdir / "report.md").exists()
+    # both workers trained, and the log shows both
+    assert {line[:4] for line in log if line.endswith(": training")} == {"[w0]", "[w1]"}
+    envs = [json.loads((p / "run.json").read_text())["env"] for p in sdir.glob("loss=*")]
+    assert {e["torch_threads"] for e in envs} == {1}
+
+
+def test_workers_split_the_cores():
+    cores = sorted(os.sched_getaffinity(0))
+    places = worker_places(2)
+    assert [p["cores"] for p in places] == [cores[:len(cores) // 2], cores[len(cores) // 2:]] or len(cores) == 1
+    assert all(p["threads"] == max(1, len(cores) // 2) and p["gpu"] is None for p in places)
+    assert [p["threads"] for p in worker_places(3, threads=4)] == [4, 4, 4]
+    assert all(len(p["cores"]) == 1 for p in worker_places(len(cores) + 1))  # more workers than cores
+
+
+class KillOnce:
+    """A training callback that SIGKILLs its worker at step 2 of a run, in the first worker only
+    (a marker file decides), after the step-1 checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def on_batch(self, step, model, batch, logits, loss):
+        if step == 2:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_killed_worker_is_resumed_with_nothing_duplicated_or_lost(tiny, tmp_path):
+    """2 workers on the seed-0 runs; one is SIGKILLed mid-run (its claim, checkpoint and timing
+    stay behind), the other finishes its run. Re-running takes the dead worker's run over at once
+    (same host, process gone) and resumes it: the results equal the one-process study's."""
+    d, ref = tiny
+    ref = {k: v for k, v in ref.items() if k[0].endswith("seed=0")}
+    out = tmp_path / "runs"
+    with pytest.raises(RunError, match=r"\[w[01]\] pid \d+ was killed by SIGKILL while training loss="):
+        run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], workers=2, threads=1,
+                       callbacks=[KillOnce(tmp_path / "killed")], **QUIET)
+    sdir = study_dir_for("tiny", "default", out)
+    killed = [p for p in sdir.glob("loss=*") if not (p / "metrics.json").exists()]
+    assert len(killed) == 1 and (killed[0] / "checkpoint.pt").exists() and list(killed[0].glob("claim-*.json"))
+    assert json.loads((killed[0] / "timing.json").read_text())["sessions"] == 1  # written before the kill
+    done_before = {p: p.stat().st_mtime_ns for p in sdir.glob("loss=*/metrics.json")}
+    assert len(done_before) == 1
+
+    log = []
+    with torch_threads(1):
+        run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], workers=2, progress=log.append,
+                       report=False)
+    assert f"[{1 + (killed[0].name > 'loss=ce')}/2] {killed[0].name}: resuming (taken over from" in log[-1]
+    assert {p: p.stat().st_mtime_ns for p in done_before} == done_before  # the finished run is not re-run
+    lines = (sdir / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(ref) == 2  # nothing duplicated, nothing lost
+    assert comparable(read_results(sdir / "results.jsonl")) == ref
+    timing = json.loads((killed[0] / "timing.json").read_text())
+    assert timing["sessions"] == 2 and timing["resumed"]  # the killed session counts
+    assert not list(sdir.rglob("claim-*.json"))
+
+
+def test_command_line_shard_list_and_errors(tiny, capsys):
+    from bertlab.experiment import main
+    d, _ = tiny
+    assert main(["tiny", "--experiments", str(d), "--list", "--shard", "0/3"]) == 0
+    assert capsys.readouterr().out.split() == ["loss=ce__seed=0", "loss=focal__seed=1"]
+    for bad in (["--shard", "3/3"], ["--shard", "1of3"], ["--workers", "0"]):
+        assert main(["tiny", "--experiments", str(d), *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bertlab experiment: --") and err.count("\n") == 1, err
