@@ -489,6 +489,12 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
               stale_after=stale_after, invocation=f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}",
               # the longest first, so that workers end together; equal costs keep study order
               runs=sorted(runs, key=lambda r: (-run_cost(r), position[r.run_id])))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one run across processes
+        if workers > 1:
+            raise StudyError(f"--workers {workers} under torchrun: each torchrun process already trains "
+                             f"every run together with the others; use one or the other")
+        _run_together(job, name, scale, overrides, only, experiments_dir, report, progress)
+        return sdir
     sdir.mkdir(parents=True, exist_ok=True)
     with study_lock(sdir, stale_after, job.invocation):
         write_study_json(sdir, study, study_command(name, scale, overrides, only, experiments_dir))
@@ -499,6 +505,28 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
         work(job, progress)
     finish_study(job, report, progress)
     return sdir
+
+
+def _run_together(job: Job, name, scale, overrides, only, experiments_dir, report, progress) -> None:
+    """``run_experiment``'s tail under torchrun: rank 0 keeps the study folder, every rank trains."""
+    import torch
+    import torch.distributed as dist
+    here = not dist.is_initialized()
+    if here:  # bertlab.train joins this group instead of making its own for every run
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    main = dist.get_rank() == 0
+    try:
+        if main:
+            job.sdir.mkdir(parents=True, exist_ok=True)
+            with study_lock(job.sdir, job.stale_after, job.invocation):
+                write_study_json(job.sdir, job.study, study_command(name, scale, overrides, only, experiments_dir))
+        work_together(job, progress if main else (lambda line: None))
+        if main:
+            finish_study(job, report, progress)
+        dist.barrier()
+    finally:
+        if here:
+            dist.destroy_process_group()
 
 
 def _check_snapshot(rdir: Path, run: Run, study: Study) -> None:
@@ -869,8 +897,9 @@ def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
             write_results(job.sdir)
 
 
-def train_run(job: Job, run: Run, claim: Claim, env: dict) -> None:
-    """Train (or resume) one claimed run in its folder. A failure is a RunError naming the folder."""
+def train_run(job: Job, run: Run, claim: Claim, env: dict, together: bool = False) -> None:
+    """Train (or resume) one claimed run in its folder. A failure is a RunError naming the folder.
+    ``together``: under torchrun, as rank 0 of the processes that train it (``work_together``)."""
     study, rdir = job.study, job.sdir / run.run_id
     _check_snapshot(rdir, run, study)
     if not (rdir / "config.toml").exists():
@@ -878,27 +907,72 @@ def train_run(job: Job, run: Run, claim: Claim, env: dict) -> None:
     _write_json(rdir / "run.json", {"study": study.name, "scale": study.scale, "run_id": run.run_id,
                                      "axes": run.axes, "env": env})
     with run_session(rdir, claim, job.stale_after):
-        try:
-            if run.config.get("model", {}).get("arch") in DIRECT_BASELINES:
-                _fit_direct_baseline(run.config, rdir)
-            else:
-                from bertlab.train import train
-                cfg = build_train_config(run.config, f"{study.path} (run {run.run_id})")
-                if job.quiet and cfg.train.progress == "auto":
-                    cfg.train = dataclasses.replace(cfg.train, progress="off")
-                callbacks = list(job.callbacks) + [StopIfClaimLost(claim)]
-                recorder = _gradflow_recorder(study, rdir) if study.gradflow is not None else None
-                if recorder is not None:
-                    callbacks.append(recorder)
-                train(cfg, rdir, callbacks=callbacks, resume=True)
-                if recorder is not None:
-                    _finish_gradflow(recorder, run.run_id)
-        except (StudyError, ClaimLost):
-            raise
-        except Exception as e:
-            raise RunError(f"{rdir}: {_one_line(e)}") from e
+        # one rank alone must not stop: the others would wait for it forever
+        _fit(job, run, rdir, [] if together else [StopIfClaimLost(claim)])
     if not (rdir / "metrics.json").exists():
         raise RunError(f"{rdir}: training returned but wrote no metrics.json")
+
+
+def _fit(job: Job, run: Run, rdir: Path, callbacks: list, main: bool = True) -> None:
+    """The training itself: bertlab.train, or a direct baseline's fit (``main`` process only)."""
+    try:
+        if run.config.get("model", {}).get("arch") in DIRECT_BASELINES:
+            if main:
+                _fit_direct_baseline(run.config, rdir)
+            return
+        from bertlab.train import train
+        cfg = build_train_config(run.config, f"{job.study.path} (run {run.run_id})")
+        if job.quiet and cfg.train.progress == "auto":
+            cfg.train = dataclasses.replace(cfg.train, progress="off")
+        callbacks = list(job.callbacks) + list(callbacks)
+        recorder = _gradflow_recorder(job.study, rdir) if job.study.gradflow is not None and main else None
+        if recorder is not None:
+            callbacks.append(recorder)
+        train(cfg, rdir, callbacks=callbacks, resume=True)
+        if recorder is not None:
+            _finish_gradflow(recorder, run.run_id)
+    except (StudyError, ClaimLost):
+        raise
+    except Exception as e:
+        raise RunError(f"{rdir}: {_one_line(e)}") from e
+
+
+def work_together(job: Job, progress=print) -> None:
+    """``work`` under torchrun (``WORLD_SIZE > 1``, e.g. ``torchrun --nnodes 2 ...``): all the
+    processes train each run together, data parallel (bertlab.train); rank 0 claims the runs,
+    keeps their files and tells the others, over a gloo group, whether a run is theirs to train."""
+    import torch.distributed as dist
+    group = dist.new_group(backend="gloo")
+    main = dist.get_rank() == 0
+    env = environment() | {"world_size": dist.get_world_size()}
+    for run in job.runs:
+        rdir = job.sdir / run.run_id
+        tag = f"[{job.position[run.run_id]}/{len(job.position)}] {run.run_id}"
+        claim = None
+        if main and (rdir / "metrics.json").exists():
+            progress(f"{tag}: finished, skipped")
+        elif main:
+            claim = take_claim(rdir, job.stale_after, job.invocation)
+            if claim is None:
+                holder = (read_claim(rdir) or (0, {}))[1]
+                progress(f"{tag}: being trained by {holder.get('host')} pid {holder.get('pid')}, skipped")
+        go = [claim is not None]
+        dist.broadcast_object_list(go, src=0, group=group)
+        if not go[0]:
+            continue
+        try:
+            if main:
+                progress(f"{tag}: {'resuming' if any(rdir.glob('checkpoint*')) else 'training'} "
+                         f"with {dist.get_world_size()} processes")
+                train_run(job, run, claim, env, together=True)
+            else:
+                _fit(job, run, rdir, [], main=False)
+        finally:
+            if claim is not None:
+                claim.release()
+        if main:
+            with study_lock(job.sdir, job.stale_after, job.invocation):
+                write_results(job.sdir)
 
 
 def _one_line(e: BaseException) -> str:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,7 +206,8 @@ def test_killed_worker_is_resumed_with_nothing_duplicated_or_lost(tiny, tmp_path
     with torch_threads(1):
         run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], workers=2, progress=log.append,
                        report=False)
-    assert f"[{1 + (killed[0].name > 'loss=ce')}/2] {killed[0].name}: resuming (taken over from" in log[-1]
+    position = 1 if killed[0].name.startswith("loss=ce") else 2
+    assert any(line.startswith(f"[{position}/2] {killed[0].name}: resuming (taken over from") for line in log)
     assert {p: p.stat().st_mtime_ns for p in done_before} == done_before  # the finished run is not re-run
     lines = (sdir / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(ref) == 2  # nothing duplicated, nothing lost
@@ -224,3 +226,36 @@ def test_command_line_shard_list_and_errors(tiny, capsys):
         assert main(["tiny", "--experiments", str(d), *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bertlab experiment: --") and err.count("\n") == 1, err
+
+
+# ---- one run across processes: the study under torchrun ---------------------------------------
+
+NO_DROPOUT = TINY_STUDY.replace("intermediate_size = 32 }", "intermediate_size = 32, hidden_dropout_prob = 0.0, "
+                                                            "attention_probs_dropout_prob = 0.0 }")
+
+
+def test_study_under_torchrun_equals_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2 -m bertlab experiment`: both processes train each run together
+    (data parallel), rank 0 keeps the folder. Without dropout (each rank has its own dropout stream)
+    the scores equal one process's; the losses agree to float rounding (all_reduce sums in another
+    order)."""
+    d = write_study(tmp_path, NO_DROPOUT)
+    args = ["tiny", "--experiments", str(d), "--only", "seed=0", "--no-report"]
+    with torch_threads(1):
+        ref = run_experiment("tiny", out=tmp_path / "one", experiments_dir=d, only=["seed=0"], **QUIET)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                           "-m", "bertlab", "experiment", *args, "--out", str(tmp_path / "ddp")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("training with 2 processes") == 2  # rank 0 speaks for both
+    sdir = study_dir_for("tiny", "default", tmp_path / "ddp")
+    rows, one = read_results(sdir / "results.jsonl"), read_results(ref / "results.jsonl")
+    assert len(rows) == len(one) == 2 and not list(sdir.rglob("claim-*.json"))
+    for a, b in zip(sorted(rows, key=lambda r: r["run_id"]), sorted(one, key=lambda r: r["run_id"])):
+        for key in ("run_id", "f1_micro", "f1_macro", "precision_micro", "recall_micro", "per_type"):
+            assert a[key] == b[key], key
+        assert a["env"]["world_size"] == 2
+    metrics = json.loads((sdir / "loss=ce__seed=0" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
