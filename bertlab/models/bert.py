@@ -15,7 +15,6 @@ TinyBERT (4L/312/12 heads/1200), MiniLM (6L/384), BERT-base, BioBERT and Clinica
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -26,8 +25,42 @@ from bertlab.models import ops
 from bertlab.models.ops import Dropout, Linear
 
 
+class HFConfig:
+    """What BERT's and DistilBERT's configs share: read from and written to a Hugging Face
+    config.json dict. A subclass is a dataclass naming its ``required`` fields."""
+    required = ()  # (no annotation: not a dataclass field)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config"):
+        """Build from a Hugging Face config.json dict; unknown keys are ignored."""
+        missing = [k for k in cls.required if k not in d]
+        if missing:
+            raise ValueError(f"{source}: missing config field(s) {missing} for a {cls.__name__}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's init (DistilBERT's too): N(0, std) weights, zero biases, unit LayerNorm, zero padding
+    embedding. Applied with ``model.apply(lambda m: init_weights(m, config.initializer_range))``."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 @dataclass
-class BertConfig:
+class BertConfig(HFConfig):
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -46,18 +79,6 @@ class BertConfig:
 
     # fields without which no checkpoint can be read: a config.json must name them
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "BertConfig":
-        """Build from a Hugging Face config.json dict; unknown keys are ignored."""
-        missing = [k for k in cls.required if k not in d]
-        if missing:
-            raise ValueError(f"{source}: missing config field(s) {missing} for a {cls.__name__}")
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def head_dim(self) -> int:
@@ -153,11 +174,11 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-    """dense -> dropout -> + residual -> LayerNorm; ``BertOutput`` is the same after the FFN."""
+    """The attention's output projection: dense -> dropout -> + residual -> LayerNorm."""
 
-    def __init__(self, config: BertConfig, in_features: int | None = None):
+    def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = Linear(in_features or config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
@@ -193,11 +214,19 @@ class BertIntermediate(nn.Module):
         return self.act(self.dense(x))
 
 
-class BertOutput(BertSelfOutput):
-    """The FFN's output projection (intermediate -> hidden), residual and LayerNorm."""
+class BertOutput(nn.Module):
+    """The FFN's output projection: dense (intermediate -> hidden) -> dropout -> + residual -> LayerNorm."""
 
     def __init__(self, config: BertConfig):
-        super().__init__(config, in_features=config.intermediate_size)
+        super().__init__()
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if not self.training and ops.fast_kernels_enabled("inference_fusions"):
+            return self.LayerNorm(ops.linear_add(h, self.dense.weight, self.dense.bias, residual))
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
 class BertLayer(nn.Module):
@@ -231,22 +260,7 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # BERT's init: N(0, 0.02) weights, zero biases, unit LayerNorm
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:

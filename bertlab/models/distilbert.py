@@ -16,20 +16,20 @@ With ``sinusoidal_pos_embds`` the position table is the fixed Transformer encodi
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bertlab.models import ops
-from bertlab.models.bert import ACTIVATIONS, additive_padding_mask
+from bertlab.models.bert import ACTIVATIONS, HFConfig, additive_padding_mask, init_weights
 from bertlab.models.ops import Dropout, Linear  # nn.Linear / nn.Dropout with switchable fast CPU kernels
 
 LAYER_NORM_EPS = 1e-12  # hard-coded in DistilBERT, not a config field
 
 
 @dataclass
-class DistilBertConfig:
+class DistilBertConfig(HFConfig):
     vocab_size: int = 30522
     max_position_embeddings: int = 512
     sinusoidal_pos_embds: bool = False
@@ -48,18 +48,6 @@ class DistilBertConfig:
 
     # fields without which no checkpoint can be read: a config.json must name them
     required = ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim")
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "DistilBertConfig":
-        """Build from a Hugging Face config.json dict; unknown keys are ignored."""
-        missing = [k for k in cls.required if k not in d]
-        if missing:
-            raise ValueError(f"{source}: missing config field(s) {missing} for a {cls.__name__}")
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     # BERT's names for the same numbers (transformers' attribute_map), so code can read either
     @property
@@ -184,28 +172,13 @@ class DistilBertModel(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.transformer = Transformer(config)
-        self.apply(self._init_weights)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
         if config.sinusoidal_pos_embds:
             with torch.no_grad():
                 self.embeddings.position_embeddings.weight.copy_(
                     sinusoidal_table(config.max_position_embeddings, config.dim))
             # fixed, as in the paper (transformers 4.x also freezes it)
             self.embeddings.position_embeddings.weight.requires_grad_(False)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # BERT's init: N(0, 0.02) weights, zero biases, unit LayerNorm
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
