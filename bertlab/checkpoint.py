@@ -22,12 +22,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from bertlab.files import apply_umask
+from bertlab.files import write_folder
 from bertlab.models.bert import BERT_PRESETS, BertConfig, BertModel
 from bertlab.models.distilbert import DISTILBERT_PRESETS, DistilBertConfig, DistilBertModel
 from bertlab.models.heads import TokenClassifier
@@ -294,34 +293,61 @@ def save_pretrained(model: TokenClassifier, tokenizer: Tokenizer | None, out_dir
         if tokenizer is not None:
             tokenizer.save(tmp)
 
-    return _atomic_folder(Path(out_dir), write)
+    return write_folder(out_dir, write)
 
 
-def _atomic_folder(out_dir: Path, write) -> Path:
-    """Run ``write(tmp)`` on a fresh temp folder beside ``out_dir``, then swap it in: an interrupted
-    write leaves the old folder (or nothing), never half a checkpoint."""
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        write(tmp)
-        apply_umask(tmp)  # mkdtemp's 0o700 and safetensors' 0o600 would keep lab-mates out
-        if out_dir.exists():
-            # rename(2) cannot replace a non-empty folder: move the old one aside, then delete it
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, old / "x")
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(old / "x", out_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+# ---- the best checkpoints of a training run --------------------------------------------------
+
+BEST_META = "bertlab_train.json"  # in every best folder: the run's config, and which epoch/decode it is
+
+
+def best_folder(out_dir: str | os.PathLike, decode: str, decodes: list[str]) -> Path:
+    """Where a run keeps ``decode``'s best checkpoint: ``best/`` for the first decode of
+    ``[eval] decode``, ``best-<decode>/`` for the others (hard links when the epochs agree)."""
+    return Path(out_dir) / ("best" if decode == decodes[0] else f"best-{decode}")
+
+
+def is_bilstm(model) -> bool:
+    return getattr(model.config, "model_type", "") == "bilstm"
+
+
+def save_best(model, tokenizer, folder: str | os.PathLike) -> Path:
+    """A training run's best model, atomically: a Hugging Face folder (``save_pretrained``) for
+    BERT / DistilBERT; for a BiLSTM, ``model.safetensors`` + ``bilstm.json`` + the word vocabulary."""
+    if not is_bilstm(model):
+        return save_pretrained(model, tokenizer, folder)
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / WEIGHTS))
+        (tmp / "bilstm.json").write_text(json.dumps({"labels": model.labels, "head": model.head,
+                                                     "config": model.config.to_dict()}, indent=2) + "\n")
+        tokenizer.save(tmp)
+    return write_folder(folder, write)
+
+
+def load_best_into(model, folder: str | os.PathLike) -> None:
+    """Copy the weights saved by ``save_best`` back into ``model``."""
+    if is_bilstm(model):
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
+        return
+    best, _ = load_pretrained(folder, labels=model.labels)
+    model.load_state_dict(best.state_dict())
+
+
+def link_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """``dst`` as hard links to the files of ``src`` (copies where links are impossible), swapped
+    in atomically: a second best folder that costs no disk while the epochs agree."""
+    def write(tmp: Path) -> None:
+        for f in Path(src).iterdir():
+            if f.is_file():
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+    return write_folder(dst, write)
 
 
 # ---- building -----------------------------------------------------------------------------
@@ -399,6 +425,6 @@ def convert_main(argv: list[str] | None = None) -> int:
                 shutil.copy2(f, tmp / f.name)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
 
-    out = _atomic_folder(args.dst, write)
+    out = write_folder(args.dst, write)
     print(f"wrote {out / WEIGHTS} ({len(state)} tensors)")
     return 0

@@ -2,7 +2,8 @@
 
 Each writer puts the bytes in a temp file in the target's folder, fsyncs it, then ``os.replace``s
 it over the target, so a reader (or a run killed mid-write) sees the old file or the new one,
-never a mix. Checkpoint folders have their own swap (``bertlab.checkpoint``).
+never a mix. ``write_with`` is the one file writer (``write_bytes``/``write_text``/``write_json``
+build on it), ``write_folder`` the one folder writer (model folders).
 
 Permissions are those a plain ``open(path, "w")`` would give: a new file gets ``0o666`` minus the
 umask (``-rw-r--r--`` under the usual 022, so lab-mates on a shared disk can read results and
@@ -60,6 +61,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
     The file ends up with the mode a plain write would give it: the old file's mode when it is
     replaced, else ``0o666`` minus the umask."""
+    return write_with(path, lambda f: f.write(data))
+
+
+def write_with(path: str | os.PathLike, write) -> Path:
+    """The one atomic file writer: ``write(f)`` fills a binary temp file in ``path``'s folder
+    (e.g. ``torch.save(obj, f)``), which is fsynced and renamed over ``path``. Modes as
+    ``write_bytes``."""
     path = Path(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -69,7 +77,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)  # mkstemp's 0o600 would otherwise become the file's mode
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -92,3 +100,32 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 2, **dumps_kwa
 def write_jsonl(path: str | os.PathLike, rows, **dumps_kwargs) -> Path:
     """One JSON object per line, written atomically."""
     return write_text(path, "".join(json.dumps(row, **dumps_kwargs) + "\n" for row in rows))
+
+
+def write_folder(folder: str | os.PathLike, write) -> Path:
+    """The one atomic folder writer: ``write(tmp)`` fills a fresh temp folder beside ``folder``,
+    which is then swapped in. An interrupted write leaves the old folder (or nothing), never half
+    a model. Modes as a plain ``mkdir``/``open`` would give them (see ``apply_umask``)."""
+    import shutil
+    folder = Path(folder).resolve()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        write(tmp)
+        apply_umask(tmp)  # mkdtemp's 0o700 (and e.g. safetensors' 0o600) would keep lab-mates out
+        if folder.exists():
+            # rename(2) cannot replace a non-empty folder: move the old one aside, then delete it
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+            os.replace(folder, old / "x")
+            try:
+                os.replace(tmp, folder)
+            except BaseException:
+                os.replace(old / "x", folder)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -355,20 +355,52 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TokenLoss:
-    """A configured loss, ``loss(logits [N, C] or [B, T, C], targets) -> scalar`` (see ``build_loss``).
+    """A configured loss: **the one object every training path scores tokens with**.
 
-    Its fields are public so that ``bertlab.sampling.btl_fused_loss`` can score all BTL copies in one
-    vectorised call and slice ``alpha`` to the columns of a "binary" copy.
+    ``per_token(logits, targets, columns)`` is the equation, ``FL_i = -α_t (1 - p_t)^γ log p_t``
+    (CE when γ = 0), per token and unreduced; ``reduce`` applies ``reduction``; calling the object
+    does both. ATL, naive BTL and fused BTL (``bertlab.train``, ``bertlab.sampling``) all call
+    ``per_token`` and nothing else, so a subclass that overrides it (docs/losses.md, "Adding a
+    loss") changes what every sampler trains with.
+
+    The contract of ``per_token``, which a new loss keeps:
+
+    - logits ``[..., N, C']`` and targets ``[..., N]`` broadcast against each other (fused BTL scores
+      one ``[N, C]`` logit matrix against ``[K, N]`` target rows with one call);
+    - ``columns``: None when ``logits[..., j]`` is label j's score; otherwise label ids ``[..., C']``
+      naming each logit column (a "binary" BTL copy keeps only {O, B-c, I-c}: ``C' = 3``), so
+      per-class quantities (α) are looked up by label id, not by position;
+    - returns ``(losses, weights)``, both shaped like the broadcast targets and **0 at ignored
+      tokens**: the per-token losses and each token's weight in a "weighted_mean" (α_t here).
     """
-    name: str
-    gamma: float                      # 0 for CE / weighted CE
-    alpha: torch.Tensor | float | None  # per-class [C] (weights), a scalar, or None
+    name: str = "ce"
+    gamma: float = 0.0                        # 0 for CE / weighted CE
+    alpha: torch.Tensor | float | None = None  # per-class [C] (weights), a scalar, or None
     reduction: str = "mean"
     ignore_index: int = IGNORE_INDEX
 
+    def per_token(self, logits: torch.Tensor, targets: torch.Tensor,
+                  columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(l_i, α_t)`` per token, unreduced; see the class docstring for shapes."""
+        alpha = self.alpha
+        if columns is not None and isinstance(alpha, torch.Tensor):
+            alpha = alpha.to(logits.device)[columns]
+        return token_losses(logits, targets, self.gamma, alpha, self.ignore_index)
+
+    def reduce(self, losses: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``reduction`` over the last (token) dim; ``targets`` mark the ignored tokens."""
+        return reduce_token_losses(losses, weights, targets != self.ignore_index, self.reduction)
+
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return focal_loss(logits, targets, gamma=self.gamma, alpha=self.alpha,
-                          ignore_index=self.ignore_index, reduction=self.reduction)
+        """The reduced loss of logits ``[N, C]`` or ``[B, T, C]`` against targets ``[N]`` / ``[B, T]``."""
+        _check_reduction(self.reduction)
+        target_shape = targets.shape
+        logits, targets = _flatten(logits, targets, self.name)
+        _check_targets(targets, logits.shape[-1], self.ignore_index, self.name)
+        losses, weights = self.per_token(logits, targets)
+        if self.reduction == "none":
+            return losses.reshape(target_shape)
+        return self.reduce(losses, weights, targets)
 
 
 def build_loss(cfg: LossConfig, label_counts: torch.Tensor | Sequence[int] | None = None) -> TokenLoss:

@@ -18,14 +18,13 @@ gradients; with dropout they differ only through the masks. docs/btl.md explains
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from bertlab.losses import IGNORE_INDEX, TokenLoss, reduce_token_losses, token_losses
+from bertlab.losses import IGNORE_INDEX, TokenLoss
 
 BTL_MODES = ("other_to_o", "ignore", "binary")
 
@@ -275,13 +274,6 @@ def _copy_types(labels: torch.Tensor, label_list: Sequence[str], classes, ignore
     return sorted({int(t) for t in type_of[ids].tolist() if t >= 0})
 
 
-def _restrict_loss(loss_fn: Callable, columns: list[int]) -> Callable:
-    """The loss for a "binary" copy: per-class alpha/weights keep only the copy's columns."""
-    if isinstance(loss_fn, TokenLoss) and isinstance(loss_fn.alpha, torch.Tensor):
-        return dataclasses.replace(loss_fn, alpha=loss_fn.alpha[columns])
-    return loss_fn
-
-
 def _combine(copy_losses: torch.Tensor, combine: str) -> torch.Tensor:
     if combine == "mean":
         return copy_losses.mean()
@@ -312,15 +304,15 @@ def binary_token_label_batches(batch: dict, label_list: Sequence[str], mode: str
 # BTL losses: naive (K forward passes) and fused (one forward pass)
 # ---------------------------------------------------------------------------------------------
 
-def btl_naive_loss(model: torch.nn.Module, batch: dict, label_list: Sequence[str], loss_fn: Callable,
+def btl_naive_loss(model: torch.nn.Module, batch: dict, label_list: Sequence[str], loss: TokenLoss,
                    mode: str = "other_to_o", classes: str = "present",
                    combine: str = "mean") -> tuple[torch.Tensor, dict]:
     """BTL as the paper does it: build the K copies and run the model on each (K forwards, ~K× cost).
 
-    batch: the dict from ``collate``; loss_fn: ``loss(logits [N, C], targets [N])``, e.g. from
-    ``losses.build_loss`` (in "binary" mode a ``TokenLoss``'s per-class alpha is sliced to the copy's
-    columns; any other callable gets the sliced logits as they are). Each copy's loss uses loss_fn's
-    reduction over that copy's tokens; copies combine by "mean" or "sum".
+    batch: the dict from ``collate``; loss: a ``TokenLoss`` (``losses.build_loss``, or a subclass
+    with its own ``per_token``). Each copy is scored by ``loss.per_token`` (in "binary" mode on
+    the copy's columns {O, B-c, I-c}, named by ``columns``) and reduced over that copy's tokens
+    with ``loss.reduce``; copies combine by "mean" or "sum".
 
     Each forward draws its own dropout masks, so in train mode the copies see different networks;
     that, and only that, makes it differ from ``btl_fused_loss``.
@@ -329,16 +321,19 @@ def btl_naive_loss(model: torch.nn.Module, batch: dict, label_list: Sequence[str
     names, losses = [], []
     for name, copy, columns in binary_token_label_batches(batch, label_list, mode, classes):
         logits = model(copy["input_ids"], copy["attention_mask"], copy.get("token_type_ids"))
-        if columns is None:
-            losses.append(loss_fn(logits, copy["labels"]))
-        else:
-            losses.append(_restrict_loss(loss_fn, columns)(logits[..., columns], copy["labels"]))
+        logits, targets = logits.reshape(-1, logits.shape[-1]), copy["labels"].reshape(-1)
+        cols = None
+        if columns is not None:
+            cols = torch.tensor(columns, device=logits.device)
+            logits = logits[:, cols]
+        token_loss, token_weight = loss.per_token(logits, targets, cols)
+        losses.append(loss.reduce(token_loss, token_weight, targets))
         names.append(name)
     copy_losses = torch.stack(losses)
     return _combine(copy_losses, combine), {"classes": names, "copy_losses": copy_losses.detach()}
 
 
-def btl_fused_loss(logits: torch.Tensor, labels: torch.Tensor, label_list: Sequence[str], loss_fn: Callable,
+def btl_fused_loss(logits: torch.Tensor, labels: torch.Tensor, label_list: Sequence[str], loss: TokenLoss,
                    mode: str = "other_to_o", classes: str = "present",
                    combine: str = "mean") -> tuple[torch.Tensor, dict]:
     """BTL from one forward pass: the K copy losses are all computed from the same logits.
@@ -347,12 +342,11 @@ def btl_fused_loss(logits: torch.Tensor, labels: torch.Tensor, label_list: Seque
     result as in ``btl_naive_loss``, which it equals (loss and gradients) when the model is
     deterministic (eval mode or dropout 0). In train mode all copies share one dropout mask.
 
-    With a ``TokenLoss`` (from ``build_loss``) all copies are scored in one vectorised call:
-    in "other_to_o"/"ignore" a token's target in any copy is either its own label, O, or ignored,
-    so two per-token loss vectors (own label, O) computed from one log_softmax give the whole
-    ``[K, N]`` loss matrix by selection; in "binary" the logits are gathered to ``[K, N, 3]`` (each
-    copy's columns) and scored at once. The extra cost over ATL is O(N·C + K·N), independent of the
-    model. Any other callable falls back to one call per copy.
+    All copies are scored with one or two ``loss.per_token`` calls: in "other_to_o"/"ignore" a
+    token's target in any copy is either its own label, O, or ignored, so two per-token loss
+    vectors (own label, O) from one call give the whole ``[K, N]`` loss matrix by selection; in
+    "binary" the logits are gathered to ``[K, N, 3]`` (each copy's columns, passed as ``columns``)
+    and scored at once. The extra cost over ATL is O(N·C + K·N), independent of the model.
     """
     if mode not in BTL_MODES:
         raise ValueError(f"BTL mode={mode!r}, expected one of {BTL_MODES}")
@@ -363,24 +357,15 @@ def btl_fused_loss(logits: torch.Tensor, labels: torch.Tensor, label_list: Seque
     types = entity_types(label_list)
     copy_types = _copy_types(labels, label_list, classes, IGNORE_INDEX)
     if not copy_types:  # no entity in the batch: its only copy is the batch itself (see binary_token_label_batches)
-        loss = loss_fn(logits, labels)
-        return loss, {"classes": [""], "copy_losses": loss.detach().reshape(1)}
-    if not isinstance(loss_fn, TokenLoss):
-        copy_losses = torch.stack([_copy_loss_loop(logits, labels, c, label_list, loss_fn, mode) for c in copy_types])
-    elif mode == "binary":
-        copy_losses = _fused_binary(logits, labels, copy_types, label_list, loss_fn)
+        token_loss, token_weight = loss.per_token(logits, labels)
+        value = loss.reduce(token_loss, token_weight, labels)
+        return value, {"classes": [""], "copy_losses": value.detach().reshape(1)}
+    if mode == "binary":
+        copy_losses = _fused_binary(logits, labels, copy_types, label_list, loss)
     else:
-        copy_losses = _fused_full_softmax(logits, labels, copy_types, label_list, loss_fn, mode)
+        copy_losses = _fused_full_softmax(logits, labels, copy_types, label_list, loss, mode)
     return _combine(copy_losses, combine), {"classes": [types[c] for c in copy_types],
                                             "copy_losses": copy_losses.detach()}
-
-
-def _copy_loss_loop(logits, labels, c, label_list, loss_fn, mode) -> torch.Tensor:
-    targets = btl_targets(labels, c, label_list, mode)
-    if mode == "binary":
-        columns = btl_columns(c, label_list)
-        return _restrict_loss(loss_fn, columns)(logits[:, columns], targets)
-    return loss_fn(logits, targets)
 
 
 def _fused_full_softmax(logits, labels, copy_types, label_list, loss: TokenLoss, mode) -> torch.Tensor:
@@ -389,21 +374,21 @@ def _fused_full_softmax(logits, labels, copy_types, label_list, loss: TokenLoss,
     valid = labels != ignore
     o_id = _outside_id(label_list)
     as_outside = torch.where(valid, torch.full_like(labels, o_id), labels)
-    # row 0: every token scored against its own label; row 1: against O (one log_softmax for both)
-    token_loss, token_alpha = token_losses(logits, torch.stack([labels, as_outside]), loss.gamma, loss.alpha, ignore)
+    # row 0: every token scored against its own label; row 1: against O (one call for both)
+    token_loss, token_weight = loss.per_token(logits, torch.stack([labels, as_outside]))
     label_type = _type_of_label(label_list).to(labels.device)[torch.where(valid, labels, torch.zeros_like(labels))]
     copy_types_t = torch.tensor(copy_types, device=labels.device)
     keeps_own = valid & ((label_type == -1) | (label_type == copy_types_t[:, None]))     # [K, N]: O or type c
     if mode == "other_to_o":
         copy_loss = torch.where(keeps_own, token_loss[0], token_loss[1])
-        copy_alpha = torch.where(keeps_own, token_alpha[0], token_alpha[1])
-        copy_valid = valid.expand_as(keeps_own)
+        copy_weight = torch.where(keeps_own, token_weight[0], token_weight[1])
+        copy_targets = torch.where(keeps_own, labels, as_outside)
     else:
         zero = torch.zeros((), dtype=token_loss.dtype, device=token_loss.device)
         copy_loss = torch.where(keeps_own, token_loss[0], zero)
-        copy_alpha = torch.where(keeps_own, token_alpha[0], zero)
-        copy_valid = keeps_own
-    return reduce_token_losses(copy_loss, copy_alpha, copy_valid, loss.reduction)
+        copy_weight = torch.where(keeps_own, token_weight[0], zero)
+        copy_targets = torch.where(keeps_own, labels, torch.full_like(labels, ignore))
+    return loss.reduce(copy_loss, copy_weight, copy_targets)
 
 
 def _fused_binary(logits, labels, copy_types, label_list, loss: TokenLoss) -> torch.Tensor:
@@ -426,6 +411,5 @@ def _fused_binary(logits, labels, copy_types, label_list, loss: TokenLoss) -> to
     # padded columns get -inf: probability 0, so a 2-column copy is an exact 2-way softmax
     copy_logits = logits[:, index].permute(1, 0, 2).contiguous()                                   # [K, N, W]
     copy_logits = copy_logits.masked_fill(is_pad[:, None, :], float("-inf"))
-    alpha = loss.alpha[index] if isinstance(loss.alpha, torch.Tensor) else loss.alpha
-    token_loss, token_alpha = token_losses(copy_logits, targets, loss.gamma, alpha, ignore)
-    return reduce_token_losses(token_loss, token_alpha, targets != ignore, loss.reduction)
+    token_loss, token_weight = loss.per_token(copy_logits, targets, index)
+    return loss.reduce(token_loss, token_weight, targets)

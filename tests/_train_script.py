@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from bertlab.callbacks import Callback
+
 WORDS = ("the patient had severe chest pain and fever after aspirin was given daily for headache "
          "with nausea ibuprofen of left arm").split()
 SIGNS = {"pain": "Sign", "fever": "Sign", "headache": "Sign", "nausea": "Sign"}
@@ -74,7 +76,7 @@ def tiny_config(data_dir: Path, **sections) -> dict:
     return cfg
 
 
-class Sleep:
+class Sleep(Callback):
     """A callback that slows training down without changing it."""
 
     def __init__(self, seconds: float):

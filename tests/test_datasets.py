@@ -303,6 +303,14 @@ def test_brat_bad_input_names_file_and_annotation(tmp_path, text, ann, message):
         read_brat(tmp_path)
 
 
+def test_brat_annotation_without_text_is_an_error_not_a_silent_drop(tmp_path):
+    (tmp_path / "a.txt").write_text("Fever.\n", encoding="utf-8")
+    (tmp_path / "a.ann").write_text("T1\tSign_symptom 0 5\tFever\n", encoding="utf-8")
+    (tmp_path / "b.ann").write_text("T1\tSign_symptom 0 5\tFever\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"b.ann: annotation file without its text \(1 such"):
+        read_brat(tmp_path)
+
+
 def test_brat_user_files_ignore_non_entity_lines(tmp_path):
     (tmp_path / "d.txt").write_text("A 28-year-old man.\nNo fever.\n", encoding="utf-8")
     (tmp_path / "d.ann").write_text("T1\tAge 2 13\t28-year-old\nE1\tAge:T1 \nT2\tSex 14 17\tman\n"

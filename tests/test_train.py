@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertlab.train import (ConfigError, NonFiniteLossError, Objective, Run, TrainConfig, config_to_dict,
-                           load_config, lr_factor, main, optimisation_step, train)
+from bertlab.train import (ConfigError, NonFiniteLossError, Objective, TrainConfig, config_to_dict, load_config,
+                           lr_factor, main, train)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import TINY_MODEL, tiny_config  # noqa: E402
@@ -161,43 +161,44 @@ SENTENCES = [
 LABELS = ["O", "B-Drug", "I-Drug", "B-Sign", "I-Sign"]
 
 
-def test_grad_accum_normalises_by_all_labelled_tokens(minilm_path):
-    """Two micro-batches of 2 sentences give the gradient of one batch of 4: the mean over all
-    labelled tokens, not the mean of the two micro-batch means (their token counts differ)."""
+def test_grad_accum_normalises_by_all_labelled_tokens(tmp_path):
+    """One training step of two accumulated micro-batches of 2 windows moves the parameters exactly
+    as one batch of 4 does, and both by minus lr times the gradient of the mean CE over all
+    labelled tokens: not the mean of the two micro-batch means (their token counts differ)."""
+    from bertlab.checkpoint import build_model, builtin_path
+    from bertlab.datasets.prepare import encode_corpus, load_splits
     from bertlab.sampling import collate
-    windows = _windows(minilm_path, LABELS, SENTENCES)
-    cfg = load_config({"optim": {"name": "sgd", "lr": 1.0, "clip_grad_norm": 0.0}})
-    objective = Objective(cfg, LABELS, windows)
+    from bertlab.tokenization import Tokenizer
+    train_file = tmp_path / "train.tsv"
+    train_file.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n"
+                                  for words, tags in SENTENCES))
+    model_cfg = {"preset": "minilm", "overrides": {**TINY_MODEL, "hidden_dropout_prob": 0.0,
+                                                    "attention_probs_dropout_prob": 0.0}}
 
-    reference = _tiny_model(LABELS)
-    big = collate(windows)
-    logits = reference(big["input_ids"], big["attention_mask"], big["token_type_ids"])
-    torch.nn.functional.cross_entropy(logits.reshape(-1, 5), big["labels"].reshape(-1)).backward()
-    expected = {n: p.grad.clone() for n, p in reference.named_parameters()}
+    def one_step(batch_size, accum, lr, name):
+        cfg = {"data": {"train_file": str(train_file), "max_length": 16, "stride": 4}, "model": model_cfg,
+               "sampler": {"batch_size": batch_size},
+               "optim": {"name": "sgd", "lr": lr, "clip_grad_norm": 0.0, "warmup_ratio": 0.0, "grad_accum": accum,
+                         "schedule": "constant", "weight_decay": 0.0},
+               "train": {"epochs": 1, "max_steps": 1, "progress": "off"}}
+        train(load_config(cfg), tmp_path / name, resume=False, log=quiet)
+        return final_params(tmp_path / name), load_config(cfg)
 
-    model = _tiny_model(LABELS)
-    seen = {}
-
-    class Grab:
-        def after_backward(self, step, model):
-            seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
-
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    for g in opt.param_groups:
-        g["initial_lr"] = 1.0
-    run = Run(model=model, objective=objective, optimizer=opt, params=list(model.parameters()),
-              device=torch.device("cpu"), autocast=contextlib.nullcontext, clip_grad_norm=0.0,
-              callbacks=[Grab()])
-    micro = [collate(windows[:2]), collate(windows[2:])]
-    normaliser = objective.normaliser(list(range(len(windows))))
-    assert normaliser == sum(len(tags) for _, tags in SENTENCES)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loss, _ = optimisation_step(run, 1, micro, normaliser, lr_scale=1.0)
-    for n in expected:
-        torch.testing.assert_close(seen[n], expected[n], atol=1e-6, rtol=1e-5, msg=n)
-    # SGD with lr 1: the update is exactly minus the gradient
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(before[n] - p.detach(), expected[n], atol=1e-6, rtol=1e-5)
+    init, cfg = one_step(4, 1, 0.0, "init")
+    big, _ = one_step(4, 1, 1.0, "big")
+    accumulated, _ = one_step(2, 2, 1.0, "accumulated")
+    # the reference: autograd of the mean CE over the 4 windows' labelled tokens, at the initial weights
+    splits = load_splits(cfg.data)
+    windows = encode_corpus(Tokenizer.from_pretrained(builtin_path("minilm")), splits.train, splits.labels, 16, 4)
+    assert len(windows) == 4
+    reference = build_model("minilm", splits.labels, **model_cfg["overrides"])
+    reference.load_state_dict(init)
+    batch = collate(windows)
+    logits = reference(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    torch.nn.functional.cross_entropy(logits.reshape(-1, len(splits.labels)), batch["labels"].reshape(-1)).backward()
+    for n, p in reference.named_parameters():
+        torch.testing.assert_close(init[n] - big[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
+        torch.testing.assert_close(init[n] - accumulated[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
     # the mean of micro-batch means is a different (wrong) normalisation, so this test can fail
     counts = [sum(len(t) for _, t in SENTENCES[:2]), sum(len(t) for _, t in SENTENCES[2:])]
     assert counts[0] != counts[1]
@@ -437,7 +438,7 @@ def test_cli_trains_and_reports_config_errors(tmp_path, capsys):
     path = tmp_path / "tiny.toml"
     path.write_text(toml)
     assert main(["--config", str(path), "--set", "train.bogus=1"]) == 2
-    assert f"{path}: [train] bogus: unknown key" in capsys.readouterr().err
+    assert "--set train.bogus=1: [train] bogus: unknown key" in capsys.readouterr().err
     out = tmp_path / "cli"
     assert main(["--config", str(path), "--set", "train.max_steps=1", "--set", "train.epochs=1",
                  "--out", str(out), "--no-resume"]) == 0
@@ -483,3 +484,23 @@ def test_cli_gradflow_section_records_the_gradient_flow(tmp_path, capsys):
     path.write_text(toml + "bogus = 1\n")
     assert main(["--config", str(path), "--out", str(tmp_path / "bad"), "--no-resume"]) == 2
     assert str(path) in capsys.readouterr().err
+
+
+def test_a_misspelt_callback_hook_is_an_error_not_silence():
+    from bertlab.callbacks import Callback, CallbackList
+
+    class Typo:
+        def on_epoch_ends(self, epoch, record):
+            pass
+
+    class Fine(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_epoch_end(self, epoch, record):
+            self.seen.append(epoch)
+    with pytest.raises(TypeError, match="on_epoch_ends"):
+        CallbackList([Typo()])
+    fine = Fine()
+    CallbackList([fine]).on_epoch_end(3, {})
+    assert fine.seen == [3]

@@ -290,6 +290,10 @@ def read_brat(directory, ids=None, *, split: str = "train", name: str | None = N
         ids = sorted(p.stem for p in directory.glob("*.txt"))
         if not ids:
             raise DataError(f"{directory}: no .txt files; expected brat <id>.txt + <id>.ann pairs")
+        orphans = sorted(p.name for p in directory.glob("*.ann") if not p.with_suffix(".txt").exists())
+        if orphans:  # an annotation without its text would otherwise be skipped silently
+            raise DataError(f"{directory / orphans[0]}: annotation file without its text ({len(orphans)} such "
+                            f".ann file(s) in {directory}); expected <id>.txt next to every <id>.ann")
     documents, notes = [], {"mentions": Counter(), "kept": Counter(), "dropped": {}, "changed": {}}
     for doc_id in ids:
         txt = directory / f"{doc_id}.txt"

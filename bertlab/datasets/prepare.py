@@ -1,0 +1,64 @@
+"""From corpora to training windows: the splits of one run, its label list, the encoded windows.
+
+    load_splits(DataConfig) -> Splits(train, dev, test, labels)      a bundled corpus or CoNLL files
+    encode_corpus(tokenizer, corpus, labels, max_length, stride)     -> Windows with label ids
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bertlab.config import DataConfig
+
+
+@dataclass
+class Splits:
+    """The corpora of one run and the label list (``labels[0] == "O"``); dev/test may be None
+    for CoNLL-file runs without them."""
+    train: object
+    dev: object | None
+    test: object | None
+    labels: list[str]
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Read the three splits (a bundled corpus, or CoNLL files) and build the label list.
+
+    A bundled corpus takes its label list from all of its splits (``entity_types(name)``), so a
+    type that is rare in train still gets a label; CoNLL files from the union of the given files.
+    ``max_documents`` keeps the first N documents of each split (after the labels are fixed).
+    """
+    from bertlab.datasets import entity_types, label_list, load, read_conll
+    if cfg.train_file:
+        def read(path, split):
+            return (read_conll(path, split=split, name=Path(cfg.train_file).stem, scheme=cfg.scheme, repair=cfg.repair)
+                    if path else None)
+        train, dev, test = read(cfg.train_file, "train"), read(cfg.dev_file, "dev"), read(cfg.test_file, "test")
+        types = set().union(*(c.entity_types for c in (train, dev, test) if c is not None))
+    else:
+        train, dev, test = (load(cfg.name, split) for split in ("train", "dev", "test"))
+        types = entity_types(cfg.name)
+    if cfg.max_documents:
+        train, dev, test = (c.subset(cfg.max_documents) if c is not None else None for c in (train, dev, test))
+    return Splits(train, dev, test, label_list(types))
+
+
+def encode_corpus(tokenizer, corpus, labels: list[str], max_length: int, stride: int) -> list:
+    """All training windows of a corpus: ``Window`` objects with label ids on first subwords."""
+    label2id = {l: i for i, l in enumerate(labels)}
+    sentences = [s for s in corpus.sentences if s.tokens]
+    ids = [[label2id[t] for t in s.tags] for s in sentences]
+    per_sentence = tokenizer.batch_encode([s.tokens for s in sentences], ids, max_length, stride)
+    return [w for ws in per_sentence for w in ws]
+
+
+def mention_counts(sentences) -> dict[str, int]:
+    """Gold entity mentions per type (strict IOB2): how frequent each class is in training."""
+    from bertlab.metrics import strict_entities
+    counts: dict[str, int] = {}
+    for s in sentences:
+        for typ, _, _ in strict_entities(s.tags):
+            counts[typ] = counts.get(typ, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,97 @@
+"""What a training run needs to stop and go on: ``checkpoint.pt`` and the state inside it.
+
+One file, written atomically at every checkpoint: model and optimizer state, the RNG states of
+every process, ``Progress`` (step, epoch, position in the epoch, best-so-far per decode, history)
+and the config. ``torch.load(weights_only=True)`` reads it: nothing is unpickled. A resumed run
+rebuilds the epoch's batch order from ``(seed, epoch)`` and continues bit-identically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertlab.files import write_with
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "bertlab-train-checkpoint/1"
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint (as JSON)."""
+    step: int = 0                  # optimisation steps done
+    epoch: int = 0                 # the epoch in progress
+    micro_batch: int = 0           # next global micro-batch of that epoch
+    best_dev_f1: float = -1.0      # the first decode's dev micro F1 at its best epoch
+    best_epoch: int = -1           # the first decode's best epoch
+    best: dict = field(default_factory=dict)  # decode -> {"score": selection score, "epoch": its best epoch}
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    training_done: bool = False
+    epoch_losses: list = field(default_factory=list)   # the epoch's step losses so far (global)
+    unlogged_losses: list = field(default_factory=list)  # step losses read since the last log line
+    epoch_train_seconds: float = 0.0
+    epoch_tokens: int = 0
+    history: list = field(default_factory=list)        # one dict per finished epoch
+    timing: list = field(default_factory=list)         # its seconds and tokens/s
+    log_bytes: int = 0             # size of log.jsonl when the checkpoint was written
+
+
+def rng_state() -> dict:
+    """This process's RNG states (python, numpy, torch CPU, CUDA) as tensors and plain numbers."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"python": [version, list(internal), gauss_next],
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for python ``random``, numpy and torch (CPU and CUDA): init, dropout and any
+    callback's randomness. Batch order has its own per-epoch seed (``epoch_seed``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(path: Path, model, optimizer, progress: Progress, config: dict, rng: list,
+                    inputs: dict | None = None) -> None:
+    """Write the checkpoint atomically (``bertlab.files.write_with``: temp file, fsync, rename).
+    Only tensors, strings and numbers are stored, so ``torch.load(weights_only=True)`` reads it
+    back (nothing is unpickled)."""
+    obj = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+           "rng": rng, "progress": json.dumps(dataclasses.asdict(progress)), "config": json.dumps(config),
+           "inputs": json.dumps(inputs or {})}
+    write_with(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); delete it "
+                           f"or train with --no-resume") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise RuntimeError(f"{path}: not a bertlab training checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt

@@ -1,0 +1,200 @@
+"""Dev scores per epoch and checkpoint selection per decode; the final scoring of the chosen models.
+
+At the end of every epoch ``evaluate_dev`` scores the model as it is on dev with every decode of
+``[eval] decode`` (argmax, viterbi, knn, calibrated) from one forward pass, plus the dev loss;
+``update_best`` keeps, per decode, the epoch with the best ``[eval] select`` score (ties go to the
+later epoch), and ``save_best_folders`` saves the model for each decode whose best it became
+(``best/`` for the first decode, ``best-<decode>/`` for the others, hard links when they agree),
+with the KNN reference or calibration made from that very epoch. At the end of training
+``final_evaluation`` scores dev and test with each decode on its own checkpoint.
+
+Why per decode: under BTL the argmax dev F1 can be 0 at every epoch while KNN's or the calibrated
+decoder's rises; selecting every row by argmax would report first-epoch models for them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertlab.checkpoint import BEST_META, best_folder, link_folder, load_best_into, save_best
+from bertlab.config import EvalConfig, TrainConfig
+from bertlab.datasets.prepare import Splits
+from bertlab.files import write_json, write_jsonl, write_text
+
+
+def evaluate_split(model, tokenizer, corpus, decode: str, knn, options: dict, logits=None, calibrator=None) -> dict:
+    from bertlab.inference import evaluate
+    return evaluate(model, tokenizer, corpus, decode=decode, knn=knn, logits=logits, calibrator=calibrator, **options)
+
+
+def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir: Path, options: dict, log,
+                     best_epochs: dict | None = None) -> dict:
+    """Score dev and test with every decode of ``[eval] decode``, each on the checkpoint chosen
+    for it (``best_folder``), with the KNN reference / calibration saved beside that checkpoint;
+    decodes that share a checkpoint share its forward pass. Writes
+    ``predictions_<split>_<decode>.jsonl``; returns ``{"dev": {decode: ...}, "test": {...}}``."""
+    from bertlab.calibration import CALIBRATION_FILE, BiasCalibrator
+    from bertlab.inference import fit_knn_on_train, word_logits
+    from bertlab.knn import KNN_FILE, KNNClassifier
+    best_epochs = best_epochs or {}
+    groups: dict[Path, list[str]] = {}
+    for decode in cfg.eval.decode:
+        groups.setdefault(best_folder(out_dir, decode, cfg.eval.decode), []).append(decode)
+    out: dict = {}
+    for folder, decodes in groups.items():
+        if folder.exists():
+            load_best_into(model, folder)
+        knn = calibrator = None
+        if "knn" in decodes:
+            if (folder / KNN_FILE).exists():
+                knn = KNNClassifier.load(folder / KNN_FILE)
+            else:  # no dev set at epoch end: fit it now, and keep it for `bertlab predict --knn`
+                knn = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
+                                       metric=cfg.eval.knn_metric, **options)
+                if folder.exists():
+                    knn.save(folder / KNN_FILE)
+        if "calibrated" in decodes and (folder / CALIBRATION_FILE).exists():
+            calibrator = BiasCalibrator.load(folder / CALIBRATION_FILE)
+        for split in ("dev", "test"):
+            corpus = getattr(splits, split)
+            if corpus is None:
+                continue
+            t0 = time.perf_counter()
+            logits = word_logits(model, tokenizer, corpus.sentences, **options)
+            forward_seconds = time.perf_counter() - t0
+            if "calibrated" in decodes and calibrator is None and split == "dev":
+                calibrator = BiasCalibrator(model.labels).fit(logits, [s.tags for s in corpus.sentences])
+                if folder.exists():
+                    calibrator.save(folder / CALIBRATION_FILE)
+            n_words = sum(len(s.tokens) for s in corpus.sentences)
+            for decode in decodes:
+                t0 = time.perf_counter()
+                result = evaluate_split(model, tokenizer, corpus, decode, knn, options, logits=logits,
+                                        calibrator=calibrator)
+                seconds = forward_seconds + time.perf_counter() - t0
+                write_jsonl(out_dir / f"predictions_{split}_{decode}.jsonl", clean_json(result.pop("predictions")))
+                result["tokens_per_second"] = n_words / max(seconds, 1e-9)
+                result["best_epoch"] = best_epochs.get(decode)
+                out.setdefault(split, {})[decode] = result
+    # the order of [eval] decode, whatever order the checkpoints were visited in
+    return {split: {d: v[d] for d in cfg.eval.decode if d in v} for split, v in out.items()}
+
+
+def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: dict) -> tuple[dict | None, dict]:
+    """Dev scores of the model as it is now, for every decode of ``[eval] decode``, from one
+    forward pass over dev (and one over train for ``knn``, whose reference is the training words).
+
+    Returns ``({"loss": dev loss, "decodes": {decode: {"f1_micro", "f1_macro",
+    "unweighted_accuracy"}}}, fitted)``; ``fitted`` holds the KNN reference and the calibration
+    made for this epoch, saved beside the checkpoint if this epoch becomes that decode's best.
+    The dev loss is plain cross entropy at each word's first subword, averaged over dev words
+    (the same for every loss and sampler, so curves compare across them). No dev set: ``(None, {})``.
+    """
+    from bertlab.calibration import BiasCalibrator
+    from bertlab.inference import decode_tags, fit_knn_on_train, word_logits
+    from bertlab.metrics import entity_report, unweighted_accuracy
+    if splits.dev is None:
+        return None, {}
+    sentences = splits.dev.sentences
+    logits = word_logits(model, tokenizer, sentences, **options)
+    gold = [list(s.tags) for s in sentences]
+    fitted = {}
+    if "knn" in cfg.eval.decode:
+        fitted["knn"] = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
+                                         metric=cfg.eval.knn_metric, **options)
+    if "calibrated" in cfg.eval.decode:
+        fitted["calibrated"] = BiasCalibrator(model.labels).fit(logits, gold)
+    scores = {}
+    for decode in cfg.eval.decode:
+        pred = decode_tags(decode, logits, model, fitted.get("knn"), fitted.get("calibrated"))
+        report = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
+        scores[decode] = {"f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
+                          "unweighted_accuracy": unweighted_accuracy(gold, pred)}
+    return {"loss": word_cross_entropy(logits, gold, model.labels), "decodes": scores}, fitted
+
+
+def word_cross_entropy(logits: list[np.ndarray], tags: list[list[str]], labels: list[str]) -> float:
+    """Mean over words of -log softmax(z)[gold] (float64): the dev loss of the learning curves."""
+    z = np.concatenate([l for l in logits if len(l)], axis=0).astype(np.float64) if logits else np.zeros((0, 1))
+    if len(z) == 0:
+        return float("nan")
+    index = {l: i for i, l in enumerate(labels)}
+    y = np.array([index[t] for s in tags for t in s])
+    m = z.max(1)
+    log_z = m + np.log(np.exp(z - m[:, None]).sum(1))
+    return float(np.mean(log_z - z[np.arange(len(y)), y]))
+
+
+def selection_score(select: str, dev: dict | None, decode: str, epoch: int) -> float:
+    """Higher is better: the dev score ``select`` of ``decode``, minus the dev loss for "loss",
+    the epoch itself for "last" and when there is no dev set. NaN counts as -inf."""
+    if dev is None or select == "last":
+        return float(epoch)
+    value = -dev["loss"] if select == "loss" else dev["decodes"][decode][select]
+    return value if value is not None and math.isfinite(value) else -math.inf
+
+
+def update_best(best: dict, ev: EvalConfig, epoch: int, dev: dict | None) -> tuple[list[str], bool]:
+    """Record ``epoch`` as the best of every decode whose selection score did not get worse
+    (ties go to the later epoch, so a flat metric keeps the latest model, not the first).
+    Returns ``(decodes whose best is now this epoch, whether any score strictly improved)``; the
+    second drives early stopping, so a flat metric does not keep a run going."""
+    improved, progressed = [], False
+    for decode in ev.decode:
+        score = selection_score(ev.select, dev, decode, epoch)
+        old = best.get(decode)
+        if old is None or score >= old["score"]:
+            progressed = progressed or old is None or score > old["score"]
+            best[decode] = {"score": score, "epoch": epoch}
+            improved.append(decode)
+    return improved, progressed
+
+
+def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitted: dict, cfg: TrainConfig,
+                      epoch: int, config_dict: dict) -> None:
+    """Save the model as the best checkpoint of each of ``decodes`` (once on disk: the other
+    folders are hard links), with the decode's KNN reference or calibration beside it."""
+    from bertlab.calibration import CALIBRATION_FILE
+    from bertlab.knn import KNN_FILE
+    folders = [best_folder(out_dir, dec, cfg.eval.decode) for dec in decodes]
+    save_best(model, tokenizer, folders[0])
+    for folder in folders[1:]:
+        link_folder(folders[0], folder)
+    for decode, folder in zip(decodes, folders):
+        write_json(folder / BEST_META, {"config": config_dict, "decode": decode, "epoch": epoch,
+                                               "select": cfg.eval.select, "labels": list(model.labels)})
+        if decode == "knn" and "knn" in fitted:
+            fitted["knn"].save(folder / KNN_FILE)
+        if decode == "calibrated" and "calibrated" in fitted:
+            fitted["calibrated"].save(folder / CALIBRATION_FILE)
+
+
+def write_metrics_csv(path: Path, history: list[dict], timing: list[dict], decodes: list[str]) -> None:
+    """``metrics.csv``: one row per finished epoch (train/dev loss, every decode's dev scores, seconds)."""
+    columns = ["epoch", "step", "train_loss", "dev_loss"]
+    columns += [f"dev_{m}_{d}" for d in decodes for m in ("f1_micro", "f1_macro", "unweighted_accuracy")]
+    columns += [f"best_epoch_{d}" for d in decodes] + ["train_seconds", "eval_seconds"]
+    lines = [",".join(columns)]
+    for h, t in zip(history, timing):
+        dev = h.get("dev") or {}
+        row = [h["epoch"], h["step"], h.get("train_loss"), h.get("dev_loss")]
+        row += [dev.get(d, {}).get(m) for d in decodes for m in ("f1_micro", "f1_macro", "unweighted_accuracy")]
+        row += [(h.get("best_epochs") or {}).get(d) for d in decodes] + [t.get("train_seconds"), t.get("eval_seconds")]
+        lines.append(",".join("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def clean_json(obj):
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,142 @@
+"""What a failed start, a diverging run or changed inputs must not destroy: each test provokes the
+fault first (bad data under --no-resume, a NaN injected into the weights, a data file edited
+between kill and resume) and checks the one-line error and what is left on disk."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertlab.callbacks import Callback
+from bertlab.train import ConfigError, NonFiniteLossError, load_config, main, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _train_script import tiny_config  # noqa: E402
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAfter(Callback):
+    """Interrupts training after ``step`` optimisation steps (a kill, without the subprocess)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def after_optimizer_step(self, step, model, optimizer):
+        if step == self.step:
+            raise Stop
+
+
+def finished_run(tmp_path, **sections):
+    cfg = tiny_config(tmp_path / "data", **sections)
+    out = tmp_path / "run"
+    train(load_config(cfg), out, resume=False, log=quiet)
+    return cfg, out
+
+
+def test_no_resume_with_bad_data_leaves_the_finished_run_whole(tmp_path, capsys):
+    cfg, out = finished_run(tmp_path, eval={"decode": ["argmax", "knn"], "knn_k": 3})
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("fever\tO\nchest\tI-Sign\n\n")  # an orphan I- tag: the reader refuses it
+    config = tmp_path / "bad.toml"
+    config.write_text(f'[data]\ntrain_file = "{bad}"\n[model]\npreset = "minilm"\n'
+                      f'[model.overrides]\nhidden_size = 16\nnum_hidden_layers = 1\nnum_attention_heads = 2\n'
+                      f'intermediate_size = 32\n[train]\nprogress = "off"\n')
+    assert main(["--config", str(config), "--out", str(out), "--no-resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.tsv" in err[0]
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert after == before  # nothing deleted, nothing rewritten
+
+
+def test_starting_over_leaves_no_file_of_the_old_run(tmp_path):
+    cfg, out = finished_run(tmp_path, eval={"decode": ["argmax", "knn"], "knn_k": 3})
+    assert (out / "predictions_test_knn.jsonl").exists() and (out / "best-knn").exists()
+    cfg["eval"] = {"decode": ["argmax"]}
+    train(load_config(cfg), out, resume=False, log=quiet)
+    assert not (out / "predictions_test_knn.jsonl").exists() and not (out / "best-knn").exists()
+    events = [json.loads(l)["event"] for l in (out / "log.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1  # the old run's log lines are gone too
+
+
+class PoisonAtEpochEnd(Callback):
+    """NaN in one weight after the last step of epoch 1 (the epoch's losses are already read)."""
+
+    def __init__(self, steps_per_epoch):
+        self.last_step = 2 * steps_per_epoch
+        self.saved = None
+
+    def after_optimizer_step(self, step, model, optimizer):
+        if step == self.last_step:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("nan")
+
+    def on_epoch_end(self, epoch, record):
+        pass
+
+
+def test_a_nan_model_never_becomes_best(tmp_path):
+    cfg = tiny_config(tmp_path / "data", train={"epochs": 3, "checkpoint_every": 0})
+    cfg["data"]["dev_file"] = ""  # without a dev set every epoch "improves": the old failure
+    cfg["data"]["test_file"] = ""
+    out = tmp_path / "run"
+    steps = 4  # tiny config: 4 optimisation steps an epoch (grad_accum 2)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at the end of epoch 1 \(step 8\)"):
+        train(load_config(cfg), out, callbacks=[PoisonAtEpochEnd(steps)], resume=False, log=quiet)
+    from safetensors.torch import load_file
+    best = load_file(str(out / "best" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in best.values())
+    meta = json.loads((out / "best" / "bertlab_train.json").read_text())
+    assert meta["epoch"] == 0
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda text: text + "aspirin\tB-Drug\n\n", "training data"),
+    (lambda text: text + "rash\tB-Rash\n\n", "label list"),
+])
+def test_resume_refuses_changed_inputs(tmp_path, change, what):
+    cfg = tiny_config(tmp_path / "data", train={"checkpoint_every": 1})
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(load_config(cfg), out, callbacks=[StopAfter(2)], resume=False, log=quiet)
+    assert (out / "checkpoint.pt").exists()
+    train_file = Path(cfg["data"]["train_file"])
+    train_file.write_text(change(train_file.read_text()))
+    with pytest.raises(ConfigError, match=f"the (.*, )?{what}(, .*)? changed since this run was checkpointed"):
+        train(load_config(cfg), out, resume=True, log=quiet)
+
+
+def test_config_problems_are_found_before_anything_is_written(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "data")
+    for key, value, message in [
+        ("optim", {"lr": float("nan")}, "[optim] lr: expected a finite number"),
+        ("model", {"preset": "minlm"}, "[model] preset: expected one of"),
+        ("model", {"overrides": {"hidden_sise": 8}}, "[model] overrides: 'hidden_sise' is not a BertConfig field"),
+        ("data", {"dev_file": str(tmp_path / "missing.tsv")}, "[data] dev_file: "),
+    ]:
+        bad = json.loads(json.dumps(cfg))
+        bad[key].update(value)
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_config(bad)
+
+
+def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path / "data")
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    text = "[data]\n" + "".join(f'{k} = "../data/{Path(cfg["data"][k]).name}"\n'
+                                for k in ("train_file", "dev_file", "test_file"))
+    (folder / "run.toml").write_text(text)
+    monkeypatch.chdir(tmp_path / "data")  # anywhere but the config's folder
+    loaded = load_config(folder / "run.toml")
+    assert Path(loaded.data.train_file) == (tmp_path / "data" / "train.tsv").resolve()
