@@ -21,7 +21,7 @@ COMMANDS = {
     "report": ("bertlab.report", "main", "rebuild a study's report.md from its results.jsonl"),
     "predict": ("bertlab.predict", "main", "tag new text with a trained model"),
     "evaluate": ("bertlab.predict", "evaluate_main", "re-score a saved model on a bundled corpus or a CoNLL file"),
-    "gradflow": ("bertlab.gradflow", "main", "train with gradient-flow instruments on"),
+    "gradflow": ("bertlab.gradflow_cli", "main", "train with gradient-flow instruments on"),
     "bench": ("bertlab.bench", "main", "benchmarks against transformers / scikit-learn"),
 }
 

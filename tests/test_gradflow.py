@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlab import gradflow
+from bertlab import gradflow, gradflow_cli
 from bertlab.gradflow import (GradFlowRecorder, param_group, per_class_gradients, read_rows,
                               token_classes, write_rows)
 from bertlab.models.bert import BertModel
@@ -330,7 +330,7 @@ def test_figures_are_drawn_from_the_csv(tmp_path):
         png = tmp_path / "figs" / name
         assert png in made and png.stat().st_size > 1000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    cmp = gradflow.write_comparison({"atl": rows, "btl": rows}, tmp_path / "figs")
+    cmp = gradflow_cli.write_comparison({"atl": rows, "btl": rows}, tmp_path / "figs")
     assert cmp.stat().st_size > 1000
 
 
@@ -387,7 +387,7 @@ def test_cli_trains_and_draws_from_a_config_with_a_gradflow_section(tmp_path):
     toml.append('[gradflow]\nevery = 1\nper_class_every = 2\ncompare = ["sampler.name=btl"]\n')
     path = tmp_path / "gf.toml"
     path.write_text("\n".join(toml), encoding="utf-8")
-    assert gradflow.main(["--config", str(path), "--out", str(tmp_path / "run"),
+    assert gradflow_cli.main(["--config", str(path), "--out", str(tmp_path / "run"),
                           "--figures", str(tmp_path / "figs")]) == 0
     rows = read_rows(tmp_path / "figs" / "btl" / "gradflow.csv")
     assert rows == read_rows(tmp_path / "run" / "btl" / "gradflow" / "gradflow.csv")
