@@ -1008,7 +1008,7 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
     from multiprocessing.connection import wait
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or CUDA state
     stop = ctx.Event()
-    procs, readers, current = [], {}, {}
+    procs, readers, current, skipped = [], {}, {}, set()
     failures: list[str] = []
     spent: list[float] = []
     try:
@@ -1038,6 +1038,10 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
                         stop.set()
                     continue
                 if kind == "line":
+                    if msg[0].endswith("skipped"):  # every worker passes every run: say it once
+                        if msg[0] in skipped:
+                            continue
+                        skipped.add(msg[0])
                     progress(f"[w{i}] {msg[0]}")
                 elif kind == "start":
                     current[i] = msg[0]
