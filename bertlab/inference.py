@@ -208,12 +208,8 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
     gold = [list(s.tags) for s in sentences]
     strict = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
     tolerant = entity_report(gold, pred, mode="conlleval", zero_division=0)
-    predictions, index_in_doc, last_doc = [], 0, None
-    for s, p in zip(sentences, pred):
-        index_in_doc = index_in_doc + 1 if s.doc_id == last_doc else 0
-        last_doc = s.doc_id
-        predictions.append({"doc_id": s.doc_id, "sentence": index_in_doc, "tokens": list(s.tokens),
-                            "tags": list(s.tags), "pred": p})
+    from bertlab.results import prediction_rows
+    predictions = prediction_rows(sentences, pred)
     return {
         "decode": decode,
         "micro_f1": strict["micro avg"]["f1-score"],

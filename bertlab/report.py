@@ -69,7 +69,7 @@ DEFAULTS = {
 
 def load_study_results(study_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
     """``(study.json, rows of results.jsonl)`` of a study folder, with clear errors."""
-    from bertlab.experiment import read_results
+    from bertlab.results import read_results
     study_dir = Path(study_dir)
     meta_file, results = study_dir / "study.json", study_dir / "results.jsonl"
     if not meta_file.exists():

@@ -1,0 +1,144 @@
+"""What a study's runs leave behind, and the one place their formats are defined.
+
+- ``predictions_<split>_<decode>.jsonl`` in a run folder: one sentence a line (``prediction_rows``),
+  written by ``bertlab.train`` (through ``bertlab.inference.evaluate``) and by the direct baselines;
+- ``results.jsonl`` in a study folder: one line per finished (run, decode), ``result_row``: the axis
+  values, test scores (micro/macro F1, unweighted accuracy in its four readings, per type), the
+  dev learning curve of that decode and its best epoch, compute cost and environment. It is a pure
+  function of the finished run folders (``result_rows``), rewritten atomically.
+
+``bertlab.experiment`` writes these, ``bertlab.report`` reads them; neither imports the other for it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bertlab.files import write_text
+
+
+def prediction_rows(sentences, pred_tags) -> list[dict]:
+    """The rows of ``predictions_<split>_<decode>.jsonl``: one sentence each, ``doc_id``,
+    ``sentence`` (its index in its document), ``tokens``, ``tags`` (gold) and ``pred``. Reports
+    bootstrap over documents from them."""
+    rows, index, last = [], 0, None
+    for s, p in zip(sentences, pred_tags):
+        index = index + 1 if s.doc_id == last else 0
+        last = s.doc_id
+        rows.append({"doc_id": s.doc_id, "sentence": index, "tokens": list(s.tokens), "tags": list(s.tags),
+                     "pred": list(p)})
+    return rows
+
+
+def write_predictions(path: Path, sentences, pred_tags) -> None:
+    """``predictions_<split>_<decode>.jsonl`` (``prediction_rows``), written atomically."""
+    write_text(path, "".join(json.dumps(row) + "\n" for row in prediction_rows(sentences, pred_tags)))
+
+
+def result_rows(sdir: Path) -> list[dict]:
+    """One row per finished (run, decode) of the study folder ``sdir``, runs in study order."""
+    study = read_json(sdir / "study.json", {})
+    order = {r: i for i, r in enumerate(study.get("runs", []))}
+    rows = []
+    run_dirs = sorted((p for p in sdir.iterdir() if (p / "metrics.json").exists() and (p / "run.json").exists()),
+                      key=lambda p: (order.get(p.name, len(order)), p.name))
+    for rdir in run_dirs:
+        meta = read_json(rdir / "run.json")
+        metrics = read_json(rdir / "metrics.json")
+        timing = read_json(rdir / "timing.json", {})
+        for decode, m in sorted(test_metrics(metrics).items(),
+                                key=lambda kv: study.get("decodes", []).index(kv[0])
+                                if kv[0] in study.get("decodes", []) else 99):
+            rows.append(result_row(meta, metrics, timing, decode, m, rdir))
+    return rows
+
+
+def test_metrics(metrics: dict) -> dict[str, dict]:
+    """``{decode: {...}}`` of the test split from a run's metrics.json."""
+    test = metrics.get("test", {})
+    if "entity" in test or "entity_report" in test:  # a single decode, not keyed by decode
+        return {test.get("decode", "argmax"): test}
+    return {d: m for d, m in test.items() if isinstance(m, dict)}
+
+
+def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rdir: Path) -> dict:
+    """One results.jsonl line: axis values, test scores, per-type scores and compute cost."""
+    report = m["entity_report"] if "entity_report" in m else m["entity"]
+    per_type = {t: {"precision": r["precision"], "recall": r["recall"], "f1": r["f1-score"],
+                    "support": r["support"]}
+                for t, r in report.items() if t not in ("micro avg", "macro avg", "weighted avg")}
+    epochs = metrics.get("epochs") or 1
+    train_seconds = metrics.get("train_seconds", timing.get("wall_seconds"))
+    # dev F1 of the best model with this decode (the ANOVA's response), else the loop's best dev F1
+    dev = metrics.get("dev", {}).get(decode, {})
+    dev_f1 = dev.get("micro_f1", metrics.get("best_dev_f1"))
+    pred_file = f"predictions_test_{decode}.jsonl"
+    # this decode's learning curve, so a report can draw curves without the run folders
+    history = metrics.get("history") or []
+    curve = None
+    if any(h.get("dev") for h in history):
+        def dev_of(h, key):
+            return ((h.get("dev") or {}).get(decode) or {}).get(key)
+        curve = {"epoch": [h["epoch"] for h in history],
+                 "train_loss": [h.get("train_loss") for h in history],
+                 "dev_loss": [h.get("dev_loss") for h in history],
+                 "dev_f1_micro": [dev_of(h, "f1_micro") for h in history],
+                 "dev_f1_macro": [dev_of(h, "f1_macro") for h in history],
+                 "dev_unweighted_accuracy": [dev_of(h, "unweighted_accuracy") for h in history]}
+    return {
+        "study": meta["study"], "scale": meta["scale"], "run_id": meta["run_id"],
+        "axes": meta["axes"], "seed": meta["axes"].get("train.seed", 0), "decode": decode,
+        "f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
+        "precision_micro": report["micro avg"]["precision"], "recall_micro": report["micro avg"]["recall"],
+        "unweighted_accuracy": m.get("unweighted_accuracy"),
+        "unweighted_accuracy_variants": m.get("unweighted_accuracy_variants"),
+        "per_type": per_type, "dev_f1_micro": dev_f1,
+        "train_seconds": train_seconds, "epochs": epochs,
+        "best_epoch": m.get("best_epoch"), "select": metrics.get("select"), "curve": curve,
+        "seconds_per_epoch": None if train_seconds is None else train_seconds / epochs,
+        "inference_tokens_per_s": m.get("tokens_per_second"),  # words of the split per second
+        "params": metrics.get("params"), "train_mentions": metrics.get("train_mentions", {}),
+        "wall_seconds": timing.get("wall_seconds"), "resumed": timing.get("resumed", False),
+        "predictions": f"{meta['run_id']}/{pred_file}" if (rdir / pred_file).exists() else None,
+        "env": meta.get("env", {}), "deterministic": bool(metrics.get("deterministic", False)),
+    }
+
+
+def write_results(sdir: Path) -> Path:
+    """Rewrite ``sdir/results.jsonl`` from the finished run folders (temp file + os.replace)."""
+    rows = result_rows(sdir)
+    path = sdir / "results.jsonl"
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return path
+
+
+def read_results(path: str | os.PathLike) -> list[dict]:
+    """The rows of a results.jsonl; a line for the same (run, decode) twice keeps the last."""
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            rows[(row["run_id"], row["decode"])] = row
+    return list(rows.values())
+
+
+
+def read_json(path: str | os.PathLike, default=None):
+    """A JSON file of a study or run folder; ``default`` when it does not exist (else an error
+    naming it), and a damaged file is one error naming it and what to do."""
+    if not Path(path).exists():
+        if default is not None:
+            return default
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); the "
+                         f"file is damaged: delete it and re-run the study (a run whose metrics.json is "
+                         f"deleted is trained or scored again)") from None
