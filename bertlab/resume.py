@@ -76,13 +76,15 @@ def seed_everything(seed: int) -> None:
 
 
 def save_checkpoint(path: Path, model, optimizer, progress: Progress, config: dict, rng: list,
-                    inputs: dict | None = None) -> None:
+                    inputs: dict | None = None, scaler: dict | None = None) -> None:
     """Write the checkpoint atomically (``bertlab.files.write_with``: temp file, fsync, rename).
     Only tensors, strings and numbers are stored, so ``torch.load(weights_only=True)`` reads it
     back (nothing is unpickled)."""
     obj = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
            "rng": rng, "progress": json.dumps(dataclasses.asdict(progress)), "config": json.dumps(config),
            "inputs": json.dumps(inputs or {})}
+    if scaler is not None:  # fp16's GradScaler: its scale and growth tracker (plain numbers)
+        obj["scaler"] = scaler
     write_with(path, lambda f: torch.save(obj, f))
 
 

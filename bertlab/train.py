@@ -301,12 +301,20 @@ def pick_device(name: str, d: Dist) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run uses: "auto" is bf16 on CUDA and fp32 on a CPU."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def autocast_for(precision: str, device: torch.device):
-    """A factory of the forward pass's autocast context: bf16 autocast, or nothing (fp32)."""
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not bf16:
+    """A factory of the forward pass's autocast context: bf16 or fp16 autocast, or nothing (fp32)."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
         return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def show_progress(option: str) -> bool:
@@ -412,6 +420,9 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
     if isinstance(s, dict):  # the run had finished: its metrics
         return s
     model, optimizer, objective, progress = s.model, s.optimizer, s.objective, s.progress
+    if cfg.train.tensorboard and d.main:
+        from bertlab.callbacks import TensorBoardLogger
+        callbacks.callbacks.append(TensorBoardLogger(out_dir / "tensorboard", purge_step=progress.step + 1))
     accum = cfg.optim.grad_accum
     jlog = JsonlLog(out_dir / "log.jsonl", d.main, progress.log_bytes if s.resumed else None)
     jlog.write(event="resume" if s.resumed else "start", step=progress.step, epoch=progress.epoch,
@@ -446,19 +457,23 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                         loss_sum = objective(logits, batch["labels"], model)
                 loss = loss_sum.float() / normaliser
                 callbacks.on_batch(step, model, batch, logits, loss)
-                loss.backward()
+                s.scaler.scale(loss).backward()  # fp16: scaled; otherwise loss.backward()
                 step_loss += loss.detach()
             if s.flat_grad is not None:
                 torch.distributed.all_reduce(s.flat_grad)  # sum over processes: one collective per step
+            s.scaler.unscale_(optimizer)  # fp16: true gradients from here on
             callbacks.after_backward(step, model)
             # -- clip, learning rate, optimizer step
             grad_norm = None
             if cfg.optim.clip_grad_norm > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(s.params, cfg.optim.clip_grad_norm, foreach=True)
+                if s.scaler.is_enabled():  # an fp16 overflow skips the step (and lowers the scale): not divergence
+                    grad_norm = torch.nan_to_num(grad_norm, nan=0.0, posinf=0.0)
             lr_scale = lr_factor(progress.step, s.total_steps, s.warmup_steps, cfg.optim.schedule)
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * lr_scale
-            optimizer.step()
+            s.scaler.step(optimizer)  # optimizer.step(), skipped by fp16 on inf/NaN gradients
+            s.scaler.update()
             callbacks.after_optimizer_step(step, model, optimizer)
             optimizer.zero_grad(set_to_none=s.flat_grad is None)  # multi-process: .grad stays a view of flat_grad
             # -- where we are; losses stay on the device until a log line or checkpoint reads them
@@ -473,8 +488,10 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                 now = time.perf_counter()
                 mean_loss, tokens_per_s = losses.log_mean(), log_tokens / max(now - log_start, 1e-9)
                 lr = optimizer.param_groups[0]["lr"]
-                jlog.write(event="step", step=step, epoch=epoch, loss=mean_loss, lr=lr, tokens_per_s=tokens_per_s,
+                row = dict(loss=mean_loss, lr=lr, tokens_per_s=tokens_per_s,
                            grad_norm=norm if cfg.optim.clip_grad_norm > 0 else None)
+                jlog.write(event="step", step=step, epoch=epoch, **row)
+                callbacks.on_log(step, row)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
                 log_start, log_tokens = now, 0
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
@@ -528,9 +545,11 @@ class Setup:
     resumed: bool
     flat_grad: torch.Tensor | None = None  # multi-process: all gradients as views of one buffer
     inputs: dict | None = None             # fingerprints of the data, tokenizer and labels (resume checks)
+    scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling (disabled: a pass-through)
 
 
-RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.csv", "log.jsonl", "predictions_*.jsonl", "best", "best-*")
+RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.csv", "log.jsonl", "predictions_*.jsonl", "best", "best-*",
+             "tensorboard")
 
 
 def remove_run_files(out_dir: Path) -> None:
@@ -634,8 +653,11 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
             for p in model.state_dict().values():
                 torch.distributed.broadcast(p, 0)
 
-    precision = "bf16" if cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda") \
-        else "fp32"
+    precision = resolve_precision(cfg.train.precision, device)
+    # fp16 only: scale the loss so small gradients survive the half-precision backward (a no-op otherwise)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if ckpt is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     n_params = count_parameters(model)
     if ckpt is None:
         log(f"training {type(model.encoder).__name__ if hasattr(model, 'encoder') else type(model).__name__} "
@@ -648,7 +670,7 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
                  warmup_steps=warmup_steps, n_params=n_params, config_dict=config_dict,
                  eval_options=dict(max_length=cfg.data.max_length, stride=cfg.data.stride,
                                    batch_size=cfg.train.eval_batch_size, precision=precision),
-                 ckpt_path=ckpt_path, resumed=ckpt is not None, flat_grad=flat_grad, inputs=inputs)
+                 ckpt_path=ckpt_path, resumed=ckpt is not None, flat_grad=flat_grad, inputs=inputs, scaler=scaler)
 
 
 def device_batches(group: list[list[int]], s: Setup, d: Dist) -> list[dict]:
@@ -768,7 +790,8 @@ def write_checkpoint(s: Setup, progress: Progress, losses: StepLosses, jlog: Jso
     if d.main:
         progress.log_bytes = jlog.size
         progress.unlogged_losses = list(losses.since_log)
-        save_checkpoint(s.ckpt_path, s.model, s.optimizer, progress, s.config_dict, rng, s.inputs)
+        save_checkpoint(s.ckpt_path, s.model, s.optimizer, progress, s.config_dict, rng, s.inputs,
+                        scaler=s.scaler.state_dict() if s.scaler.is_enabled() else None)
     losses.last_good_step = progress.step
     barrier(d)
 

@@ -504,3 +504,79 @@ def test_a_misspelt_callback_hook_is_an_error_not_silence():
     fine = Fine()
     CallbackList([fine]).on_epoch_end(3, {})
     assert fine.seen == [3]
+
+
+def test_fp16_trains_with_a_grad_scaler_and_resumes(tmp_path):
+    """precision = "fp16": autocast in float16 and a GradScaler whose state is checkpointed; the
+    run learns like fp32 (same loss curve to fp16 accuracy) and resumes after an interruption."""
+    cfg = tiny_config(tmp_path / "data", train={"precision": "fp16", "epochs": 2})
+    fp16 = train(load_config(cfg), tmp_path / "fp16", resume=False, log=quiet)
+    ckpt = torch.load(tmp_path / "fp16" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert fp16["precision"] == "fp16" and ckpt["scaler"]["scale"] > 0
+    fp32 = train(load_config(tiny_config(tmp_path / "data2", train={"epochs": 2})), tmp_path / "fp32",
+                 resume=False, log=quiet)
+    for a, b in zip(fp16["history"], fp32["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 0.05 * b["train_loss"]
+
+
+def test_fp16_overflow_skips_the_step_instead_of_stopping(tmp_path):
+    """An inf gradient under fp16 is an overflow the scaler handles (the step is skipped and the
+    scale lowered), not divergence: training goes on and the weights do not move that step."""
+    from bertlab.callbacks import Callback
+    seen = {}
+
+    class Overflow(Callback):
+        """An fp16 overflow as it happens: an inf in one parameter's gradient during backward."""
+        def on_batch(self, step, model, batch, logits, loss):
+            if step == 2 and "hook" not in seen:
+                seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+                seen["hook"] = next(model.parameters()).register_hook(lambda g: torch.full_like(g, float("inf")))
+
+        def after_backward(self, step, model):
+            if step == 2:
+                seen["hook"].remove()
+
+        def after_optimizer_step(self, step, model, optimizer):
+            if step == 2:
+                seen["after"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = tiny_config(tmp_path / "data", train={"precision": "fp16", "epochs": 1})
+    metrics = train(load_config(cfg), tmp_path / "run", callbacks=[Overflow()], resume=False, log=quiet)
+    assert metrics["steps"] == 4
+    for n in seen["before"]:
+        assert torch.equal(seen["before"][n], seen["after"][n]), n
+
+
+def test_tensorboard_gets_the_log_lines_and_the_epoch_scores(tmp_path, monkeypatch):
+    import types
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, log_dir, purge_step=None):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("closed", None, None))
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    cfg = tiny_config(tmp_path / "data", train={"tensorboard": True, "log_every": 1})
+    metrics = train(load_config(cfg), tmp_path / "run", resume=False, log=quiet)
+    logged = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if r["event"] == "step"]
+    assert [(t, v, s) for t, v, s in calls if t == "train/loss"] == [("train/loss", r["loss"], r["step"]) for r in steps]
+    dev = [(v, s) for t, v, s in calls if t == "dev_argmax/f1_micro"]
+    assert dev == [(h["dev"]["argmax"]["f1_micro"], h["step"]) for h in metrics["history"]]
+    assert calls[-1][0] == "closed"
+
+
+def test_tensorboard_without_the_package_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"\[train\] tensorboard = true needs the tensorboard package"):
+        load_config(tiny_config(tmp_path / "data", train={"tensorboard": True}))
