@@ -41,6 +41,7 @@ class Progress:
     history: list = field(default_factory=list)        # one dict per finished epoch
     timing: list = field(default_factory=list)         # its seconds and tokens/s
     log_bytes: int = 0             # size of log.jsonl when the checkpoint was written
+    checkpoint_seconds: float = 0.0  # time spent writing checkpoints (the report's time split)
 
 
 def rng_state() -> dict:

@@ -88,7 +88,8 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
     forward pass over dev (and one over train for ``knn``, whose reference is the training words).
 
     Returns ``({"loss": dev loss, "decodes": {decode: {"f1_micro", "f1_macro",
-    "unweighted_accuracy"}}}, fitted)``; ``fitted`` holds the KNN reference and the calibration
+    "unweighted_accuracy"}}, "seconds": {"dev_forward", "knn_fit", "calibration_fit",
+    "dev_decoding"}}, fitted)``; ``fitted`` holds the KNN reference and the calibration
     made for this epoch, saved beside the checkpoint if this epoch becomes that decode's best.
     The dev loss is plain cross entropy at each word's first subword, averaged over dev words
     (the same for every loss and sampler, so curves compare across them). No dev set: ``(None, {})``.
@@ -98,22 +99,33 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
     from bertlab.metrics import entity_report, unweighted_accuracy
     if splits.dev is None:
         return None, {}
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - clock
+        clock = now
     sentences = splits.dev.sentences
     logits = word_logits(model, tokenizer, sentences, **options)
     gold = [list(s.tags) for s in sentences]
+    lap("dev_forward")
     fitted = {}
-    if "knn" in cfg.eval.decode:
+    if "knn" in cfg.eval.decode:  # a forward pass over the whole training split, then the index
         fitted["knn"] = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
                                          metric=cfg.eval.knn_metric, **options)
+        lap("knn_fit")
     if "calibrated" in cfg.eval.decode:
         fitted["calibrated"] = BiasCalibrator(model.labels).fit(logits, gold)
+        lap("calibration_fit")
     scores = {}
     for decode in cfg.eval.decode:
         pred = decode_tags(decode, logits, model, fitted.get("knn"), fitted.get("calibrated"))
         report = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
         scores[decode] = {"f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
                           "unweighted_accuracy": unweighted_accuracy(gold, pred)}
-    return {"loss": word_cross_entropy(logits, gold, model.labels), "decodes": scores}, fitted
+    lap("dev_decoding")
+    return {"loss": word_cross_entropy(logits, gold, model.labels), "decodes": scores, "seconds": seconds}, fitted
 
 
 def word_cross_entropy(logits: list[np.ndarray], tags: list[list[str]], labels: list[str]) -> float:
@@ -170,6 +182,25 @@ def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitte
             fitted["knn"].save(folder / KNN_FILE)
         if decode == "calibrated" and "calibrated" in fitted:
             fitted["calibrated"].save(folder / CALIBRATION_FILE)
+
+
+TIME_PARTS = ("training", "dev_forward", "knn_fit", "calibration_fit", "dev_decoding", "best_model_saving",
+              "checkpoints", "final_scoring")
+
+
+def time_split(timing: list[dict], checkpoint_seconds: float, final_seconds: float) -> dict:
+    """Where a run's seconds went (``TIME_PARTS``), from its per-epoch timing records: training
+    steps, the per-epoch dev evaluation (dev forward pass, the KNN reference's forward pass over
+    the training split and index, the calibration fit, decoding and scoring), saving best models,
+    checkpoints, and the final scoring of every decode on dev and test."""
+    out = dict.fromkeys(TIME_PARTS, 0.0)
+    for t in timing:
+        out["training"] += t.get("train_seconds", 0.0)
+        for part, value in (t.get("dev_seconds") or {}).items():
+            out[part] = out.get(part, 0.0) + value
+        out["best_model_saving"] += t.get("save_seconds", 0.0)
+    out["checkpoints"], out["final_scoring"] = checkpoint_seconds, final_seconds
+    return out
 
 
 def write_metrics_csv(path: Path, history: list[dict], timing: list[dict], decodes: list[str]) -> None:

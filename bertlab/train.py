@@ -47,8 +47,8 @@ from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                             set_rng_state)
 from bertlab.sampling import btl_fused_loss, btl_naive_loss, collate, length_bucketed_batches
-from bertlab.selection import (clean_json, evaluate_dev, final_evaluation, save_best_folders, update_best,
-                               write_metrics_csv)
+from bertlab.selection import (clean_json, evaluate_dev, final_evaluation, save_best_folders, time_split,
+                               update_best, write_metrics_csv)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -738,8 +738,10 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
     dev, fitted = (evaluate_dev(s.model, s.tokenizer, s.splits, cfg, s.eval_options) if d.main else (None, {}))
     dev = broadcast_value(dev, d)
     improved, progressed = update_best(progress.best, cfg.eval, epoch, dev)
+    t_save = time.perf_counter()
     if improved and d.main:
         save_best_folders(s.model, s.tokenizer, out_dir, improved, fitted, cfg, epoch, s.config_dict)
+    save_seconds = time.perf_counter() - t_save
     progress.epochs_without_improvement = 0 if progressed else progress.epochs_without_improvement + 1
     progress.best_epoch = progress.best[primary]["epoch"]
     if dev is not None and primary in improved:
@@ -753,6 +755,7 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
               "best_dev_f1": progress.best_dev_f1 if dev is not None else None,
               "best_epoch": progress.best_epoch, "best_epochs": {k: v["epoch"] for k, v in progress.best.items()}}
     timing = {"epoch": epoch, "train_seconds": seconds, "eval_seconds": time.perf_counter() - t0,
+              "dev_seconds": (dev or {}).get("seconds"), "save_seconds": save_seconds,
               "train_tokens": progress.epoch_tokens, "tokens_per_s": progress.epoch_tokens / max(seconds, 1e-9)}
     progress.history.append(record)
     progress.timing.append(timing)
@@ -777,6 +780,7 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
 def write_checkpoint(s: Setup, progress: Progress, losses: StepLosses, jlog: JsonlLog, d: Dist) -> None:
     """checkpoint.pt (rank 0 writes it; every rank's RNG state goes in); refused if the parameters
     are no longer finite, so the last good checkpoint survives."""
+    t0 = time.perf_counter()
     norm = torch.nn.utils.get_total_norm(s.params, foreach=True)
     if not math.isfinite(float(norm)):
         where = (f"{s.ckpt_path} left as it was (step {losses.last_good_step})" if losses.last_good_step is not None
@@ -794,6 +798,7 @@ def write_checkpoint(s: Setup, progress: Progress, losses: StepLosses, jlog: Jso
                         scaler=s.scaler.state_dict() if s.scaler.is_enabled() else None)
     losses.last_good_step = progress.step
     barrier(d)
+    progress.checkpoint_seconds += time.perf_counter() - t0
 
 
 def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Dist) -> dict:
@@ -802,7 +807,9 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
     progress = s.progress
     if d.main:
         best_epochs = {k: v["epoch"] for k, v in progress.best.items()}
+        t0 = time.perf_counter()
         metrics = final_evaluation(cfg, s.model, s.tokenizer, s.splits, out_dir, s.eval_options, log, best_epochs)
+        final_seconds = time.perf_counter() - t0
         metrics.update(config=s.config_dict, labels=s.splits.labels, params=s.n_params, device=str(s.device),
                        precision=s.precision, world_size=d.world_size, steps=progress.step,
                        epochs=len(progress.history), best_epoch=progress.best_epoch,
@@ -811,6 +818,7 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
                        stopped_early=progress.stopped_early, history=progress.history,
                        train_mentions=mention_counts(s.splits.train.sentences),
                        train_seconds=sum(t["train_seconds"] for t in progress.timing),
+                       time_split=time_split(progress.timing, progress.checkpoint_seconds, final_seconds),
                        timing=progress.timing)
         write_json(out_dir / "metrics.json", clean_json(metrics))
         jlog.write(event="end", step=progress.step, best_epoch=progress.best_epoch,

@@ -106,7 +106,7 @@ class StopAfter:
 
 
 def comparable(rows):
-    drop = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env"}
+    drop = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env", "time_split"}
     return sorted((json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in rows))
 
 

@@ -155,3 +155,16 @@ def test_hard_links_when_decodes_agree(three_epochs):
         same = (run / "best" / "model.safetensors").stat().st_ino == \
                (run / f"best-{decode}" / "model.safetensors").stat().st_ino
         assert same == (epochs[decode] == epochs[DECODES[0]])
+
+
+def test_the_time_split_adds_up(three_epochs):
+    """metrics.json says where a run's seconds went; the parts come from the per-epoch records."""
+    _, _, metrics, _ = three_epochs
+    split = metrics["time_split"]
+    assert set(split) >= {"training", "dev_forward", "knn_fit", "calibration_fit", "dev_decoding",
+                          "best_model_saving", "checkpoints", "final_scoring"}
+    assert split["training"] == pytest.approx(sum(t["train_seconds"] for t in metrics["timing"]))
+    assert all(v >= 0 for v in split.values()) and split["knn_fit"] > 0 and split["final_scoring"] > 0
+    per_epoch_eval = sum(t["eval_seconds"] for t in metrics["timing"])
+    parts = sum(split[k] for k in ("dev_forward", "knn_fit", "calibration_fit", "dev_decoding", "best_model_saving"))
+    assert parts <= per_epoch_eval + 1e-6  # the parts are inside the measured evaluation time

@@ -29,7 +29,7 @@ from _train_script import TINY_MODEL, tiny_config  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
 REPO = Path(__file__).resolve().parents[1]
-TIMING_KEYS = {"timing", "train_seconds", "tokens_per_second"}
+TIMING_KEYS = {"timing", "train_seconds", "tokens_per_second", "time_split"}
 
 
 def quiet(line: str) -> None:
