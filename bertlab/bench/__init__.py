@@ -25,6 +25,7 @@ AREAS = {
     "btl": "bertlab.bench.btl",         # BTL fused vs ATL vs naive BTL step time
     "epoch": "bertlab.bench.epoch",     # a real-data epoch on MACCROBAT vs a transformers loop
     "knn": "bertlab.bench.knn",         # KNN on logits vs scikit-learn brute force
+    "paths": "bertlab.bench.paths",     # each fast path switched off vs all on (what each buys)
 }
 
 
