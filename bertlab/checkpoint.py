@@ -296,6 +296,21 @@ def save_pretrained(model: TokenClassifier, tokenizer: Tokenizer | None, out_dir
     return write_folder(out_dir, write)
 
 
+def keep_first_layers(model: TokenClassifier, n: int) -> TokenClassifier:
+    """Drop all but the first ``n`` encoder layers of a (pretrained) model, in place: layer
+    dropping, a known way to get a smaller real model from a pretrained one (Sajjad et al. 2023).
+    The config follows (``num_hidden_layers`` / ``n_layers``), so the saved folder loads as an
+    ``n``-layer model, in bertlab and in transformers alike."""
+    enc = model.encoder
+    stack, field = ((enc.encoder, "num_hidden_layers") if hasattr(enc, "encoder") else (enc.transformer, "n_layers"))
+    have = len(stack.layer)
+    if not 1 <= n <= have:
+        raise ValueError(f"num_layers = {n}: the checkpoint has {have} layers; expected 1..{have}")
+    stack.layer = torch.nn.ModuleList(list(stack.layer)[:n])
+    setattr(enc.config, field, n)
+    return model
+
+
 # ---- the best checkpoints of a training run --------------------------------------------------
 
 BEST_META = "bertlab_train.json"  # in every best folder: the run's config, and which epoch/decode it is

@@ -49,6 +49,8 @@ class ModelConfig:
     head: str = "softmax"        # "softmax" | "crf"
     tokenizer: str = ""          # tokenizer folder for presets; default: the builtin checkpoint's
     overrides: dict = field(default_factory=dict)  # config fields of a preset (tiny test models)
+    num_layers: int = 0          # keep only the first N encoder layers of a pretrained checkpoint
+                                 # (layer dropping: a smaller real model); 0 = all
 
 
 @dataclass
@@ -139,7 +141,7 @@ CHOICES = {
 DECODES = ("argmax", "viterbi", "knn", "calibrated")
 # fields that must be >= the given minimum
 MINIMUM = {
-    ("data", "max_documents"): 0, ("data", "max_length"): 3, ("data", "stride"): 0,
+    ("model", "num_layers"): 0, ("data", "max_documents"): 0, ("data", "max_length"): 3, ("data", "stride"): 0,
     ("sampler", "batch_size"): 1, ("optim", "lr"): 0.0, ("optim", "weight_decay"): 0.0,
     ("optim", "eps"): 0.0, ("optim", "momentum"): 0.0, ("optim", "warmup_ratio"): 0.0,
     ("optim", "clip_grad_norm"): 0.0, ("optim", "grad_accum"): 1, ("optim", "crf_lr"): 0.0, ("train", "epochs"): 1,
@@ -433,6 +435,9 @@ def check_model_section(m: ModelConfig, where: str) -> None:
     elif m.overrides:
         raise ConfigError(f"{where}: [model] overrides: only used with preset or arch (a pretrained model "
                           f"keeps its config)")
+    if m.num_layers and (m.preset or m.arch):
+        raise ConfigError(f"{where}: [model] num_layers: drops layers of a pretrained checkpoint (path or "
+                          f"builtin); for a preset set overrides.num_hidden_layers")
 
 
 def has_crf(cfg: TrainConfig) -> bool:

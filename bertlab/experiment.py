@@ -1355,6 +1355,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bertlab experiment: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bertlab experiment NAME --list | head`: the reader left; bertlab.cli exits quietly
+        raise
     except Exception as e:  # one line for a human; the traceback on request
         if debug:
             import traceback

@@ -79,6 +79,11 @@ def build_model_and_tokenizer(cfg: ModelConfig, labels: list[str], train_corpus)
     else:  # the config checked that overrides are only given with preset or arch
         model, tokenizer = checkpoint.load_pretrained(cfg.path or checkpoint.builtin_path(cfg.builtin),
                                                       labels=labels)
+        if cfg.num_layers:
+            try:
+                checkpoint.keep_first_layers(model, cfg.num_layers)
+            except ValueError as e:
+                raise ConfigError(f"[model] {e}") from None
         if cfg.tokenizer:
             tokenizer = Tokenizer.from_pretrained(cfg.tokenizer)
         if tokenizer is None:

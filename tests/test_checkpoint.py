@@ -345,3 +345,28 @@ def test_runtime_does_not_import_reference_libraries():
             "bad = [m for m in ('transformers', 'seqeval', 'sklearn') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_keep_first_layers_equals_transformers_truncated_checkpoint(minilm_path, tmp_path, n):
+    """Layer dropping of the real MiniLM: our first-n-layer encoder computes what transformers
+    loads with num_hidden_layers=n (it keeps the first n layers' weights), and the saved folder
+    reloads as an n-layer model in both."""
+    import transformers
+
+    from bertlab.checkpoint import keep_first_layers, save_pretrained
+    labels = ["O", "B-X", "I-X"]
+    model, tok = load_pretrained(minilm_path, labels=labels)
+    keep_first_layers(model, n).eval()
+    ref = transformers.AutoModel.from_pretrained(minilm_path, num_hidden_layers=n).eval()
+    ids = torch.tensor([tok.encode_words("the patient had chest pain".split())[0].input_ids])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ours, theirs = model.encoder(ids, mask), ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    save_pretrained(model, tok, tmp_path / "small")
+    assert json.loads((tmp_path / "small" / "config.json").read_text())["num_hidden_layers"] == n
+    back, _ = load_pretrained(tmp_path / "small", labels=labels)
+    assert len(back.encoder.encoder.layer) == n
+    with pytest.raises(ValueError, match="the checkpoint has 6 layers"):
+        keep_first_layers(load_pretrained(minilm_path, labels=labels)[0], 7)
