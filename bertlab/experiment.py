@@ -1305,16 +1305,20 @@ def _read_json(path: Path, default=None):
 def main(argv: list[str] | None = None) -> int:
     """``bertlab experiment NAME [--scale S] [--only k=v ...] [--set k=v ...] [--out runs]
     [--shard I/N] [--workers N]``."""
-    ap = argparse.ArgumentParser(prog="bertlab experiment", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="bertlab experiment", description=(
+        "Run (or resume) a study: every run of experiments/NAME.toml at a scale, then its report "
+        "(docs/experiments.md). Re-running the same command resumes where it stopped."))
     ap.add_argument("name", help="study name (experiments/NAME.toml) or a path to a study .toml")
-    ap.add_argument("--scale", default="default", choices=SCALES)
+    ap.add_argument("--scale", default="default", choices=SCALES,
+                    help="smoke (a few documents, seconds a run), default, or full (default: default); "
+                         "writes OUT/NAME, or OUT/NAME-SCALE for a non-default scale")
     ap.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                     help="run only the runs with this axis value (repeatable), e.g. --only seed=0")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="override a base config key (TOML value), e.g. --set train.epochs=1 or "
                          "--set models.bio_clinicalbert.path=/models/Bio_ClinicalBERT")
     ap.add_argument("--out", default="runs", help="parent folder of study folders (default runs/)")
-    ap.add_argument("--experiments", default="experiments", help="folder of study files")
+    ap.add_argument("--experiments", default="experiments", help="folder of study files (default experiments/)")
     ap.add_argument("--list", action="store_true", help="print the runs and exit")
     ap.add_argument("--no-report", action="store_true", help="do not build report.md at the end")
     ap.add_argument("--shard", metavar="I/N",
