@@ -29,6 +29,8 @@ explains the choices):
   t-test detects (80% power).
 * **two-way ANOVA** (``[report] anova``): Type II, the seed as a block factor by default.
 * **learning curves**: dev scores per epoch from each row's ``curve``, when the rows have one.
+* **where the time went**: each trained variant's mean seconds per part of ``time_split``
+  (training, dev evaluation, KNN fit, I/O, final scoring) and its share, and the study's total.
 """
 from __future__ import annotations
 
@@ -649,7 +651,7 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     md += _main_section(variants, runs, labels, opts, data)
     md += _band_section(variants, labels, opts, data)
     md += _significance_section(variants, runs, labels, study, opts, data)
-    md += _compute_section(variants, labels, data)
+    md += _compute_section(variants, labels, short, data)
     md += _learning_curve_section(study_dir, variants, labels, opts)
     if opts.get("confusion"):
         md += _confusion_section(study_dir, variants, labels)
@@ -889,7 +891,7 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
     return md
 
 
-def _compute_section(variants: dict, labels: dict, data: dict) -> list[str]:
+def _compute_section(variants: dict, labels: dict, short: dict, data: dict) -> list[str]:
     md = ["## Compute cost", "",
           "Means over seeds. Train seconds are the loop's own timing (data loading and final "
           "evaluation excluded); inference tokens/s counts words of the test split per second of "
@@ -903,8 +905,83 @@ def _compute_section(variants: dict, labels: dict, data: dict) -> list[str]:
         body.append([labels[key], "–" if math.isnan(params) else f"{params / 1e6:.2f} M",
                      _f(vals["seconds_per_epoch"], 1), _f(vals["train_seconds"], 1),
                      _f(vals["inference_tokens_per_s"], 0), _f(vals["f1_micro"])])
-    return md + _table(["variant", "parameters", "train s / epoch", "train s", "inference tokens/s",
-                        "micro F1"], body)
+    md += _table(["variant", "parameters", "train s / epoch", "train s", "inference tokens/s", "micro F1"], body)
+    return md + _time_split_section(variants, short, data)
+
+
+# the parts of ``row["time_split"]`` (bertlab.selection.TIME_PARTS, not imported: it pulls in torch),
+# in the order a run spends them, with the names the report prints
+TIME_PARTS = {"training": "training", "dev_forward": "dev forward", "knn_fit": "KNN fit",
+              "calibration_fit": "calibration fit", "dev_decoding": "dev decoding",
+              "best_model_saving": "best-model saving", "checkpoints": "checkpoints",
+              "final_scoring": "final scoring"}
+
+
+def time_split_runs(rows: list[dict]) -> dict[str, dict]:
+    """``{run_id: time_split}`` of the rows that carry one. A trained run gives one row per decode,
+    all with the run's split, so each run counts once. Old results and the HMM / CRF baselines have
+    none."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if isinstance(r.get("time_split"), dict):
+            out.setdefault(r["run_id"], r["time_split"])
+    return out
+
+
+def _time_split_section(variants: dict, short: dict, data: dict) -> list[str]:
+    """Where the seconds of each trained variant (the variant without its decode) went: the mean
+    over its runs (seeds) of each part of ``time_split`` and its share of their sum, then the same
+    summed over the study, and the largest part besides training. Empty when no row has a split."""
+    trained: dict[tuple, dict[str, dict]] = {}
+    for key, group in variants.items():
+        trained.setdefault(key[:-1], {}).update(time_split_runs(group))
+    trained = {k: runs for k, runs in trained.items() if runs}
+    if not trained:
+        return []
+    splits = [s for runs in trained.values() for s in runs.values()]
+    seen = list(dict.fromkeys(list(TIME_PARTS) + [p for s in splits for p in s]))
+    parts = [p for p in seen if any(s.get(p) for s in splits)]  # a part that is 0 everywhere is noise
+    zero = [TIME_PARTS.get(p, p) for p in seen if p not in parts and p in TIME_PARTS]
+    name = {p: TIME_PARTS.get(p, p.replace("_", " ")) for p in parts}
+
+    def seconds(runs) -> np.ndarray:  # [runs, parts]
+        return np.array([[float(s.get(p) or 0.0) for p in parts] for s in runs], dtype=float).reshape(-1, len(parts))
+
+    def cells(values: np.ndarray) -> list[str]:
+        total = values.sum()
+        return [f"{v:.1f} ({v / total:.0%})" if total > 0 else f"{v:.1f}" for v in values] + [f"{total:.1f}"]
+
+    md = ["### Where the time went", "",
+          "Seconds of each run, summed over its epochs (`time_split` in results.jsonl), as the mean over the "
+          "runs (seeds) of each trained variant, with each part's share of the timed total; every decode of a "
+          "run shares its run's seconds, so a run counts once. **training**: the optimizer steps. After every "
+          "epoch, the dev evaluation: **dev forward** (the dev split's forward pass), **KNN fit** (the forward "
+          "pass over the training split and the index of the KNN decode), **calibration fit**, **dev decoding** "
+          "(decoding and scoring every decode, the KNN queries included). I/O: **best-model saving**, "
+          "**checkpoints**. **final scoring**: every decode on dev and test with its best model. Loading the "
+          "corpus and the model is not timed (it is in the wall time above)."
+          + (f" Zero in every run, so not shown: {', '.join(zero)}." if zero else ""), ""]
+    entry: dict = {"parts": parts, "variants": {}}
+    body = []
+    for key, runs in trained.items():
+        label = variant_label(key, short) or "every run"
+        mean = seconds(runs.values()).mean(0)
+        entry["variants"][label] = {"runs": len(runs), "mean": dict(zip(parts, mean.tolist())),
+                                    "share": dict(zip(parts, (mean / mean.sum()).tolist())) if mean.sum() > 0 else None}
+        body.append([label, str(len(runs))] + cells(mean))
+    total = seconds(splits).sum(0)
+    body.append(["study total (sum over runs)", str(len(splits))] + cells(total))
+    entry["total"] = dict(zip(parts, total.tolist()))
+    md += _table(["trained variant", "runs"] + [f"{name[p]} s" for p in parts] + ["timed total s"], body)
+    others = [i for i, p in enumerate(parts) if p != "training"]
+    if others and total.sum() > 0:
+        i = max(others, key=lambda j: total[j])
+        entry["largest_non_training"] = parts[i]
+        hours = f"{total[i] / 3600:.2f} h" if total[i] >= 3600 else f"{total[i] / 60:.1f} min"
+        md += [f"Besides training, the study's seconds go mostly to **{name[parts[i]]}**: {total[i]:.1f} s "
+               f"({hours}), {total[i] / total.sum():.0%} of the timed total.", ""]
+    data["time_split"] = entry
+    return md
 
 
 def _confusion_section(study_dir: Path, variants: dict, labels: dict) -> list[str]:

@@ -835,3 +835,63 @@ def test_per_class_table_takes_each_class_count_from_its_own_corpus():
     assert table["Dose"] == ["120", "middle"]
     assert table["Age"] == ["30", "tail"]
     assert data["variants"]["data=b"]["bands"]["tail"] == {"f1": 0.9, "classes": 1}
+
+
+# ---- where the time went (time_split) ---------------------------------------------------------------
+
+PARTS = ["training", "dev_forward", "knn_fit", "calibration_fit", "dev_decoding", "best_model_saving",
+         "checkpoints", "final_scoring"]
+PART_NAMES = {"training": "training", "dev_forward": "dev forward", "knn_fit": "KNN fit",
+              "dev_decoding": "dev decoding", "best_model_saving": "best-model saving",
+              "checkpoints": "checkpoints", "final_scoring": "final scoring"}
+
+
+def test_time_split_table_means_shares_and_study_total(tmp_path):
+    """Per trained variant (decode dropped): the mean over seeds of each part and its share of the
+    summed parts; a run scored with two decodes counts once. The study total sums the runs. A part
+    that is 0 in every run (calibration) is named, not shown; an HMM without a split is left out."""
+    rng = np.random.default_rng(7)
+    axes = {"loss.name": ["ce", "focal", "hmm"], "train.seed": [0, 1, 2]}
+    rows, splits = [], {}
+    for loss in ("ce", "focal"):
+        for seed in axes["train.seed"]:
+            split = {p: float(np.round(rng.uniform(0.5, 60), 3)) for p in PARTS}
+            split["calibration_fit"] = 0.0
+            splits.setdefault(loss, []).append(split)
+            for decode in ("argmax", "knn"):  # the same split on both rows of the run
+                rows.append(synthetic_row({"loss.name": loss, "train.seed": seed}, decode, 0.5, time_split=split))
+    rows.append(synthetic_row({"loss.name": "hmm", "train.seed": 0}, "viterbi", 0.3, time_split=None))
+    write_rows(tmp_path / "split", rows, {"figures": False}, axes)
+    md = build_report(tmp_path / "split").read_text()
+    data = json.loads((tmp_path / "split" / "report.json").read_text())
+
+    shown = [p for p in PARTS if p != "calibration_fit"]
+    lines = md.splitlines()
+    header = next(l for l in lines if l.startswith("| trained variant"))
+    assert header == "| trained variant | runs | " + " | ".join(f"{PART_NAMES[p]} s" for p in shown) + " | timed total s |"
+    assert "Zero in every run, so not shown: calibration fit." in md
+    table = {r[0]: r for r in table_rows(md, "### Where the time went")}
+    assert set(table) == {"name=ce", "name=focal", "study total (sum over runs)"}
+
+    def expect(values):
+        return [f"{v:.1f} ({v / values.sum():.0%})" for v in values] + [f"{values.sum():.1f}"]
+
+    for loss, runs in splits.items():
+        mean = np.array([[s[p] for p in shown] for s in runs]).mean(0)
+        assert table[f"name={loss}"][1:] == ["3"] + expect(mean)
+        np.testing.assert_allclose([data["time_split"]["variants"][f"name={loss}"]["mean"][p] for p in shown], mean)
+        np.testing.assert_allclose([data["time_split"]["variants"][f"name={loss}"]["share"][p] for p in shown],
+                                   mean / mean.sum())
+    total = np.array([[s[p] for p in shown] for runs in splits.values() for s in runs]).sum(0)
+    assert table["study total (sum over runs)"][1:] == ["6"] + expect(total)
+    largest = max(range(1, len(shown)), key=lambda i: total[i])  # index 0 is training
+    assert data["time_split"]["largest_non_training"] == shown[largest]
+    assert (f"Besides training, the study's seconds go mostly to **{PART_NAMES[shown[largest]]}**: "
+            f"{total[largest]:.1f} s") in md
+    assert f"{total[largest] / total.sum():.0%} of the timed total" in md
+
+    # old results: no split anywhere, no table and no error
+    old = [{k: v for k, v in r.items() if k != "time_split"} for r in rows]
+    write_rows(tmp_path / "old", old, {"figures": False}, axes)
+    md = build_report(tmp_path / "old").read_text()
+    assert "## Compute cost" in md and "Where the time went" not in md
