@@ -31,6 +31,9 @@ explains the choices):
 * **learning curves**: dev scores per epoch from each row's ``curve``, when the rows have one.
 * **where the time went**: each trained variant's mean seconds per part of ``time_split``
   (training, dev evaluation, KNN fit, I/O, final scoring) and its share, and the study's total.
+* **a committed folder** (``docs/results/NAME``: results and report.json, no prediction files):
+  the intervals and document-level tests are taken from the earlier build's report.json where it
+  scored the same runs with the same values, and marked so.
 """
 from __future__ import annotations
 
@@ -542,11 +545,14 @@ def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
     return out
 
 
-def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], opts: dict) -> list[dict]:
+def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], opts: dict,
+                earlier: dict | None = None) -> list[dict]:
     """Every comparison of every family and metric; Holm within one family and one metric, over
     the comparisons that are tested (those certain by construction are left out). The p-values
     corrected are the document permutation test's when every comparison of the family has one,
-    else (no prediction files) the seed-paired t-test's."""
+    else (no prediction files) the seed-paired t-test's. Without prediction files, the
+    document-level results an ``earlier`` build stored for the same comparison of the same values
+    are kept (``earlier_comparison``)."""
     out = []
     for family in families:
         pairs = family_pairs(family, variants)
@@ -556,6 +562,8 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                 c = compare(runs[key], runs[base], metric, opts)
                 c.update(family=family["name"], variant=labels[key], baseline=labels[base],
                          seeds=[r["seed"] for r in runs[key].rows])
+                if c["ci_note"] == "no prediction files" and earlier:
+                    c.update(earlier_comparison(earlier, c, runs[key], runs[base]) or {})
                 group.append(c)
             tested = [c for c in group if not c["excluded"]]
             source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"
@@ -614,6 +622,64 @@ def sentence(c: dict, alpha: float) -> str:
             f"one of this size.{undetectable}")
 
 
+# ---- an earlier build ------------------------------------------------------------------------------
+# A committed study folder (docs/results/NAME) keeps results.jsonl and report.json but not the runs'
+# prediction files, so a rebuild cannot redo the document bootstrap. It keeps what the earlier build
+# stored instead, where that build scored the same runs with the same values.
+
+def earlier_build(study_dir: Path) -> dict:
+    """The ``report.json`` a previous build left in ``study_dir`` (``{}`` if none or unreadable)."""
+    try:
+        data = json.loads((study_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _same(a, b) -> bool:
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        return False
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
+
+
+def earlier_metric(earlier: dict, label: str, v: VariantRuns, metric: str) -> dict | None:
+    """What the earlier build stored for this variant and metric (``report.json``,
+    ``variants[label][metric]``), if it measured the same thing: the same runs with the same
+    values of ``metric``, or, for a variant that is now one run (deterministic or identical
+    seeds), that run's value on every stored seed. ``None`` otherwise (other runs, or a changed
+    definition such as the fixed class set of macro F1)."""
+    entry = (earlier.get("variants") or {}).get(label) or {}
+    stored = entry.get(metric)
+    if not isinstance(stored, dict):
+        return None
+    by_run = dict(zip(entry.get("runs") or [], stored.get("values") or []))
+    now = {r["run_id"]: metric_value(r, metric) for r in v.rows}
+    if not all(rid in by_run and _same(by_run[rid], x) for rid, x in now.items()):
+        return None
+    if set(by_run) != set(now) and not (v.single and all(_same(x, next(iter(now.values()))) for x in by_run.values())):
+        return None
+    return stored
+
+
+def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns) -> dict | None:
+    """The document-level results (``ci``, ``ci_note``, ``p_perm`` …) of comparison ``c`` from the
+    earlier build, when it stored them for the same family, variants and metric, of the same
+    values on both sides, and with the same difference; ``None`` otherwise."""
+    for old in earlier.get("comparisons") or []:
+        if (isinstance(old, dict) and "p_perm" in old and "ci" in old
+                and old.get("ci_note") != "no prediction files"  # that build had none either
+                and all(old.get(k) == c[k] for k in ("family", "variant", "baseline", "metric"))
+                and _same(old.get("diff"), c["diff"])
+                and earlier_metric(earlier, c["variant"], a, c["metric"]) is not None
+                and earlier_metric(earlier, c["baseline"], b, c["metric"]) is not None):
+            keep = ("ci", "ci_note", "p_perm", "perm_exact", "docs", "resampled_seeds")
+            return {**{k: old[k] for k in keep if k in old}, "p_perm": float(old["p_perm"]),
+                    "document_level_from": "earlier build"}
+    return None
+
+
 # ---- the report -----------------------------------------------------------------------------------
 
 def build_report(study_dir: str | os.PathLike) -> Path:
@@ -636,7 +702,7 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     made_by = ", then ".join(f"`{c}`" for c in study.get("commands", [])) or (
         f"`bertlab experiment {study['name']} --scale {study['scale']}`")
     md += [f"Made by {made_by} "
-           f"(study file `{study.get('source', '')}`); rebuild with `bertlab report {study_dir.name}`. "
+           f"(study file `{study.get('source', '')}`); rebuild with `bertlab report {_report_argument(study_dir)}`. "
            f"{n_runs} of {len(study.get('runs', []))} runs finished; {len(variants)} variants "
            f"(decode counted as an axis: every run is scored with each of {', '.join(study.get('decodes', []))}).",
            ""]
@@ -647,10 +713,11 @@ def build_report(study_dir: str | os.PathLike) -> Path:
         return _write_report(study_dir, md, data)
 
     runs = {key: variant_runs(study_dir, group) for key, group in variants.items()}
+    earlier = earlier_build(study_dir)  # read before this build replaces it
     md += _environment_section(rows)
-    md += _main_section(variants, runs, labels, opts, data)
+    md += _main_section(variants, runs, labels, opts, data, earlier)
     md += _band_section(variants, labels, opts, data)
-    md += _significance_section(variants, runs, labels, study, opts, data)
+    md += _significance_section(variants, runs, labels, study, opts, data, earlier)
     md += _compute_section(variants, labels, short, data)
     md += _learning_curve_section(study_dir, variants, labels, opts)
     if opts.get("confusion"):
@@ -661,6 +728,14 @@ def build_report(study_dir: str | os.PathLike) -> Path:
         md += _gradflow_section(study_dir, rows)
     md += _figures_section(study_dir, variants, labels, opts)
     return _write_report(study_dir, md, data)
+
+
+def _report_argument(study_dir: Path) -> str:
+    """What to type after ``bertlab report`` to rebuild this folder: the study name for a folder under
+    runs/, ``docs/results/NAME`` for a committed result (its name alone would look under runs/)."""
+    if study_dir.parent.name == "results" and study_dir.parent.parent.name == "docs":
+        return f"docs/results/{study_dir.name}"
+    return study_dir.name
 
 
 def _write_report(study_dir: Path, md: list[str], data: dict) -> Path:
@@ -709,7 +784,8 @@ def _environment_section(rows: list[dict]) -> list[str]:
     return md
 
 
-def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: dict) -> list[str]:
+def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: dict,
+                  earlier: dict | None = None) -> list[str]:
     n_classes = sorted({sum(1 for v in r.get("per_type", {}).values() if v.get("support", 0) > 0)
                         for g in variants.values() for r in g})
     md = ["## Main results (test set)", "",
@@ -721,7 +797,7 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
           "results.jsonl, also averages types that are only predicted); in a resample that leaves out "
           "every document of a class, that class keeps its full-test-set score. A model without random "
           "state is one run (`1 (deterministic)`).", ""]
-    body, missing = [], []
+    body, missing, kept, stale = [], [], 0, []
     cache: dict[int, np.ndarray] = {}
     for key, group in variants.items():
         v = runs[key]
@@ -744,7 +820,29 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
             entry[m] = {"mean": mean, "std": std, "values": [metric_value(r, m) for r in v.rows]}
             cells.append(f"{_f(mean)} ± {_f(std)}")
             if x is None:
-                cells.append("n/a")
+                stored = earlier_metric(earlier or {}, labels[key], v, m)
+                if stored is None or "ci" not in stored:
+                    prior = (((earlier or {}).get("variants") or {}).get(labels[key]) or {}).get(m)
+                    if isinstance(prior, dict) and prior.get("ci"):  # an interval, but of other values
+                        stale.append(f"{labels[key]}, {METRICS[m]}")
+                    cells.append("n/a")
+                    continue
+                # no prediction files (a committed folder): the earlier build's interval of the same values
+                kept += 1
+                entry[m].update({k: stored[k] for k in ("ci", "ci_note", "bootstrap_point") if k in stored},
+                                ci_from="earlier build")
+                point = stored.get("bootstrap_point", mean)
+                if stored["ci"] is not None and not stored["ci"][0] - 1e-12 <= point <= stored["ci"][1] + 1e-12:
+                    # built before such intervals were withheld: the same rule as for a fresh one
+                    stored = {**stored, "ci": None, "ci_note": (
+                        f"the earlier build's interval [{stored['ci'][0]:.4f}, {stored['ci'][1]:.4f}] does not "
+                        f"contain the estimate {point:.4f}")}
+                    entry[m].update(ci=None, ci_note=stored["ci_note"])
+                if stored["ci"] is not None:
+                    cells.append(f"[{_f(stored['ci'][0])}, {_f(stored['ci'][1])}]²")
+                else:
+                    cells.append("none¹²")
+                    missing.append(f"{labels[key]}, {METRICS[m]}: {stored.get('ci_note') or 'unknown'}")
                 continue
             theta, lo, hi, why = bootstrap_variant(x, layout, cache[x.shape[1]], m)
             entry[m]["bootstrap_point"] = theta
@@ -763,6 +861,13 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
     md += _table(header, body)
     if missing:
         md += ["¹ No sound interval, so none is printed:", ""] + [f"- {m}" for m in missing] + [""]
+    if kept:
+        md += ["² From the earlier build of this folder (its report.json): the runs' prediction files are not "
+               f"here, so {kept} interval(s) could not be recomputed; that build scored the same runs with the "
+               "same values, and its intervals are kept.", ""]
+    if stale:
+        md += ["n/a: no prediction files here. The earlier build's intervals of " + "; ".join(stale) + " were of "
+               "other values (other runs, or a metric defined differently then), so they are not kept.", ""]
     return md
 
 
@@ -815,13 +920,13 @@ def _band_section(variants: dict, labels: dict, opts: dict, data: dict) -> list[
 
 
 def _significance_section(variants: dict, runs: dict, labels: dict, study: dict, opts: dict,
-                          data: dict) -> list[str]:
+                          data: dict, earlier: dict | None = None) -> list[str]:
     md = ["## Significance: differences with intervals, by comparison family", ""]
     families = comparison_families(study, opts)
     if not families:
         return md + ["The study declares no comparison (`[report.compare]`) and names no baseline "
                      "(`[study] baseline`), so nothing is tested.", ""]
-    comps = comparisons(variants, runs, labels, families, {**opts, "metrics": list(opts["metrics"])})
+    comps = comparisons(variants, runs, labels, families, {**opts, "metrics": list(opts["metrics"])}, earlier)
     data["comparisons"] = comps
     data["families"] = families
     if not comps:
@@ -880,6 +985,11 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         if any(c["holm_source"] == "t" and not c["excluded"] for c in mine):
             md += ["Without prediction files there is no document-level test: p Holm corrects the seed-paired "
                    "t-test, which ignores test-set variance.", ""]
+        kept = sum(1 for c in mine if c.get("document_level_from"))
+        if kept:
+            md += [f"The 95% CI and p (docs) of {kept} comparison(s) come from the earlier build of this folder "
+                   "(its report.json): the runs' prediction files are not here to recompute them; that build "
+                   "compared the same runs with the same values.", ""]
         notes = sorted({c["ci_note"] for c in mine if c["ci"] is None and c["ci_note"]})
         if notes:
             md += ["No interval where: " + "; ".join(notes) + ".", ""]
@@ -1229,6 +1339,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(build_report(folder))
     except (FileNotFoundError, ValueError) as e:
-        print(f"bertlab report: {e}", file=sys.stderr)
+        hint = ""
+        committed = committed_results(args.name)
+        if isinstance(e, FileNotFoundError) and not (folder / "study.json").exists() and committed:
+            hint = f" The committed result is in {committed}/; rebuild it with `bertlab report {committed}`."
+        print(f"bertlab report: {e}{hint}", file=sys.stderr)
         return 2
     return 0
+
+
+def committed_results(name: str) -> str | None:
+    """The committed result folder ``docs/results/NAME`` of this checkout, as a path to type (relative
+    to the working directory when it is below it), or ``None`` when there is none."""
+    if not name or Path(name).name != name:  # a path, not a study name
+        return None
+    folder = Path(__file__).resolve().parent.parent / "docs" / "results" / name
+    if not (folder / "study.json").exists():
+        return None
+    try:
+        return str(folder.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)

@@ -895,3 +895,79 @@ def test_time_split_table_means_shares_and_study_total(tmp_path):
     write_rows(tmp_path / "old", old, {"figures": False}, axes)
     md = build_report(tmp_path / "old").read_text()
     assert "## Compute cost" in md and "Where the time went" not in md
+
+
+# ---- a committed folder: the hint, and the intervals of the earlier build ---------------------------
+
+def test_missing_study_folder_points_to_the_committed_result(tmp_path, capsys):
+    from bertlab.report import main
+    assert main(["btl_focal", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "study.json: not found" in err and "docs/results/btl_focal/" in err
+    assert err.endswith("docs/results/btl_focal`.") and "rebuild it with `bertlab report " in err
+    assert main(["no_such_study", "--out", str(tmp_path / "runs")]) == 2
+    assert "docs/results" not in capsys.readouterr().err
+
+
+def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
+    """A committed folder (results.jsonl and report.json, no prediction files) rebuilt in place:
+    the main-table intervals and the comparisons' document-level results of the earlier build are
+    kept, marked as such, wherever that build scored the same runs with the same values; others
+    are n/a, an interval that misses its estimate is withheld, and a second rebuild changes nothing."""
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    sdir = make_study(tmp_path / "docs" / "results", NOISE, report={"compare": FAMILIES, "metrics": ALL_METRICS})
+    build_report(sdir)
+    first = json.loads((sdir / "report.json").read_text())
+    for f in sdir.glob("*/predictions_*.jsonl"):
+        f.unlink()
+    write_results(sdir)
+    # the earlier build as older code wrote it: one interval of other values (another definition)
+    # and one that misses its estimate
+    stored = json.loads((sdir / "report.json").read_text())
+    stale, missing = "sampler=atl, loss=ce, decode=knn", "sampler=btl, loss=ce, decode=knn"
+    stored["variants"][stale]["f1_macro"]["values"][0] += 0.01
+    est = stored["variants"][missing]["f1_micro"]["bootstrap_point"]
+    stored["variants"][missing]["f1_micro"]["ci"] = [est - 0.05, est - 0.01]
+    (sdir / "report.json").write_text(json.dumps(stored))
+
+    md = build_report(sdir).read_text()
+    assert "rebuild with `bertlab report docs/results/study`" in md
+    table = {r[0]: r for r in table_rows(md, "## Main results")}
+    data = json.loads((sdir / "report.json").read_text())
+    for name, entry in first["variants"].items():
+        for col, m in ((3, "f1_micro"), (5, "f1_macro"), (7, "unweighted_accuracy")):
+            if (name, m) == (stale, "f1_macro"):
+                assert table[name][col] == "n/a"
+            elif (name, m) == (missing, "f1_micro"):
+                assert table[name][col] == "none¹²"
+                assert data["variants"][name][m]["ci"] is None
+            else:
+                lo, hi = entry[m]["ci"]
+                assert table[name][col] == f"[{lo:.4f}, {hi:.4f}]²"
+                assert data["variants"][name][m]["ci"] == [lo, hi]
+                assert data["variants"][name][m]["ci_from"] == "earlier build"
+    assert "² From the earlier build of this folder" in md
+    assert f"{stale}, macro F1 were of other values" in md
+    assert f"{missing}, micro F1: the earlier build's interval [{est - 0.05:.4f}, {est - 0.01:.4f}] does not contain" in md
+
+    # comparisons: the earlier interval and permutation p where both sides are unchanged; Holm on them
+    before = {(c["family"], c["variant"], c["baseline"], c["metric"]): c for c in first["comparisons"]}
+    touched = {(c["family"], c["metric"]) for c in data["comparisons"]
+               if c["metric"] == "f1_macro" and stale in (c["variant"], c["baseline"])}
+    for c in data["comparisons"]:
+        old = before[(c["family"], c["variant"], c["baseline"], c["metric"])]
+        if c["metric"] == "f1_macro" and stale in (c["variant"], c["baseline"]):
+            assert c["ci"] is None and c["ci_note"] == "no prediction files" and math.isnan(c["p_perm"])
+            continue
+        assert c["document_level_from"] == "earlier build"
+        assert c["ci"] == old["ci"] and c["p_perm"] == old["p_perm"]
+        if (c["family"], c["metric"]) in touched:  # one comparison without p (docs): Holm on the t-tests
+            assert c["holm_source"] == "t"
+        elif old["excluded"] is None:  # every p (docs) of the family kept: the same Holm correction
+            assert c["holm_source"] == "perm" and c["p_holm"] == pytest.approx(old["p_holm"], abs=1e-15)
+    assert touched
+    assert "come from the earlier build of this folder" in md
+
+    again = build_report(sdir).read_text()
+    assert [l for l in again.splitlines() if l.startswith("|")] == [l for l in md.splitlines() if l.startswith("|")]
