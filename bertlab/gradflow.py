@@ -497,6 +497,28 @@ def _pyplot():
     return plt
 
 
+LEGEND_POINTS = 8  # the smallest text of a figure (legends, class ticks): readable at page size
+
+# what each statistic is, with its unit, for axis and colour-bar labels
+STATISTIC_LABELS = {
+    "grad_norm": "gradient norm ‖g‖ (L2 of ∂loss/∂θ)",
+    "grad_rms": "gradient RMS ‖g‖/√n (per parameter)",
+    "weight_norm": "weight norm ‖θ‖ (L2)",
+    "update_ratio": "update / weight ‖Δθ‖/‖θ‖ (ratio)",
+    "p_t_mean": "mean p_t, the probability of the true class (0–1)",
+    "p_t_var": "variance of p_t over the class's tokens",
+    "true_logit_mean": "mean true-class logit (logit units)",
+    "true_logit_var": "variance of the true-class logit (logit units²)",
+    "focal_factor_mean": "mean focal factor (1 − p_t)^γ (0–1)",
+    "focal_factor_var": "variance of the focal factor (1 − p_t)^γ",
+}
+
+
+def statistic_label(statistic: str) -> str:
+    """The axis / colour-bar label of a recorded statistic: what it is and its unit."""
+    return STATISTIC_LABELS.get(statistic, statistic.replace("_", " "))
+
+
 def plot_grad_norms(rows, statistic: str = "grad_norm", title: str = ""):
     """Gradient norm per layer over training (log scale), plus the first/last-layer ratio and the
     running batch-loss variance. One line per layer, labelled with the layer names in the data.
@@ -511,10 +533,12 @@ def plot_grad_norms(rows, statistic: str = "grad_norm", title: str = ""):
         pts = sorted((r["step"], r["value"]) for r in sel if r["layer"] == layer)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=layer, color=cmap(i))
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{statistic} (per layer, log scale)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"{statistic_label(statistic)}\nper layer (log scale)")
     ax.set_title(title or f"{statistic} per layer")
-    ax.legend(fontsize=7, ncol=2)
+    # below the plot, so no line is hidden behind it
+    ax.legend(title="layer", fontsize=LEGEND_POINTS, title_fontsize=LEGEND_POINTS + 1, loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), ncol=min(max(len(layers), 1), 6), frameon=False)
     ax2 = axes[1]
     ratio = sorted((r["step"], r["value"]) for r in _select(rows, "first_last_ratio"))
     if ratio:
@@ -523,9 +547,9 @@ def plot_grad_norms(rows, statistic: str = "grad_norm", title: str = ""):
     if var:
         ax3 = ax2.twinx()
         ax3.plot([p[0] for p in var], [p[1] for p in var], color="C0", ls="--", label="running batch-loss variance")
-        ax3.set_ylabel("batch-loss variance (running, epoch)", color="C0")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("first / last encoder layer grad norm", color="C3")
+        ax3.set_ylabel("running batch-loss variance (loss²)", color="C0")
+    ax2.set_xlabel("optimizer step")
+    ax2.set_ylabel("‖g‖ first / last encoder layer (ratio)", color="C3")
     ax2.set_title("loss-landscape signals")
     fig.tight_layout()
     return fig
@@ -550,12 +574,13 @@ def plot_class_share(rows, ax=None, title: str = "", vmax: float | None = None):
     data = np.array(values, dtype=float)
     bound = vmax if vmax is not None else max(float(np.nanmax(np.abs(data))), 1e-12)
     im = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, origin="lower")
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(layers)), layers, fontsize=8)
-    ax.set_xlabel("class (tokens of)")
-    ax.set_ylabel("layer")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=LEGEND_POINTS)
+    ax.set_yticks(range(len(layers)), layers, fontsize=LEGEND_POINTS + 1)
+    ax.set_xlabel("class (the gradient of the loss on its tokens)")
+    ax.set_ylabel("layer (input at the bottom)")
     ax.set_title(title or "share of the gradient  <g_k, g> / ‖g‖²")
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    bar = fig.colorbar(im, ax=ax, fraction=0.03)
+    bar.set_label("share of the layer's gradient ⟨g_k, g⟩/‖g‖²\n(no unit; a row sums to 1, < 0: against g)")
     return fig
 
 
@@ -573,12 +598,13 @@ def plot_logit_stats(rows, statistic: str = "p_t_mean"):
     data = np.array([[val.get((c, s), np.nan) for s in steps] for c in classes], dtype=float)
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(steps) + 3), 0.25 * len(classes) + 2))
     im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1 if "p_t" in statistic else None)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set_xticks(range(len(steps)), steps, rotation=90, fontsize=7)
-    ax.set_xlabel("step")
+    ax.set_yticks(range(len(classes)), classes, fontsize=LEGEND_POINTS)
+    ax.set_xticks(range(len(steps)), steps, rotation=90, fontsize=LEGEND_POINTS)
+    ax.set_xlabel("optimizer step (recorded steps)")
     ax.set_ylabel("class (by token count)")
-    ax.set_title(f"{statistic} per class")
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_title(f"{statistic} per class (white: no token of the class in the batch)")
+    bar = fig.colorbar(im, ax=ax, fraction=0.03)
+    bar.set_label(statistic_label(statistic))
     fig.tight_layout()
     return fig
 
@@ -604,10 +630,10 @@ def plot_compare(runs: dict[str, list[dict]]):
         ax.plot(range(len(layers)), [norms[l] for l in layers], marker="o", label=name)
         ax.set_xticks(range(len(layers)), layers, rotation=45, fontsize=8)
     ax.set_yscale("log")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("mean grad norm over recorded steps")
+    ax.set_xlabel("layer (input on the left)")
+    ax.set_ylabel("mean gradient norm ‖g‖ over recorded steps (log scale)")
     ax.set_title("gradient norm per layer")
-    ax.legend()
+    ax.legend(title="run", fontsize=LEGEND_POINTS + 1, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -726,7 +726,7 @@ def build_report(study_dir: str | os.PathLike) -> Path:
         md += _anova_section(rows, opts["anova"], short, data)
     if study.get("gradflow"):
         md += _gradflow_section(study_dir, rows)
-    md += _figures_section(study_dir, variants, labels, opts)
+    md += _figures_section(study_dir, variants, labels, opts, short)
     return _write_report(study_dir, md, data)
 
 
@@ -1218,9 +1218,16 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
     trained = list(dict.fromkeys(k[:-1] for k in variants))
     cmap = plt.get_cmap("tab10" if len(trained) <= 10 else "tab20")
     colour = {key: cmap(trained.index(key[:-1]) % cmap.N) for key in variants}
-    fig, axes = plt.subplots(1, len(decodes), figsize=(5 * len(decodes), 3.8), squeeze=False, sharey=True)
+    # two panels a row at most, so the figure stays about a page wide
+    ncols = min(len(decodes), 2)
+    nrows = -(-len(decodes) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(max(7.0, 4.6 * ncols), 3.6 * nrows), squeeze=False,
+                             sharey=True, layout="constrained")
+    panels = list(grid.flat[:len(decodes)])
+    for ax in grid.flat[len(decodes):]:
+        ax.set_visible(False)
     all_epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, "dev_f1_micro")[0]})
-    for ax, decode in zip(axes[0], decodes):
+    for ax, decode in zip(panels, decodes):
         for key, curves in with_curves.items():
             if dict(key)["decode"] != decode:
                 continue
@@ -1234,18 +1241,18 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
             if len(v) > 1:
                 ax.fill_between(ep, np.nanmin(v, 0), np.nanmax(v, 0), color=colour[key], alpha=0.2, lw=0)
         ax.set_title(f"decode = {decode}")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0-based)")
         if len(all_epochs) <= 20:
             ax.set_xticks(all_epochs)
         else:
             ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][0].set_ylabel("dev micro F1 (mean, band: min–max over seeds)")
+    for row in grid:
+        row[0].set_ylabel("dev micro F1\n(mean; band: min–max over seeds)")
     handles = {}
-    for ax in axes[0]:  # one legend entry per trained variant, whatever panel it is drawn in
+    for ax in panels:  # one legend entry per trained variant, whatever panel it is drawn in
         for line in ax.get_lines():
             handles.setdefault(line.get_label(), line)
-    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=6, loc="center left",
-                       bbox_to_anchor=(1.01, 0.5))
+    fig.legend(list(handles.values()), list(handles), title="trained variant", **_legend_below(len(handles)))
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     fig.savefig(fig_dir / "learning_curves.png", dpi=120, bbox_inches="tight")
@@ -1273,7 +1280,55 @@ def _gradflow_section(study_dir: Path, rows: list[dict]) -> list[str]:
     return md
 
 
-def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict) -> list[str]:
+LEGEND_POINTS = 8  # legend text size: figures are read at page size, where 6 pt is unreadable
+
+
+def _legend_below(entries: int, **extra) -> dict:
+    """Keyword arguments of ``fig.legend`` / ``ax.legend`` for a legend outside and below the plot
+    (``bbox_inches="tight"`` keeps it in the PNG): 8-pt text, one to three columns."""
+    return {"fontsize": LEGEND_POINTS, "title_fontsize": LEGEND_POINTS + 1, "loc": "upper center",
+            "bbox_to_anchor": (0.5, 0), "ncol": 1 if entries <= 3 else 2 if entries <= 12 else 3, "frameon": False,
+            **extra}
+
+
+def variant_styles(variants: dict, short: dict, cmap_of) -> tuple[dict, dict, dict]:
+    """How each variant is drawn: ``{variant key: (colour, marker)}``, a colour per trained variant
+    (the key without its decode: both decodes of one run share it) and a marker per decode. Also
+    ``{trained label: colour}`` and ``{decode: marker}`` for the two legends. ``cmap_of(name)`` is
+    ``plt.get_cmap``; colours repeat after 20 trained variants."""
+    trained = list(dict.fromkeys(k[:-1] for k in variants))
+    decodes = list(dict.fromkeys(k[-1][1] for k in variants))
+    cmap = cmap_of("tab10" if len(trained) <= 10 else "tab20")
+    colours = {t: cmap(i % cmap.N) for i, t in enumerate(trained)}
+    markers = {d: "o^sDvP*X"[i % 8] for i, d in enumerate(decodes)}
+    style = {k: (colours[k[:-1]], markers[k[-1][1]]) for k in variants}
+    return style, {variant_label(t, short) or "every run": c for t, c in colours.items()}, markers
+
+
+def spread_coincident(x, y, step: float = 0.02, max_half: float = 0.1) -> np.ndarray:
+    """``x`` of a scatter on a log x axis, with the points that share their exact ``(x, y)`` (e.g.
+    every variant at F1 = 0 for a class none of them finds) spread side by side instead of drawn on
+    top of each other: the k-th of n such points (in input order) is multiplied by
+    ``10 ** (h * (2k / (n - 1) - 1))``, ``h = min(step * (n - 1) / 2, max_half)`` decades. A point
+    alone at its ``(x, y)`` does not move. Deterministic (no random draw): the same figure on every
+    build, and a variant keeps its side in every pile."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    out = x.copy()
+    piles: dict[tuple, list[int]] = {}
+    for i, point in enumerate(zip(x.tolist(), y.tolist())):
+        piles.setdefault(point, []).append(i)
+    for members in piles.values():
+        n = len(members)
+        if n > 1:
+            half = min(step * (n - 1) / 2, max_half)
+            out[members] = x[members] * 10 ** np.linspace(-half, half, n)
+    return out
+
+
+def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, short: dict | None = None) -> list[str]:
+    """``figures/f1_vs_frequency.png`` (test F1 of every class against its training mentions) and
+    ``figures/accuracy_vs_time.png`` (micro F1 against training seconds): colour = trained
+    variant, marker = decode, legends below the plot."""
     md = ["## Figures", ""]
     if not opts.get("figures", True):
         return md + ["Figures are off (`[report] figures = false`).", ""]
@@ -1281,45 +1336,63 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict) 
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         return md + ["matplotlib is not installed (`pip install bertlab[plot]`): tables only.", ""]
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    # one distinct (colour, marker) per variant: tab10 up to 10 variants, tab20 beyond, markers
-    # cycling after 20; legends sit outside the axes so they never hide a point
-    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
-    style = {key: dict(color=cmap(i % cmap.N), marker="osD^vPX*"[i // cmap.N % 8])
-             for i, key in enumerate(variants)}
-    legend = dict(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    style, colours, markers = variant_styles(variants, short or {}, plt.get_cmap)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    def legends(fig, ax) -> None:
+        """The colour legend (trained variants) below ``ax`` and, with several decodes, the marker
+        legend to its right (figure legends, so ``bbox_inches="tight"`` keeps both)."""
+        by_colour = [Line2D([], [], ls="none", marker="o", color=c, label=t) for t, c in colours.items()]
+        fig.legend(handles=by_colour, title="trained variant (colour)", bbox_transform=ax.transAxes,
+                   **_legend_below(len(by_colour), bbox_to_anchor=(0.5, -0.16)))
+        if len(markers) > 1:
+            by_marker = [Line2D([], [], ls="none", marker=m, color="0.35", label=d) for d, m in markers.items()]
+            fig.legend(handles=by_marker, title="decode (marker)", fontsize=LEGEND_POINTS,
+                       title_fontsize=LEGEND_POINTS + 1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       bbox_transform=ax.transAxes, frameon=False)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    xs, ys, keys = [], [], []
     for key, group in variants.items():
         mentions = group[0].get("train_mentions", {})
         types = sorted({t for r in group for t, v in r["per_type"].items() if v["support"] > 0})
-        xs = [max(mentions.get(t, 0), 0.5) for t in types]
-        ys = [np.mean([r["per_type"].get(t, {"f1": 0.0})["f1"] for r in group]) for t in types]
-        ax.scatter(xs, ys, s=14, label=labels[key], alpha=0.7, **style[key])
+        xs += [max(mentions.get(t, 0), 0.5) for t in types]
+        ys += [float(np.mean([r["per_type"].get(t, {"f1": 0.0})["f1"] for r in group])) for t in types]
+        keys += [key] * len(types)
+    xs_drawn = spread_coincident(xs, ys)
+    for key in variants:
+        at = [i for i, k in enumerate(keys) if k == key]
+        colour, marker = style[key]
+        ax.scatter(xs_drawn[at], np.asarray(ys)[at], s=18, color=colour, marker=marker, alpha=0.75, lw=0)
     ax.set_xscale("log")
-    ax.set_xlabel("training mentions of the class (log)")
-    ax.set_ylabel("test F1 (mean over seeds)")
-    ax.legend(**legend)
+    ax.set_xlabel("training mentions of the class (count, log scale; a class with 0 drawn at 0.5)")
+    ax.set_ylabel("test F1 of the class (mean over seeds)")
+    ax.set_title("Per-class test F1 against class frequency\n(points at the same value spread sideways)",
+                 fontsize=10)
+    legends(fig, ax)
     fig.savefig(fig_dir / "f1_vs_frequency.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     times = []
     for key, group in variants.items():
         t = _mean_std(r.get("train_seconds") for r in group)[0]
         f1 = _mean_std(r.get("f1_micro") for r in group)
-        ax.errorbar([t], [f1[0]], yerr=[0 if math.isnan(f1[1]) else f1[1]], fmt=style[key]["marker"],
-                    color=style[key]["color"], label=labels[key])
+        colour, marker = style[key]
+        ax.errorbar([t], [f1[0]], yerr=[0 if math.isnan(f1[1]) else f1[1]], fmt=marker, color=colour, ms=7,
+                    capsize=3)
         times.append(t)
     times = [t for t in times if t > 0 and math.isfinite(t)]
     if times and max(times) / min(times) > 100:  # e.g. an HMM's second next to a BERT's minutes
         ax.set_xscale("log")
-    ax.set_xlabel("train seconds (mean over seeds)" + (" (log)" if ax.get_xscale() == "log" else ""))
-    ax.set_ylabel("test micro F1")
-    ax.legend(**legend)
+    ax.set_xlabel("training time per run (s, mean over seeds" + ("; log scale)" if ax.get_xscale() == "log" else ")"))
+    ax.set_ylabel("test micro F1 (mean ± std over seeds)")
+    ax.set_title("Accuracy against training time", fontsize=10)
+    legends(fig, ax)
     fig.savefig(fig_dir / "accuracy_vs_time.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return md + ["![F1 per class vs class frequency](figures/f1_vs_frequency.png)", "",

@@ -334,6 +334,37 @@ def test_figures_are_drawn_from_the_csv(tmp_path):
     assert cmp.stat().st_size > 1000
 
 
+def test_figures_are_readable_at_page_size(tmp_path):
+    """Every heatmap has a labelled colour bar (what the colour is, its unit); legends and the
+    smallest tick labels are 8 pt or more; the per-layer legend sits below its plot, not on the
+    lines; axis labels say their unit."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    rows, _ = recorded_rows(tmp_path)
+    figs = {"share": gradflow.plot_class_share(rows), "p_t": gradflow.plot_logit_stats(rows),
+            "norms": gradflow.plot_grad_norms(rows), "compare": gradflow.plot_compare({"atl": rows, "btl": rows})}
+    for name, fig in figs.items():
+        fig.canvas.draw()
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+            assert all(t.get_fontsize() >= 8 for t in ticks), name
+            if ax.get_legend():
+                assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 8, name
+    # colour bars: the extra axes of a heatmap figure, labelled with what the colour means
+    share_bar = figs["share"].axes[1]
+    assert "share of the layer's gradient" in share_bar.get_ylabel() and "no unit" in share_bar.get_ylabel()
+    assert figs["p_t"].axes[1].get_ylabel() == "mean p_t, the probability of the true class (0–1)"
+    compare_bars = [ax for ax in figs["compare"].axes if ax.get_label() == "<colorbar>"]
+    assert len(compare_bars) == 2 and all("share" in ax.get_ylabel() for ax in compare_bars)
+    norms = figs["norms"].axes[0]
+    assert norms.get_xlabel() == "optimizer step" and "L2" in norms.get_ylabel()
+    legend, panel = norms.get_legend().get_window_extent(), norms.get_window_extent()
+    assert legend.y1 <= panel.y0  # below the plot
+    assert gradflow.statistic_label("grad_rms") == "gradient RMS ‖g‖/√n (per parameter)"
+    for fig in figs.values():
+        plt.close(fig)
+
+
 def test_without_matplotlib_a_markdown_table_is_written(tmp_path, monkeypatch, capsys):
     rows, _ = recorded_rows(tmp_path)
 

@@ -971,3 +971,75 @@ def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
 
     again = build_report(sdir).read_text()
     assert [l for l in again.splitlines() if l.startswith("|")] == [l for l in md.splitlines() if l.startswith("|")]
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+def test_figures_are_readable_at_page_size(tmp_path, monkeypatch):
+    """Legends of 8 pt or more, outside the axes; axis labels with units; in F1 vs frequency, points
+    at the same (mentions, F1) (every variant at F1 = 0 on a class none finds) spread sideways by a
+    fixed rule, at most 0.1 decade, the y values and the lone points untouched."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    drawn, close = {}, plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.setdefault(fig.axes[0].get_title() or len(drawn), fig))
+    axes = {"loss.name": ["ce", "focal", "wce"], "train.seed": [0, 1]}
+    f1 = {"ce": {"Age": 0.0, "Dose": 0.4, "Sign": 0.8}, "focal": {"Age": 0.0, "Dose": 0.4, "Sign": 0.7},
+          "wce": {"Age": 0.0, "Dose": 0.5, "Sign": 0.8}}
+    mentions = {"Age": 3, "Dose": 40, "Sign": 900}
+
+    def knn(v):  # the KNN decode finds a little more, except where nothing is found
+        return v + 0.05 if v > 0 else v
+    rows = []
+    for loss in axes["loss.name"]:
+        for seed in axes["train.seed"]:
+            for decode in ("argmax", "knn"):
+                per_type = {t: {"precision": v, "recall": v, "f1": knn(v) if decode == "knn" else v, "support": 5}
+                            for t, v in f1[loss].items()}
+                curve = {"epoch": [0, 1], "dev_f1_micro": [0.3, 0.4]}
+                rows.append(synthetic_row({"loss.name": loss, "train.seed": seed}, decode, 0.5, per_type=per_type,
+                                          train_mentions=mentions, curve=curve, train_seconds=10.0 + seed))
+    write_rows(tmp_path / "figs", rows, {"figures": True}, axes)
+    build_report(tmp_path / "figs")
+    assert {p.name for p in (tmp_path / "figs" / "figures").glob("*.png")} == {
+        "f1_vs_frequency.png", "accuracy_vs_time.png", "learning_curves.png"}
+    assert len(drawn) == 3
+    for fig in drawn.values():
+        fig.canvas.draw()
+        legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends
+        panels = [ax for ax in fig.axes if ax.get_visible()]
+        for legend in legends:
+            assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
+            assert not any(legend.get_window_extent().overlaps(ax.get_window_extent()) for ax in panels)
+        for ax in panels:
+            assert ax.get_xlabel() and (ax is not panels[0] or ax.get_ylabel())
+
+    scatter = next(f for f in drawn.values() if "class frequency" in f.axes[0].get_title())
+    ax = scatter.axes[0]
+    assert "log scale" in ax.get_xlabel() and "count" in ax.get_xlabel()
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    # reference: one point per (variant, class); a pile of n at the same (x, y) spread over 10^±h
+    ref_x, ref_y = [], []
+    for loss in axes["loss.name"]:
+        for decode in ("argmax", "knn"):
+            for t in sorted(f1[loss]):
+                ref_x.append(float(mentions[t]))
+                ref_y.append(knn(f1[loss][t]) if decode == "knn" else f1[loss][t])
+    ref_x, ref_y = np.array(ref_x), np.array(ref_y)
+    expected = ref_x.copy()
+    for point in set(zip(ref_x, ref_y)):
+        at = np.flatnonzero((ref_x == point[0]) & (ref_y == point[1]))
+        if len(at) > 1:
+            h = min(0.02 * (len(at) - 1) / 2, 0.1)
+            expected[at] = ref_x[at] * 10.0 ** np.linspace(-h, h, len(at))
+    np.testing.assert_allclose(points[:, 1], ref_y)
+    np.testing.assert_allclose(points[:, 0], expected, rtol=1e-12)
+    assert len(np.unique(points[:, 0][ref_y == 0.0])) == 6  # the F1 = 0 pile: six distinct points
+    assert np.all(np.abs(np.log10(points[:, 0] / ref_x)) <= 0.1 + 1e-12)
+    alone = [i for i in range(len(ref_x)) if ((ref_x == ref_x[i]) & (ref_y == ref_y[i])).sum() == 1]
+    assert alone and np.array_equal(points[alone, 0], ref_x[alone])
+    timing = next(f for f in drawn.values() if "training time" in f.axes[0].get_title())
+    assert "(s, mean over seeds" in timing.axes[0].get_xlabel()
+    for fig in drawn.values():
+        close(fig)
