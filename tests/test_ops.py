@@ -1,7 +1,7 @@
 """The fast CPU paths (bertlab.models.ops) compute the same function as the plain PyTorch ops,
 and the switches really switch.
 
-Deterministic paths (GEMMs, fused QKV, inference fusions) are compared with the plain path within
+Deterministic paths (GEMMs, inference fusions) are compared with the plain path within
 1e-5 relative to the largest value; the random ones (dropout) are compared with the plain formula
 evaluated on the same mask, and their masks are checked against their stated distribution.
 """
@@ -41,7 +41,7 @@ def test_switches_all_and_by_name():
     with ops.fast_kernels(False):
         assert not ops.fast_kernels_enabled()
         with ops.fast_kernels(gemm=True):
-            assert ops.fast_kernels_enabled("gemm") and not ops.fast_kernels_enabled("fused_qkv")
+            assert ops.fast_kernels_enabled("gemm") and not ops.fast_kernels_enabled("dropout")
         assert not ops.fast_kernels_enabled("gemm")
     assert ops.fast_kernels_enabled("gemm") and not ops.fast_kernels_enabled("dropout")  # restored
     with pytest.raises(ValueError, match="unknown fast path"):
@@ -235,7 +235,7 @@ def test_model_training_gradients_fast_equal_plain_without_dropout():
         close(grads[0][name], grads[1][name], 1e-4 if grads[1][name].abs().max() < 1e-3 else 1e-5)
 
 
-def test_fused_qkv_cache_follows_weight_changes():
+def test_inference_follows_in_place_weight_changes_and_loaded_states():
     model = tiny_bert().eval()
     ids, mask = batch()
     with torch.no_grad():

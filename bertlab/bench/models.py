@@ -3,7 +3,7 @@
 Every measurement runs in its own subprocess (``python -m bertlab.bench.models --worker SPEC``),
 so peak RSS is that implementation's alone and one measurement cannot warm the other's caches.
 Training step = forward, cross entropy, backward, grad-norm clipping, AdamW step: bertlab's as
-its training loop does it (oneDNN GEMMs, fused QKV, 16-bit-mask dropout, foreach clipping, fused
+its training loop does it (oneDNN GEMMs, 16-bit-mask dropout, foreach clipping, fused
 AdamW), transformers' as its Trainer does it (``BertForTokenClassification(labels=...)``,
 ``clip_grad_norm_`` and ``torch.optim.AdamW`` defaults). Inference runs under
 ``torch.inference_mode`` for both. Tokens/s comes from the best (shortest) of the timed steps, the

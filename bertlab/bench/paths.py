@@ -41,10 +41,7 @@ def run(quick: bool = False) -> list[dict]:
         with torch.inference_mode():
             model(ids, mask)
 
-    configs = {"all on": {}, "gemm off": {"gemm": False}, "dropout off": {"dropout": False},
-               "inference_fusions off": {"inference_fusions": False}}
-    if "fused_qkv" in ops.PATHS:
-        configs["fused_qkv off"] = {"fused_qkv": False}
+    configs = {"all on": {}, **{f"{p} off": {p: False} for p in ops.PATHS}}
     kinds = {"train": train_step, "inference": infer_step}
     best = {(c, k): float("inf") for c in configs for k in kinds}
     reps, rounds = (1, 1) if quick else (3, 5)
@@ -65,8 +62,6 @@ def run(quick: bool = False) -> list[dict]:
         if c == "all on":
             continue
         for k in kinds:
-            if k == "train" and c == "inference_fusions off":
-                continue  # inference-only path
             on, off = B * T / best[("all on", k)], B * T / best[(c, k)]
             rows.append({"name": f"{k} B{B}xT{T}: all paths on vs {c}", "unit": "tokens/s",
                          "bertlab": on, "reference": off, "ratio": on / off})

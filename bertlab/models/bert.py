@@ -148,24 +148,10 @@ class BertSelfAttention(nn.Module):
         self.value = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The [3H, H] weight and [3H] bias of query, key and value stacked (a runtime fusion:
-        checkpoints keep HF names). Concatenated on every call, never cached: a cache keyed on
-        ``Tensor._version`` went stale after fused AdamW steps (they do not bump the version), and
-        the copy costs ~0.01% of an inference forward (docs/performance.md)."""
-        q, k, v = self.query, self.key, self.value
-        return torch.cat((q.weight, k.weight, v.weight)), torch.cat((q.bias, k.bias, v.bias))
-
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         B, T, H = x.shape
-        if ops.fast_kernels_enabled("fused_qkv"):
-            # fused QKV: one [3H, H] GEMM instead of three
-            w, b = self.fused_qkv()
-            qkv = ops.linear(x, w, b).view(B, T, 3, self.num_heads, -1)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, head_dim]
-        else:
-            q, k, v = (proj(x).view(B, T, self.num_heads, -1).transpose(1, 2)
-                       for proj in (self.query, self.key, self.value))
+        q, k, v = (proj(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # each [B, heads, T, head_dim]
+                   for proj in (self.query, self.key, self.value))
         if attn_bias is not None and attn_bias.dtype != q.dtype:
             attn_bias = attn_bias.to(q.dtype)  # under autocast q is bf16
         # SDPA, or with attention dropout on CPU an explicit path with a cheaper mask (ops.attention)
@@ -225,6 +211,7 @@ class BertOutput(nn.Module):
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if not self.training and ops.fast_kernels_enabled("inference_fusions"):
+            # inference: no dropout, so the residual add runs inside the GEMM (a oneDNN post-op)
             return self.LayerNorm(ops.linear_add(h, self.dense.weight, self.dense.bias, residual))
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
