@@ -1317,7 +1317,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="override a base config key (TOML value), e.g. --set train.epochs=1 or "
                          "--set models.bio_clinicalbert.path=/models/Bio_ClinicalBERT")
-    ap.add_argument("--out", default="runs", help="parent folder of study folders (default runs/)")
+    ap.add_argument("--runs", "--out", dest="out", default="runs", metavar="DIR",
+                    help="the folder that holds study folders: the study goes to RUNS/NAME (default runs/; "
+                         "--out is the old name)")
     ap.add_argument("--experiments", default="experiments", help="folder of study files (default experiments/)")
     ap.add_argument("--list", action="store_true", help="print the runs and exit")
     ap.add_argument("--no-report", action="store_true", help="do not build report.md at the end")

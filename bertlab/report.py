@@ -1403,10 +1403,14 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, 
 
 def main(argv: list[str] | None = None) -> int:
     """``bertlab report NAME [--out runs]``: rebuild runs/NAME/report.md from its results."""
-    ap = argparse.ArgumentParser(prog="bertlab report", description=main.__doc__)
-    ap.add_argument("name", help="study folder name under --out (e.g. btl_focal, btl_focal-smoke) "
-                                 "or a path to a study folder")
-    ap.add_argument("--out", default="runs")
+    ap = argparse.ArgumentParser(prog="bertlab report", description=(
+        "Rebuild a study's report.md, report.json and figures from its results.jsonl and prediction "
+        "files; trains nothing (docs/experiments.md)."))
+    ap.add_argument("name", help="a study folder under --runs (e.g. btl_focal, btl_focal-smoke) or a path "
+                                 "to one (e.g. docs/results/btl_focal)")
+    ap.add_argument("--runs", "--out", dest="out", default="runs", metavar="DIR",
+                    help="the folder that holds study folders, where NAME is looked up (default runs/; "
+                         "--out is the old name)")
     args = ap.parse_args(argv)
     folder = Path(args.name) if Path(args.name).is_dir() else Path(args.out) / args.name
     try:
