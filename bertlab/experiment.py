@@ -279,15 +279,13 @@ def _model_table(value, models: dict, where: str) -> dict:
 
 
 def _parse_set(item: str) -> tuple[str, object]:
-    """``key=value`` with the value parsed as TOML (bare words are strings)."""
-    if "=" not in item:
-        raise StudyError(f"--set {item!r}: expected key=value (e.g. train.epochs=2)")
-    key, text = (s.strip() for s in item.split("=", 1))
+    """``key=value`` with the value parsed as TOML (bare words are strings): ``bertlab train``'s
+    parser (``bertlab.config.parse_override``), so ``--set`` means the same in both commands."""
+    from bertlab.config import parse_override
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    return key, value
+        return parse_override(item)
+    except ValueError as e:
+        raise StudyError(str(e)) from None
 
 
 def _set_dotted(d: dict, key: str, value, where: str) -> None:

@@ -120,6 +120,60 @@ def test_per_class_gradients_add_up_to_the_total_gradient(name):
     assert len(res["classes"]) >= 3  # O and at least two entity classes: the test is not vacuous
 
 
+def masked_loss(name, logits, y, sel):
+    """The oracle: loss ``name`` with only the tokens in ``sel`` in its numerator and the full
+    batch's normaliser, spelled out token by token (no masking code shared with bertlab)."""
+    logp = F.log_softmax(logits.float(), -1)
+    keep = y != -100
+    safe = torch.where(keep, y, torch.zeros_like(y))
+    nll = -logp.gather(1, safe[:, None]).squeeze(1)
+    counted = (keep & sel).float()
+    if name == "ce":
+        return (nll * counted).sum() / keep.sum()
+    if name == "weighted_ce":
+        w = torch.tensor([0.2, 1.0, 1.5, 3.0, 2.0, 5.0, 4.0])[safe]
+        return (w * nll * counted).sum() / (w * keep).sum()
+    if name == "focal":
+        fl = (1 - (-nll).exp()).pow(2.0) * nll
+        return (fl * counted).sum() / keep.sum()
+    copies = []  # btl_fused: mean over the copies of each copy's masked token mean
+    for t in range(3):
+        b, i = 1 + 2 * t, 2 + 2 * t
+        if not ((y == b) | (y == i)).any():
+            continue
+        yc = torch.where((y == b) | (y == i) | ~keep, safe, torch.zeros_like(y))
+        copies.append((-logp.gather(1, yc[:, None]).squeeze(1) * counted).sum() / keep.sum())
+    return torch.stack(copies).mean()
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_per_class_gradients_equal_autograd_of_each_class_masked_loss(name):
+    """Each class's reported ‖g_k‖² and <g_k, g> equal those of the gradient of the loss with only
+    that class's tokens counted (the oracle above): a mask assigned to the wrong class fails here,
+    where the sum over classes would still add up."""
+    model = tiny_model()
+    model.eval()
+    batch = tiny_batch()
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    z, y = logits.reshape(-1, len(LABELS)), batch["labels"].reshape(-1)
+    loss = LOSSES[name](z, y)
+    classes, names = token_classes(batch["labels"], LABELS)
+    params = dict(model.named_parameters())
+    res = per_class_gradients(params, logits, loss, classes, len(names))
+    tensors = list(params.values())
+    total = torch.autograd.grad(loss, tensors, retain_graph=True, allow_unused=True)
+    total = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(tensors, total)])
+    sizes = []
+    for k in res["classes"]:
+        gk = torch.autograd.grad(masked_loss(name, z, y, classes.reshape(-1) == k), tensors,
+                                 retain_graph=True, allow_unused=True)
+        gk = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(tensors, gk)])
+        assert res["sumsq"][k][("all", "all")] == pytest.approx(float(gk.pow(2).sum()), rel=1e-4), (name, k)
+        assert res["dot"][k][("all", "all")] == pytest.approx(float(gk @ total), rel=1e-4, abs=1e-12), (name, k)
+        sizes.append(float(gk.pow(2).sum()))
+    assert len(set(round(v, 12) for v in sizes)) == len(sizes) >= 3  # distinct per class: a swap shows
+
+
 def test_library_losses_decompose_too():
     """The real bertlab.losses and the fused BTL loss are per-token: their decomposition adds up."""
     for name, fn in library_losses().items():

@@ -390,15 +390,34 @@ def test_fused_btl_equals_naive_btl_without_dropout(tmp_path):
 ], ids=["crf-viterbi-knn", "focal-sgd", "btl-binary-bf16", "bilstm-crf"])
 def test_variants_train_and_decode(tmp_path, sections):
     sections = copy.deepcopy(sections)
-    sections.setdefault("train", {}).update(epochs=1, max_steps=2)
+    sections.setdefault("train", {}).update(epochs=1, max_steps=2, log_every=1)
     cfg = tiny_config(tmp_path / "data", **sections)
     metrics = train(load_config(cfg), tmp_path / "run", resume=False, log=quiet)
     decodes = cfg["eval"]["decode"]
     assert set(metrics["test"]) == set(decodes)
+    steps = [r for r in log_rows(tmp_path / "run") if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2] and all(r["loss"] > 0 for r in steps)
+    assert metrics["history"][0]["train_loss"] == pytest.approx(sum(r["loss"] for r in steps) / 2)
+    # every decode's predictions file is what that decode gives on the checkpoint chosen for it
+    from bertlab.checkpoint import best_folder, is_bilstm
+    from bertlab.datasets.prepare import load_splits
+    from bertlab.inference import decode_tags, word_logits
+    from bertlab.knn import KNNClassifier
+    from bertlab.train import build_model_and_tokenizer, load_best_into
+    c = load_config(cfg)
+    splits = load_splits(c.data)
     for d in decodes:
-        assert (tmp_path / "run" / f"predictions_test_{d}.jsonl").exists()
-        assert 0.0 <= metrics["test"][d]["micro_f1"] <= 1.0
-    assert all(r["loss"] == r["loss"] for r in log_rows(tmp_path / "run") if r["event"] == "step")
+        model, tok = build_model_and_tokenizer(c.model, splits.labels, splits.train)
+        folder = best_folder(tmp_path / "run", d, decodes)
+        load_best_into(model, folder)
+        if is_bilstm(model):
+            from bertlab.baselines import WordTokenizer
+            tok = WordTokenizer.from_pretrained(folder)
+        logits = word_logits(model, tok, splits.test.sentences, c.data.max_length, c.data.stride)
+        knn = KNNClassifier.load(folder / "knn.npz") if d == "knn" else None
+        expected = decode_tags(d, logits, model, knn=knn)
+        rows = [json.loads(l) for l in (tmp_path / "run" / f"predictions_test_{d}.jsonl").read_text().splitlines()]
+        assert [r["pred"] for r in rows] == expected, d
 
 
 def test_two_processes_equal_one_process(tmp_path):
@@ -580,3 +599,28 @@ def test_tensorboard_without_the_package_is_a_config_error(tmp_path, monkeypatch
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match=r"\[train\] tensorboard = true needs the tensorboard package"):
         load_config(tiny_config(tmp_path / "data", train={"tensorboard": True}))
+
+
+
+def test_btl_ignore_mode_trains_on_all_labelled_tokens_as_denominator(minilm_path):
+    """docs/btl.md and docs/training.md agree with the code: in training, an ignore-mode copy's loss
+    is the sum over the tokens it keeps divided by ALL labelled tokens of the step (then the mean
+    over copies), not the copy's own-token mean that btl_fused_loss with reduction="mean" gives."""
+    import torch.nn.functional as F
+
+    from bertlab.losses import LossConfig, build_loss
+    from bertlab.sampling import binary_token_label_batches, btl_fused_loss, collate
+    windows = _windows(minilm_path, LABELS, SENTENCES)
+    batch = collate(windows)
+    cfg = load_config({"sampler": {"name": "btl", "btl_mode": "ignore"}})
+    objective = Objective(cfg, LABELS, windows)
+    model = _tiny_model(LABELS).eval()
+    loss_sum, logits = objective.loss_sum(model, batch)
+    ours = loss_sum / objective.normaliser(list(range(len(windows))))
+    n_all = int((batch["labels"] != -100).sum())
+    copies = binary_token_label_batches(batch, LABELS, "ignore", "present")
+    per_copy_sum = [F.cross_entropy(logits.reshape(-1, 5), c["labels"].reshape(-1), ignore_index=-100,
+                                    reduction="sum") for _, c, _ in copies]
+    torch.testing.assert_close(ours, sum(per_copy_sum) / len(copies) / n_all)
+    own_mean, _ = btl_fused_loss(logits, batch["labels"], LABELS, build_loss(LossConfig()), "ignore")
+    assert not torch.allclose(ours, own_mean)  # the standalone per-copy mean is another normalisation
