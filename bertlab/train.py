@@ -880,17 +880,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if metrics is not None else 1
 
 
+def _chain(e: BaseException):
+    """``e`` and the exceptions it was raised from or during (torch wraps a full disk's OSError)."""
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
 def is_expected(e: BaseException) -> bool:
     """Failures a user causes or meets (bad config or data, a missing or unreadable file, a full
     disk, a diverging run), as opposed to bugs, which keep their traceback."""
     from bertlab.datasets.corpus import DataError
-    return isinstance(e, (ConfigError, NonFiniteLossError, DataError, OSError, UnicodeDecodeError)) or (
+    expected = (ConfigError, NonFiniteLossError, DataError, OSError, UnicodeDecodeError)
+    return any(isinstance(x, expected) for x in _chain(e)) or (
         isinstance(e, RuntimeError) and ("checkpoint" in str(e) or "No space left" in str(e)))
 
 
 def one_line(e: BaseException) -> str:
-    """The error as one line: an OSError names its file and reason (e.g. a full disk)."""
-    if isinstance(e, OSError) and e.filename:
-        return f"{e.filename}: {e.strerror or e}"
+    """The error as one line: an OSError anywhere in the chain names its file and reason (a full
+    disk says "No space left on device", not torch's "enforce fail at inline_container.cc")."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and (x.filename or x.strerror):
+            return f"{x.filename or ''}{': ' if x.filename else ''}{x.strerror or x}"
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

@@ -140,3 +140,36 @@ def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "data")  # anywhere but the config's folder
     loaded = load_config(folder / "run.toml")
     assert Path(loaded.data.train_file) == (tmp_path / "data" / "train.tsv").resolve()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_survives(tmp_path, capsys, monkeypatch):
+    """ENOSPC while writing checkpoint.pt (torch reports it as a RuntimeError raised while handling
+    the OSError): one line with the file and "No space left on device", status 2, and the previous
+    checkpoint byte for byte."""
+    import errno
+
+    import bertlab.resume
+    cfg = tiny_config(tmp_path / "data", train={"checkpoint_every": 1, "max_steps": 3, "epochs": 1})
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(load_config(cfg), out, callbacks=[StopAfter(2)], resume=False, log=quiet)
+    before = (out / "checkpoint.pt").read_bytes()
+    real = bertlab.resume.write_with
+
+    def full_disk(path, write):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    monkeypatch.setattr(bertlab.resume, "write_with", full_disk)
+    text = "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items() if not isinstance(v, dict))
+                     for s, vals in cfg.items()) + "\n[model.overrides]\n" + "\n".join(
+        f"{k} = {v}" for k, v in cfg["model"]["overrides"].items()) + "\n"
+    config = tmp_path / "tiny.toml"
+    config.write_text(text)
+    assert main(["--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"bertlab train: {out / 'checkpoint.pt'}: No space left on device"
+    assert not any("Traceback" in line or "enforce fail" in line for line in err)
+    monkeypatch.setattr(bertlab.resume, "write_with", real)
+    assert (out / "checkpoint.pt").read_bytes() == before
