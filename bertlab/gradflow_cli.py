@@ -9,7 +9,6 @@ and the loop imports ``gradflow`` only for the recorder (no import cycle).
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 
 from bertlab.gradflow import (GradFlowConfig, GradFlowRecorder, _pyplot, plot_compare, read_rows, write_figures,
@@ -17,9 +16,8 @@ from bertlab.gradflow import (GradFlowConfig, GradFlowRecorder, _pyplot, plot_co
 
 def split_config(path) -> tuple[dict, GradFlowConfig]:
     """Read a TOML config; return (the train config without ``[gradflow]``, the GradFlowConfig)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    from bertlab.config import read_config_file
+    raw = read_config_file(path)  # a missing or malformed file is a ConfigError naming it
     section = raw.pop("gradflow", {})
     return raw, GradFlowConfig.from_dict(section, source=str(path))
 
@@ -82,6 +80,21 @@ def write_comparison(runs: dict[str, list[dict]], out_dir) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``bertlab gradflow``: expected failures (a missing or bad config, bad data) are one line, status 2."""
+    import os
+    import sys
+
+    from bertlab.train import is_expected, one_line
+    try:
+        return _main(argv)
+    except Exception as e:
+        if os.environ.get("BERTLAB_DEBUG") or not is_expected(e):
+            raise
+        print(f"bertlab gradflow: {one_line(e)} (BERTLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bertlab gradflow", description=(
         "Train with the gradient-flow instruments on (the config's [gradflow] section) and draw the "
         "figures. With --from-csv, only redraw the figures from existing gradflow.csv files."))

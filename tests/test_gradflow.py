@@ -492,3 +492,9 @@ def _toml(v):
     if isinstance(v, list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     return repr(v)
+
+
+def test_cli_missing_config_is_one_line(tmp_path, capsys):
+    assert gradflow_cli.main(["--config", str(tmp_path / "nosuch.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuch.toml" in err[0]
