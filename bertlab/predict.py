@@ -224,12 +224,8 @@ def predict_text(model, tokenizer, texts: list[str], doc_ids: list[str] | None =
 
 
 def _decode(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UsageError(f"{name}:{line}: cannot decode byte {data[e.start]:#04x} at byte offset {e.start}; "
-                         f"expected UTF-8 text") from None
+    from bertlab.datasets.conll import decode_utf8
+    return decode_utf8(data, name, error=UsageError)
 
 
 def read_inputs(paths: list[str]) -> tuple[list[str], list[str]]:

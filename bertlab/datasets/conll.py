@@ -14,13 +14,18 @@ from bertlab.datasets.tags import convert_tags, spans_from_tags, split_tag, tag_
 
 def read_text(path: Path) -> str:
     """The file decoded as UTF-8; DataError naming the line of the first undecodable byte."""
-    data = Path(path).read_bytes()
+    return decode_utf8(Path(path).read_bytes(), str(path))
+
+
+def decode_utf8(data: bytes, name: str, error=DataError) -> str:
+    """``data`` as UTF-8 text; ``error`` (DataError by default) naming ``name``, the line and the
+    byte offset of the first undecodable byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: cannot decode byte {data[e.start]:#04x} at byte offset {e.start}; "
-                        f"expected UTF-8 text") from None
+        raise error(f"{name}:{line}: cannot decode byte {data[e.start]:#04x} at byte offset {e.start}; "
+                    f"expected UTF-8 text") from None
 
 
 def read_conll(path, *, split: str = "train", name: str | None = None, scheme: str = "IOB2",

@@ -159,6 +159,15 @@ class BertSelfAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, T, H)
 
 
+def project_add_norm(block: nn.Module, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """LayerNorm(residual + Dropout(dense(h))): the end of both sub-layers of a BERT layer
+    (``BertSelfOutput`` after attention, ``BertOutput`` after the FFN)."""
+    if not block.training and ops.fast_kernels_enabled("inference_fusions"):
+        # inference: no dropout, so the residual add runs inside the GEMM (a oneDNN post-op)
+        return block.LayerNorm(ops.linear_add(h, block.dense.weight, block.dense.bias, residual))
+    return block.LayerNorm(block.dropout(block.dense(h)) + residual)
+
+
 class BertSelfOutput(nn.Module):
     """The attention's output projection: dense -> dropout -> + residual -> LayerNorm."""
 
@@ -169,10 +178,7 @@ class BertSelfOutput(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if not self.training and ops.fast_kernels_enabled("inference_fusions"):
-            # inference: no dropout, so the residual add runs inside the GEMM (a oneDNN post-op)
-            return self.LayerNorm(ops.linear_add(h, self.dense.weight, self.dense.bias, residual))
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+        return project_add_norm(self, h, residual)
 
 
 class BertAttention(nn.Module):
@@ -210,10 +216,7 @@ class BertOutput(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if not self.training and ops.fast_kernels_enabled("inference_fusions"):
-            # inference: no dropout, so the residual add runs inside the GEMM (a oneDNN post-op)
-            return self.LayerNorm(ops.linear_add(h, self.dense.weight, self.dense.bias, residual))
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+        return project_add_norm(self, h, residual)
 
 
 class BertLayer(nn.Module):
