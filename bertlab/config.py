@@ -36,6 +36,9 @@ class DataConfig:
     repair: bool = False         # CoNLL files: read invalid tag sequences (an orphan I-X) the forgiving
                                  # way, listing each change, instead of refusing the file
     max_documents: int = 0       # 0 = all; otherwise the first N documents of each split
+    random_labels: bool = False  # shuffle the training mentions' entity types among them (spans and type
+                                 # frequencies kept; dev/test untouched): the random-label experiment
+    random_labels_seed: int = 0
     max_length: int = 128        # subwords per window, [CLS]/[SEP] included
     stride: int = 32             # overlap between consecutive windows of a long sentence
 

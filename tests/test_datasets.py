@@ -371,3 +371,23 @@ def test_cli_list_and_stats(capsys):
     assert data_main(["stats", "ncbi_disease", "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "| test | 940 | 940 | 24,497 | 960 | 1 |" in out and "| B-Disease | 960 |" in out
+
+
+def test_random_labels_keep_spans_and_type_frequencies():
+    """permute_mention_types: the same mention spans (strict IOB2), the same count per type, other
+    types on them (a shuffle, not the identity), and O tokens untouched."""
+    from collections import Counter
+
+    from bertlab.datasets.prepare import permute_mention_types
+    from bertlab.metrics import strict_entities
+    corpus = load("maccrobat", split="train").subset(10)
+    shuffled = permute_mention_types(corpus, seed=3)
+    before = [strict_entities(s.tags) for s in corpus.sentences]
+    after = [strict_entities(s.tags) for s in shuffled.sentences]
+    assert [[(a, b) for _, a, b in m] for m in before] == [[(a, b) for _, a, b in m] for m in after]
+    assert Counter(t for m in before for t, _, _ in m) == Counter(t for m in after for t, _, _ in m)
+    changed = sum(t1 != t2 for m1, m2 in zip(before, after) for (t1, _, _), (t2, _, _) in zip(m1, m2))
+    assert changed > 0.5 * sum(len(m) for m in before)
+    for s1, s2 in zip(corpus.sentences, shuffled.sentences):
+        assert [t == "O" for t in s1.tags] == [t == "O" for t in s2.tags] and s1.tokens == s2.tokens
+    assert permute_mention_types(corpus, seed=3).sentences[0].tags == shuffled.sentences[0].tags  # seeded

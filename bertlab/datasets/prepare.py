@@ -42,7 +42,34 @@ def load_splits(cfg: DataConfig) -> Splits:
         types = entity_types(cfg.name)
     if cfg.max_documents:
         train, dev, test = (c.subset(cfg.max_documents) if c is not None else None for c in (train, dev, test))
+    if cfg.random_labels:
+        train = permute_mention_types(train, cfg.random_labels_seed)
     return Splits(train, dev, test, label_list(types))
+
+
+def permute_mention_types(corpus, seed: int = 0):
+    """The corpus with the entity types of its mentions shuffled among them (strict IOB2 mentions;
+    ``random.Random(seed)``): every mention keeps its span, every type keeps its number of
+    mentions, but which mention has which type is random. The random-label experiment of the BTL
+    paper: what a model learns from the label frequencies alone. ``notes["random_labels"]`` says so."""
+    import copy
+    import random
+
+    from bertlab.datasets.corpus import Corpus, Document, Sentence
+    from bertlab.metrics import strict_entities
+    mentions = [(d, s, start, end, typ) for d, doc in enumerate(corpus.documents)
+                for s, sent in enumerate(doc.sentences) for typ, start, end in strict_entities(sent.tags)]
+    types = [m[4] for m in mentions]
+    random.Random(seed).shuffle(types)
+    tags = {(d, s): list(sent.tags) for d, doc in enumerate(corpus.documents) for s, sent in enumerate(doc.sentences)}
+    for (d, s, start, end, _), typ in zip(mentions, types):
+        tags[(d, s)][start:end] = [f"B-{typ}"] + [f"I-{typ}"] * (end - start - 1)
+    documents = [Document(doc.doc_id, [Sentence(sent.tokens, tags[(d, s)], sent.doc_id, sent.offsets)
+                                       for s, sent in enumerate(doc.sentences)], doc.text)
+                 for d, doc in enumerate(corpus.documents)]
+    notes = copy.deepcopy(corpus.notes)
+    notes["random_labels"] = f"entity types of the {len(mentions)} mentions shuffled among them (seed {seed})"
+    return Corpus(corpus.name, corpus.split, documents, notes)
 
 
 def encode_corpus(tokenizer, corpus, labels: list[str], max_length: int, stride: int) -> list:
