@@ -67,6 +67,7 @@ DEFAULTS = {
     #                  block = "train.seed"}
     "figures": True,
     "confusion": False,  # per-type P/R/F1 and entity confusion matrices per variant (issue #7)
+    "type_shares": False,  # each type's share of the predicted test mentions vs of the training mentions
 }
 
 
@@ -722,6 +723,8 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     md += _learning_curve_section(study_dir, variants, labels, opts)
     if opts.get("confusion"):
         md += _confusion_section(study_dir, variants, labels)
+    if opts.get("type_shares"):
+        md += _type_share_section(study_dir, variants, labels, opts, data)
     if opts.get("anova"):
         md += _anova_section(rows, opts["anova"], short, data)
     if study.get("gradflow"):
@@ -1091,6 +1094,63 @@ def _time_split_section(variants: dict, short: dict, data: dict) -> list[str]:
         md += [f"Besides training, the study's seconds go mostly to **{name[parts[i]]}**: {total[i]:.1f} s "
                f"({hours}), {total[i] / total.sum():.0%} of the timed total.", ""]
     data["time_split"] = entry
+    return md
+
+
+def type_shares(predicted: list[list[str]], train_mentions: dict[str, int], bands: dict) -> dict:
+    """Each type's share of the predicted mentions (strict IOB2 entities of ``predicted``, one tag
+    list per sentence) against its share of the training mentions, and both summed per frequency
+    band: ``{"types": {t: (train share, predicted share)}, "bands": {band: (train share,
+    predicted share)}, "predicted": number of predicted mentions}``. A model that learned only the
+    type prior predicts each type at its training share; a band predicted below its share is
+    under-predicted (imbalance amplified, for the tail)."""
+    from collections import Counter
+    counts = Counter(t for tags in predicted for t, _, _ in strict_entities(tags))
+    n_pred, n_train = sum(counts.values()), sum(train_mentions.values())
+    types = sorted(set(train_mentions) | set(counts))
+    per_type = {t: (train_mentions.get(t, 0) / n_train if n_train else math.nan,
+                    counts.get(t, 0) / n_pred if n_pred else math.nan) for t in types}
+    per_band = {}
+    for t, (a, b) in per_type.items():
+        band = band_of(train_mentions.get(t, 0), bands)
+        old = per_band.get(band, (0.0, 0.0))
+        per_band[band] = (old[0] + a, old[1] + b)
+    return {"types": per_type, "bands": per_band, "predicted": n_pred}
+
+
+def _type_share_section(study_dir: Path, variants: dict, labels: dict, opts: dict, data: dict) -> list[str]:
+    """``[report] type_shares = true`` (random_labels): per variant, the predicted share of each
+    frequency band's types on test against their training share, mean over seeds."""
+    bands = opts["bands"]
+    md = ["## Predicted type shares against training shares", "",
+          "Each band's share of the predicted test mentions (strict IOB2) against its share of the training "
+          "mentions (mean over seeds). A model that learned only the label frequencies predicts every band at "
+          "its training share; ratio = predicted / training share, below 1 for the tail means the rare types "
+          "are predicted even less often than they occur (imbalance amplified).", ""]
+    body, out = [], {}
+    for key, group in variants.items():
+        shares = []
+        for r in group:
+            path = study_dir / r["predictions"] if r.get("predictions") else None
+            if path is None or not path.exists():
+                continue
+            sents = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+            shares.append(type_shares([s["pred"] for s in sents], r.get("train_mentions", {}), bands))
+        if not shares:
+            continue
+        cells, entry = [labels[key]], {}
+        for b in ("head", "middle", "tail"):
+            train = float(np.mean([sh["bands"].get(b, (0.0, 0.0))[0] for sh in shares]))
+            pred = float(np.nanmean([sh["bands"].get(b, (0.0, 0.0))[1] for sh in shares]))
+            entry[b] = {"train_share": train, "predicted_share": pred, "ratio": pred / train if train else math.nan}
+            cells.append(f"{_f(train, 3)} / {_f(pred, 3)} ({_f(entry[b]['ratio'], 2)})")
+        cells.append(str(int(np.mean([sh["predicted"] for sh in shares]))))
+        out[labels[key]] = entry
+        body.append(cells)
+    if not body:
+        return md + ["No prediction files: no shares.", ""]
+    data["type_shares"] = out
+    md += _table(["variant", "head: train / predicted (ratio)", "middle", "tail", "predicted mentions"], body)
     return md
 
 

@@ -277,6 +277,10 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert section in md
     if study.report.get("anova"):
         assert "## Two-way ANOVA" in md
+    if study.report.get("type_shares"):
+        assert "## Predicted type shares against training shares" in md
+        shares = json.loads((sdir / "report.json").read_text())["type_shares"]
+        assert shares and all(0.0 <= b["train_share"] <= 1.0 for v in shares.values() for b in v.values())
 
 
 def test_model_tables_carry_their_own_training_recipe(tmp_path):

@@ -1047,3 +1047,18 @@ def test_figures_are_readable_at_page_size(tmp_path, monkeypatch):
     assert "(s, mean over seeds" in timing.axes[0].get_xlabel()
     for fig in drawn.values():
         close(fig)
+
+
+def test_type_shares_by_hand():
+    """Training: A 600 mentions (head), B 100 (middle), C 20 (tail); predicted: 3 A, 1 B, 0 C
+    (one orphan I-C is not a mention in strict IOB2)."""
+    from bertlab.report import type_shares
+    pred = [["B-A", "I-A", "O", "B-B"], ["B-A", "O", "I-C"], ["B-A"]]
+    out = type_shares(pred, {"A": 600, "B": 100, "C": 20}, {"head": 500, "tail": 50})
+    assert out["predicted"] == 4
+    assert out["types"]["A"] == pytest.approx((600 / 720, 3 / 4))
+    assert out["types"]["C"] == pytest.approx((20 / 720, 0.0))
+    expected = {"head": (600 / 720, 0.75), "middle": (100 / 720, 0.25), "tail": (20 / 720, 0.0)}
+    assert set(out["bands"]) == set(expected)
+    for band, shares in expected.items():
+        assert out["bands"][band] == pytest.approx(shares), band
