@@ -242,7 +242,10 @@ def test_committed_results_rebuild(tmp_path, folder):
     shutil.copytree(REPO / "docs" / "results" / folder, tmp_path / folder)
     assert report_main([str(tmp_path / folder)]) == 0
     study = json.loads((tmp_path / folder / "study.json").read_text())
-    assert {r["run_id"] for r in read_results(tmp_path / folder / "results.jsonl")} == set(study["runs"])
+    done = {r["run_id"] for r in read_results(tmp_path / folder / "results.jsonl")}
+    assert done and done <= set(study["runs"])
+    if "IN PROGRESS" not in (tmp_path / folder / "COMMAND").read_text():  # a finished study has every run
+        assert done == set(study["runs"])
 
 
 def test_all_studies_are_shipped():
