@@ -184,6 +184,76 @@ def test_attention_with_dropout_matches_the_formula_on_the_same_mask(with_bias):
         close(a, b)
 
 
+def test_keep_mask_in_bf16_is_the_float32_mask_and_the_edges_hold():
+    torch.manual_seed(5)
+    a, sa = ops.keep_mask((33, 7), 0.1)
+    torch.manual_seed(5)
+    b, sb = ops.keep_mask((33, 7), 0.1, dtype=torch.bfloat16)
+    assert b.dtype == torch.bfloat16 and torch.equal(a, b.float()) and sa == sb
+    ones, s1 = ops.keep_mask((10,), 1e-7)  # k = 0: nothing dropped
+    zeros, s0 = ops.keep_mask((10,), 1 - 1e-7)  # k = 65536: everything dropped
+    assert torch.equal(ones, torch.ones(10)) and s1 == 1.0
+    assert torch.equal(zeros, torch.zeros(10)) and s0 == math.inf
+
+
+def test_bf16_dropout_rounds_once_like_the_float32_formula():
+    torch.manual_seed(0)
+    x = torch.randn(300, 70).bfloat16().requires_grad_(True)
+    torch.manual_seed(9)
+    y = ops.dropout(x, 0.1)
+    torch.manual_seed(9)
+    mask, scale = ops.keep_mask(x.shape, 0.1)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, (x.detach().float() * (mask * scale)).bfloat16())
+    g = torch.randn(300, 70).bfloat16()
+    y.backward(g)
+    assert torch.equal(x.grad, (g.float() * mask * scale).bfloat16())
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_attention_with_dropout_under_bf16_autocast_stays_bf16_and_matches_float64(with_bias):
+    """bf16 tolerance: 2% of the largest value, against the formula in float64 on the same bf16
+    inputs and mask (autocast's own path, float32 softmax plus casts, is as far from it)."""
+    torch.manual_seed(0)
+    B, H, T, d, p = 2, 3, 16, 8, 0.2
+    q, k, v = (torch.randn(B, H, T, d).bfloat16().requires_grad_(True) for _ in range(3))
+    bias = None
+    if with_bias:
+        keep = torch.ones(B, T)
+        keep[1, 11:] = 0
+        bias = ((1 - keep) * torch.finfo(torch.bfloat16).min)[:, None, None, :].bfloat16()
+    g = torch.randn(B, H, T, d).bfloat16()
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.attention(q, k, v, bias, dropout_p=p)
+    assert y.dtype == torch.bfloat16
+    got = torch.autograd.grad(y, (q, k, v), g)
+    torch.manual_seed(7)
+    mask, scale = ops.keep_mask((B, H, T, T), p)
+    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    scores = q64 @ k64.transpose(-1, -2) / math.sqrt(d) + (0 if bias is None else bias.double().clamp(min=-1e30))
+    ref = (scores.softmax(-1) * mask.double() * scale) @ v64
+    want = torch.autograd.grad(ref, (q64, k64, v64), g.double())
+
+    def rel(a, b):
+        return ((a.double() - b).abs().max() / b.abs().max()).item()
+    assert rel(y, ref) < 0.02
+    for a, b in zip(got, want):
+        assert rel(a, b) < 0.02
+
+
+def test_inference_fusions_under_bf16_autocast_match_the_composed_ops():
+    torch.manual_seed(0)
+    x, w, b, r = torch.randn(2, 16, 64), torch.randn(96, 64) / 8, torch.randn(96), torch.randn(2, 16, 96)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = ops.linear_gelu(x, w, b), ops.linear_add(x, w, b, r)
+    with torch.inference_mode():
+        ref = F.gelu(F.linear(x, w, b)), F.linear(x, w, b) + r
+    for a, want in zip(fused, ref):
+        assert a.dtype == torch.bfloat16
+        assert ((a.float() - want).abs().max() / want.abs().max()).item() < 0.02  # bf16: 8-bit mantissa
+
+
 def test_attention_without_dropout_is_sdpa():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 5, 4) for _ in range(3))

@@ -9,9 +9,12 @@ AdamW), transformers' as its Trainer does it (``BertForTokenClassification(label
 ``torch.inference_mode`` for both. Tokens/s comes from the best (shortest) of the timed steps, the
 figure least disturbed by other work on a shared machine; the mean is in bench.json as well.
 
-Model FLOP utilisation (MFU) = achieved FLOP/s / the fp32 GEMM FLOP/s measured in the same run,
+Model FLOP utilisation (MFU) = achieved FLOP/s / the GEMM FLOP/s of the same precision (fp32 or
+bf16) measured in the same run,
 with 6N + 12·L·T·H FLOPs per trained token and 2N + 4·L·T·H per inferred token (N = weights
-of the matrix multiplies, L layers, T sequence length, H hidden size).
+of the matrix multiplies, L layers, T sequence length, H hidden size). The "ratio ceiling" row is
+peak / transformers' FLOP/s: the most any implementation could gain over transformers there, reached
+only if every FLOP ran at the GEMM peak (a target above it is out of reach on that machine).
 """
 from __future__ import annotations
 
@@ -162,11 +165,12 @@ def _best(a: dict | None, b: dict | None) -> dict | None:
     return best
 
 
-def gemm_peak_gflops(threads: int, quick: bool) -> float:
-    """Best fp32 GEMM FLOP/s this machine gives torch here (oneDNN and MKL, the best of both)."""
+def gemm_peak_gflops(threads: int, quick: bool, dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM FLOP/s this machine gives torch here in ``dtype`` (fp32 or bf16; torch's matmul
+    and oneDNN's linear, the best of both)."""
     torch.set_num_threads(threads)
     n = 512 if quick else 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     best = 0.0
     fns = [lambda: a @ b]
     if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
@@ -202,11 +206,16 @@ def run(quick: bool = False) -> list[dict]:
                 paths[name] = _random_checkpoint(name, tmp, minilm)
         # quick: MiniLM only, a small batch, fp32; a smoke check of the machinery, not a measurement
         B, T = (4, 32) if quick else (16, 128)
-        plan = [(m, "train", "fp32") for m in paths] + ([] if quick else [("minilm", "train", "bf16")]) + \
-               [(m, "infer", "fp32") for m in paths]
-        peak = gemm_peak_gflops(threads, quick)
-        rows = [{"name": "fp32 GEMM peak (same run)", "unit": "GFLOP/s", "bertlab": peak,
+        plan = [(m, "train", "fp32") for m in paths] + [(m, "infer", "fp32") for m in paths]
+        if not quick:
+            plan += [("minilm", "train", "bf16"), ("minilm", "infer", "bf16")]
+        peaks = {"fp32": gemm_peak_gflops(threads, quick)}
+        rows = [{"name": "fp32 GEMM peak (same run)", "unit": "GFLOP/s", "bertlab": peaks["fp32"],
                  "reference": None, "ratio": None}]
+        if not quick:
+            peaks["bf16"] = gemm_peak_gflops(threads, quick, torch.bfloat16)
+            rows.append({"name": "bf16 GEMM peak (same run)", "unit": "GFLOP/s", "bertlab": peaks["bf16"],
+                         "reference": None, "ratio": None})
         for model, mode, precision in plan:
             steps = {"train": 2 if quick else (3 if model == "bert-base" else 6), "infer": 3 if quick else 10}[mode]
             spec = dict(model=model, path=str(paths[model]), mode=mode, precision=precision, batch=B, seq=T,
@@ -223,11 +232,17 @@ def run(quick: bool = False) -> list[dict]:
             rows.append({"name": label, "unit": "tokens/s", "bertlab": get(ours, "tokens_per_s"),
                          "reference": get(ref, "tokens_per_s"),
                          "ratio": ratio(get(ours, "tokens_per_s"), get(ref, "tokens_per_s"))})
+            peak = peaks[precision]
+            rows.append({"name": f"{label} MFU", "unit": "% of GEMM peak",
+                         "bertlab": None if ours is None else 100 * ours["gflops"] / peak,
+                         "reference": None if ref is None else 100 * ref["gflops"] / peak,
+                         "ratio": ratio(get(ours, "gflops"), get(ref, "gflops"))})
+            if ref is not None:
+                # Amdahl: at best every FLOP runs at the GEMM peak, so no implementation can be more
+                # than peak / (transformers' FLOP/s) times faster than transformers here
+                rows.append({"name": f"{label} ratio ceiling (100% MFU vs transformers)", "unit": "x",
+                             "bertlab": peak / ref["gflops"], "reference": None, "ratio": None})
             if precision == "fp32":
-                rows.append({"name": f"{label} MFU", "unit": "% of GEMM peak",
-                             "bertlab": None if ours is None else 100 * ours["gflops"] / peak,
-                             "reference": None if ref is None else 100 * ref["gflops"] / peak,
-                             "ratio": ratio(get(ours, "gflops"), get(ref, "gflops"))})
                 rows.append({"name": f"{label} peak RSS", "unit": "MiB", "bertlab": get(ours, "peak_rss_mb"),
                              "reference": get(ref, "peak_rss_mb"),
                              "ratio": ratio(get(ref, "peak_rss_mb"), get(ours, "peak_rss_mb"))})

@@ -131,21 +131,43 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
+def _bf16_inference(x: torch.Tensor, *tensors) -> bool:
+    """Whether x goes through a GEMM under CPU bf16 autocast with no gradient wanted: there the
+    post-op fusions run on bf16 operands (oneDNN accumulates in float32 and rounds once)."""
+    return (_ONEDNN and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not _needs_grad(x, *tensors))
+
+
+def _bf16(*tensors):
+    return [None if t is None else t.to(torch.bfloat16) for t in tensors]
+
+
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``gelu(linear(x))`` (erf GELU); one oneDNN GEMM with a GELU post-op when no gradient is needed."""
-    if _state["inference_fusions"] and _use_onednn(x, weight) and not _needs_grad(x, weight, bias):
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "gelu", [None], "none")
-        return y.view(*x.shape[:-1], weight.shape[0])
+    """``gelu(linear(x))`` (erf GELU); one oneDNN GEMM with a GELU post-op when no gradient is needed
+    (float32, or bf16 under CPU autocast)."""
+    if _state["inference_fusions"]:
+        if _use_onednn(x, weight) and not _needs_grad(x, weight, bias):
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "gelu", [None], "none")
+            return y.view(*x.shape[:-1], weight.shape[0])
+        if _bf16_inference(x, weight, bias):
+            xb, wb, bb = _bf16(x.reshape(-1, x.shape[-1]), weight, bias)
+            y = torch.ops.mkldnn._linear_pointwise(xb, wb, bb, "gelu", [None], "none")
+            return y.view(*x.shape[:-1], weight.shape[0])
     return F.gelu(linear(x, weight, bias))
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
-    """``linear(x) + other`` (a residual); the add is a oneDNN post-op when no gradient is needed."""
-    if (_state["inference_fusions"] and _use_onednn(x, weight) and not _needs_grad(x, weight, bias, other)
-            and other.dtype == torch.float32 and other.shape == (*x.shape[:-1], weight.shape[0])):
-        y = torch.ops.mkldnn._linear_pointwise.binary(x.reshape(-1, x.shape[-1]), other.reshape(-1, weight.shape[0]),
-                                                      weight, bias, "add")
-        return y.view(other.shape)
+    """``linear(x) + other`` (a residual); the add is a oneDNN post-op when no gradient is needed
+    (float32; under CPU bf16 autocast the sum is bf16, where autocast's would be float32)."""
+    if _state["inference_fusions"] and other.shape == (*x.shape[:-1], weight.shape[0]):
+        if (_use_onednn(x, weight) and not _needs_grad(x, weight, bias, other)
+                and other.dtype == torch.float32):
+            y = torch.ops.mkldnn._linear_pointwise.binary(x.reshape(-1, x.shape[-1]), other.reshape(-1, weight.shape[0]),
+                                                          weight, bias, "add")
+            return y.view(other.shape)
+        if _bf16_inference(x, weight, bias, other):
+            xb, ob, wb, bb = _bf16(x.reshape(-1, x.shape[-1]), other.reshape(-1, weight.shape[0]), weight, bias)
+            return torch.ops.mkldnn._linear_pointwise.binary(xb, ob, wb, bb, "add").view(other.shape)
     return linear(x, weight, bias) + other
 
 
@@ -166,20 +188,27 @@ def effective_dropout_p(p: float) -> float:
     return _drop_count(p) / 65536
 
 
-def keep_mask(shape, p: float, device=None) -> tuple[torch.Tensor, float]:
-    """A float32 Bernoulli keep mask (0/1) with P(drop) = k/65536, k = round(65536 p), and the
+def keep_mask(shape, p: float, device=None, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, float]:
+    """A Bernoulli keep mask (0/1, in ``dtype``) with P(drop) = k/65536, k = round(65536 p), and the
     scale 1 / (1 - k/65536) that makes E[mask * scale] = 1 exactly.
 
     The bits: ``random_(-2**63, None)`` fills int64 words with all 64 bits random (plain
     ``random_()`` draws from [0, 2^63), whose top bit is always 0); each word is four int16 lanes
-    r, uniform on [-32768, 32767]. Keep iff r >= t, t = k - 32768, computed in float without a
-    bool tensor (bool ops are not vectorised on CPU): clamp(r, t-1, t) - (t-1) is exactly 0 or 1.
+    r, uniform on [-32768, 32767]. Keep iff r >= t, t = k - 32768, computed without a bool tensor
+    (bool ops are not vectorised on CPU): clamp(r, t-1, t) - (t-1) is exactly 0 or 1 in int16,
+    then one conversion to ``dtype`` (0 and 1 are exact in every float type, bf16 included).
     """
     k = _drop_count(p)
     n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
-    t = float(k - 32768)
-    mask = words.view(torch.int16)[:n].to(torch.float32).clamp_(t - 1, t).sub_(t - 1)  # exact in fp32
+    lanes = words.view(torch.int16)[:n]
+    if k == 0:  # t - 1 would leave int16; nothing is dropped
+        mask = torch.ones(n, dtype=dtype, device=device)
+    elif k == 65536:
+        mask = torch.zeros(n, dtype=dtype, device=device)
+    else:
+        t = k - 32768
+        mask = lanes.clamp(t - 1, t).sub_(t - 1).to(dtype)
     return mask.view(shape), (math.inf if k == 65536 else 65536 / (65536 - k))
 
 
@@ -194,9 +223,13 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if not _use_fast_dropout(x) or p >= 1:
         return F.dropout(x, p, training)
-    mask, scale = keep_mask(x.shape, p, x.device)
-    # autograd saves the scaled mask: grad = g * mask * scale; bf16/fp16 inputs keep their dtype
-    return (x * mask.mul_(scale)).to(x.dtype)
+    if x.dtype == torch.float32:
+        mask, scale = keep_mask(x.shape, p, x.device)
+        return x * mask.mul_(scale)  # autograd saves the scaled mask: grad = g * mask * scale
+    # bf16/fp16 (autocast): the mask in x's dtype, no float32 copies; x * mask is exact, and the
+    # scale is applied in float32 opmath with one rounding, as torch's own dropout does
+    mask, scale = keep_mask(x.shape, p, x.device, x.dtype)
+    return (x * mask).mul_(scale)
 
 
 class Dropout(nn.Dropout):
@@ -216,10 +249,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     """
     if dropout_p <= 0 or dropout_p >= 1 or not _use_fast_dropout(q):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
-    if bias is not None:
-        scores = scores + bias
-    probs = scores.softmax(-1)
-    mask, scale = keep_mask(probs.shape, dropout_p, probs.device)
-    # (P ⊙ mask / (1-p)) v = (P ⊙ mask) (v / (1-p)): the scale touches [T, d], not [T, T]
-    return torch.matmul((probs * mask).to(probs.dtype), v * scale)
+    # under autocast, softmax would run in float32 and every [T, T] tensor would be cast back and forth;
+    # here a half-precision q stays half: softmax takes bf16 in and gives bf16 out (float32 inside, one
+    # rounding, the values autocast's cast would give), the 0/1 mask is exact in bf16
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+        if bias is not None:
+            scores = scores + bias.to(scores.dtype)
+        probs = scores.softmax(-1)
+        mask, scale = keep_mask(probs.shape, dropout_p, probs.device, probs.dtype)
+        # (P ⊙ mask / (1-p)) v = (P ⊙ mask) (v / (1-p)): the scale touches [T, d], not [T, T]
+        return torch.matmul(probs * mask, v * scale)
