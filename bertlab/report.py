@@ -68,6 +68,7 @@ DEFAULTS = {
     "figures": True,
     "confusion": False,  # per-type P/R/F1 and entity confusion matrices per variant (issue #7)
     "type_shares": False,  # each type's share of the predicted test mentions vs of the training mentions
+    "plateau": None,  # {delta = 0.005, window = 3, choose = "optim.lr"}: the epoch budget from the curves
 }
 
 
@@ -721,6 +722,8 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     md += _significance_section(variants, runs, labels, study, opts, data, earlier)
     md += _compute_section(variants, labels, short, data)
     md += _learning_curve_section(study_dir, variants, labels, opts)
+    if opts.get("plateau"):
+        md += _budget_section(variants, short, opts["plateau"], data)
     if opts.get("confusion"):
         md += _confusion_section(study_dir, variants, labels)
     if opts.get("type_shares"):
@@ -1261,6 +1264,94 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
         figure = _learning_curve_figure(study_dir, with_curves, variants, labels)
         if figure:
             md += [f"![dev micro F1 per epoch]({figure})", ""]
+    return md
+
+
+def plateau_epoch(curve, delta: float = 0.005, window: int = 3) -> tuple[int, bool]:
+    """The plateau rule of a study's ``[report] plateau``: the first epoch e whose next ``window``
+    epochs all stay within ``delta`` of it (|F1(e + j) - F1(e)| < delta, j = 1..window), and
+    whether one was found; if none was (the curve still moves, or is too short to tell), the last
+    epoch, flagged ``False``: a lower bound on the budget, not a plateau."""
+    values = [float(v) for v in curve]
+    for e in range(len(values) - window):
+        if all(abs(values[e + j] - values[e]) < delta for j in range(1, window + 1)):
+            return e, True
+    return len(values) - 1, False
+
+
+def seed_mean_curve(curves: list[dict], key: str = "dev_f1_micro") -> np.ndarray:
+    """The mean over seeds of ``key`` per epoch, over the epochs every seed reached (a run stopped
+    early has a shorter curve; averaging the survivors alone would bias the later epochs)."""
+    epochs, values = _curve_matrix(curves, key)
+    complete = ~np.isnan(values).any(axis=0)
+    n = int(np.argmin(complete)) if not complete.all() else len(epochs)  # the common prefix
+    return values[:, :n].mean(axis=0)
+
+
+def budgets(variants: dict, spec: dict) -> dict:
+    """The plateau rule applied to every variant's seed-mean dev micro F1 curve, then per arm (the
+    variant's axes but ``spec["choose"]``, e.g. the learning rate) the chosen value with the highest
+    plateau F1 and its budget (plateau epoch + 1, an epoch count), per decode."""
+    delta, window, choose = float(spec.get("delta", 0.005)), int(spec.get("window", 3)), spec.get("choose")
+    per_variant, arms = {}, {}
+    for key, group in variants.items():
+        curves = _curves(group)
+        if not curves:
+            continue
+        mean = seed_mean_curve(curves)
+        if not len(mean):
+            continue
+        e, found = plateau_epoch(mean, delta, window)
+        per_variant[key] = {"plateau_epoch": e, "plateaued": found, "f1_at_plateau": float(mean[e]),
+                            "f1_max": float(mean.max()), "epochs": len(mean), "seeds": len(curves)}
+        if not mean.max() > 0:
+            continue  # F1 0 at every epoch: this decode cannot read the model out; it sets no budget
+        arm = tuple((k, v) for k, v in key if k != choose)
+        best = arms.get(arm)
+        if best is None or per_variant[key]["f1_at_plateau"] > per_variant[best]["f1_at_plateau"]:
+            arms[arm] = key
+    return {"variants": per_variant, "arms": {arm: key for arm, key in arms.items()},
+            "delta": delta, "window": window, "choose": choose}
+
+
+def _budget_section(variants: dict, short: dict, spec: dict, data: dict) -> list[str]:
+    b = budgets(variants, spec)
+    if not b["variants"]:
+        return []
+    choose = b["choose"]
+    name = short.get(choose, choose) if choose else None
+    md = ["## Epoch budget (plateau rule)", "",
+          f"Rule, declared in the study file: on the seed-mean dev micro F1 curve of a variant, the plateau "
+          f"is the first epoch whose next {b['window']} epochs each stay within {b['delta']} of it; "
+          f"without one, the last epoch trained, marked *not plateaued* (the budget is then a lower bound). "
+          + (f"Per arm the `{name}` with the highest F1 at its plateau is chosen; " if choose else "")
+          + "an arm's budget is its plateau epoch + 1 (epochs, counted from 1). A curve at 0 every epoch "
+          "(a decode that cannot read the model out, e.g. argmax after BTL) sets no budget.", ""]
+    label = lambda key: variant_label(key, short)  # noqa: E731
+    body = [[label(k), str(v["seeds"]), str(v["epochs"]), str(v["plateau_epoch"]),
+             ("F1 0 throughout: no budget" if not v["f1_max"] > 0 else "yes" if v["plateaued"] else "**not plateaued**"),
+             _f(v["f1_at_plateau"]), _f(v["f1_max"])]
+            for k, v in b["variants"].items()]
+    md += _table(["variant", "seeds", "epochs (all seeds)", "plateau epoch", "plateaued", "dev F1 there",
+                  "dev F1 max"], body)
+    body, data_arms, by_decode = [], [], {}
+    for arm, key in b["arms"].items():
+        v = b["variants"][key]
+        chosen = dict(key).get(choose) if choose else None
+        budget = v["plateau_epoch"] + 1
+        decode = dict(arm).get("decode")
+        prev = by_decode.get(decode)
+        by_decode[decode] = (max(prev[0], budget), prev[1] and v["plateaued"]) if prev else (budget, v["plateaued"])
+        body.append([label(arm)] + ([_fmt_value(chosen)] if choose else []) +
+                    [str(budget) + ("" if v["plateaued"] else " (lower bound)"), _f(v["f1_at_plateau"])])
+        data_arms.append({"arm": dict(arm), "chosen": chosen, "budget_epochs": budget,
+                          "plateaued": v["plateaued"], "f1_at_plateau": v["f1_at_plateau"]})
+    md += _table(["arm"] + ([f"best {name}"] if choose else []) + ["budget (epochs)", "dev F1 at plateau"], body)
+    md += ["A study comparing these arms with one decode uses the largest budget among them: "
+           + "; ".join(f"{d}: **{n} epochs**" + ("" if ok else " (a lower bound: some arm had not plateaued)")
+                       for d, (n, ok) in by_decode.items()) + ".", ""]
+    data["budget"] = {"delta": b["delta"], "window": b["window"], "choose": choose, "arms": data_arms,
+                      "by_decode": {str(d): {"epochs": n, "plateaued": ok} for d, (n, ok) in by_decode.items()}}
     return md
 
 

@@ -1062,3 +1062,70 @@ def test_type_shares_by_hand():
     assert set(out["bands"]) == set(expected)
     for band, shares in expected.items():
         assert out["bands"][band] == pytest.approx(shares), band
+
+
+# ---- the epoch budget (plateau rule) ------------------------------------------------------------
+
+def _plateau_brute_force(values, delta, window):
+    """The rule read literally: the first e with max_j |F1(e+j) - F1(e)| < delta over a full window."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) > window:
+        windows = np.lib.stride_tricks.sliding_window_view(v, window + 1)  # [e, F1(e)..F1(e+window)]
+        ok = np.abs(windows[:, 1:] - windows[:, :1]).max(axis=1) < delta
+        if ok.any():
+            return int(np.argmax(ok)), True
+    return len(v) - 1, False
+
+
+def test_plateau_epoch_by_hand_and_against_the_rule_read_literally():
+    from bertlab.report import plateau_epoch
+    assert plateau_epoch([0.1, 0.5, 0.6, 0.602, 0.603, 0.6049]) == (2, True)
+    assert plateau_epoch([0.1, 0.5, 0.6, 0.602, 0.603, 0.605]) == (5, False)  # 0.005 is not < 0.005
+    assert plateau_epoch([0.1, 0.2, 0.3, 0.4, 0.5]) == (4, False)  # still rising: a lower bound
+    assert plateau_epoch([0.5, 0.5, 0.5]) == (2, False)  # too short to show a window of 3
+    assert plateau_epoch([0.3, 0.6, 0.597, 0.601, 0.598], window=2) == (1, True)  # small moves both ways
+    assert plateau_epoch([0.3, 0.6, 0.59, 0.601, 0.598], window=2) == (4, False)  # a dip of 0.01 is a move
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, window = int(rng.integers(1, 14)), int(rng.integers(1, 5))
+        delta = float(rng.choice([0.002, 0.005, 0.02]))
+        values = np.cumsum(rng.exponential(0.01, n) * rng.choice([0, 1], n)) + rng.normal(0, 0.002, n)
+        assert plateau_epoch(values, delta, window) == _plateau_brute_force(values, delta, window)
+
+
+def test_budget_section_chooses_the_lr_with_the_best_plateau_and_takes_the_largest_budget(tmp_path):
+    """Two settings x two learning rates x two seeds (one stopped early); the budget per setting is
+    the plateau epoch + 1 of its better lr on the seed-mean curve over the epochs both seeds reached,
+    and the study's budget per decode is the largest; an arm that never plateaued is a lower bound."""
+    curves = {  # (setting, lr) -> per seed dev micro F1
+        ("atl", 1e-4): [[0.3, 0.55, 0.60, 0.601, 0.602, 0.603], [0.32, 0.57, 0.60, 0.603, 0.604]],
+        ("atl", 2e-4): [[0.4, 0.58, 0.61, 0.612, 0.611, 0.612], [0.4, 0.58, 0.61, 0.612, 0.611, 0.612]],
+        ("btl", 1e-4): [[0.1, 0.2, 0.3, 0.4, 0.5, 0.55], [0.1, 0.2, 0.3, 0.4, 0.5, 0.56]],  # still rising
+        ("btl", 2e-4): [[0.2, 0.3, 0.31, 0.312, 0.313, 0.31], [0.2, 0.3, 0.31, 0.312, 0.313, 0.31]],
+    }
+    zero = {("btl", 1e-4): [[0.0] * 6] * 2, ("btl", 2e-4): [[0.0] * 6] * 2}  # argmax after BTL
+    rows = []
+    runs = [(decode, key, seed, f1) for decode, of in (("knn", curves), ("argmax", zero))
+            for key, per_seed in of.items() for seed, f1 in enumerate(per_seed)]
+    for decode, (setting, lr), seed, f1 in runs:
+        rows.append(synthetic_row({"setting": setting, "optim.lr": lr, "train.seed": seed}, decode, 0.5,
+                                  curve={"epoch": list(range(len(f1))), "dev_f1_micro": f1},
+                                  best_epoch=len(f1) - 1, select="f1_micro"))
+    axes = {"setting": ["atl", "btl"], "optim.lr": [1e-4, 2e-4], "train.seed": [0, 1]}
+    write_rows(tmp_path / "s", rows, {"figures": False, "plateau": {"delta": 0.005, "window": 3,
+                                                                    "choose": "optim.lr"}}, axes)
+    md = build_report(tmp_path / "s").read_text()
+    table = {r[0]: r for r in table_rows(md, "## Epoch budget")}
+    # atl lr 1e-4: the seed-mean over the 5 epochs both seeds reached
+    mean = np.mean([c[:5] for c in curves[("atl", 1e-4)]], axis=0)
+    row = table["setting=atl, lr=0.0001, decode=knn"]
+    assert row[2] == "5" and _plateau_brute_force(mean, 0.005, 3) == (int(row[3]), row[4] == "yes")
+    assert table["setting=btl, lr=0.0001, decode=knn"][4] == "**not plateaued**"
+    data = json.loads((tmp_path / "s" / "report.json").read_text())["budget"]
+    arms = {a["arm"]["setting"]: a for a in data["arms"]}
+    assert arms["atl"]["chosen"] == 2e-4 and arms["atl"]["budget_epochs"] == 3 and arms["atl"]["plateaued"]
+    # btl: 2e-4 plateaus at 0.31 (epoch 2), 1e-4 never plateaus but its last value (0.555) is higher
+    assert arms["btl"]["chosen"] == 1e-4 and arms["btl"]["budget_epochs"] == 6 and not arms["btl"]["plateaued"]
+    assert data["by_decode"] == {"knn": {"epochs": 6, "plateaued": False}}  # argmax: at 0, no budget
+    assert table["setting=btl, lr=0.0001, decode=argmax"][4] == "F1 0 throughout: no budget"
+    assert "knn: **6 epochs** (a lower bound" in md
