@@ -536,9 +536,10 @@ def plot_grad_norms(rows, statistic: str = "grad_norm", title: str = ""):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"{statistic_label(statistic)}\nper layer (log scale)")
     ax.set_title(title or f"{statistic} per layer")
-    # below the plot, so no line is hidden behind it
-    ax.legend(title="layer", fontsize=LEGEND_POINTS, title_fontsize=LEGEND_POINTS + 1, loc="upper center",
-              bbox_to_anchor=(0.5, -0.2), ncol=min(max(len(layers), 1), 6), frameon=False)
+    # below the plot, so no line is hidden behind it (no legend when nothing was recorded)
+    if layers:
+        ax.legend(title="layer", fontsize=LEGEND_POINTS, title_fontsize=LEGEND_POINTS + 1, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2), ncol=min(max(len(layers), 1), 6), frameon=False)
     ax2 = axes[1]
     ratio = sorted((r["step"], r["value"]) for r in _select(rows, "first_last_ratio"))
     if ratio:
