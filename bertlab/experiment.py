@@ -433,7 +433,7 @@ def build_train_config(config: dict, source: str):
     and ``[section] key``. ``bertlab.train`` is the one validator of training configs, so a study
     accepts exactly what ``bertlab train`` accepts."""
     from bertlab.losses import build_loss
-    from bertlab.train import ConfigError, config_from_dict
+    from bertlab.config import ConfigError, config_from_dict
     try:
         cfg = config_from_dict(copy.deepcopy(config), source)
     except ConfigError as e:
@@ -1165,7 +1165,8 @@ def _fit_direct_baseline(config: dict, rdir: Path) -> None:
 
     from bertlab import baselines
     from bertlab.metrics import entity_report, token_report, unweighted_accuracy
-    from bertlab.train import config_from_dict, load_splits, mention_counts
+    from bertlab.config import config_from_dict
+    from bertlab.datasets.prepare import load_splits, mention_counts
     data = config_from_dict({"data": dict(config.get("data", {}))}).data
     splits = load_splits(data)
     model = config["model"]

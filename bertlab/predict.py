@@ -124,7 +124,8 @@ def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress
             f"is not inside a run folder (no {TRAIN_SETTINGS}, ../metrics.json or ../config.toml naming "
             f"the training data)")
     from bertlab.inference import word_logits
-    from bertlab.train import config_from_dict, load_splits
+    from bertlab.config import config_from_dict
+    from bertlab.datasets.prepare import load_splits
     tc = config_from_dict({k: v for k, v in cfg.items() if k in ("data", "eval")}, str(source))
     train = load_splits(tc.data).train
     label2id = {l: i for i, l in enumerate(model.labels)}

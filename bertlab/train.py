@@ -36,12 +36,9 @@ import numpy as np
 import torch
 
 from bertlab.callbacks import CallbackList
-from bertlab.checkpoint import is_bilstm, load_best_into, save_best  # noqa: F401  (re-exported)
-from bertlab.config import (BILSTM_OPTIONS, CHOICES, DECODES, MINIMUM, ConfigError, DataConfig,  # noqa: F401
-                            EvalConfig, ModelConfig, OptimConfig, RunConfig, SamplerConfig, TrainConfig,
-                            config_differences, config_from_dict, config_to_dict, has_crf, load_config,
-                            read_config_file, read_toml)
-from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts  # noqa: F401
+from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, config_differences,
+                            config_to_dict, has_crf, load_config, read_config_file)
+from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts
 from bertlab.files import write_json
 from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,

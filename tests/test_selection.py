@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import bertlab.train as train_module
-from bertlab.train import EvalConfig, load_config, train, update_best
+from bertlab.config import EvalConfig
+from bertlab.selection import update_best
+from bertlab.train import load_config, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import tiny_config  # noqa: E402

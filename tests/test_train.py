@@ -403,7 +403,8 @@ def test_variants_train_and_decode(tmp_path, sections):
     from bertlab.datasets.prepare import load_splits
     from bertlab.inference import decode_tags, word_logits
     from bertlab.knn import KNNClassifier
-    from bertlab.train import build_model_and_tokenizer, load_best_into
+    from bertlab.checkpoint import load_best_into
+    from bertlab.train import build_model_and_tokenizer
     c = load_config(cfg)
     splits = load_splits(c.data)
     for d in decodes:
