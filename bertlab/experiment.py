@@ -910,6 +910,9 @@ def train_run(job: Job, run: Run, claim: Claim, env: dict, together: bool = Fals
         _fit(job, run, rdir, [] if together else [StopIfClaimLost(claim)])
     if not (rdir / "metrics.json").exists():
         raise RunError(f"{rdir}: training returned but wrote no metrics.json")
+    precision = _read_json(rdir / "metrics.json", {}).get("precision")
+    if precision:  # the precision the run resolved ("auto" -> fp32 / bf16) belongs with its environment
+        _write_json(rdir / "run.json", {**_read_json(rdir / "run.json", {}), "precision": precision})
 
 
 def _fit(job: Job, run: Run, rdir: Path, callbacks: list, main: bool = True) -> None:

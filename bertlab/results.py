@@ -102,7 +102,9 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
         "wall_seconds": timing.get("wall_seconds"), "resumed": timing.get("resumed", False),
         "time_split": metrics.get("time_split"),  # where the run's seconds went (selection.TIME_PARTS)
         "predictions": f"{meta['run_id']}/{pred_file}" if (rdir / pred_file).exists() else None,
-        "env": meta.get("env", {}), "deterministic": bool(metrics.get("deterministic", False)),
+        # the precision the run trained in (fp32 / bf16 / fp16) is part of its environment line
+        "env": {**meta.get("env", {}), **({"precision": metrics["precision"]} if metrics.get("precision") else {})},
+        "precision": metrics.get("precision"), "deterministic": bool(metrics.get("deterministic", False)),
     }
 
 

@@ -203,7 +203,13 @@ def test_study_json_and_report_say_which_scale_and_command_made_them(tmp_path):
                                           "train.max_steps = 2.\n\nChanged on the command line: --set optim.lr=1e-3.")
     command = f"bertlab experiment tiny --scale smoke --experiments {tmp_path / 'experiments'} --set optim.lr=1e-3 --only seed=0"
     assert study["commands"] == [command]
-    assert f"Made by `{command}`" in (sdir / "report.md").read_text()
+    md = (sdir / "report.md").read_text()
+    assert f"Made by `{command}`" in md
+    # the precision a run resolved ("auto" is fp32 on a CPU) is in run.json and the environment line
+    run_json = json.loads(next(sdir.glob("*/run.json")).read_text())
+    assert run_json["precision"] == "fp32" and run_json["axes"]["train.seed"] == 0
+    env_line = md.split("## Environment and wall time")[1].strip().splitlines()[0]
+    assert env_line.startswith("- ") and "precision fp32" in env_line
     one_run(tmp_path, scale="smoke", only=["seed=1"], overrides=["optim.lr=1e-3"], report=False)
     assert json.loads((sdir / "study.json").read_text())["commands"] == [command, command.replace("seed=0", "seed=1")]
 
