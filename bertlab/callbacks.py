@@ -12,13 +12,18 @@ here, with when it runs (steps count from 1)::
     on_log(step, row)                            a log.jsonl line was written: loss, lr, grad_norm,
                                                  tokens_per_s (every [train] log_every steps)
     on_epoch_end(epoch, record)                  the epoch's history record (losses, dev scores)
+    on_checkpoint(step)                          checkpoint.pt now holds the state after ``step``: a
+                                                 resumed run goes on from step + 1 (a callback that
+                                                 writes files should write them here, so nothing
+                                                 recorded before a checkpoint is lost on a crash)
     on_train_end(metrics)                        what metrics.json holds
 
 The gradient-flow recorder (``bertlab.gradflow.GradFlowRecorder``) is one.
 """
 from __future__ import annotations
 
-HOOKS = ("on_batch", "after_backward", "after_optimizer_step", "on_log", "on_epoch_end", "on_train_end")
+HOOKS = ("on_batch", "after_backward", "after_optimizer_step", "on_log", "on_epoch_end", "on_checkpoint",
+         "on_train_end")
 
 
 class Callback:
@@ -37,6 +42,9 @@ class Callback:
         pass
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
+        pass
+
+    def on_checkpoint(self, step: int) -> None:
         pass
 
     def on_train_end(self, metrics: dict) -> None:
@@ -79,6 +87,9 @@ class CallbackList(Callback):
 
     def on_epoch_end(self, epoch, record) -> None:
         self._call("on_epoch_end", epoch, record)
+
+    def on_checkpoint(self, step) -> None:
+        self._call("on_checkpoint", step)
 
     def on_train_end(self, metrics) -> None:
         self._call("on_train_end", metrics)

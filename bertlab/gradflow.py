@@ -24,6 +24,7 @@ plot functions read the CSV, so every figure can be redrawn from the data. See d
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bertlab.callbacks import Callback
+from bertlab.files import write_json, write_jsonl, write_text
 
 # ---------------------------------------------------------------------------------------------
 # 1. Grouping parameters by name
@@ -232,7 +234,12 @@ class GradFlowRecorder(Callback):
 
     ``GradFlowRecorder(out_dir, every=10, per_class_every=50)``, passed in ``train(...,
     callbacks=[recorder])``. Call :meth:`close` (or let ``on_train_end`` do it) to write the files;
-    they are also rewritten at the end of every epoch.
+    they are also rewritten at the end of every epoch and whenever the loop writes its checkpoint.
+
+    Resume: a recorder whose first step is s > 1 (a resumed run) first reads back the rows of
+    steps < s from ``out_dir/gradflow.csv`` and the running epoch losses saved with the checkpoint
+    at step s - 1 (``out_dir/state.json``), so the files of an interrupted and resumed run equal
+    those of an uninterrupted one.
     """
 
     def __init__(self, out_dir, every: int = 10, per_class_every: int = 0, stats=ALL_STATS,
@@ -248,6 +255,7 @@ class GradFlowRecorder(Callback):
         self._snapshot: dict[str, torch.Tensor] | None = None
         self._epoch_losses: list[float] = []  # this epoch's step losses
         self._batch_step = None
+        self._started = False  # whether the first step (and a resume's read-back) has happened
 
     @classmethod
     def from_config(cls, cfg: GradFlowConfig, run_dir) -> "GradFlowRecorder":
@@ -262,9 +270,25 @@ class GradFlowRecorder(Callback):
                           "statistic": statistic, "value": float(value)})
 
     # -- callback protocol ------------------------------------------------------------------------
+    def _start(self, step: int) -> None:
+        """At the first step this recorder sees: if it is a resumed run's (step > 1), take back the
+        rows of the steps before it and the epoch's running losses saved with its checkpoint."""
+        self._started = True
+        csv_path, state_path = self.out_dir / "gradflow.csv", self.out_dir / STATE_FILE
+        if step <= 1 or not csv_path.exists():
+            return
+        self.rows = [r for r in read_rows(csv_path) if r["step"] < step] + self.rows
+        if state_path.exists():
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            if state.get("step") == step - 1:
+                self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
+                self._batch_step = state.get("batch_step")
+
     def on_batch(self, step, model, batch, logits, loss) -> None:
         if not self.enabled:
             return
+        if not self._started:
+            self._start(step)
         first = step != self._batch_step  # grad_accum > 1: several micro-batches share a step
         self._batch_step = step
         if "loss" in self.stats:
@@ -336,6 +360,15 @@ class GradFlowRecorder(Callback):
         self._epoch_losses = []
         self.write()
 
+    def on_checkpoint(self, step) -> None:
+        """The loop saved its state after ``step``: save ours with it (rows and the epoch's running
+        losses), so a resume from that checkpoint loses nothing."""
+        if not self.enabled:
+            return
+        self.write()
+        write_json(self.out_dir / STATE_FILE, {"step": int(step), "epoch_losses": self._epoch_losses,
+                                               "batch_step": self._batch_step})
+
     def on_train_end(self, *args, **kwargs) -> None:
         self.close()
 
@@ -399,22 +432,24 @@ def _variance(xs: list[float]) -> float:
 # 4. Tidy files
 
 COLUMNS = ("step", "layer", "component", "statistic", "value")
+STATE_FILE = "state.json"  # the recorder's running state at the last checkpoint (for resume)
 
 
 def write_rows(rows: list[dict], out_dir, jsonl: bool = True) -> Path:
-    """Write rows to ``out_dir/gradflow.csv`` (and ``out_dir/gradflow.jsonl``); returns the CSV path."""
+    """Write rows to ``out_dir/gradflow.csv`` (and ``out_dir/gradflow.jsonl``), each atomically
+    (a crash mid-write leaves the previous file); returns the CSV path. Values are written with
+    ``repr``, so :func:`read_rows` gives back the same floats."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "gradflow.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "value": repr(r["value"])})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "value": repr(r["value"])})
+    write_text(path, buf.getvalue())
     if jsonl:
-        with open(out_dir / "gradflow.jsonl", "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(out_dir / "gradflow.jsonl", rows)
     return path
 
 

@@ -500,6 +500,7 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                 losses.read(progress, d)
                 progress.epoch_train_seconds += time.perf_counter() - clock
                 write_checkpoint(s, progress, losses, jlog, d)
+                callbacks.on_checkpoint(progress.step)
                 clock = time.perf_counter()
         bar.close()
         losses.read(progress, d)
@@ -511,6 +512,7 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
         callbacks.on_epoch_end(epoch, dict(record))
         clock = time.perf_counter()  # the next epoch's clock
         write_checkpoint(s, progress, losses, jlog, d)
+        callbacks.on_checkpoint(progress.step)
 
     metrics = finish(cfg, s, out_dir, jlog, log, d)
     callbacks.on_train_end(metrics)

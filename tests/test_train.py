@@ -506,6 +506,37 @@ def test_cli_gradflow_section_records_the_gradient_flow(tmp_path, capsys):
     assert str(path) in capsys.readouterr().err
 
 
+class _Crash(Exception):
+    pass
+
+
+def test_gradflow_of_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    """A crash right after a mid-epoch checkpoint, then a resume with a new recorder: the gradient-
+    flow files (every statistic, the running loss variance and the epoch means included) are
+    byte-identical to those of a run that was never stopped, and nothing is recorded twice."""
+    from bertlab.callbacks import Callback
+    from bertlab.gradflow import GradFlowRecorder, read_rows
+
+    class CrashAfterCheckpoint(Callback):
+        def on_checkpoint(self, step):
+            if step == 2:  # checkpoints every 2 steps: this one is in the middle of epoch 0
+                raise _Crash(step)
+
+    cfg = tiny_config(tmp_path / "data")
+    recorder = lambda out: GradFlowRecorder(out / "gradflow", every=1, per_class_every=2)  # noqa: E731
+    whole = tmp_path / "whole"
+    train(load_config(cfg), whole, callbacks=[recorder(whole)], resume=False, log=quiet)
+    out = tmp_path / "resumed"
+    with pytest.raises(_Crash):
+        train(load_config(cfg), out, callbacks=[recorder(out), CrashAfterCheckpoint()], resume=False, log=quiet)
+    assert {r["step"] for r in read_rows(out / "gradflow" / "gradflow.csv")} == {1, 2}
+    train(load_config(cfg), out, callbacks=[recorder(out)], resume=True, log=quiet)
+    for name in ("gradflow.csv", "gradflow.jsonl"):
+        assert (out / "gradflow" / name).read_bytes() == (whole / "gradflow" / name).read_bytes(), name
+    steps = [r["step"] for r in read_rows(whole / "gradflow" / "gradflow.csv") if r["statistic"] == "batch_loss"]
+    assert steps == list(range(1, 9))  # 2 epochs x 4 steps, each once
+
+
 def test_a_misspelt_callback_hook_is_an_error_not_silence():
     from bertlab.callbacks import Callback, CallbackList
 
