@@ -1129,3 +1129,39 @@ def test_budget_section_chooses_the_lr_with_the_best_plateau_and_takes_the_large
     assert data["by_decode"] == {"knn": {"epochs": 6, "plateaued": False}}  # argmax: at 0, no budget
     assert table["setting=btl, lr=0.0001, decode=argmax"][4] == "F1 0 throughout: no budget"
     assert "knn: **6 epochs** (a lower bound" in md
+
+
+# ---- accuracy against compute across studies (bertlab tradeoff) ----------------------------------
+
+def test_tradeoff_points_are_seed_means_across_studies_and_only_filters(tmp_path):
+    from bertlab.tradeoff import main as tradeoff_main
+    from bertlab.tradeoff import parse_only, tradeoff_points
+    rng = np.random.default_rng(2)
+    expected = {}
+    for study, models in (("sizes", ["l2", "l6"]), ("classic", ["hmm", "bilstm"])):
+        rows = []
+        for model in models:
+            for data in ("maccrobat", "ncbi"):
+                for seed in (0, 1, 2):
+                    f1, spe, wps = (float(x) for x in (rng.uniform(0.3, 0.6), rng.uniform(1, 100), rng.uniform(1e3, 1e5)))
+                    rows.append(synthetic_row({"model": model, "data.name": data, "train.seed": seed}, "argmax", f1,
+                                              seconds_per_epoch=spe, inference_tokens_per_s=wps))
+                    expected.setdefault((study, model, data), []).append((f1, spe, wps))
+        write_rows(tmp_path / study, rows, {}, {"model": models, "data.name": ["maccrobat", "ncbi"],
+                                                 "train.seed": [0, 1, 2]}, name=study)
+    points = tradeoff_points([tmp_path / "sizes", tmp_path / "classic"], only=parse_only(["data.name=maccrobat"]))
+    assert len(points) == 4 and {p["axes"]["data.name"] for p in points} == {"maccrobat"}
+    for p in points:
+        want = np.array(expected[(p["study"], p["axes"]["model"], "maccrobat")])
+        assert p["seeds"] == 3
+        assert np.isclose(p["f1_micro"], want[:, 0].mean()) and np.isclose(p["f1_micro_std"], want[:, 0].std(ddof=1))
+        assert np.isclose(p["seconds_per_epoch"], want[:, 1].mean())
+        assert np.isclose(p["inference_words_per_s"], want[:, 2].mean())
+    out = tmp_path / "out"
+    assert tradeoff_main([str(tmp_path / "sizes"), str(tmp_path / "classic"), "--only", "data.name=maccrobat",
+                          "--out", str(out)]) == 0
+    table = table_rows((out / "tradeoff.md").read_text(), "# Accuracy against compute")
+    assert len(table) == 4 and [float(r[3]) for r in table] == sorted((float(r[3]) for r in table), reverse=True)
+    assert (out / "tradeoff.png").stat().st_size > 1000 and len(json.loads((out / "tradeoff.json").read_text())) == 4
+    assert tradeoff_main([str(tmp_path / "sizes"), "--only", "data.name", "--out", str(out)]) == 2  # not KEY=VALUE
+    assert tradeoff_main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
