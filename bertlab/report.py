@@ -731,7 +731,7 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     if opts.get("anova"):
         md += _anova_section(rows, opts["anova"], short, data)
     if study.get("gradflow"):
-        md += _gradflow_section(study_dir, rows)
+        md += _gradflow_section(study_dir, rows, study.get("baseline") or {}, short, data)
     md += _figures_section(study_dir, variants, labels, opts, short)
     return _write_report(study_dir, md, data)
 
@@ -1411,21 +1411,84 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
     return "figures/learning_curves.png"
 
 
-def _gradflow_section(study_dir: Path, rows: list[dict]) -> list[str]:
-    """The gradient-flow summary (bertlab.gradflow.markdown_summary) of the first seed of each
-    trained variant; the figures are in ``<run>/gradflow/``."""
-    from bertlab.gradflow import markdown_summary, read_rows
-    md = ["## Gradient flow", ""]
-    firsts: dict = {}
-    for r in sorted(rows, key=lambda r: r["seed"]):
+def gradflow_layer_means(csv_rows: list[dict], statistic: str = "grad_norm") -> dict[str, float]:
+    """Per layer (component ``all``), the mean over the recorded steps of ``statistic``."""
+    by_layer: dict[str, list[float]] = {}
+    for r in csv_rows:
+        if r["statistic"] == statistic and r["component"] == "all" and r["layer"] not in ("all", "logits"):
+            by_layer.setdefault(r["layer"], []).append(float(r["value"]))
+    return {layer: float(np.mean(v)) for layer, v in by_layer.items()}
+
+
+def gradflow_by_variant(study_dir: Path, rows: list[dict], statistic: str = "grad_norm") -> dict:
+    """``{trained variant key: {seed: {layer: mean over steps}}}`` from each run's gradflow.csv."""
+    from bertlab.gradflow import read_rows
+    out: dict = {}
+    for r in rows:
+        path = study_dir / r["run_id"] / "gradflow" / "gradflow.csv"
         key = tuple((k, v) for k, v in r["axes"].items() if k != "train.seed")
-        firsts.setdefault(key, r["run_id"])
-    found = [rid for rid in firsts.values() if (study_dir / rid / "gradflow" / "gradflow.csv").exists()]
-    if not found:
+        if path.exists() and r["seed"] not in out.get(key, {}):
+            out.setdefault(key, {})[r["seed"]] = gradflow_layer_means(read_rows(path), statistic)
+    return out
+
+
+def _gradflow_section(study_dir: Path, rows: list[dict], baseline: dict, short: dict, data: dict) -> list[str]:
+    """Per trained variant and layer, the gradient norm (mean over recorded steps, then over seeds)
+    and, against the study's baseline variant, the ratio per layer with a seed-paired t-test on the
+    log norms (Holm over the layers of one comparison); then each variant's first-seed summary
+    (bertlab.gradflow.markdown_summary). Figures are in ``<run>/gradflow/``."""
+    from bertlab.gradflow import layer_sort_key, markdown_summary, read_rows
+    md = ["## Gradient flow", ""]
+    by_variant = gradflow_by_variant(study_dir, rows)
+    if not by_variant:
         return md + ["No run has gradient-flow records.", ""]
-    md += ["Recorded during training (a resumed run records only the steps after resuming); the "
-           "first seed of each variant. Figures: `<run>/gradflow/*.png`.", ""]
-    for rid in found:
+    layers = sorted({layer for seeds in by_variant.values() for m in seeds.values() for layer in m}, key=layer_sort_key)
+    label = {key: variant_label(key, short) or "every run" for key in by_variant}
+    md += ["Gradient norm of each layer's parameters (attention and FFN together), averaged over the recorded "
+           "steps of a run, then mean ± std over seeds. A resumed run's records are complete (the recorder "
+           "saves them with every checkpoint).", ""]
+    body = []
+    for key, seeds in by_variant.items():
+        cells = []
+        for layer in layers:
+            mean, sd = _mean_std(m.get(layer) for m in seeds.values())
+            cells.append(f"{mean:.3g}" + ("" if math.isnan(sd) else f" ± {sd:.2g}"))
+        body.append([label[key], str(len(seeds))] + cells)
+    md += _table(["trained variant", "seeds"] + layers, body)
+    base_items = {k: v for k, v in baseline.items() if k != "decode"}
+    base = next((k for k in by_variant if base_items and all(dict(k).get(a) == v for a, v in base_items.items())), None)
+    data["gradflow"] = {"layers": layers, "variants": {label[k]: {str(s): m for s, m in v.items()}
+                                                        for k, v in by_variant.items()}, "comparisons": []}
+    if base is not None and len(by_variant) > 1:
+        md += [f"Against `{label[base]}`: the ratio of seed-mean gradient norms per layer, and the seed-paired "
+               "t-test of the log norms (p Holm-adjusted over the layers of each row; seeds present in both).", ""]
+        body = []
+        for key, seeds in by_variant.items():
+            if key == base:
+                continue
+            common = sorted(set(seeds) & set(by_variant[base]))
+            cells, pvalues = [], []
+            for layer in layers:
+                a = np.array([seeds[s].get(layer, math.nan) for s in common], float)
+                b = np.array([by_variant[base][s].get(layer, math.nan) for s in common], float)
+                ok = ~(np.isnan(a) | np.isnan(b)) & (a > 0) & (b > 0)
+                ratio = float(np.mean(a[ok]) / np.mean(b[ok])) if ok.any() else math.nan
+                p = float(stats.ttest_rel(np.log(a[ok]), np.log(b[ok]))[1]) if ok.sum() >= 2 else math.nan
+                cells.append(ratio)
+                pvalues.append(p)
+            adjusted = holm(pvalues)
+            body.append([label[key], str(len(common))] + [
+                "–" if math.isnan(r) else f"{r:.3g}×" + ("" if math.isnan(q) else f" (p {q:.2g})")
+                for r, q in zip(cells, adjusted)])
+            data["gradflow"]["comparisons"].append({"variant": label[key], "baseline": label[base], "seeds": common,
+                                                    "ratio": dict(zip(layers, cells)),
+                                                    "p_holm": dict(zip(layers, adjusted))})
+        md += _table(["trained variant", "paired seeds"] + layers, body)
+    md += ["Each variant's first seed, in detail:", ""]
+    for key, seeds in by_variant.items():
+        first = min(seeds)
+        rid = next(r["run_id"] for r in rows if r["seed"] == first
+                   and tuple((k, v) for k, v in r["axes"].items() if k != "train.seed") == key)
         md += [f"<details><summary>{rid}</summary>", "",
                markdown_summary(read_rows(study_dir / rid / "gradflow" / "gradflow.csv")), "</details>", ""]
     return md

@@ -1165,3 +1165,55 @@ def test_tradeoff_points_are_seed_means_across_studies_and_only_filters(tmp_path
     assert (out / "tradeoff.png").stat().st_size > 1000 and len(json.loads((out / "tradeoff.json").read_text())) == 4
     assert tradeoff_main([str(tmp_path / "sizes"), "--only", "data.name", "--out", str(out)]) == 2  # not KEY=VALUE
     assert tradeoff_main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+# ---- gradient flow across seeds -------------------------------------------------------------------
+
+def test_gradflow_section_means_over_steps_and_seeds_and_paired_tests_against_scipy(tmp_path):
+    """Per trained variant and layer: mean over recorded steps, then over seeds; against the
+    baseline variant the ratio of seed means and scipy's paired t-test on log norms, Holm over layers."""
+    import scipy.stats
+    from statsmodels.stats.multitest import multipletests
+
+    from bertlab.gradflow import write_rows as write_gradflow
+    rng = np.random.default_rng(4)
+    layers = ["embeddings", "layer.0", "layer.1", "head"]
+    sdir = tmp_path / "gf"
+    rows, norms, records = [], {}, {}
+    for sampler, scale in (("atl", 1.0), ("btl", 3.0)):
+        for seed in (0, 1, 2):
+            axes = {"sampler": sampler, "train.seed": seed}
+            rows.append(synthetic_row(axes, "argmax", 0.5))
+            run_rows = []
+            for step in (10, 20, 30):
+                for i, layer in enumerate(layers):
+                    value = float(scale * (i + 1) * rng.lognormal(0, 0.3))
+                    run_rows.append({"step": step, "layer": layer, "component": "all", "statistic": "grad_norm",
+                                     "value": value})
+                    norms.setdefault((sampler, layer), {}).setdefault(seed, []).append(value)
+                    run_rows.append({"step": step, "layer": layer, "component": "ffn", "statistic": "grad_norm",
+                                     "value": 99.0})  # a component row: not counted
+            records[rows[-1]["run_id"]] = run_rows
+    write_rows(sdir, rows, {"figures": False}, {"sampler": ["atl", "btl"], "train.seed": [0, 1, 2]})
+    for run_id, run_rows in records.items():
+        write_gradflow(run_rows, sdir / run_id / "gradflow")
+    study = json.loads((sdir / "study.json").read_text())
+    study.update(gradflow=True, baseline={"sampler": "atl", "decode": "argmax"})
+    (sdir / "study.json").write_text(json.dumps(study))
+    md = build_report(sdir).read_text()
+    table = {r[0]: r for r in table_rows(md, "## Gradient flow")}
+    run_means = {k: {s: np.mean(v) for s, v in seeds.items()} for k, seeds in norms.items()}
+    for sampler in ("atl", "btl"):
+        for j, layer in enumerate(layers):
+            m = np.array(list(run_means[(sampler, layer)].values()))
+            assert table[f"sampler={sampler}"][2 + j] == f"{m.mean():.3g} ± {m.std(ddof=1):.2g}"
+    data = json.loads((sdir / "report.json").read_text())["gradflow"]["comparisons"]
+    assert len(data) == 1 and data[0]["variant"] == "sampler=btl" and data[0]["seeds"] == [0, 1, 2]
+    pvalues = []
+    for layer in layers:
+        a = np.array([run_means[("btl", layer)][s] for s in (0, 1, 2)])
+        b = np.array([run_means[("atl", layer)][s] for s in (0, 1, 2)])
+        assert np.isclose(data[0]["ratio"][layer], a.mean() / b.mean())
+        pvalues.append(scipy.stats.ttest_rel(np.log(a), np.log(b)).pvalue)
+    want = multipletests(pvalues, method="holm")[1]
+    assert np.allclose([data[0]["p_holm"][layer] for layer in layers], want)
