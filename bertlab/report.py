@@ -1261,9 +1261,16 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
         body.append([labels[key], "/".join(select) or "–", best] + [_f(mean.get(e, math.nan)) for e in epochs])
     md += _table(["variant", "select", "best epoch (per seed)"] + [f"epoch {e}" for e in epochs], body)
     if opts.get("figures", True):
-        figure = _learning_curve_figure(study_dir, with_curves, variants, labels)
+        marks = None
+        if opts.get("plateau"):  # the plateau rule's epoch on each line (report section "Epoch budget")
+            found = budgets(variants, opts["plateau"])["variants"]
+            marks = {k: (v["plateau_epoch"], v["plateaued"]) for k, v in found.items() if v["f1_max"] > 0}
+        figure = _learning_curve_figure(study_dir, with_curves, variants, labels, marks)
         if figure:
             md += [f"![dev micro F1 per epoch]({figure})", ""]
+            if marks:
+                md += ["A star marks each line's plateau epoch under the study's plateau rule, a cross the last "
+                       "epoch of a line that never plateaued (its budget is a lower bound).", ""]
     return md
 
 
@@ -1355,9 +1362,11 @@ def _budget_section(variants: dict, short: dict, spec: dict, data: dict) -> list
     return md
 
 
-def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, labels: dict) -> str | None:
+def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, labels: dict,
+                           marks: dict | None = None) -> str | None:
     """``figures/learning_curves.png``: one panel per decode, a line per variant (mean over seeds)
-    with a band from the lowest to the highest seed."""
+    with a band from the lowest to the highest seed; ``marks`` ``{variant: (epoch, plateaued)}``
+    puts a star on the plateau epoch (a cross on the last epoch of a line that never plateaued)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -1391,6 +1400,11 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
             ax.plot(ep, np.nanmean(v, 0), marker="o", ms=3, color=colour[key], label=label or labels[key])
             if len(v) > 1:
                 ax.fill_between(ep, np.nanmin(v, 0), np.nanmax(v, 0), color=colour[key], alpha=0.2, lw=0)
+            if marks and key in marks and marks[key][0] in list(ep):
+                e, found = marks[key]
+                y = float(np.nanmean(v[:, list(ep).index(e)]))
+                ax.plot([e], [y], marker="*" if found else "X", ms=11, color=colour[key], mec="black", mew=0.6,
+                        ls="none", label="_plateau")  # "_": not in the legend
         ax.set_title(f"decode = {decode}")
         ax.set_xlabel("epoch (0-based)")
         if len(all_epochs) <= 20:
@@ -1402,7 +1416,8 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
     handles = {}
     for ax in panels:  # one legend entry per trained variant, whatever panel it is drawn in
         for line in ax.get_lines():
-            handles.setdefault(line.get_label(), line)
+            if not line.get_label().startswith("_"):  # matplotlib's "not in the legend"
+                handles.setdefault(line.get_label(), line)
     fig.legend(list(handles.values()), list(handles), title="trained variant", **_legend_below(len(handles)))
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
