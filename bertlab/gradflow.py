@@ -471,6 +471,13 @@ def _mean_by(rows, key) -> dict:
     return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
+def layer_means(rows, statistic: str = "grad_norm") -> dict[str, float]:
+    """Per layer (component ``all``; not the whole-model ``all`` or the ``logits`` rows), the mean
+    of ``statistic`` over the recorded steps."""
+    return _mean_by([r for r in _select(rows, statistic, component="all") if r["layer"] not in ("all", "logits")],
+                    lambda r: r["layer"])
+
+
 def class_share_table(rows) -> tuple[list[str], list[str], list[list[float]]]:
     """Mean ``class_grad_share`` per (layer, class) over the steps with a per-class split.
 

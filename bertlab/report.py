@@ -1426,24 +1426,15 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
     return "figures/learning_curves.png"
 
 
-def gradflow_layer_means(csv_rows: list[dict], statistic: str = "grad_norm") -> dict[str, float]:
-    """Per layer (component ``all``), the mean over the recorded steps of ``statistic``."""
-    by_layer: dict[str, list[float]] = {}
-    for r in csv_rows:
-        if r["statistic"] == statistic and r["component"] == "all" and r["layer"] not in ("all", "logits"):
-            by_layer.setdefault(r["layer"], []).append(float(r["value"]))
-    return {layer: float(np.mean(v)) for layer, v in by_layer.items()}
-
-
 def gradflow_by_variant(study_dir: Path, rows: list[dict], statistic: str = "grad_norm") -> dict:
     """``{trained variant key: {seed: {layer: mean over steps}}}`` from each run's gradflow.csv."""
-    from bertlab.gradflow import read_rows
+    from bertlab.gradflow import layer_means, read_rows
     out: dict = {}
     for r in rows:
         path = study_dir / r["run_id"] / "gradflow" / "gradflow.csv"
         key = tuple((k, v) for k, v in r["axes"].items() if k != "train.seed")
         if path.exists() and r["seed"] not in out.get(key, {}):
-            out.setdefault(key, {})[r["seed"]] = gradflow_layer_means(read_rows(path), statistic)
+            out.setdefault(key, {})[r["seed"]] = layer_means(read_rows(path), statistic)
     return out
 
 

@@ -18,25 +18,17 @@ with different thread counts are not comparable (the table lists each study's en
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from bertlab.files import write_json, write_text
-from bertlab.report import group_variants, load_study_results, variant_label
+from bertlab.report import _mean_std, group_variants, load_study_results, variant_label
 
 
-def _mean(values) -> float:
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    return float(np.mean(v)) if v else math.nan
-
-
-def _std(values) -> float:
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+def _mean_std_finite(values) -> tuple[float, float]:
+    """Mean and std (ddof 1) over seeds of the values that are there (None and NaN left out)."""
+    return _mean_std(float(x) for x in values if x is not None and math.isfinite(float(x)))
 
 
 def parse_only(items: list[str]) -> dict[str, str]:
@@ -64,12 +56,12 @@ def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = No
                 continue
             if any(metric not in r for r in group):
                 raise ValueError(f"{d}: results rows have no {metric!r}")
+            score, score_sd = _mean_std_finite(r[metric] for r in group)
             points.append({
                 "study": study["name"], "variant": variant_label(key, short), "axes": values,
-                "seeds": len(group), metric: _mean(r[metric] for r in group),
-                f"{metric}_std": _std(r[metric] for r in group),
-                "seconds_per_epoch": _mean(r.get("seconds_per_epoch") for r in group),
-                "inference_words_per_s": _mean(r.get("inference_tokens_per_s") for r in group),
+                "seeds": len(group), metric: score, f"{metric}_std": score_sd,
+                "seconds_per_epoch": _mean_std_finite(r.get("seconds_per_epoch") for r in group)[0],
+                "inference_words_per_s": _mean_std_finite(r.get("inference_tokens_per_s") for r in group)[0],
                 "params": group[0].get("params"), "env": group[0].get("env", {}),
             })
     return points
