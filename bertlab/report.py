@@ -1299,6 +1299,9 @@ def budgets(variants: dict, spec: dict) -> dict:
     """The plateau rule applied to every variant's seed-mean dev micro F1 curve, then per arm (the
     variant's axes but ``spec["choose"]``, e.g. the learning rate) the chosen value with the highest
     plateau F1 and its budget (plateau epoch + 1, an epoch count), per decode."""
+    unknown = sorted(set(spec) - {"delta", "window", "choose"})
+    if unknown:
+        raise ValueError(f"[report] plateau: unknown key(s) {unknown}; expected delta, window, choose")
     delta, window, choose = float(spec.get("delta", 0.005)), int(spec.get("window", 3)), spec.get("choose")
     per_variant, arms = {}, {}
     for key, group in variants.items():

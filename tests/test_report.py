@@ -1129,6 +1129,11 @@ def test_budget_section_chooses_the_lr_with_the_best_plateau_and_takes_the_large
     assert data["by_decode"] == {"knn": {"epochs": 6, "plateaued": False}}  # argmax: at 0, no budget
     assert table["setting=btl, lr=0.0001, decode=argmax"][4] == "F1 0 throughout: no budget"
     assert "knn: **6 epochs** (a lower bound" in md
+    study = json.loads((tmp_path / "s" / "study.json").read_text())
+    study["report"]["plateau"]["windw"] = 2  # a misspelt key is an error naming it, not a silent default
+    (tmp_path / "s" / "study.json").write_text(json.dumps(study))
+    with pytest.raises(ValueError, match=r"\[report\] plateau: unknown key\(s\) \['windw'\]"):
+        build_report(tmp_path / "s")
 
 
 # ---- accuracy against compute across studies (bertlab tradeoff) ----------------------------------
