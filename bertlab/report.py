@@ -1624,8 +1624,50 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, 
 
 # ---- command line ---------------------------------------------------------------------------------
 
+# ---- publishing: a study folder as committed under docs/results ----------------------------------
+
+# what a finished run folder keeps when published: everything but what only resuming and serving
+# need (the checkpoint, the best models, dev predictions, claims, temp files); test predictions stay,
+# the report's intervals and document-level tests are computed from them
+_UNPUBLISHED_FILES = ("checkpoint", "claim-", "predictions_dev_", ".")
+_UNPUBLISHED_DIRS = ("best",)
+
+
+def publish(study_dir: str | os.PathLike, dest: str | os.PathLike) -> tuple[Path, list[str]]:
+    """Copy the finished runs of ``study_dir`` (a folder ``bertlab experiment`` writes) to ``dest``
+    without their checkpoints, best models, dev predictions and claims, with ``study.json``; then
+    rewrite ``dest``'s results.jsonl from its run folders and build its report there. Run folders
+    already in ``dest`` stay (publishing a study in parts, e.g. across sessions, adds to it); a run
+    still training in ``study_dir`` (no metrics.json) is not copied. Files are written atomically,
+    so an interrupted publish leaves each file old or new. Returns ``(report path, run ids copied)``."""
+    from bertlab.files import write_bytes
+    from bertlab.results import write_results
+    src, dest = Path(study_dir), Path(dest)
+    if not (src / "study.json").exists():
+        raise FileNotFoundError(f"{src / 'study.json'}: not found; is {src} a study folder made by "
+                                f"`bertlab experiment`?")
+    if src.resolve() == dest.resolve():
+        raise ValueError(f"--publish {dest}: the same folder as the study; give another one")
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for rdir in sorted(p for p in src.iterdir() if p.is_dir() and (p / "metrics.json").exists()):
+        for path in sorted(rdir.rglob("*")):
+            rel = path.relative_to(rdir)
+            if (path.is_dir() or rel.parts[0].startswith(_UNPUBLISHED_DIRS)
+                    or any(part.startswith(_UNPUBLISHED_FILES) for part in rel.parts)):
+                continue
+            target = dest / rdir.name / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(target, path.read_bytes())
+        copied.append(rdir.name)
+    write_bytes(dest / "study.json", (src / "study.json").read_bytes())
+    write_results(dest)
+    return build_report(dest), copied
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``bertlab report NAME [--out runs]``: rebuild runs/NAME/report.md from its results."""
+    """``bertlab report NAME [--out runs] [--publish DEST]``: rebuild runs/NAME/report.md from its
+    results, or publish the study to DEST and build the report there."""
     ap = argparse.ArgumentParser(prog="bertlab report", description=(
         "Rebuild a study's report.md, report.json and figures from its results.jsonl and prediction "
         "files; trains nothing (docs/experiments.md)."))
@@ -1634,9 +1676,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", "--out", dest="out", default="runs", metavar="DIR",
                     help="the folder that holds study folders, where NAME is looked up (default runs/; "
                          "--out is the old name)")
+    ap.add_argument("--publish", metavar="DEST", help=(
+        "copy the study's finished runs to DEST without checkpoints, best models, dev predictions "
+        "and claims (what docs/results/NAME commits), keep runs already there, and build the report in "
+        "DEST; re-run it as more runs finish"))
     args = ap.parse_args(argv)
     folder = Path(args.name) if Path(args.name).is_dir() else Path(args.out) / args.name
     try:
+        if args.publish:
+            path, copied = publish(folder, args.publish)
+            print(f"published {len(copied)} finished run(s) of {folder} to {args.publish}")
+            print(path)
+            return 0
         print(build_report(folder))
     except (FileNotFoundError, ValueError) as e:
         hint = ""

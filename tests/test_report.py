@@ -901,6 +901,58 @@ def test_time_split_table_means_shares_and_study_total(tmp_path):
     assert "## Compute cost" in md and "Where the time went" not in md
 
 
+# ---- publishing a study folder as docs/results/NAME commits it ---------------------------------------
+
+def test_publish_copies_finished_runs_without_resume_files_and_reports_the_same_numbers(tmp_path, capsys):
+    from bertlab.report import main
+    noise = {(s, l, d): 0.1 for s in ("atl", "btl") for l in ("ce", "wce") for d in ("argmax", "knn")}
+    sdir = make_study(tmp_path, noise, seeds=(0, 1))
+    build_report(sdir)
+    runs = sorted(p.name for p in sdir.iterdir() if (p / "metrics.json").exists())
+    for run_id in runs:  # what a real run folder also holds: resume and serving files
+        rdir = sdir / run_id
+        (rdir / "checkpoint.pt").write_bytes(b"x" * 100)
+        (rdir / "best").mkdir()
+        (rdir / "best" / "model.safetensors").write_bytes(b"x")
+        (rdir / "best-knn").mkdir()
+        (rdir / "predictions_dev_argmax.jsonl").write_text("{}\n")
+        (rdir / "claim-0.json").write_text("{}")
+        (rdir / ".metrics.json.abc.tmp").write_text("")
+        (rdir / "gradflow.csv").write_text("step,layer\n")
+    training = sdir / "sampler=btl__loss=wce__seed=2"  # a run still training: no metrics.json yet
+    training.mkdir()
+    (training / "run.json").write_text("{}")
+    (training / "checkpoint.pt").write_bytes(b"x")
+
+    dest = tmp_path / "docs" / "results" / "study"
+    assert main([str(sdir), "--publish", str(dest)]) == 0
+    assert f"published {len(runs)} finished run(s)" in capsys.readouterr().out
+    published = sorted(p.name for p in dest.iterdir() if p.is_dir() and p.name != "figures")
+    assert published == runs
+    for run_id in runs:
+        kept = sorted(p.name for p in (dest / run_id).iterdir())
+        assert kept == sorted(["run.json", "metrics.json", "timing.json", "gradflow.csv",
+                               "predictions_test_argmax.jsonl", "predictions_test_knn.jsonl"])
+    assert read_results(dest / "results.jsonl") == read_results(sdir / "results.jsonl")
+    src_json = json.loads((sdir / "report.json").read_text())
+    dest_json = json.loads((dest / "report.json").read_text())
+    assert dest_json["variants"] == src_json["variants"]  # the same numbers, intervals included
+    assert dest_json["comparisons"] == src_json["comparisons"]
+
+    # published in parts: a run already in dest stays when the source no longer has it
+    import shutil
+    shutil.rmtree(sdir / runs[0])
+    assert main([str(sdir), "--publish", str(dest)]) == 0
+    assert (dest / runs[0] / "metrics.json").exists()
+    assert len({r["run_id"] for r in read_results(dest / "results.jsonl")}) == len(runs)
+
+    assert main([str(tmp_path / "nowhere"), "--publish", str(dest)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "study.json: not found" in err
+    assert main([str(sdir), "--publish", str(sdir)]) == 2
+    assert "the same folder as the study" in capsys.readouterr().err
+
+
 # ---- a committed folder: the hint, and the intervals of the earlier build ---------------------------
 
 def test_missing_study_folder_points_to_the_committed_result(tmp_path, capsys):
