@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NAME   ?=
 SCALE  ?= default
+WORKERS ?= 1
 
 .PHONY: setup test test-all experiment report bench clean
 
@@ -22,8 +23,8 @@ test-all:
 	$(PY) -m pytest -q -m "slow or not slow"
 
 experiment:
-	@test -n "$(NAME)" || { echo "usage: make experiment NAME=<name> [SCALE=smoke|default|full]  (see experiments/)"; exit 2; }
-	$(PY) -m bertlab experiment $(NAME) --scale $(SCALE)
+	@test -n "$(NAME)" || { echo "usage: make experiment NAME=<name> [SCALE=smoke|default|full] [WORKERS=n]  (see experiments/)"; exit 2; }
+	$(PY) -m bertlab experiment $(NAME) --scale $(SCALE) --workers $(WORKERS)
 
 report:
 	@test -n "$(NAME)" || { echo "usage: make report NAME=<name>"; exit 2; }

@@ -1226,7 +1226,31 @@ def environment() -> dict:
         env["bertlab"] = bertlab.__version__
     except AttributeError:
         pass
+    commit = git_commit()
+    if commit:
+        env["git"] = commit
     return env
+
+
+def git_commit(root: str | os.PathLike | None = None) -> str | None:
+    """The commit of the bertlab source this process runs (``+dirty`` when its ``bertlab/`` has
+    uncommitted changes), or None outside a git checkout (an installed wheel) or without git: so a
+    study trained across sessions shows in its report whether every run had the same code.
+    ``root``: the checkout (default: the one this module is in)."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "bertlab"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0 or not head.stdout.strip():
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def _cpu_model() -> str:

@@ -330,3 +330,30 @@ def test_hmm_and_feature_crf_are_scored_as_viterbi(tmp_path):
     write_study(tmp_path, text.replace('arch = "hmm"', 'arch = "hmm"\ndecode = ["argmax"]'))
     with pytest.raises(StudyError, match="'hmm'.*Viterbi only"):
         expand(load_study("tiny", experiments_dir=d))
+
+
+def test_git_commit_names_the_checkout_and_flags_uncommitted_source(tmp_path):
+    """Every run's environment carries the commit that trained it, so a study resumed across
+    sessions shows in its report whether all its runs had the same code."""
+    import subprocess
+    from bertlab.experiment import environment, git_commit
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "checkout"
+    (repo / "bertlab").mkdir(parents=True)
+    (repo / "bertlab" / "train.py").write_text("x = 1\n")
+    (repo / "README.md").write_text("readme\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "first"], check=True)
+    head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git_commit(repo) == head
+    (repo / "README.md").write_text("changed\n")  # outside bertlab/: the code is the same
+    (repo / "bertlab" / "new.py").write_text("")  # untracked: not imported by a run
+    assert git_commit(repo) == head
+    (repo / "bertlab" / "train.py").write_text("x = 2\n")
+    assert git_commit(repo) == head + "+dirty"
+    assert git_commit(tmp_path / "not_a_checkout") is None
+    assert environment().get("git") == git_commit()  # this checkout's, when it is one
