@@ -71,7 +71,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertlab.files import write_text
+from bertlab.files import write_bytes, write_text
 from bertlab.results import read_json, read_results, result_rows, write_predictions, write_results  # noqa: F401
 
 SCALES = ("smoke", "default", "full")
@@ -456,7 +456,7 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
                    only: list[str] = (), overrides: list[str] = (), callbacks=(),
                    experiments_dir: str | os.PathLike = "experiments", report: bool = True,
                    progress=print, shard: tuple[int, int] | None = None, workers: int = 1,
-                   threads: int = 0, stale_after: float = STALE_AFTER) -> Path:
+                   threads: int = 0, stale_after: float = STALE_AFTER, reuse=()) -> Path:
     """Run (or resume) a study; returns its folder. See the module docstring for the layout.
 
     ``callbacks`` are passed to every ``train`` call (in addition to the study's own, e.g. the
@@ -468,7 +468,10 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
     0 = their share of the cores). Any number of such processes, on any hosts, may work in one
     study folder at once: each run is trained by the process that claims it (``take_claim``), a
     claim whose heartbeat is older than ``stale_after`` seconds may be taken over, and whichever
-    process finishes last writes the report (``finish_study``)."""
+    process finishes last writes the report (``finish_study``).
+
+    ``reuse``: other study folders; a run whose exact config (every key that changes a result) was
+    trained and finished there is copied instead of trained again (``reuse_finished``)."""
     study = load_study(name, scale, overrides, experiments_dir)
     runs = select(expand(study), list(only), study)
     if not runs:
@@ -484,7 +487,10 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
     if shard is not None:
         runs = shard_runs(runs, *shard)
         progress(f"shard {shard[0]}/{shard[1]}: {len(runs)} of the {len(position)} runs")
-    job = Job(study=study, sdir=sdir, position=position, callbacks=list(callbacks),
+    for folder in reuse:
+        if not Path(folder).is_dir():
+            raise StudyError(f"--reuse {folder}: no such study folder")
+    job = Job(study=study, sdir=sdir, position=position, callbacks=list(callbacks), reuse=tuple(map(str, reuse)),
               stale_after=stale_after, invocation=f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}",
               # the longest first, so that workers end together; equal costs keep study order
               runs=sorted(runs, key=lambda r: (-run_cost(r), position[r.run_id])))
@@ -605,6 +611,7 @@ class Job:
     stale_after: float
     invocation: str             # host:pid:time of the command; its workers share it
     quiet: bool = False         # no tqdm bars (several workers share one terminal)
+    reuse: tuple = ()           # study folders whose finished runs of the same config are copied (--reuse)
 
 
 class RunError(RuntimeError):
@@ -876,6 +883,12 @@ def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
                 progress(f"    {len(spent)} run(s) took {sum(spent) / 60:.1f} min; about "
                          f"{sum(spent) / len(spent) * left / 60:.0f} min left for {left} run(s)")
             resumed = any(rdir.glob("checkpoint*"))
+            source = None if resumed else reuse_finished(job, run, rdir)
+            if source is not None:
+                progress(f"{tag}: the same config finished in {source}: copied, not trained")
+                with study_lock(job.sdir, job.stale_after, job.invocation):
+                    write_results(job.sdir)
+                continue
             was = claim.took_over
             progress(f"{tag}: {'resuming' if resumed else 'training'}"
                      + (f" (taken over from {was.get('host')} pid {was.get('pid')})" if was else ""))
@@ -894,6 +907,66 @@ def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
             claim.release()
         with study_lock(job.sdir, job.stale_after, job.invocation):
             write_results(job.sdir)
+
+
+def _result_config(config: dict, source: str) -> dict:
+    """A run's config as the flat dict of everything that can change its result: the full
+    TrainConfig (defaults filled in, so a key left out equals its default written out), or the raw
+    config of a direct baseline; without the keys that only change logging and checkpointing."""
+    if config.get("model", {}).get("arch") in DIRECT_BASELINES:
+        flat = _flatten(config)
+    else:
+        flat = _flatten(dataclasses.asdict(build_train_config(config, source)))
+    return {k: v for k, v in flat.items() if k not in NON_RESULT_KEYS}
+
+
+def reuse_finished(job: Job, run: Run, rdir: Path) -> Path | None:
+    """If a finished run folder in one of ``job.reuse`` was trained with this run's config (equal
+    on every key that changes a result, ``_result_config``), copy it into ``rdir`` and return it;
+    else None. The copy is what training this run again would give: training is deterministic on
+    one machine for a config and seed (tests/test_experiment.py). Not for a study that records the
+    gradient flow (its runs carry instruments a plain run lacks). The run folder keeps this study's
+    identity (run.json, config.toml) and says where it came from (``reused_from``); model folders
+    are hard links where the file system allows, the resume checkpoint and claims are left out.
+    metrics.json is written last, so an interrupted copy is an unfinished run, copied again."""
+    import shutil
+    if not job.reuse or job.study.gradflow is not None:
+        return None
+    mine = _result_config(run.config, f"{job.study.path} (run {run.run_id})")
+    for folder in job.reuse:
+        for src in sorted(Path(folder).iterdir()):
+            if src.resolve() == rdir.resolve() or not (src / "metrics.json").exists() \
+                    or not (src / "config.toml").exists():
+                continue
+            try:
+                theirs = _result_config(tomllib.loads((src / "config.toml").read_text(encoding="utf-8")), str(src))
+            except (StudyError, ValueError, TypeError, tomllib.TOMLDecodeError):
+                continue
+            if theirs != mine:
+                continue
+
+            def link_or_copy(a, b):
+                try:
+                    os.link(a, b)
+                except OSError:
+                    shutil.copy2(a, b)
+
+            rdir.mkdir(parents=True, exist_ok=True)
+            for path in sorted(src.iterdir()):  # metrics.json, the mark of a finished run, comes last
+                if path.name.startswith(("claim-", "checkpoint", ".", "run.json", "config.toml", "metrics.json")):
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(rdir / path.name, ignore_errors=True)
+                    shutil.copytree(path, rdir / path.name, copy_function=link_or_copy)
+                else:
+                    write_bytes(rdir / path.name, path.read_bytes())
+            write_text(rdir / "config.toml", toml_dumps(run.config))
+            _write_json(rdir / "run.json", {**_read_json(src / "run.json", {}), "study": job.study.name,
+                                            "scale": job.study.scale, "run_id": run.run_id, "axes": run.axes,
+                                            "reused_from": str(src)})
+            write_bytes(rdir / "metrics.json", (src / "metrics.json").read_bytes())
+            return src
+    return None
 
 
 def train_run(job: Job, run: Run, claim: Claim, env: dict, together: bool = False) -> None:
@@ -1349,6 +1422,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", default="experiments", help="folder of study files (default experiments/)")
     ap.add_argument("--list", action="store_true", help="print the runs and exit")
     ap.add_argument("--no-report", action="store_true", help="do not build report.md at the end")
+    ap.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                    help="another study folder (repeatable): a run whose exact config finished there is "
+                         "copied instead of trained (e.g. --reuse runs/btl_focal for btl_ablation's runs); "
+                         "not for studies that record the gradient flow")
     ap.add_argument("--shard", metavar="I/N",
                     help="train only part I of N of the runs (0 <= I < N), e.g. --shard "
                          "$SLURM_ARRAY_TASK_ID/8; parts are balanced by estimated cost and the same on "
@@ -1383,7 +1460,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         run_experiment(args.name, args.scale, args.out, args.only, args.overrides,
                        experiments_dir=args.experiments, report=not args.no_report, shard=shard,
-                       workers=args.workers, threads=args.threads, stale_after=args.stale_after)
+                       workers=args.workers, threads=args.threads, stale_after=args.stale_after,
+                       reuse=args.reuse)
     except KeyboardInterrupt:
         print("bertlab experiment: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

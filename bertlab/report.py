@@ -783,11 +783,23 @@ def _environment_section(rows: list[dict]) -> list[str]:
     for r in rows:
         runs.setdefault(r["run_id"], r)
     body = [[f"`{rid}`", _f(r.get("wall_seconds"), 1), _f(r.get("train_seconds"), 1), str(r.get("epochs")),
-             "yes" if r.get("resumed") else "no"] for rid, r in runs.items()]
+             _run_origin(r)] for rid, r in runs.items()]
     total = sum(r.get("wall_seconds") or 0 for r in runs.values())
     md += _table(["run", "wall s", "train s", "epochs", "resumed"], body)
     md += [f"Total wall time: {total:.1f} s ({total / 60:.1f} min) over {len(runs)} runs.", ""]
+    reused = sorted({str(Path(r["reused_from"]).parent) for r in runs.values() if r.get("reused_from")})
+    if reused:
+        md += [f"Runs marked *reused* were not trained here: a finished run of the same config (every key "
+               f"that changes a result) was copied from {', '.join(f'`{f}`' for f in reused)} "
+               f"(`bertlab experiment --reuse`); their times are those of the original run.", ""]
     return md
+
+
+def _run_origin(row: dict) -> str:
+    """The wall-time table's last column: how the run came to be finished."""
+    if row.get("reused_from"):
+        return f"reused (`{Path(row['reused_from']).parent.name}/{Path(row['reused_from']).name}`)"
+    return "yes" if row.get("resumed") else "no"
 
 
 def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: dict,

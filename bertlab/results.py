@@ -100,6 +100,7 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
         "inference_tokens_per_s": m.get("tokens_per_second"),  # words of the split per second
         "params": metrics.get("params"), "train_mentions": metrics.get("train_mentions", {}),
         "wall_seconds": timing.get("wall_seconds"), "resumed": timing.get("resumed", False),
+        "reused_from": meta.get("reused_from"),  # copied from a finished run of the same config (--reuse)
         "time_split": metrics.get("time_split"),  # where the run's seconds went (selection.TIME_PARTS)
         "predictions": f"{meta['run_id']}/{pred_file}" if (rdir / pred_file).exists() else None,
         # the precision the run trained in (fp32 / bf16 / fp16) is part of its environment line

@@ -357,3 +357,48 @@ def test_git_commit_names_the_checkout_and_flags_uncommitted_source(tmp_path):
     assert git_commit(repo) == head + "+dirty"
     assert git_commit(tmp_path / "not_a_checkout") is None
     assert environment().get("git") == git_commit()  # this checkout's, when it is one
+
+
+def test_reuse_copies_finished_runs_of_the_same_config_and_trains_the_rest(tmp_path):
+    """--reuse: a run whose config (every result-changing key, defaults filled in) finished in
+    another study folder is copied, with the numbers training it again gives; any other is trained."""
+    d = write_study(tmp_path)
+    quiet = dict(experiments_dir=d, progress=lambda s: None, report=False)
+    first = run_experiment("tiny", out=tmp_path / "a", **quiet)  # ce / focal x seeds 0, 1
+    # a second study: only CE, seeds 0-2, one default written out and a logging key changed
+    other = TINY.replace('name = "tiny"', 'name = "other"').replace(
+        '"loss.name" = ["ce", "focal"]\n"train.seed" = [0, 1]', '"loss.name" = ["ce"]\n"train.seed" = [0, 1, 2]').replace(
+        "[base.eval]", "[base.optim]\nwarmup_ratio = 0.1\n\n[base.eval]").replace("checkpoint_every = 1", "checkpoint_every = 2")
+    assert other != TINY
+    write_study(tmp_path, other, name="other")
+    log = []
+    sdir = run_experiment("other", out=tmp_path / "b", experiments_dir=d, progress=log.append, report=True,
+                          reuse=[first])
+    copied = [line for line in log if "copied, not trained" in line]
+    assert len(copied) == 2 and all("loss=ce__seed=" in line for line in copied)
+    assert any("loss=ce__seed=2: training" in line for line in log)
+    rows = read_results(sdir / "results.jsonl")
+    assert sorted(r["run_id"] for r in rows) == ["loss=ce__seed=0", "loss=ce__seed=1", "loss=ce__seed=2"]
+    assert {r["run_id"]: r["reused_from"] for r in rows} == {
+        "loss=ce__seed=0": str(first / "loss=ce__seed=0"), "loss=ce__seed=1": str(first / "loss=ce__seed=1"),
+        "loss=ce__seed=2": None}
+    reused = sdir / "loss=ce__seed=0"
+    assert not list(reused.glob("checkpoint*")) and not list(reused.glob("claim-*"))
+    assert json.loads((reused / "run.json").read_text())["study"] == "other"
+    assert "reused (`tiny/loss=ce__seed=0`)" in (sdir / "report.md").read_text()
+
+    # the copies are what training them here gives (training is deterministic for a config and seed)
+    fresh = run_experiment("other", out=tmp_path / "c", only=["train.seed=1"], **quiet)
+    fresh_rows = read_results(fresh / "results.jsonl")
+    drop = ("reused_from",)
+    assert comparable([{k: v for k, v in r.items() if k not in drop} for r in fresh_rows]) == comparable(
+        [{k: v for k, v in r.items() if k not in drop} for r in rows if r["run_id"] == "loss=ce__seed=1"])
+
+    # a config that differs in a result-changing key is trained, not copied; a missing folder is an error
+    log.clear()
+    write_study(tmp_path, other.replace("warmup_ratio = 0.1", "warmup_ratio = 0.2"), name="other")
+    run_experiment("other", out=tmp_path / "d", experiments_dir=d, progress=log.append, report=False,
+                   only=["train.seed=0"], reuse=[first])
+    assert not any("copied" in line for line in log) and any("training" in line for line in log)
+    with pytest.raises(StudyError, match="--reuse .*nowhere: no such study folder"):
+        run_experiment("other", out=tmp_path / "e", reuse=[tmp_path / "nowhere"], **quiet)
