@@ -78,6 +78,24 @@ def run_config(model_dir: str | os.PathLike) -> tuple[dict | None, Path | None]:
     return None, None
 
 
+def scoring_precision(model_dir, precision: str | None = None) -> tuple[str, str]:
+    """``(precision, where it came from)`` of the forward passes that tag and score with the model
+    in ``model_dir``: ``precision`` when given (fp32 / bf16), else the one the run scored it in
+    (``bertlab_train.json``'s ``precision``, else the run's ``metrics.json``), so that ``bertlab
+    evaluate`` reproduces the run's own test scores; fp32 for a model saved without either."""
+    if precision:
+        return precision, "--precision"
+    model_dir = Path(model_dir).resolve()
+    for path in (model_dir / TRAIN_SETTINGS, model_dir.parent / "metrics.json"):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8")).get("precision")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if saved in ("fp32", "bf16", "fp16"):
+            return saved, f"as scored by the run, from {path}"
+    return "fp32", "fp32: the run did not record a precision"
+
+
 def window_settings(model_dir, max_length: int | None = None, stride: int | None = None) -> tuple[int, int, str]:
     """``(max_length, stride, where they came from)``: the explicit values where given, else the
     ``[data]`` settings the model was trained with (``run_config``), else 128 / 32."""
@@ -97,7 +115,8 @@ def window_settings(model_dir, max_length: int | None = None, stride: int | None
     return (saved[0] if max_length is None else max_length), (saved[1] if stride is None else stride), where
 
 
-def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress: bool = False):
+def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress: bool = False,
+             precision: str = "fp32"):
     """The KNN decoder of a saved model: ``model_dir/knn.npz`` (training-word logits ``X``,
     labels ``y``, ``k``, ``metric``; training writes it into ``best/`` when ``[eval] decode`` has
     "knn") if present; otherwise refitted on the training split named by the run's config (the
@@ -141,7 +160,8 @@ def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress
                          f"model's {n_labels} labels: {shown}{', ...' if len(unknown) > 5 else ''}")
     log(f"fitting KNN (k={tc.eval.knn_k}, {tc.eval.knn_metric}) on {train.name} train "
         f"({len(train.sentences)} sentences); cached in {cached}")
-    logits = word_logits(model, tokenizer, train.sentences, tc.data.max_length, tc.data.stride, progress=progress)
+    logits = word_logits(model, tokenizer, train.sentences, tc.data.max_length, tc.data.stride,
+                         precision=precision, progress=progress)
     X = np.concatenate([l for l in logits if len(l)], axis=0)
     y = np.array([label2id[t] for s in train.sentences for t in s.tags], dtype=np.int64)
     knn = KNNClassifier(k=tc.eval.knn_k, metric=tc.eval.knn_metric, progress=progress).fit(X, y)
@@ -170,7 +190,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 128, stride: int = 32,
-              batch_size: int = 64, progress: bool = False) -> list[list[dict]]:
+              batch_size: int = 64, progress: bool = False, precision: str = "fp32") -> list[list[dict]]:
     """Per text, per sentence: ``{"words", "offsets", "tags", "scores"}`` (``scores[i]``: the
     probability of word i's tag, see the module docstring). Decoding: KNN when ``knn`` is given,
     Viterbi for a CRF head, else argmax."""
@@ -184,7 +204,7 @@ def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 12
         if not sents:
             out.append([])
             continue
-        logits = word_logits(model, tokenizer, [w for w, _ in sents], max_length, stride, batch_size)
+        logits = word_logits(model, tokenizer, [w for w, _ in sents], max_length, stride, batch_size, precision)
         if knn is not None:
             proba = np.asarray(knn.predict_proba(np.concatenate(logits, axis=0)))
             ids, conf = np.asarray(knn.classes_)[proba.argmax(-1)], proba.max(-1)
@@ -318,6 +338,10 @@ def _window_options(ap: argparse.ArgumentParser) -> None:
                          "from best/bertlab_train.json or the run's metrics.json; 128 without them)")
     ap.add_argument("--stride", type=int, metavar="N",
                     help="overlap of consecutive windows of a long sentence (default: as trained; 32 without it)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"),
+                    help="the forward passes' precision (default: the one the run scored the model in, "
+                         "from best/bertlab_train.json or the run's metrics.json, so the run's own scores "
+                         "are reproduced; fp32 without them)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,12 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         if where.startswith("bertlab's defaults"):
             print(f"bertlab predict: note: windows of {max_length} subwords, stride {stride} ({where})", file=sys.stderr)
         progress = show_progress()
-        knn = (load_knn(model, tokenizer, args.model, log=lambda s: print(s, file=sys.stderr), progress=progress)
-               if args.knn else None)
+        precision, _ = scoring_precision(args.model, args.precision)
+        knn = (load_knn(model, tokenizer, args.model, log=lambda s: print(s, file=sys.stderr), progress=progress,
+                        precision=precision) if args.knn else None)
     except (OSError, ValueError) as e:
         print(f"bertlab predict: {_failure(e)}", file=sys.stderr)
         return 2
-    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, progress=progress)
+    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, progress=progress, precision=precision)
     text = (format_conll(tagged) if args.format == "conll"
             else format_entities(ids, texts, tagged, "lenient" if args.lenient else "strict"))
     if args.output == "-":
@@ -400,7 +425,7 @@ def label_coverage(model_labels: list[str], corpus) -> dict:
 
 def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = False, max_documents: int = 0,
                    max_length: int | None = None, stride: int | None = None, scheme: str | None = None,
-                   progress: bool = False, log=lambda s: None) -> dict:
+                   progress: bool = False, log=lambda s: None, precision: str | None = None) -> dict:
     """Re-score a saved model on a bundled corpus or a CoNLL file: ``bertlab.inference.evaluate``'s
     dict plus the entity- and token-level confusion matrices, the window settings
     (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks)."""
@@ -420,9 +445,11 @@ def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = F
                         f"found: {shown}{', ...' if len(lacking['types']) > 5 else ''}")
     for w in warnings:
         log(f"warning: {w}")
-    knn_model = load_knn(model, tokenizer, model_dir, log=log, progress=progress) if knn else None
+    precision, precision_source = scoring_precision(model_dir, precision)
+    knn_model = load_knn(model, tokenizer, model_dir, log=log, progress=progress, precision=precision) if knn else None
     decode = "knn" if knn else ("viterbi" if getattr(model, "crf", None) is not None else "argmax")
-    logits = word_logits(model, tokenizer, corpus.sentences, max_length, stride, progress=progress)
+    logits = word_logits(model, tokenizer, corpus.sentences, max_length, stride, precision=precision,
+                         progress=progress)
     result = evaluate(model, tokenizer, corpus, decode=decode, knn=knn_model, logits=logits)
     gold = [p["tags"] for p in result["predictions"]]
     pred = [p["pred"] for p in result["predictions"]]
@@ -430,7 +457,7 @@ def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = F
     result["confusion_token"] = confusion_matrix(gold, pred, level="token", collapse=True)
     result.update(data=corpus.name, split=corpus.split, documents=len(corpus.documents),
                   sentences=len(corpus.sentences), max_length=max_length, stride=stride,
-                  window_source=where, warnings=warnings)
+                  window_source=where, warnings=warnings, precision=precision, precision_source=precision_source)
     return result
 
 
@@ -491,7 +518,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             check_writable(args.output)
         r = evaluate_model(args.model, args.data, args.split, args.knn, args.max_documents, args.max_length,
                            args.stride, args.scheme, progress=show_progress(),
-                           log=lambda s: print(s, file=sys.stderr))
+                           log=lambda s: print(s, file=sys.stderr), precision=args.precision)
     except (OSError, ValueError) as e:
         print(f"bertlab evaluate: {_failure(e)}", file=sys.stderr)
         return 2
@@ -499,7 +526,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     docs = f"{r['documents']} document{'s' * (r['documents'] != 1)}"
     title = (f"{args.model} on {data} ({docs}, {r['sentences']} sentences), "
              f"decode {r['decode']}\nwindows of {r['max_length']} subwords, stride {r['stride']} "
-             f"({r['window_source']})")
+             f"({r['window_source']})\nprecision {r['precision']} ({r['precision_source']})")
     sys.stdout.write(format_evaluation(r, title, args.details))
     if args.output:
         write_text(args.output, json.dumps(evaluation_json(r), indent=1) + "\n")

@@ -166,9 +166,11 @@ def update_best(best: dict, ev: EvalConfig, epoch: int, dev: dict | None) -> tup
 
 
 def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitted: dict, cfg: TrainConfig,
-                      epoch: int, config_dict: dict) -> None:
+                      epoch: int, config_dict: dict, precision: str = "fp32") -> None:
     """Save the model as the best checkpoint of each of ``decodes`` (once on disk: the other
-    folders are hard links), with the decode's KNN reference or calibration beside it."""
+    folders are hard links), with the decode's KNN reference or calibration beside it, and the
+    precision it was scored in (``bertlab evaluate`` / ``predict`` use it, so they reproduce the
+    run's own scores)."""
     from bertlab.calibration import CALIBRATION_FILE
     from bertlab.knn import KNN_FILE
     folders = [best_folder(out_dir, dec, cfg.eval.decode) for dec in decodes]
@@ -177,7 +179,8 @@ def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitte
         link_folder(folders[0], folder)
     for decode, folder in zip(decodes, folders):
         write_json(folder / BEST_META, {"config": config_dict, "decode": decode, "epoch": epoch,
-                                               "select": cfg.eval.select, "labels": list(model.labels)})
+                                        "select": cfg.eval.select, "labels": list(model.labels),
+                                        "precision": precision})
         if decode == "knn" and "knn" in fitted:
             fitted["knn"].save(folder / KNN_FILE)
         if decode == "calibrated" and "calibrated" in fitted:

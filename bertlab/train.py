@@ -744,7 +744,7 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
     improved, progressed = update_best(progress.best, cfg.eval, epoch, dev)
     t_save = time.perf_counter()
     if improved and d.main:
-        save_best_folders(s.model, s.tokenizer, out_dir, improved, fitted, cfg, epoch, s.config_dict)
+        save_best_folders(s.model, s.tokenizer, out_dir, improved, fitted, cfg, epoch, s.config_dict, s.precision)
     save_seconds = time.perf_counter() - t_save
     progress.epochs_without_improvement = 0 if progressed else progress.epochs_without_improvement + 1
     progress.best_epoch = progress.best[primary]["epoch"]

@@ -386,3 +386,27 @@ def test_progress_bars_only_when_wanted(model_dir, tmp_path, capsys, monkeypatch
     assert main(["--model", str(model_dir), "--input", str(tmp_path / "note.txt"), "--max-length", "128",
                  "--stride", "32"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluate_reproduces_the_runs_own_test_predictions_in_its_precision(tmp_path, precision):
+    """A run scores its test split in the precision it trained in (bf16 autocast for the studies);
+    `bertlab evaluate` on its best/ folder uses that precision (from bertlab_train.json) and gives
+    the same predictions, for argmax and for a KNN refitted from the run's config."""
+    from _train_script import tiny_config
+
+    from bertlab.predict import evaluate_model, scoring_precision
+    from bertlab.train import load_config, train
+    cfg = tiny_config(tmp_path / "data", train={"precision": precision, "epochs": 1},
+                      eval={"decode": ["argmax", "knn"], "knn_k": 3})
+    run = tmp_path / "run"
+    train(load_config(cfg), run, resume=False, log=lambda *a, **k: None)
+    assert json.loads((run / "best" / "bertlab_train.json").read_text())["precision"] == precision
+    assert scoring_precision(run / "best")[0] == precision
+    assert scoring_precision(run / "best", "fp32") == ("fp32", "--precision")
+    for decode, folder in (("argmax", "best"), ("knn", "best-knn")):
+        (run / folder / "knn.npz").unlink(missing_ok=True)  # refit from the run's config, in its precision
+        r = evaluate_model(run / folder, cfg["data"]["test_file"], knn=decode == "knn")
+        assert r["precision"] == precision
+        trained = [json.loads(l)["pred"] for l in (run / f"predictions_test_{decode}.jsonl").read_text().splitlines()]
+        assert [p["pred"] for p in r["predictions"]] == trained

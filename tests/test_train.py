@@ -180,7 +180,7 @@ def test_grad_accum_normalises_by_all_labelled_tokens(tmp_path):
                "sampler": {"batch_size": batch_size},
                "optim": {"name": "sgd", "lr": lr, "clip_grad_norm": 0.0, "warmup_ratio": 0.0, "grad_accum": accum,
                          "schedule": "constant", "weight_decay": 0.0},
-               "train": {"epochs": 1, "max_steps": 1, "progress": "off"}}
+               "train": {"epochs": 1, "max_steps": 1, "progress": "off", "precision": "fp32"}}
         train(load_config(cfg), tmp_path / name, resume=False, log=quiet)
         return final_params(tmp_path / name), load_config(cfg)
 
@@ -656,3 +656,4 @@ def test_btl_ignore_mode_trains_on_all_labelled_tokens_as_denominator(minilm_pat
     torch.testing.assert_close(ours, sum(per_copy_sum) / len(copies) / n_all)
     own_mean, _ = btl_fused_loss(logits, batch["labels"], LABELS, build_loss(LossConfig()), "ignore")
     assert not torch.allclose(ours, own_mean)  # the standalone per-copy mean is another normalisation
+
