@@ -205,11 +205,15 @@ def test_study_json_and_report_say_which_scale_and_command_made_them(tmp_path):
     assert study["commands"] == [command]
     md = (sdir / "report.md").read_text()
     assert f"Made by `{command}`" in md
-    # the precision a run resolved ("auto" is fp32 on a CPU) is in run.json and the environment line
+    # the precision a run resolved ("auto": bf16 on a CPU with bf16 instructions, else fp32) is in
+    # run.json and the environment line
+    import torch
+    from bertlab.train import resolve_precision
+    resolved = resolve_precision("auto", torch.device("cpu"))
     run_json = json.loads(next(sdir.glob("*/run.json")).read_text())
-    assert run_json["precision"] == "fp32" and run_json["axes"]["train.seed"] == 0
+    assert run_json["precision"] == resolved and run_json["axes"]["train.seed"] == 0
     env_line = md.split("## Environment and wall time")[1].strip().splitlines()[0]
-    assert env_line.startswith("- ") and "precision fp32" in env_line
+    assert env_line.startswith("- ") and f"precision {resolved}" in env_line
     one_run(tmp_path, scale="smoke", only=["seed=1"], overrides=["optim.lr=1e-3"], report=False)
     assert json.loads((sdir / "study.json").read_text())["commands"] == [command, command.replace("seed=0", "seed=1")]
 
