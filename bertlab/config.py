@@ -88,8 +88,9 @@ class RunConfig:
     max_steps: int = 0           # 0 = no cap; otherwise stop after this many optimisation steps
     seed: int = 0
     device: str = "auto"         # "auto" (cuda when available) | "cpu" | "cuda" | "cuda:1" ...
-    precision: str = "auto"      # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16" (autocast) |
-                                 # "fp16" (autocast + GradScaler, for GPUs without bf16: V100, T4)
+    precision: str = "auto"      # "auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32) |
+                                 # "fp32" | "bf16" (autocast) | "fp16" (autocast + GradScaler, for GPUs
+                                 # without bf16: V100, T4)
     early_stopping_patience: int = 0  # epochs without dev F1 improvement before stopping; 0 = never
     checkpoint_every: int = 0    # optimisation steps; 0 = at the end of each epoch only
     log_every: int = 10          # optimisation steps between log.jsonl lines (and host syncs)

@@ -657,3 +657,21 @@ def test_btl_ignore_mode_trains_on_all_labelled_tokens_as_denominator(minilm_pat
     own_mean, _ = btl_fused_loss(logits, batch["labels"], LABELS, build_loss(LossConfig()), "ignore")
     assert not torch.allclose(ours, own_mean)  # the standalone per-copy mean is another normalisation
 
+
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_bf16_instructions(monkeypatch):
+    """precision = "auto": bf16 autocast where the hardware does bf16 (CUDA; a CPU with the
+    avx512_bf16 or amx_bf16 flag), fp32 elsewhere; explicit precisions are kept."""
+    import bertlab.train as T
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\nbugs\t\t: spectre_v1\n"
+    assert T.cpu_has_bf16(flags.format("avx512_bf16"))
+    assert T.cpu_has_bf16(flags.format("amx_bf16 amx_tile"))
+    assert not T.cpu_has_bf16(flags.format("avx512_vnni"))  # VNNI (int8) is not bf16
+    assert not T.cpu_has_bf16(flags.format("amx_tile"))     # AMX without its bf16 unit
+    assert not T.cpu_has_bf16("")                           # no flags line (not Linux, a container)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda cpuinfo=None: True)
+    assert T.resolve_precision("auto", cpu) == "bf16" and T.resolve_precision("auto", cuda) == "bf16"
+    assert T.resolve_precision("fp32", cpu) == "fp32" and T.resolve_precision("fp16", cuda) == "fp16"
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda cpuinfo=None: False)
+    assert T.resolve_precision("auto", cpu) == "fp32" and T.resolve_precision("auto", cuda) == "bf16"
+    assert T.resolve_precision("bf16", cpu) == "bf16"
