@@ -926,7 +926,8 @@ def reuse_finished(job: Job, run: Run, rdir: Path) -> Path | None:
     else None. The copy is what training this run again would give: training is deterministic on
     one machine for a config and seed (tests/test_experiment.py). Not for a study that records the
     gradient flow (its runs carry instruments a plain run lacks). The run folder keeps this study's
-    identity (run.json, config.toml) and says where it came from (``reused_from``); model folders
+    identity (run.json, config.toml) and says where it came from (``reused_from``: the source study
+    folder's name and run id, e.g. ``btl_focal/sampler=atl__seed=0``, never a machine's path); model folders
     are hard links where the file system allows, the resume checkpoint and claims are left out.
     metrics.json is written last, so an interrupted copy is an unfinished run, copied again."""
     import shutil
@@ -963,7 +964,7 @@ def reuse_finished(job: Job, run: Run, rdir: Path) -> Path | None:
             write_text(rdir / "config.toml", toml_dumps(run.config))
             _write_json(rdir / "run.json", {**_read_json(src / "run.json", {}), "study": job.study.name,
                                             "scale": job.study.scale, "run_id": run.run_id, "axes": run.axes,
-                                            "reused_from": str(src)})
+                                            "reused_from": f"{src.parent.name}/{src.name}"})
             write_bytes(rdir / "metrics.json", (src / "metrics.json").read_bytes())
             return src
     return None

@@ -384,7 +384,7 @@ def test_reuse_copies_finished_runs_of_the_same_config_and_trains_the_rest(tmp_p
     rows = read_results(sdir / "results.jsonl")
     assert sorted(r["run_id"] for r in rows) == ["loss=ce__seed=0", "loss=ce__seed=1", "loss=ce__seed=2"]
     assert {r["run_id"]: r["reused_from"] for r in rows} == {
-        "loss=ce__seed=0": str(first / "loss=ce__seed=0"), "loss=ce__seed=1": str(first / "loss=ce__seed=1"),
+        "loss=ce__seed=0": f"{first.name}/loss=ce__seed=0", "loss=ce__seed=1": f"{first.name}/loss=ce__seed=1",
         "loss=ce__seed=2": None}
     reused = sdir / "loss=ce__seed=0"
     assert not list(reused.glob("checkpoint*")) and not list(reused.glob("claim-*"))
