@@ -1639,9 +1639,10 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, 
 # ---- publishing: a study folder as committed under docs/results ----------------------------------
 
 # what a finished run folder keeps when published: everything but what only resuming and serving
-# need (the checkpoint, the best models, dev predictions, claims, temp files); test predictions stay,
-# the report's intervals and document-level tests are computed from them
-_UNPUBLISHED_FILES = ("checkpoint", "claim-", "predictions_dev_", ".")
+# need (the checkpoint, the best models, dev predictions, claims, temp files) and gradflow.jsonl (the
+# same rows as gradflow.csv, which the report reads); test predictions stay, the report's intervals
+# and document-level tests are computed from them
+_UNPUBLISHED_FILES = ("checkpoint", "claim-", "predictions_dev_", ".", "gradflow.jsonl")
 _UNPUBLISHED_DIRS = ("best",)
 
 

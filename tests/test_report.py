@@ -918,7 +918,9 @@ def test_publish_copies_finished_runs_without_resume_files_and_reports_the_same_
         (rdir / "predictions_dev_argmax.jsonl").write_text("{}\n")
         (rdir / "claim-0.json").write_text("{}")
         (rdir / ".metrics.json.abc.tmp").write_text("")
-        (rdir / "gradflow.csv").write_text("step,layer\n")
+        (rdir / "gradflow").mkdir()
+        (rdir / "gradflow" / "gradflow.csv").write_text("step,layer\n")
+        (rdir / "gradflow" / "gradflow.jsonl").write_text("{}\n")  # the same rows: not published
     training = sdir / "sampler=btl__loss=wce__seed=2"  # a run still training: no metrics.json yet
     training.mkdir()
     (training / "run.json").write_text("{}")
@@ -931,8 +933,9 @@ def test_publish_copies_finished_runs_without_resume_files_and_reports_the_same_
     assert published == runs
     for run_id in runs:
         kept = sorted(p.name for p in (dest / run_id).iterdir())
-        assert kept == sorted(["run.json", "metrics.json", "timing.json", "gradflow.csv",
+        assert kept == sorted(["run.json", "metrics.json", "timing.json", "gradflow",
                                "predictions_test_argmax.jsonl", "predictions_test_knn.jsonl"])
+        assert [p.name for p in (dest / run_id / "gradflow").iterdir()] == ["gradflow.csv"]
     assert read_results(dest / "results.jsonl") == read_results(sdir / "results.jsonl")
     src_json = json.loads((sdir / "report.json").read_text())
     dest_json = json.loads((dest / "report.json").read_text())
