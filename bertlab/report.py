@@ -1139,9 +1139,12 @@ def _type_share_section(study_dir: Path, variants: dict, labels: dict, opts: dic
     bands = opts["bands"]
     md = ["## Predicted type shares against training shares", "",
           "Each band's share of the predicted test mentions (strict IOB2) against its share of the training "
-          "mentions (mean over seeds). A model that learned only the label frequencies predicts every band at "
-          "its training share; ratio = predicted / training share, below 1 for the tail means the rare types "
-          "are predicted even less often than they occur (imbalance amplified).", ""]
+          "mentions (mean over seeds); ratio = predicted / training share, below 1 for the tail: the rare types "
+          "are predicted less often than they occur. Read it with the decoder: argmax, the calibrated decoder "
+          "and the KNN vote each pick the most likely type, so a model that has learned only the label "
+          "frequencies predicts the most frequent types only (head ratio above 1, tail 0). A tail ratio below 1 "
+          "follows from such decoding by itself; it is evidence that training amplified the imbalance only "
+          "where it goes beyond what the decoder does to the prior, which these shares alone cannot tell.", ""]
     body, out = [], {}
     for key, group in variants.items():
         shares = []
