@@ -1243,7 +1243,7 @@ def _fit_direct_baseline(config: dict, rdir: Path) -> None:
     from bertlab import baselines
     from bertlab.metrics import entity_report, token_report, unweighted_accuracy
     from bertlab.config import config_from_dict
-    from bertlab.datasets.prepare import load_splits, mention_counts
+    from bertlab.datasets.prepare import load_splits, mention_counts, tag_counts
     data = config_from_dict({"data": dict(config.get("data", {}))}).data
     splits = load_splits(data)
     model = config["model"]
@@ -1281,7 +1281,7 @@ def _fit_direct_baseline(config: dict, rdir: Path) -> None:
     _write_json(rdir / "metrics.json", {
         **out, "config": config, "labels": getattr(tagger, "labels", None), "params": n_params,
         "epochs": 1, "train_seconds": train_seconds, "train_mentions": mention_counts(train_sents),
-        "best_dev_f1": out.get("dev", {}).get("viterbi", {}).get("micro_f1"), "deterministic": deterministic})
+        "train_tags": tag_counts(train_sents), "best_dev_f1": out.get("dev", {}).get("viterbi", {}).get("micro_f1"), "deterministic": deterministic})
 
 
 # ---- environment ----------------------------------------------------------------------------------

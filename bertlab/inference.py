@@ -163,6 +163,23 @@ def unweighted_accuracy_variants(gold: list[list[str]], pred: list[list[str]]) -
             for unit in ("tag", "type") for with_o in (True, False)}
 
 
+def mean_probabilities(logits: list[np.ndarray], labels: list[str]) -> dict[str, float]:
+    """Each label's softmax probability averaged over all words (computed in float64): the label
+    distribution the model believes in for these words, before any decoder picks one label.
+
+    Decoder-free, so it can show what argmax / KNN / calibrated tags cannot: a model that learned
+    only the label frequencies puts each label's training share of probability on it, while
+    argmax then predicts the most frequent label everywhere. For a CRF head these are the
+    softmaxed emissions, not the CRF's marginals."""
+    rows = [np.asarray(l, dtype=np.float64) for l in logits if len(l)]
+    if not rows:
+        return {label: float("nan") for label in labels}
+    x = np.concatenate(rows)
+    x = np.exp(x - x.max(axis=1, keepdims=True))
+    p = x / x.sum(axis=1, keepdims=True)
+    return dict(zip(labels, p.mean(axis=0).tolist()))
+
+
 def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrator=None) -> list[list[str]]:
     """Tags per sentence from word logits with one decode (see the module docstring)."""
     if decode not in DECODES:
@@ -189,7 +206,8 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
     "token", "unweighted_accuracy", "predictions"}``: ``entity_report`` is ``entity_report(..., scheme="IOB2",
     mode="strict")`` (seqeval's dict layout), ``entity_conlleval`` the tolerant conlleval reading,
     ``token`` the token-level report, ``unweighted_accuracy`` the mean per-label recall (its four
-    readings in ``unweighted_accuracy_variants``), and
+    readings in ``unweighted_accuracy_variants``), ``mean_probability`` each label's mean softmax
+    probability over the words (``mean_probabilities``: the same for every decode), and
     ``predictions`` one ``{"doc_id", "sentence", "tokens", "tags" (gold), "pred"}`` per sentence (sentence =
     index within its document), for bootstrapping over documents. ``decode="knn"`` needs ``knn``
     (see ``fit_knn_on_train``), ``decode="calibrated"`` a fitted ``calibrator``; ``logits`` reuses
@@ -219,5 +237,6 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
         "token": dict(token_report(gold, pred, zero_division=0)),
         "unweighted_accuracy": unweighted_accuracy(gold, pred),
         "unweighted_accuracy_variants": unweighted_accuracy_variants(gold, pred),
+        "mean_probability": mean_probabilities(logits, model.labels),
         "predictions": predictions,
     }

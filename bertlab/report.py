@@ -1159,16 +1159,116 @@ def _type_share_section(study_dir: Path, variants: dict, labels: dict, opts: dic
         cells, entry = [labels[key]], {}
         for b in ("head", "middle", "tail"):
             train = float(np.mean([sh["bands"].get(b, (0.0, 0.0))[0] for sh in shares]))
-            pred = float(np.nanmean([sh["bands"].get(b, (0.0, 0.0))[1] for sh in shares]))
+            seen = [x for x in (sh["bands"].get(b, (0.0, 0.0))[1] for sh in shares) if not math.isnan(x)]
+            pred = float(np.mean(seen)) if seen else math.nan  # nan: no run predicted a mention
             entry[b] = {"train_share": train, "predicted_share": pred, "ratio": pred / train if train else math.nan}
             cells.append(f"{_f(train, 3)} / {_f(pred, 3)} ({_f(entry[b]['ratio'], 2)})")
         cells.append(str(int(np.mean([sh["predicted"] for sh in shares]))))
         out[labels[key]] = entry
         body.append(cells)
     if not body:
-        return md + ["No prediction files: no shares.", ""]
+        return md + ["No prediction files: no shares.", ""] + _type_probability_section(variants, labels, bands, data)
     data["type_shares"] = out
     md += _table(["variant", "head: train / predicted (ratio)", "middle", "tail", "predicted mentions"], body)
+    return md + _type_probability_section(variants, labels, bands, data)
+
+
+def type_probabilities(mean_probability: dict, train_tags: dict, train_mentions: dict, bands: dict) -> dict:
+    """Decoder-free type shares: each entity type's share of the model's mean entity probability on
+    test (its mean P(B-X) + P(I-X) over all words, divided by the same summed over every type)
+    against its share of the training entity words (B-X and I-X words over all entity words), and
+    both summed per frequency band (bands by training mentions, as everywhere in the report).
+
+    Dividing by the entity mass leaves out how much entity the test split holds (its own density),
+    so a model that learned only the type prior has every ratio at 1 whatever it does with O; a
+    band below 1 is given less probability than its training share, which no decoder produced.
+    Returns ``{"types": {t: (train, predicted)}, "bands": {band: (train, predicted)},
+    "entity_probability": mean probability of any entity label per word}``."""
+    def per_type(counts: dict) -> dict:
+        out: dict = {}
+        for tag, v in counts.items():
+            if tag != "O" and v is not None:
+                out[tag.split("-", 1)[-1]] = out.get(tag.split("-", 1)[-1], 0.0) + float(v)
+        return out
+    prob, words = per_type(mean_probability), per_type(train_tags)
+    p_total, w_total = sum(prob.values()), sum(words.values())
+    types = sorted(set(prob) | set(words))
+    shares = {t: (words.get(t, 0.0) / w_total if w_total else math.nan,
+                  prob.get(t, 0.0) / p_total if p_total else math.nan) for t in types}
+    per_band: dict = {}
+    for t, (a, b) in shares.items():
+        band = band_of(train_mentions.get(t, 0), bands)
+        old = per_band.get(band, (0.0, 0.0))
+        per_band[band] = (old[0] + a, old[1] + b)
+    return {"types": shares, "bands": per_band, "entity_probability": p_total}
+
+
+def _type_probability_section(variants: dict, labels: dict, bands: dict, data: dict) -> list[str]:
+    """Per trained checkpoint (decodes read from one checkpoint share a row): each band's share of
+    the mean entity probability on test against its share of the training entity words, over
+    seeds, with a paired t-test of log(predicted share) against log(training share) per band and
+    Holm over the table."""
+    md = ["### Mean predicted probability against training share (decoder-free)", ""]
+    groups: dict = {}  # identical (run, probabilities) rows: decodes sharing a checkpoint
+    for key, group in variants.items():
+        rows = [r for r in group if r.get("mean_probability") and r.get("train_tags")]
+        if not rows:
+            continue
+        ident = json.dumps(sorted((r["run_id"], r["mean_probability"]) for r in rows), sort_keys=True)
+        groups.setdefault(ident, ([], rows))[0].append(key)
+    if not groups:
+        return md + ["No run recorded its mean test probabilities (`bertlab rescore STUDY_DIR` adds them "
+                     "from the runs' checkpoints).", ""]
+    md += ["Each band's share of the model's mean **entity probability** on the test words (P(B-X) + P(I-X) "
+           "summed over the band's types, over the same summed over every type) against the band's share of "
+           "the training entity words. No decoder is involved: a model that learned only the type frequencies "
+           "has ratio 1 in every band, and a tail ratio below 1 means the rare types get less probability than "
+           "their training share — the amplification the claim is about. Ratio = mean over seeds of "
+           "predicted / training share, [min, max] over seeds; p: paired t-test over seeds of log predicted "
+           "against log training share (Holm over the table's tests). P(entity) is the mean probability of "
+           "any entity label per test word.", ""]
+    from bertlab import stats
+    body, tests, out = [], [], {}
+    for names, rows in groups.values():
+        shares = [type_probabilities(r["mean_probability"], r["train_tags"], r.get("train_mentions", {}), bands)
+                  for r in rows]
+        # the checkpoint's label: the variant without its decode axis, then the decodes read from it
+        rest = [(k, v) for k, v in names[0] if k != "decode"]
+        decodes = [v for key in names for k, v in key if k == "decode"]
+        name = (", ".join(f"{k}={_fmt_value(v)}" for k, v in rest) or labels[names[0]]) + (
+            f" ({', '.join(decodes)})" if decodes else "")
+        cells, entry = [name], {}
+        for b in ("head", "middle", "tail"):
+            train = np.array([sh["bands"].get(b, (math.nan, math.nan))[0] for sh in shares])
+            pred = np.array([sh["bands"].get(b, (math.nan, math.nan))[1] for sh in shares])
+            ratio = pred / train
+            p = (stats.ttest_rel(np.log(pred), np.log(train)).pvalue
+                 if len(rows) >= 2 and np.all(pred > 0) and np.all(train > 0) and np.ptp(np.log(pred / train)) > 0
+                 else math.nan)
+            entry[b] = {"train_share": float(np.mean(train)), "predicted_share": float(np.mean(pred)),
+                        "ratio": float(np.mean(ratio)), "ratio_min": float(np.min(ratio)),
+                        "ratio_max": float(np.max(ratio)), "p": p, "seeds": len(rows)}
+            tests.append((name, b))
+            cells.append(b)  # filled in after Holm
+        entry["entity_probability"] = float(np.mean([sh["entity_probability"] for sh in shares]))
+        out[name] = entry
+        body.append(cells + [_f(entry["entity_probability"], 3), str(len(rows))])
+    ps = [out[n][b]["p"] for n, b in tests]
+    finite = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    if finite:
+        _, adjusted = stats.holm([ps[i] for i in finite])
+        for i, a in zip(finite, adjusted):
+            out[tests[i][0]][tests[i][1]]["p_holm"] = float(a)
+    for cells in body:
+        e = out[cells[0]]
+        for j, b in enumerate(("head", "middle", "tail"), 1):
+            x = e[b]
+            p = f"p {_f(x.get('p_holm'), 3)}" if x.get("p_holm") is not None else "p –"
+            cells[j] = (f"{_f(x['train_share'], 3)} / {_f(x['predicted_share'], 3)} ({_f(x['ratio'], 2)} "
+                        f"[{_f(x['ratio_min'], 2)}, {_f(x['ratio_max'], 2)}], {p})")
+    data["type_probabilities"] = out
+    md += _table(["checkpoint (decodes)", "head: train / predicted (ratio [min, max], Holm p)", "middle", "tail",
+                  "P(entity)", "seeds"], body)
     return md
 
 

@@ -14,6 +14,7 @@ decoder's rises; selecting every row by argmax would report first-epoch models f
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -232,3 +233,73 @@ def clean_json(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+# ---- filling in what an older run did not record ---------------------------------------------------
+
+def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> bool:
+    """Add the decoder-free test measurements (``mean_probability`` per decode, ``train_tags``) to a
+    finished run's ``metrics.json`` from its saved best checkpoints, for runs trained by code that did
+    not record them yet. The same data, windows, batch size and precision as the run's own final
+    scoring; nothing else in metrics.json changes (written atomically). Returns whether it wrote."""
+    import json
+
+    from bertlab.config import config_from_dict
+    from bertlab.datasets.prepare import load_splits, tag_counts
+    from bertlab.inference import mean_probabilities, word_logits
+    from bertlab.predict import load_model
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    test = metrics.get("test") or {}
+    if not force and "train_tags" in metrics and all("mean_probability" in m for m in test.values()):
+        return False
+    cfg = config_from_dict(metrics["config"], where=f"{path}: config")
+    splits = load_splits(cfg.data)
+    groups: dict[Path, list[str]] = {}
+    for decode in test:
+        groups.setdefault(best_folder(run_dir, decode, cfg.eval.decode), []).append(decode)
+    for folder, decodes in groups.items():
+        if not (folder / "config.json").exists():  # HMM / feature-CRF runs, BiLSTMs: no softmax checkpoint
+            log(f"{run_dir.name}: {folder.name}/ holds no saved encoder; {', '.join(decodes)} left as they were")
+            continue
+        model, tokenizer = load_model(folder)
+        logits = word_logits(model, tokenizer, splits.test.sentences, cfg.data.max_length, cfg.data.stride,
+                             cfg.train.eval_batch_size, metrics.get("precision") or "fp32")
+        probabilities = mean_probabilities(logits, model.labels)
+        for decode in decodes:
+            test[decode]["mean_probability"] = probabilities
+    metrics["train_tags"] = tag_counts(splits.train.sentences)
+    write_json(path, clean_json(metrics))
+    log(f"{run_dir.name}: mean test probabilities of {', '.join(test)} recorded")
+    return True
+
+
+def rescore_main(argv: list[str] | None = None) -> int:
+    """``bertlab rescore STUDY_DIR [--force]``: fill in the decoder-free test measurements (each label's
+    mean predicted probability, the training words per tag) that the code a study's runs were
+    trained with did not record, from each finished run's best checkpoints; then rewrite
+    results.jsonl. Runs that already have them are skipped."""
+    import argparse
+    import sys
+
+    from bertlab.results import write_results
+    ap = argparse.ArgumentParser(prog="bertlab rescore", description=(
+        "Fill in the decoder-free test measurements (each label's mean predicted probability, the "
+        "training words per tag) that older code did not record, from each finished run's best "
+        "checkpoints, then rewrite results.jsonl. Runs that have them are skipped."))
+    ap.add_argument("study", metavar="STUDY_DIR", help="a study folder of run folders, e.g. runs/random_labels")
+    ap.add_argument("--force", action="store_true", help="measure again even where metrics.json has the values")
+    args = ap.parse_args(argv)
+    sdir = Path(args.study)
+    runs = sorted(p.parent for p in sdir.glob("*/metrics.json"))
+    if not runs:
+        print(f"bertlab rescore: {sdir}: no finished run folders (*/metrics.json)", file=sys.stderr)
+        return 2
+    try:
+        wrote = sum(rescore_run(r, force=args.force) for r in runs)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"bertlab rescore: {e}", file=sys.stderr)
+        return 2
+    print(f"{wrote} of {len(runs)} runs rescored; wrote {write_results(sdir)}")
+    return 0

@@ -38,7 +38,7 @@ import torch
 from bertlab.callbacks import CallbackList
 from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, config_differences,
                             config_to_dict, has_crf, load_config, read_config_file)
-from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts
+from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts, tag_counts
 from bertlab.files import write_json
 from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,
@@ -839,6 +839,7 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
                        best_dev_f1=progress.best_dev_f1 if s.splits.dev is not None else None,
                        stopped_early=progress.stopped_early, history=progress.history,
                        train_mentions=mention_counts(s.splits.train.sentences),
+                       train_tags=tag_counts(s.splits.train.sentences),
                        train_seconds=sum(t["train_seconds"] for t in progress.timing),
                        time_split=time_split(progress.timing, progress.checkpoint_seconds, final_seconds),
                        timing=progress.timing)

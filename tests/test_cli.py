@@ -65,7 +65,7 @@ def subparsers(parser):
 
 
 # the commands whose modules this checks; train, experiment, report and gradflow parse in their own modules
-OWN_COMMANDS = ["data", "convert", "predict", "evaluate", "bench"]
+OWN_COMMANDS = ["data", "convert", "predict", "evaluate", "bench", "rescore"]
 
 
 @pytest.mark.parametrize("command", OWN_COMMANDS)

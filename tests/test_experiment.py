@@ -294,6 +294,31 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert "## Predicted type shares against training shares" in md
         shares = json.loads((sdir / "report.json").read_text())["type_shares"]
         assert shares and all(0.0 <= b["train_share"] <= 1.0 for v in shares.values() for b in v.values())
+        assert "Mean predicted probability against training share" in md
+        assert json.loads((sdir / "report.json").read_text())["type_probabilities"]
+        _check_rescore_reproduces_training(sdir, rows)
+
+
+def _check_rescore_reproduces_training(sdir, rows):
+    """`bertlab rescore` on runs whose code did not record the decoder-free measurements gives
+    the values the training run's own final scoring wrote."""
+    from bertlab.selection import rescore_main
+    for r in rows:
+        assert r["mean_probability"] and r["train_tags"], r["run_id"]
+        assert sum(r["mean_probability"].values()) == pytest.approx(1.0, abs=1e-6)
+    before = {(r["run_id"], r["decode"]): r["mean_probability"] for r in rows}
+    for path in sdir.glob("*/metrics.json"):  # as if an older bertlab had trained them
+        metrics = json.loads(path.read_text())
+        del metrics["train_tags"]
+        for m in metrics["test"].values():
+            del m["mean_probability"]
+        path.write_text(json.dumps(metrics))
+    assert rescore_main([str(sdir)]) == 0
+    after = read_results(sdir / "results.jsonl")
+    assert {(r["run_id"], r["decode"]) for r in after} == set(before)
+    for r in after:
+        assert r["mean_probability"] == pytest.approx(before[(r["run_id"], r["decode"])], rel=1e-5, abs=1e-7)
+        assert r["train_tags"] == next(x["train_tags"] for x in rows if x["run_id"] == r["run_id"])
 
 
 def test_model_tables_carry_their_own_training_recipe(tmp_path):

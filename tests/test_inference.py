@@ -10,7 +10,7 @@ import torch
 
 from bertlab.datasets import Corpus, Document, Sentence
 from bertlab.inference import (decode_argmax, decode_knn, decode_viterbi, evaluate, fit_knn_on_train,
-                               word_logits)
+                               mean_probabilities, word_logits)
 
 LABELS = ["O", "B-Drug", "I-Drug", "B-Sign", "I-Sign"]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -128,6 +128,39 @@ def test_knn_decode_equals_brute_force_nearest_training_word(tokenizer):
     assert decode_knn(knn, own, LABELS) == [s.tags for s in train]
     result = evaluate(model, tokenizer, train, decode="knn", knn=knn, max_length=10, stride=3)
     assert result["micro_f1"] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mean_probabilities_equal_brute_force_float64(seed):
+    """Generated word logits (sentences of 0..6 words, large offsets that overflow a naive exp in
+    float32): the mean softmax per label equals a word-by-word float64 loop with math.exp."""
+    import math
+    rng = np.random.default_rng(seed)
+    logits = [(rng.normal(size=(int(n), 5)) * 8 + rng.normal() * 60).astype(np.float32)
+              for n in rng.integers(0, 7, size=6)]
+    logits.append(np.zeros((0, 5), np.float32))
+    words = [row.astype(np.float64) for l in logits for row in l]
+    expected = np.zeros(5)
+    for row in words:
+        z = [math.exp(v - max(row)) for v in row]
+        expected += np.array(z) / sum(z)
+    expected /= len(words)
+    out = mean_probabilities(logits, LABELS)
+    assert list(out) == LABELS
+    np.testing.assert_allclose([out[l] for l in LABELS], expected, rtol=1e-12)
+    assert sum(out.values()) == pytest.approx(1.0, abs=1e-12)
+    assert all(math.isnan(v) for v in mean_probabilities([np.zeros((0, 5))], LABELS).values())
+
+
+def test_evaluate_reports_the_same_mean_probability_for_every_decode(tokenizer):
+    """The mean probability is a property of the checkpoint, not of the decoder."""
+    model = tiny_model()
+    train = [Sentence(LONG, ["O"] * (len(LONG) - 1) + ["B-Sign"], "d0"), Sentence(SHORT, ["B-Drug", "O", "O"], "d1")]
+    logits = word_logits(model, tokenizer, train, max_length=10, stride=3)
+    knn = fit_knn_on_train(model, tokenizer, train, k=1, max_length=10, stride=3)
+    by_decode = [evaluate(model, tokenizer, train, decode=d, knn=knn, logits=logits)["mean_probability"]
+                 for d in ("argmax", "knn")]
+    assert by_decode[0] == by_decode[1] == mean_probabilities(logits, LABELS)
 
 
 def test_evaluate_rejects_unknown_decode_and_missing_knn():

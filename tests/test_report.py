@@ -1119,6 +1119,32 @@ def test_type_shares_by_hand():
         assert out["bands"][band] == pytest.approx(shares), band
 
 
+def test_type_probabilities_by_hand_and_the_prior_only_model():
+    """Decoder-free shares: by hand on a small case, and a model whose entity probability is split
+    exactly by the training word shares (any O mass, any B/I split) has ratio 1 in every band."""
+    from bertlab.report import type_probabilities
+    bands = {"head": 500, "tail": 50}
+    mentions = {"A": 600, "B": 100, "C": 20}
+    tags = {"O": 1000, "B-A": 600, "I-A": 300, "B-B": 100, "B-C": 20, "I-C": 80}  # entity words 900 / 100 / 100
+    prob = {"O": 0.5, "B-A": 0.2, "I-A": 0.1, "B-B": 0.15, "I-B": 0.0, "B-C": 0.05, "I-C": None}
+    out = type_probabilities(prob, tags, mentions, bands)
+    assert out["entity_probability"] == pytest.approx(0.5)
+    assert out["types"]["A"] == pytest.approx((900 / 1100, 0.6))
+    assert out["types"]["C"] == pytest.approx((100 / 1100, 0.1))
+    assert out["bands"]["middle"] == pytest.approx((100 / 1100, 0.3))
+    rng = np.random.default_rng(0)
+    for mass in rng.uniform(0.05, 0.95, size=5):
+        split = rng.uniform(size=3)
+        words = {"A": 900, "B": 100, "C": 100}
+        prior = {"O": 1 - mass}
+        for t, frac in zip("ABC", split):
+            prior[f"B-{t}"] = mass * words[t] / 1100 * frac
+            prior[f"I-{t}"] = mass * words[t] / 1100 * (1 - frac)
+        out = type_probabilities(prior, tags, mentions, bands)
+        for band, (train, pred) in out["bands"].items():
+            assert pred == pytest.approx(train), band
+
+
 # ---- the epoch budget (plateau rule) ------------------------------------------------------------
 
 def _plateau_brute_force(values, delta, window):

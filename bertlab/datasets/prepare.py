@@ -89,3 +89,13 @@ def mention_counts(sentences) -> dict[str, int]:
         for typ, _, _ in strict_entities(s.tags):
             counts[typ] = counts.get(typ, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def tag_counts(sentences) -> dict[str, int]:
+    """Words per tag (``O``, ``B-X``, ``I-X``): the token-level label frequencies a token
+    classifier is trained on."""
+    counts: dict[str, int] = {}
+    for s in sentences:
+        for tag in s.tags:
+            counts[tag] = counts.get(tag, 0) + 1
+    return dict(sorted(counts.items()))
