@@ -1251,6 +1251,11 @@ def _type_probability_section(variants: dict, labels: dict, bands: dict, data: d
             tests.append((name, b))
             cells.append(b)  # filled in after Holm
         entry["entity_probability"] = float(np.mean([sh["entity_probability"] for sh in shares]))
+        mentions = rows[0].get("train_mentions", {})
+        entry["types"] = {t: {"train_mentions": mentions.get(t, 0),
+                              "train_share": float(np.mean([sh["types"].get(t, (0.0, 0.0))[0] for sh in shares])),
+                              "predicted_share": float(np.mean([sh["types"].get(t, (0.0, 0.0))[1] for sh in shares]))}
+                          for t in sorted(shares[0]["types"], key=lambda t: (-mentions.get(t, 0), t))}
         out[name] = entry
         body.append(cells + [_f(entry["entity_probability"], 3), str(len(rows))])
     ps = [out[n][b]["p"] for n, b in tests]
@@ -1269,6 +1274,14 @@ def _type_probability_section(variants: dict, labels: dict, bands: dict, data: d
     data["type_probabilities"] = out
     md += _table(["checkpoint (decodes)", "head: train / predicted (ratio [min, max], Holm p)", "middle", "tail",
                   "P(entity)", "seeds"], body)
+    for name, entry in out.items():  # per type, most frequent first: which rare types lose or gain
+        rows = [[t, str(v["train_mentions"]), band_of(v["train_mentions"], bands), _f(v["train_share"], 4),
+                 _f(v["predicted_share"], 4),
+                 _f(v["predicted_share"] / v["train_share"] if v["train_share"] else math.nan, 2)]
+                for t, v in entry["types"].items()]
+        md += [f"<details><summary>{name}: per type (mean over seeds)</summary>", ""]
+        md += _table(["type", "training mentions", "band", "training word share", "predicted share", "ratio"], rows)
+        md += ["</details>", ""]
     return md
 
 
