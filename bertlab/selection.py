@@ -246,8 +246,8 @@ def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> b
 
     from bertlab.config import config_from_dict
     from bertlab.datasets.prepare import load_splits, tag_counts
+    from bertlab.checkpoint import load_pretrained
     from bertlab.inference import mean_probabilities, word_logits
-    from bertlab.predict import load_model
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text(encoding="utf-8"))
@@ -263,7 +263,8 @@ def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> b
         if not (folder / "config.json").exists():  # HMM / feature-CRF runs, BiLSTMs: no softmax checkpoint
             log(f"{run_dir.name}: {folder.name}/ holds no saved encoder; {', '.join(decodes)} left as they were")
             continue
-        model, tokenizer = load_model(folder)
+        model, tokenizer = load_pretrained(folder)
+        model.eval()
         logits = word_logits(model, tokenizer, splits.test.sentences, cfg.data.max_length, cfg.data.stride,
                              cfg.train.eval_batch_size, metrics.get("precision") or "fp32")
         probabilities = mean_probabilities(logits, model.labels)
