@@ -250,7 +250,10 @@ def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> b
     from bertlab.inference import mean_probabilities, word_logits
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
     test = metrics.get("test") or {}
     if not force and "train_tags" in metrics and all("mean_probability" in m for m in test.values()):
         return False

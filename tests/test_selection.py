@@ -170,3 +170,15 @@ def test_the_time_split_adds_up(three_epochs):
     per_epoch_eval = sum(t["eval_seconds"] for t in metrics["timing"])
     parts = sum(split[k] for k in ("dev_forward", "knn_fit", "calibration_fit", "dev_decoding", "best_model_saving"))
     assert parts <= per_epoch_eval + 1e-6  # the parts are inside the measured evaluation time
+
+
+def test_rescore_bad_input_is_one_line_naming_the_folder_or_file(tmp_path, capsys):
+    from bertlab.selection import rescore_main
+    assert rescore_main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bertlab rescore: {tmp_path / 'missing'}: no finished run folders (*/metrics.json)\n"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{bad")
+    assert rescore_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bertlab rescore: {tmp_path / 'run' / 'metrics.json'}: not valid JSON (") and err.count("\n") == 1
