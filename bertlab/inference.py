@@ -163,6 +163,12 @@ def unweighted_accuracy_variants(gold: list[list[str]], pred: list[list[str]]) -
             for unit in ("tag", "type") for with_o in (True, False)}
 
 
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in the dtype of ``x`` (max-shifted, so large logits do not overflow)."""
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def mean_probabilities(logits: list[np.ndarray], labels: list[str]) -> dict[str, float]:
     """Each label's softmax probability averaged over all words (computed in float64): the label
     distribution the model believes in for these words, before any decoder picks one label.
@@ -174,10 +180,7 @@ def mean_probabilities(logits: list[np.ndarray], labels: list[str]) -> dict[str,
     rows = [np.asarray(l, dtype=np.float64) for l in logits if len(l)]
     if not rows:
         return {label: float("nan") for label in labels}
-    x = np.concatenate(rows)
-    x = np.exp(x - x.max(axis=1, keepdims=True))
-    p = x / x.sum(axis=1, keepdims=True)
-    return dict(zip(labels, p.mean(axis=0).tolist()))
+    return dict(zip(labels, softmax(np.concatenate(rows)).mean(axis=0).tolist()))
 
 
 def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrator=None) -> list[list[str]]:

@@ -183,12 +183,6 @@ def split_words(text: str) -> list[tuple[list[str], list[tuple[int, int]]]]:
     return out
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(-1, keepdims=True)
-
-
 def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 128, stride: int = 32,
               batch_size: int = 64, progress: bool = False, precision: str = "fp32") -> list[list[dict]]:
     """Per text, per sentence: ``{"words", "offsets", "tags", "scores"}`` (``scores[i]``: the
@@ -196,7 +190,7 @@ def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 12
     Viterbi for a CRF head, else argmax."""
     from tqdm import tqdm
 
-    from bertlab.inference import decode_argmax, decode_viterbi, word_logits
+    from bertlab.inference import decode_argmax, decode_viterbi, softmax, word_logits
     label2id = {l: i for i, l in enumerate(model.labels)}
     out = []
     for text in tqdm(texts, desc="predict", unit="doc", disable=not progress):
@@ -214,7 +208,7 @@ def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 12
         else:
             tags = (decode_viterbi(model, logits) if getattr(model, "crf", None) is not None
                     else decode_argmax(logits, model.labels))
-            probs = [_softmax(l)[np.arange(len(t)), [label2id[x] for x in t]] for l, t in zip(logits, tags)]
+            probs = [softmax(l)[np.arange(len(t)), [label2id[x] for x in t]] for l, t in zip(logits, tags)]
         out.append([{"words": words, "offsets": offsets, "tags": t, "scores": p}
                     for (words, offsets), t, p in zip(sents, tags, probs)])
     return out

@@ -1188,7 +1188,8 @@ def type_probabilities(mean_probability: dict, train_tags: dict, train_mentions:
         out: dict = {}
         for tag, v in counts.items():
             if tag != "O" and v is not None:
-                out[tag.split("-", 1)[-1]] = out.get(tag.split("-", 1)[-1], 0.0) + float(v)
+                typ = tag.split("-", 1)[-1]
+                out[typ] = out.get(typ, 0.0) + float(v)
         return out
     prob, words = per_type(mean_probability), per_type(train_tags)
     p_total, w_total = sum(prob.values()), sum(words.values())
