@@ -14,6 +14,18 @@ writes ``DIR/tradeoff.md`` (the table), ``DIR/tradeoff.json`` and, with matplotl
 seconds are the loop's (evaluation excluded), inference is the forward pass plus decoding over
 the test split, both as the runs measured them, so points from runs on different machines or
 with different thread counts are not comparable (the table lists each study's environment).
+
+``--anchor STUDY:KEY=VALUE[,KEY=VALUE...]`` (one per study) names a variant that every study
+has trained in the same configuration, e.g. the full 6-layer MiniLM under CE:
+
+    bertlab tradeoff docs/results/baselines docs/results/ce_vs_focal_minilm --only data.name=maccrobat \
+        --anchor baselines:model=minilm --anchor ce_vs_focal_minilm:num_layers=6,loss=ce \
+        --out docs/results/tradeoff
+
+Each point's cost is then also given relative to its own study's anchor (training seconds per
+epoch / the anchor's, inference words per second / the anchor's, both ratios of seed means), and
+the figure plots those ratios: one machine-free scale across studies run on different machines
+(the ratios themselves still depend on the hardware, less than the seconds do).
 """
 from __future__ import annotations
 
@@ -42,17 +54,45 @@ def parse_only(items: list[str]) -> dict[str, str]:
     return out
 
 
-def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = None) -> list[dict]:
+def parse_anchors(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["baselines:model=minilm", "sizes:num_layers=6,loss=ce"]`` -> ``{study: {key: value}}``."""
+    out = {}
+    for item in items:
+        study, sep, spec = item.partition(":")
+        if not sep or not study.strip() or not spec.strip():
+            raise ValueError(f"--anchor {item!r}: expected STUDY:KEY=VALUE[,KEY=VALUE...], "
+                             f"e.g. ce_vs_focal_minilm:num_layers=6,loss=ce")
+        if study.strip() in out:
+            raise ValueError(f"--anchor {item!r}: a second anchor for study {study.strip()!r}")
+        try:
+            out[study.strip()] = parse_only(spec.split(","))
+        except ValueError:
+            raise ValueError(f"--anchor {item!r}: expected STUDY:KEY=VALUE[,KEY=VALUE...]") from None
+    return out
+
+
+def _matches(values: dict, wanted: dict, short: dict) -> bool:
+    """Whether a variant's axis values agree with every ``KEY=VALUE`` (KEY: the axis or its short
+    name); an axis the variant does not have does not exclude it."""
+    by_name = {**values, **{short[k]: v for k, v in values.items() if k in short}}
+    return all(k not in by_name or str(by_name[k]) == v for k, v in wanted.items())
+
+
+def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = None,
+                    anchors: dict | None = None) -> list[dict]:
     """One dict per (study, variant): the seed means of ``metric``, training seconds per epoch and
-    inference words per second, the parameter count and the number of seeds."""
+    inference words per second, the parameter count and the number of seeds. With ``anchors``
+    (``{study name: {key: value}}``, one for every study), also ``train_cost_vs_anchor`` and
+    ``inference_speed_vs_anchor``: the point's seed means over its study's anchor variant's."""
     points = []
     for d in study_dirs:
         study, rows = load_study_results(d)
         axes = list(study.get("axes", {}))
         short = {**study.get("short_names", {}), "decode": "decode"}
+        first = len(points)
         for key, group in group_variants(rows, axes).items():
             values = dict(key)
-            if any(k in values and str(values[k]) != v for k, v in (only or {}).items()):
+            if not _matches(values, only or {}, short):
                 continue
             if any(metric not in r for r in group):
                 raise ValueError(f"{d}: results rows have no {metric!r}")
@@ -64,7 +104,37 @@ def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = No
                 "inference_words_per_s": _mean_std_finite(r.get("inference_tokens_per_s") for r in group)[0],
                 "params": group[0].get("params"), "env": group[0].get("env", {}),
             })
+        if anchors is not None:
+            _relative_to_anchor(points[first:], study["name"], anchors, short, d)
     return points
+
+
+def _relative_to_anchor(points: list[dict], study: str, anchors: dict, short: dict, study_dir) -> None:
+    if study not in anchors:
+        raise ValueError(f"{study_dir}: no --anchor for study {study!r} (give one for every study, "
+                         f"e.g. --anchor {study}:KEY=VALUE)")
+    wanted = anchors[study]
+    if any(k not in p["axes"] and k not in {short.get(a) for a in p["axes"]} for p in points for k in wanted):
+        raise ValueError(f"--anchor {study}:{_spec(wanted)}: not every key is an axis of {study_dir} "
+                         f"(axes: {', '.join(sorted({short.get(a, a) for p in points for a in p['axes']}))})")
+    found = [p for p in points if _matches(p["axes"], wanted, short)]
+    if len(found) != 1:
+        names = "; ".join(p["variant"] for p in found) or "none"
+        raise ValueError(f"--anchor {study}:{_spec(wanted)} must name one variant of {study_dir}, "
+                         f"it names {len(found)} ({names})")
+    anchor = found[0]
+    for field in ("seconds_per_epoch", "inference_words_per_s"):
+        if not (math.isfinite(anchor[field]) and anchor[field] > 0):
+            raise ValueError(f"--anchor {study}:{_spec(wanted)}: the anchor variant has no {field} "
+                             f"in {study_dir}/results.jsonl")
+    for p in points:
+        p["anchor"] = anchor["variant"]
+        p["train_cost_vs_anchor"] = p["seconds_per_epoch"] / anchor["seconds_per_epoch"]
+        p["inference_speed_vs_anchor"] = p["inference_words_per_s"] / anchor["inference_words_per_s"]
+
+
+def _spec(wanted: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in wanted.items())
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -79,14 +149,24 @@ def write_tradeoff(points: list[dict], out_dir, metric: str = "f1_micro") -> Pat
     """``tradeoff.md``, ``tradeoff.json`` and (with matplotlib) ``tradeoff.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    relative = all("train_cost_vs_anchor" in p for p in points)
     md = [f"# Accuracy against compute ({metric}, mean over seeds)", "",
-          "| study | variant | seeds | " + metric + " | std | training s / epoch | inference words / s | parameters |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| study | variant | seeds | " + metric + " | std | training s / epoch | inference words / s | "
+          + ("training cost × anchor | inference speed × anchor | " if relative else "") + "parameters |",
+          "|---|---|---|---|---|---|---|---|" + ("---|---|" if relative else "")]
     for p in sorted(points, key=lambda p: -p[metric] if math.isfinite(p[metric]) else math.inf):
+        ratios = (f"{_fmt(p['train_cost_vs_anchor'], 3)} | {_fmt(p['inference_speed_vs_anchor'], 3)} | "
+                  if relative else "")
         md.append(f"| {p['study']} | {p['variant']} | {p['seeds']} | {_fmt(p[metric])} | {_fmt(p[metric + '_std'])} | "
-                  f"{_fmt(p['seconds_per_epoch'], 1)} | {_fmt(p['inference_words_per_s'], 0)} | {_fmt(p['params'])} |")
+                  f"{_fmt(p['seconds_per_epoch'], 1)} | {_fmt(p['inference_words_per_s'], 0)} | {ratios}{_fmt(p['params'])} |")
+    if relative:
+        md += ["", "Anchors (each study's costs are divided by its own anchor's, ratios of seed means; "
+                   "the figure plots these ratios):", ""]
+        md += [f"- {s}: {a}" for s, a in dict((p["study"], p["anchor"]) for p in points).items()]
     envs = {p["study"]: p["env"] for p in points}
-    md += ["", "Measured where each study ran (compare points across studies only on the same machine):", ""]
+    md += ["", "Measured where each study ran (compare seconds across studies only on the same machine"
+               + ("; the ratios to each study's anchor are comparable across machines to the extent that "
+                  "the hardware speeds every model up alike" if relative else "") + "):", ""]
     md += [f"- {s}: " + ", ".join(f"{k} {v}" for k, v in e.items()) for s, e in envs.items()]
     figure = _figure(points, out_dir, metric)
     if figure:
@@ -107,14 +187,20 @@ def _figure(points: list[dict], out_dir: Path, metric: str) -> Path | None:
     studies = list(dict.fromkeys(p["study"] for p in points))
     markers = dict(zip(studies, "osD^v<>P*X"))
     cmap = plt.get_cmap("tab20", max(len(points), 2))
+    relative = all("train_cost_vs_anchor" in p for p in points)
+    xs = (("train_cost_vs_anchor", "inference_speed_vs_anchor") if relative
+          else ("seconds_per_epoch", "inference_words_per_s"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for i, p in enumerate(points):
-        for ax, x in zip(axes, (p["seconds_per_epoch"], p["inference_words_per_s"])):
+        for ax, x in zip(axes, (p[xs[0]], p[xs[1]])):
             if math.isfinite(x) and x > 0 and math.isfinite(p[metric]):
                 err = p[metric + "_std"]
                 ax.errorbar([x], [p[metric]], yerr=[0 if not math.isfinite(err) else err], fmt=markers[p["study"]],
                             color=cmap(i), ms=7, capsize=3, label=f"{p['study']}: {p['variant']}")
-    for ax, xlabel in zip(axes, ("training seconds per epoch (log scale)", "inference words per second (log scale)")):
+    xlabels = (("training seconds per epoch / the study's anchor's (log scale)",
+                "inference words per second / the study's anchor's (log scale)") if relative
+               else ("training seconds per epoch (log scale)", "inference words per second (log scale)"))
+    for ax, xlabel in zip(axes, xlabels):
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.10g}"))
@@ -140,10 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", default="f1_micro", help="a results-row score (default f1_micro; f1_macro, "
                                                          "unweighted_accuracy)")
     ap.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                    help="keep variants whose axis KEY has VALUE (repeatable); e.g. data.name=maccrobat")
+                    help="keep variants whose axis KEY (or its short name) has VALUE (repeatable); "
+                         "e.g. data.name=maccrobat")
+    ap.add_argument("--anchor", action="append", default=[], metavar="STUDY:KEY=VALUE[,KEY=VALUE]",
+                    help="one per study: the variant its costs are divided by (the same model and recipe in "
+                         "every study, e.g. ce_vs_focal_minilm:num_layers=6,loss=ce); the figure then plots "
+                         "the ratios, comparable across machines")
     args = ap.parse_args(argv)
     try:
-        points = tradeoff_points(args.studies, args.metric, parse_only(args.only))
+        anchors = parse_anchors(args.anchor) if args.anchor else None
+        points = tradeoff_points(args.studies, args.metric, parse_only(args.only), anchors)
         if not points:
             raise ValueError("no variant left: check the study folders and --only")
         print(write_tradeoff(points, args.out, args.metric))

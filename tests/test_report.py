@@ -1253,6 +1253,54 @@ def test_tradeoff_points_are_seed_means_across_studies_and_only_filters(tmp_path
     assert tradeoff_main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 
+def test_tradeoff_anchor_divides_each_study_by_its_own_anchor_variant(tmp_path, capsys):
+    """``--anchor STUDY:KEY=VALUE``: every point's cost over its own study's anchor, as ratios of seed
+    means (computed here from the generated rows); an anchor naming no variant, several, an unknown
+    key, or a study left without one, is one line and exit 2."""
+    from bertlab.tradeoff import main as tradeoff_main
+    from bertlab.tradeoff import parse_anchors, tradeoff_points
+    rng = np.random.default_rng(7)
+    raw = {}
+    for study, sizes in (("sizes", [2, 6]), ("classic", ["hmm", "minilm"])):
+        key = "model.num_layers" if study == "sizes" else "model"
+        rows = []
+        for size in sizes:
+            for loss in ("ce", "focal"):
+                for seed in (0, 1, 2):
+                    spe, wps = float(rng.uniform(1, 100)), float(rng.uniform(1e3, 1e5))
+                    rows.append(synthetic_row({key: size, "loss": loss, "train.seed": seed}, "argmax", 0.5,
+                                              seconds_per_epoch=spe, inference_tokens_per_s=wps))
+                    raw.setdefault((study, str(size), loss), []).append((spe, wps))
+        write_rows(tmp_path / study, rows, {}, {key: sizes, "loss": ["ce", "focal"], "train.seed": [0, 1, 2]},
+                   name=study)  # short names: num_layers, model, loss, seed
+    anchors = parse_anchors(["sizes:num_layers=6,loss=ce", "classic:model=minilm,loss=ce"])
+    points = tradeoff_points([tmp_path / "sizes", tmp_path / "classic"], anchors=anchors)
+    assert len(points) == 8
+    for p in points:
+        study = p["study"]
+        size = str(p["axes"].get("model.num_layers", p["axes"].get("model")))
+        mine = np.mean(raw[(study, size, p["axes"]["loss"])], axis=0)
+        ref = np.mean(raw[(study, "6" if study == "sizes" else "minilm", "ce")], axis=0)
+        assert p["train_cost_vs_anchor"] == pytest.approx(mine[0] / ref[0], rel=1e-12)
+        assert p["inference_speed_vs_anchor"] == pytest.approx(mine[1] / ref[1], rel=1e-12)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "sizes"), str(tmp_path / "classic"), "--out", str(out)]
+    assert tradeoff_main(args + ["--anchor", "sizes:num_layers=6,loss=ce", "--anchor", "classic:model=minilm,loss=ce"]) == 0
+    table = table_rows((out / "tradeoff.md").read_text(), "# Accuracy against compute")
+    assert len(table) == 8 and sorted(float(r[7]) for r in table).count(1.0) == 2
+    assert "anchor's (log scale)" not in (out / "tradeoff.md").read_text()  # the label is the figure's
+    capsys.readouterr()
+    for bad, says in ((["--anchor", "sizes:num_layers=6,loss=ce"], "no --anchor for study 'classic'"),
+                      (["--anchor", "sizes:num_layers=6", "--anchor", "classic:model=minilm,loss=ce"], "names 2"),
+                      (["--anchor", "sizes:num_layers=4,loss=ce", "--anchor", "classic:model=minilm,loss=ce"], "names 0"),
+                      (["--anchor", "sizes:width=6", "--anchor", "classic:model=minilm,loss=ce"], "not every key"),
+                      (["--anchor", "sizes=6"], "expected STUDY:KEY=VALUE"),
+                      (["--anchor", "sizes:num_layers=6,loss=ce", "--anchor", "sizes:num_layers=2,loss=ce"], "a second anchor")):
+        assert tradeoff_main(args + bad) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("bertlab tradeoff: ") and says in err and "\n" not in err, (bad, err)
+
+
 # ---- gradient flow across seeds -------------------------------------------------------------------
 
 def test_gradflow_section_means_over_steps_and_seeds_and_paired_tests_against_scipy(tmp_path):
