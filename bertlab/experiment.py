@@ -256,10 +256,30 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         elif value not in [axis_value(key, v) for v in axes[key]]:
             raise StudyError(f"{where}: [study] baseline {key}={value!r} is not among the swept "
                              f"values {axes[key]}")
+    report = dict(raw.get("report", {}))
+    _check_anova(report.get("anova"), axes, decodes, where)
     return Study(name=study_name, path=path, scale=scale, description=head.get("description", ""),
-                 base=base, axes=axes, baseline=baseline, report=dict(raw.get("report", {})),
+                 base=base, axes=axes, baseline=baseline, report=report,
                  gradflow=raw.get("gradflow"), scale_overrides=dict(scales.get(scale, {})),
                  overrides=list(overrides))
+
+
+def _check_anova(spec, axes: dict, decodes: list, where) -> None:
+    """``[report] anova``: a table (or a list of tables) whose ``a`` and ``b`` are [sweep] axes."""
+    if spec is None:
+        return
+    for one in spec if isinstance(spec, list) else [spec]:
+        if not isinstance(one, dict):
+            raise StudyError(f"{where}: [report] anova must be a table {{ a = AXIS, b = AXIS, metric = ... }} "
+                             f"or a list of them, not {one!r}")
+        for key in ("a", "b"):
+            if one.get(key) not in axes or one.get(key) == "train.seed":
+                raise StudyError(f"{where}: [report] anova {key} = {one.get(key)!r} is not a [sweep] axis "
+                                 f"(axes: {', '.join(k for k in axes if k != 'train.seed') or 'none'})")
+        decode = one.get("decode", "argmax")
+        if decode not in decodes + [d for m in axes.get("model", []) for d in m.get("decode", [])]:
+            raise StudyError(f"{where}: [report] anova decode = {decode!r} is not in "
+                             f"[base.eval] decode = {decodes}")
 
 
 def _model_table(value, models: dict, where: str) -> dict:

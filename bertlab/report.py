@@ -64,7 +64,7 @@ DEFAULTS = {
     "bootstrap_seed": 0,
     "bands": {"head": 500, "tail": 50},  # head: >= head training mentions; tail: < tail
     "anova": None,  # {a = "optim.lr", b = "sampler.batch_size", metric = "dev_f1_micro", decode = "argmax",
-    #                  block = "train.seed"}
+    #                  block = "train.seed"}, or a list of such tables (one section each)
     "figures": True,
     "confusion": False,  # per-type P/R/F1 and entity confusion matrices per variant (issue #7)
     "type_shares": False,  # each type's share of the predicted test mentions vs of the training mentions
@@ -729,7 +729,8 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     if opts.get("type_shares"):
         md += _type_share_section(study_dir, variants, labels, opts, data)
     if opts.get("anova"):
-        md += _anova_section(rows, opts["anova"], short, data)
+        for spec in opts["anova"] if isinstance(opts["anova"], list) else [opts["anova"]]:
+            md += _anova_section(rows, spec, short, data)
     if study.get("gradflow"):
         md += _gradflow_section(study_dir, rows, study.get("baseline") or {}, short, data)
     md += _figures_section(study_dir, variants, labels, opts, short)
@@ -1324,16 +1325,16 @@ def _anova_section(rows: list[dict], spec: dict, short: dict, data: dict) -> lis
     a, b = spec["a"], spec["b"]
     metric, decode = spec.get("metric", "dev_f1_micro"), spec.get("decode", "argmax")
     block = spec.get("block", "train.seed")
-    use = [r for r in rows if r["decode"] == decode and r.get(metric) is not None]
+    use = [r for r in rows if r["decode"] == decode and math.isfinite(metric_value(r, metric))]
     md = [f"## Two-way ANOVA: {metric} ~ {short.get(a, a)} × {short.get(b, b)}", ""]
     if not use:
         return md + [f"No finished run has {metric}.", ""]
     blocks = [r["axes"].get(block) for r in use] if block else []
     use_block = bool(block) and None not in blocks and len(set(map(str, blocks))) > 1
-    table = stats.anova_two_way([r[metric] for r in use], [str(r["axes"][a]) for r in use],
+    table = stats.anova_two_way([metric_value(r, metric) for r in use], [str(r["axes"][a]) for r in use],
                                 [str(r["axes"][b]) for r in use],
                                 block=[str(k) for k in blocks] if use_block else None)
-    data["anova"] = dict(table)
+    data.setdefault("anova", []).append({"a": a, "b": b, "metric": metric, "decode": decode, "table": dict(table)})
     block_name = short.get(block, block) if block else ""
     names = {"A": short.get(a, a), "B": short.get(b, b), "A:B": f"{short.get(a, a)} × {short.get(b, b)}",
              "Block": f"{block_name} (block)", "Residual": "residual"}
@@ -1341,7 +1342,9 @@ def _anova_section(rows: list[dict], spec: dict, short: dict, data: dict) -> lis
              _f(row["p"], 4)] for name, row in table.items()]
     how = (f"{block_name} as a block factor (randomised complete block: each {block_name} is shared by every "
            f"cell, so its effect leaves the residual)" if use_block else "no block factor")
-    md += [f"Type II sums of squares (`bertlab.stats.anova_two_way`), {len(use)} runs, decode {decode}, {how}.", ""]
+    what = " (test macro F1 over the fixed class set)" if metric == "f1_macro" else ""
+    md += [f"Type II sums of squares (`bertlab.stats.anova_two_way`) of {metric}{what}, {len(use)} runs, "
+           f"decode {decode}, {how}.", ""]
     md += _table(["source", "sum of squares", "df", "mean square", "F", "p"], body)
     total = sum(row["SS"] for row in table.values())
     md += ["Share of the total variation: " + ", ".join(

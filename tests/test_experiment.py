@@ -63,6 +63,11 @@ def test_toml_roundtrip():
     (('"loss.name" = ["ce", "focal"]', '"loss.name" = ["ce", "focal"]\n"eval.decode" = [["knn"]]'),
      "'eval.decode' is not a training axis"),
     (("[base.data]", "[base.loss]\ngamma = 2.0\n[base.data]"), "gamma=2.0 is only used by name='focal'"),
+    (('[scale.smoke]', '[report]\nanova = { a = "loss.name", b = "optim.lr" }\n[scale.smoke]'),
+     "[report] anova b = 'optim.lr' is not a [sweep] axis (axes: loss.name)"),
+    (('[scale.smoke]', '[report]\nanova = [{ a = "loss.name", b = "train.seed" }]\n[scale.smoke]'),
+     "[report] anova b = 'train.seed' is not a [sweep] axis"),
+    (('[scale.smoke]', '[report]\nanova = ["loss.name"]\n[scale.smoke]'), "[report] anova must be a table"),
 ])
 def test_bad_study_files_name_file_and_key(tmp_path, change, message):
     d = write_study(tmp_path, TINY.replace(*change))

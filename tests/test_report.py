@@ -780,6 +780,47 @@ def test_anova_with_seed_blocks_matches_statsmodels(tmp_path):
     assert "randomised complete block" in md
 
 
+def test_anova_list_gives_one_section_per_metric_macro_f1_over_the_fixed_class_set(tmp_path):
+    """``anova = [{...metric = "f1_micro"}, {...metric = "f1_macro"}]``: size x loss, seeds as blocks,
+    one section each, equal to statsmodels; macro F1 is the mean over the types with test support
+    (a type only predicted, support 0, is left out, unlike the row's seqeval ``f1_macro``)."""
+    import pandas as pd
+    import statsmodels.api as sm
+    from statsmodels.formula.api import ols
+    rng = np.random.default_rng(3)
+    axes = {"model.num_layers": [2, 4, 6], "loss": ["ce", "focal"], "train.seed": [0, 1, 2, 3]}
+    rows, frame = [], []
+    for layers in axes["model.num_layers"]:
+        for loss in axes["loss"]:
+            for seed in axes["train.seed"]:
+                f1s = rng.uniform(0.1, 0.9, 3) + (loss == "focal") * (layers == 2) * 0.05
+                row = synthetic_row({"model.num_layers": layers, "loss": loss, "train.seed": seed}, "argmax",
+                                    float(rng.uniform(0.4, 0.6)))
+                row["per_type"] = {t: {"precision": f, "recall": f, "f1": float(f), "support": 4}
+                                   for t, f in zip("ABC", f1s)} | {"D": {"precision": 0, "recall": 0, "f1": 0.0,
+                                                                           "support": 0}}
+                row["f1_macro"] = float(np.mean(list(f1s) + [0.0]))  # seqeval's: D counted
+                rows.append(row)
+                frame.append({"micro": row["f1_micro"], "macro": float(np.mean(f1s)), "a": str(layers),
+                              "b": loss, "k": str(seed)})
+    spec = [{"a": "model.num_layers", "b": "loss", "metric": m} for m in ("f1_micro", "f1_macro")]
+    write_rows(tmp_path / "sizes", rows, {"figures": False, "anova": spec}, axes)
+    md = build_report(tmp_path / "sizes").read_text()
+    sections = md.split("## Two-way ANOVA: ")[1:]
+    assert [s.split("\n")[0] for s in sections] == ["f1_micro ~ num_layers × loss", "f1_macro ~ num_layers × loss"]
+    df = pd.DataFrame(frame)
+    for section, column in zip(sections, ("micro", "macro")):
+        ref = sm.stats.anova_lm(ols(f"{column} ~ C(a) * C(b) + C(k)", data=df).fit(), typ=2)
+        printed = {r[0]: r for r in table_rows("## " + section, "## ")}
+        for name, ref_name in (("num_layers", "C(a)"), ("loss", "C(b)"), ("num_layers × loss", "C(a):C(b)"),
+                               ("seed (block)", "C(k)"), ("residual", "Residual")):
+            assert printed[name][1] == f"{ref.loc[ref_name, 'sum_sq']:.6f}", (column, name)
+            if ref_name != "Residual":
+                assert printed[name][5] == f"{ref.loc[ref_name, 'PR(>F)']:.4f}", (column, name)
+    report = json.loads((tmp_path / "sizes" / "report.json").read_text())
+    assert [a["metric"] for a in report["anova"]] == ["f1_micro", "f1_macro"]
+
+
 def test_learning_curves_table_and_figure(tmp_path):
     """Rows carrying ``curve`` / ``best_epoch`` / ``select``: the table gives each variant's best
     epoch per seed and the mean dev F1 per epoch (a shorter curve and None values allowed), the
