@@ -1331,6 +1331,18 @@ def _anova_section(rows: list[dict], spec: dict, short: dict, data: dict) -> lis
         return md + [f"No finished run has {metric}.", ""]
     blocks = [r["axes"].get(block) for r in use] if block else []
     use_block = bool(block) and None not in blocks and len(set(map(str, blocks))) > 1
+    incomplete = []
+    if use_block:  # a complete block design: keep the seeds that every cell has (a study in progress)
+        cells = {(str(r["axes"][a]), str(r["axes"][b])) for r in use}
+        have = {}
+        for r in use:
+            have.setdefault(str(r["axes"][block]), set()).add((str(r["axes"][a]), str(r["axes"][b])))
+        incomplete = sorted(k for k, c in have.items() if c != cells)
+        use = [r for r in use if str(r["axes"][block]) not in incomplete]
+        blocks = [r["axes"][block] for r in use]
+        use_block = len(set(map(str, blocks))) > 1
+        if not use:
+            return md + [f"No {short.get(block, block)} has finished every cell yet.", ""]
     table = stats.anova_two_way([metric_value(r, metric) for r in use], [str(r["axes"][a]) for r in use],
                                 [str(r["axes"][b]) for r in use],
                                 block=[str(k) for k in blocks] if use_block else None)
@@ -1342,6 +1354,8 @@ def _anova_section(rows: list[dict], spec: dict, short: dict, data: dict) -> lis
              _f(row["p"], 4)] for name, row in table.items()]
     how = (f"{block_name} as a block factor (randomised complete block: each {block_name} is shared by every "
            f"cell, so its effect leaves the residual)" if use_block else "no block factor")
+    if incomplete:
+        how += (f"; left out until they have every cell: {block_name} {', '.join(incomplete)}")
     what = " (test macro F1 over the fixed class set)" if metric == "f1_macro" else ""
     md += [f"Type II sums of squares (`bertlab.stats.anova_two_way`) of {metric}{what}, {len(use)} runs, "
            f"decode {decode}, {how}.", ""]
