@@ -244,7 +244,7 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
     baseline = dict(head.get("baseline", {}))
     for key, value in baseline.items():
         if key == "decode":
-            if value not in decodes + [d for m in axes.get("model", []) for d in m.get("decode", [])]:
+            if value not in _all_decodes(decodes, axes):
                 raise StudyError(f"{where}: [study] baseline decode={value!r} is not in "
                                  f"[base.eval] decode = {decodes}")
         elif key not in axes:
@@ -264,6 +264,11 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
                  overrides=list(overrides))
 
 
+def _all_decodes(decodes: list, axes: dict) -> list:
+    """The study's decodes: [base.eval] decode and those a swept model brings (e.g. Viterbi)."""
+    return decodes + [d for m in axes.get("model", []) for d in m.get("decode", [])]
+
+
 def _check_anova(spec, axes: dict, decodes: list, where) -> None:
     """``[report] anova``: a table (or a list of tables) whose ``a`` and ``b`` are [sweep] axes."""
     if spec is None:
@@ -277,7 +282,7 @@ def _check_anova(spec, axes: dict, decodes: list, where) -> None:
                 raise StudyError(f"{where}: [report] anova {key} = {one.get(key)!r} is not a [sweep] axis "
                                  f"(axes: {', '.join(k for k in axes if k != 'train.seed') or 'none'})")
         decode = one.get("decode", "argmax")
-        if decode not in decodes + [d for m in axes.get("model", []) for d in m.get("decode", [])]:
+        if decode not in _all_decodes(decodes, axes):
             raise StudyError(f"{where}: [report] anova decode = {decode!r} is not in "
                              f"[base.eval] decode = {decodes}")
 

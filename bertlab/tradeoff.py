@@ -137,6 +137,11 @@ def _spec(wanted: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in wanted.items())
 
 
+def _relative(points: list[dict]) -> bool:
+    """Whether every point carries its cost relative to its study's anchor (``--anchor``)."""
+    return all("train_cost_vs_anchor" in p for p in points)
+
+
 def _fmt(x, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -149,7 +154,7 @@ def write_tradeoff(points: list[dict], out_dir, metric: str = "f1_micro") -> Pat
     """``tradeoff.md``, ``tradeoff.json`` and (with matplotlib) ``tradeoff.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    relative = all("train_cost_vs_anchor" in p for p in points)
+    relative = _relative(points)
     md = [f"# Accuracy against compute ({metric}, mean over seeds)", "",
           "| study | variant | seeds | " + metric + " | std | training s / epoch | inference words / s | "
           + ("training cost × anchor | inference speed × anchor | " if relative else "") + "parameters |",
@@ -187,7 +192,7 @@ def _figure(points: list[dict], out_dir: Path, metric: str) -> Path | None:
     studies = list(dict.fromkeys(p["study"] for p in points))
     markers = dict(zip(studies, "osD^v<>P*X"))
     cmap = plt.get_cmap("tab20", max(len(points), 2))
-    relative = all("train_cost_vs_anchor" in p for p in points)
+    relative = _relative(points)
     xs = (("train_cost_vs_anchor", "inference_speed_vs_anchor") if relative
           else ("seconds_per_epoch", "inference_words_per_s"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
