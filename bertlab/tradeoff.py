@@ -186,9 +186,20 @@ def _figure(points: list[dict], out_dir: Path, metric: str) -> Path | None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         return None
+    fig = tradeoff_figure(points, metric)
+    path = out_dir / "tradeoff.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def tradeoff_figure(points: list[dict], metric: str = "f1_micro"):
+    """The figure of ``tradeoff_points``: ``metric`` against training cost (left) and inference speed
+    (right), log x axes, ratios to each study's anchor where every point has one. Needs matplotlib."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
     studies = list(dict.fromkeys(p["study"] for p in points))
     markers = dict(zip(studies, "osD^v<>P*X"))
     cmap = plt.get_cmap("tab20", max(len(points), 2))
@@ -207,19 +218,44 @@ def _figure(points: list[dict], out_dir: Path, metric: str) -> Path | None:
                else ("training seconds per epoch (log scale)", "inference words per second (log scale)"))
     for ax, xlabel in zip(axes, xlabels):
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.10g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 1-2-5 labels only, none overlapping
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_short_number))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel(f"test {metric} (mean ± std over seeds)")
     axes[0].set_title("accuracy vs training cost (left is cheaper)", fontsize=10)
     axes[1].set_title("accuracy vs inference speed (right is faster)", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
-    path = out_dir / "tradeoff.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    for ax in axes:
+        _readable_log_ticks(ax)
+    return fig
+
+
+def _short_number(x: float, _pos=None) -> str:
+    """A tick label: 0.05, 2, 1,000, 20k, 5M."""
+    for scale, suffix in ((1e6, "M"), (1e4, "k")):
+        if x >= scale:
+            return f"{x / (scale if suffix == 'M' else 1e3):,.10g}{suffix}"
+    return f"{x:,.10g}"
+
+
+def _readable_log_ticks(ax) -> None:
+    """The densest log ticks whose labels do not overlap: 1-2-5 a decade, else powers of 10, else
+    every second, third, ... power (an HMM beside BERT spans 4 decades of training cost)."""
+    import matplotlib.ticker
+    renderer = ax.figure.canvas.get_renderer()
+    for subs, numticks in (((1.0, 2.0, 5.0), "auto"), ((1.0,), 12), ((1.0,), 6), ((1.0,), 4), ((1.0,), 3)):
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=subs, numticks=numticks))
+        if not _labels_overlap(ax, renderer):
+            return
+
+
+def _labels_overlap(ax, renderer) -> bool:
+    lo, hi = ax.get_xlim()
+    ax.figure.canvas.draw()
+    boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                    if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi), key=lambda b: b.x0)
+    return any(a.x1 > b.x0 for a, b in zip(boxes, boxes[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1396,3 +1396,25 @@ def test_gradflow_section_means_over_steps_and_seeds_and_paired_tests_against_sc
         pvalues.append(scipy.stats.ttest_rel(np.log(a), np.log(b)).pvalue)
     want = multipletests(pvalues, method="holm")[1]
     assert np.allclose([data[0]["p_holm"][layer] for layer in layers], want)
+
+
+@pytest.mark.parametrize("decades", [0.3, 1, 2, 3, 4.5, 6])
+def test_tradeoff_figure_tick_labels_never_overlap(decades):
+    """The log x axes label 1-2-5 over a short span and powers of 10 over a wide one (an HMM beside
+    BERT spans 4 decades of training cost): no two drawn tick labels may overlap, at any span."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from bertlab.tradeoff import tradeoff_figure
+    xs = np.geomspace(1.0, 10 ** decades, 5)
+    points = [{"study": "s", "variant": f"v{i}", "f1_micro": 0.5 + 0.01 * i, "f1_micro_std": 0.01,
+               "seconds_per_epoch": x, "inference_words_per_s": 1000 * x} for i, x in enumerate(xs)]
+    fig = tradeoff_figure(points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                 if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi]
+        assert len(boxes) >= 2, [t.get_text() for t in ax.get_xticklabels()]
+        boxes.sort(key=lambda b: b.x0)
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
