@@ -1025,16 +1025,26 @@ def _compute_section(variants: dict, labels: dict, short: dict, data: dict) -> l
           "Means over seeds. Train seconds are the loop's own timing (data loading and final "
           "evaluation excluded); inference tokens/s counts words of the test split per second of "
           "scoring with that decode.", ""]
+    shares = any(r.get("cpu_share") is not None for group in variants.values() for r in group)
+    if shares:
+        md += ["CPU share: the training loop's process CPU seconds over its wall seconds × threads, the lowest "
+               "of the variant's runs. About 1 (a little less with several threads) when a run had its cores to "
+               "itself; well below, e.g. 0.5, when other work shared them, and then its seconds overstate its "
+               "cost (runs trained before it was measured show –).", ""]
     body = []
     for key, group in variants.items():
         vals = {m: _mean_std(r.get(m) for r in group)[0] for m in
                 ("params", "seconds_per_epoch", "train_seconds", "inference_tokens_per_s", "f1_micro")}
+        known = [r["cpu_share"] for r in group if r.get("cpu_share") is not None]
+        vals["cpu_share_min"] = min(known) if known else None
         data["variants"][labels[key]]["compute"] = vals
         params = vals["params"]
         body.append([labels[key], "–" if math.isnan(params) else f"{params / 1e6:.2f} M",
                      _f(vals["seconds_per_epoch"], 1), _f(vals["train_seconds"], 1),
-                     _f(vals["inference_tokens_per_s"], 0), _f(vals["f1_micro"])])
-    md += _table(["variant", "parameters", "train s / epoch", "train s", "inference tokens/s", "micro F1"], body)
+                     _f(vals["inference_tokens_per_s"], 0), _f(vals["f1_micro"])]
+                    + ([_f(vals["cpu_share_min"], 2)] if shares else []))
+    md += _table(["variant", "parameters", "train s / epoch", "train s", "inference tokens/s", "micro F1"]
+                 + (["CPU share (lowest)"] if shares else []), body)
     return md + _time_split_section(variants, short, data)
 
 

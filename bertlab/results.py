@@ -97,6 +97,8 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
         "train_seconds": train_seconds, "epochs": epochs,
         "best_epoch": m.get("best_epoch"), "select": metrics.get("select"), "curve": curve,
         "seconds_per_epoch": None if train_seconds is None else train_seconds / epochs,
+        # CPU seconds over wall seconds x threads of the training loop (CPU runs): < ~0.9, it shared its cores
+        "cpu_share": metrics.get("cpu_share"),
         "inference_tokens_per_s": m.get("tokens_per_second"),  # words of the split per second
         "params": metrics.get("params"), "train_mentions": metrics.get("train_mentions", {}),
         # decoder-free: each label's mean softmax probability on test, and the training words per tag

@@ -37,6 +37,7 @@ class Progress:
     epoch_losses: list = field(default_factory=list)   # the epoch's step losses so far (global)
     unlogged_losses: list = field(default_factory=list)  # step losses read since the last log line
     epoch_train_seconds: float = 0.0
+    epoch_cpu_seconds: float = 0.0  # the process's CPU seconds (all threads) over the same stretches
     epoch_tokens: int = 0
     history: list = field(default_factory=list)        # one dict per finished epoch
     timing: list = field(default_factory=list)         # its seconds and tokens/s

@@ -450,7 +450,7 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                train_windows=len(s.windows), micro_batches_per_epoch=s.n_micro, steps_per_epoch=s.steps_per_epoch,
                total_steps=s.total_steps, warmup_steps=s.warmup_steps, time=time.time())
     losses = StepLosses(progress, s.ckpt_path)
-    clock = time.perf_counter()  # start of the stretch of training time not yet added to progress
+    clock = _clocks()  # start of the stretch of training time not yet added to progress
 
     while not progress.training_done:
         epoch = progress.epoch
@@ -516,19 +516,19 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                 log_start, log_tokens = now, 0
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                 losses.read(progress, d)
-                progress.epoch_train_seconds += time.perf_counter() - clock
+                _charge_training_time(progress, clock)
                 write_checkpoint(s, progress, losses, jlog, d)
                 callbacks.on_checkpoint(progress.step)
-                clock = time.perf_counter()
+                clock = _clocks()
         bar.close()
         losses.read(progress, d)
-        progress.epoch_train_seconds += time.perf_counter() - clock
+        _charge_training_time(progress, clock)
 
         # -- end of epoch: dev scores of every decode, each decode's best model, early stopping
         record = end_of_epoch(cfg, s, out_dir, log, d)
         jlog.write(event="epoch", **record, **{k: v for k, v in progress.timing[-1].items() if k != "epoch"})
         callbacks.on_epoch_end(epoch, dict(record))
-        clock = time.perf_counter()  # the next epoch's clock
+        clock = _clocks()  # the next epoch's clock
         write_checkpoint(s, progress, losses, jlog, d)
         callbacks.on_checkpoint(progress.step)
 
@@ -614,7 +614,10 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
         if diffs:
             raise ConfigError(f"{ckpt_path}: written by a run with a different config: {'; '.join(diffs)}. "
                               f"Resume with the same config, or start over (--no-resume) or use another --out")
-        progress = Progress(**json.loads(ckpt["progress"]))
+        saved = json.loads(ckpt["progress"])
+        progress = Progress(**saved)
+        if "epoch_cpu_seconds" not in saved and progress.epoch_train_seconds:  # written before CPU time was kept
+            progress.epoch_cpu_seconds = math.nan  # this epoch's CPU share is unknown, not small
         if progress.training_done and metrics_path.exists():
             log(f"{out_dir}: already finished, metrics.json kept")
             return json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -750,6 +753,26 @@ class StepLosses:
         return mean
 
 
+def _clocks() -> tuple[float, float]:
+    """Now, as (wall seconds, this process's CPU seconds over all its threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def _charge_training_time(progress, since: tuple[float, float]) -> None:
+    """Adds the wall and CPU seconds since ``since`` (``_clocks()``) to the epoch's training time."""
+    wall, cpu = _clocks()
+    progress.epoch_train_seconds += wall - since[0]
+    progress.epoch_cpu_seconds += cpu - since[1]
+
+
+def cpu_share(cpu_seconds: float, wall_seconds: float, threads: int) -> float | None:
+    """The share of its cores a CPU run had: CPU seconds over wall seconds × intra-op threads. About 1
+    when the run had its cores to itself (a little less with several threads, which wait on each
+    other); about 1/2 when another busy process shared them, so its seconds overstate its cost."""
+    share = cpu_seconds / (wall_seconds * threads) if wall_seconds > 0 and threads > 0 else math.nan
+    return share if math.isfinite(share) else None  # NaN: an epoch resumed from a checkpoint without CPU seconds
+
+
 def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dict:
     """Dev scores of every decode, the best model of each decode that improved, early stopping;
     appends the epoch's record to ``progress.history`` (and its seconds to ``progress.timing``)
@@ -779,6 +802,9 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
     timing = {"epoch": epoch, "train_seconds": seconds, "eval_seconds": time.perf_counter() - t0,
               "dev_seconds": (dev or {}).get("seconds"), "save_seconds": save_seconds,
               "train_tokens": progress.epoch_tokens, "tokens_per_s": progress.epoch_tokens / max(seconds, 1e-9)}
+    if s.device.type == "cpu":  # on an accelerator the CPU waits on the device: no share to read
+        timing.update(cpu_seconds=progress.epoch_cpu_seconds, threads=torch.get_num_threads(),
+                      cpu_share=cpu_share(progress.epoch_cpu_seconds, seconds, torch.get_num_threads()))
     progress.history.append(record)
     progress.timing.append(timing)
     if d.main:
@@ -793,7 +819,8 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
         log(f"early stopping: no decode's dev {cfg.eval.select} improved for {patience} epoch(s)")
     progress.epoch += 1
     progress.micro_batch = 0
-    progress.epoch_losses, progress.epoch_train_seconds, progress.epoch_tokens = [], 0.0, 0
+    progress.epoch_losses, progress.epoch_tokens = [], 0
+    progress.epoch_train_seconds = progress.epoch_cpu_seconds = 0.0
     progress.training_done = (progress.stopped_early or progress.epoch >= cfg.train.epochs
                               or bool(cfg.train.max_steps and progress.step >= cfg.train.max_steps))
     return record
@@ -823,6 +850,15 @@ def write_checkpoint(s: Setup, progress: Progress, losses: StepLosses, jlog: Jso
     progress.checkpoint_seconds += time.perf_counter() - t0
 
 
+def run_cpu_share(timing: list[dict]) -> float | None:
+    """The run's CPU share over its epochs (``cpu_share`` of the summed seconds); None where an epoch
+    has none (an accelerator, or a run resumed from a checkpoint written before it was measured)."""
+    if not timing or any("cpu_seconds" not in t for t in timing):
+        return None
+    return cpu_share(sum(t["cpu_seconds"] for t in timing),
+                     sum(t["train_seconds"] * t["threads"] for t in timing), 1)
+
+
 def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Dist) -> dict:
     """Each decode's best model scored on dev and test; ``metrics.json`` (rank 0), every rank's result."""
     metrics = None
@@ -841,6 +877,7 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
                        train_mentions=mention_counts(s.splits.train.sentences),
                        train_tags=tag_counts(s.splits.train.sentences),
                        train_seconds=sum(t["train_seconds"] for t in progress.timing),
+                       cpu_share=run_cpu_share(progress.timing),
                        time_split=time_split(progress.timing, progress.checkpoint_seconds, final_seconds),
                        timing=progress.timing)
         write_json(out_dir / "metrics.json", clean_json(metrics))

@@ -111,7 +111,8 @@ class StopAfter:
 
 
 def comparable(rows):
-    drop = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env", "time_split"}
+    drop = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env",
+            "time_split", "cpu_share"}
     return sorted((json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in rows))
 
 

@@ -20,7 +20,8 @@ from bertlab.experiment import (STALE_AFTER, RunError, expand, load_study, read_
                                 run_experiment, shard_runs, study_dir_for, take_claim, worker_places)
 
 QUIET = dict(progress=lambda s: None, report=False)
-TIMING = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env", "time_split"}
+TIMING = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env", "time_split",
+          "cpu_share"}
 
 
 def comparable(rows) -> dict:

@@ -29,7 +29,7 @@ from _train_script import TINY_MODEL, tiny_config  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
 REPO = Path(__file__).resolve().parents[1]
-TIMING_KEYS = {"timing", "train_seconds", "tokens_per_second", "time_split"}
+TIMING_KEYS = {"timing", "train_seconds", "tokens_per_second", "time_split", "cpu_share"}
 
 
 def quiet(line: str) -> None:
@@ -289,8 +289,8 @@ def test_same_seed_gives_bit_identical_metrics_and_parameters(reference, tmp_pat
     assert not torch.equal(first["classifier.weight"], final_params(run_dir)["classifier.weight"])
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(reference, tmp_path):
-    cfg, run_dir, metrics = reference
+def _killed_mid_epoch(cfg: dict, tmp_path: Path) -> Path:
+    """The tiny config trained in a subprocess, SIGKILLed after its first checkpoint (mid-epoch 0)."""
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "config.json"), str(out), "--sleep", "0.4"],
@@ -305,6 +305,12 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(reference, tmp_p
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "metrics.json").exists()
+    return out
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(reference, tmp_path):
+    cfg, run_dir, metrics = reference
+    out = _killed_mid_epoch(cfg, tmp_path)
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     progress = json.loads(ckpt["progress"])
     assert progress["step"] < 8 and progress["micro_batch"] > 0, progress  # killed mid-epoch
@@ -675,3 +681,36 @@ def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_bf16_instructions(monke
     monkeypatch.setattr(T, "cpu_has_bf16", lambda cpuinfo=None: False)
     assert T.resolve_precision("auto", cpu) == "fp32" and T.resolve_precision("auto", cuda) == "bf16"
     assert T.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_cpu_share_is_cpu_seconds_over_wall_seconds_times_threads(reference, tmp_path, monkeypatch):
+    """Every CPU epoch records the training loop's CPU share, and the run its share over all epochs.
+    A run that gets half as many CPU seconds as wall seconds (another busy process on its cores;
+    simulated by a process clock at half speed) reads 0.5 / threads: its seconds overstate its cost."""
+    cfg, _, metrics = reference
+    threads = torch.get_num_threads()
+    for t in metrics["timing"]:
+        assert t["threads"] == threads and 0 < t["cpu_share"] <= 1.5, t
+    assert metrics["cpu_share"] == pytest.approx(sum(t["cpu_seconds"] for t in metrics["timing"])
+                                                 / sum(t["train_seconds"] * threads for t in metrics["timing"]))
+    monkeypatch.setattr(time, "process_time", lambda: time.perf_counter() * 0.5)
+    halved = train(load_config(cfg), tmp_path / "half", resume=False, log=quiet)
+    assert [t["cpu_share"] for t in halved["timing"]] == pytest.approx([0.5 / threads] * 2, rel=1e-3)
+    assert halved["cpu_share"] == pytest.approx(0.5 / threads, rel=1e-3)
+
+
+def test_resume_from_a_checkpoint_without_cpu_time_leaves_that_epochs_share_unknown(reference, tmp_path):
+    """A checkpoint written before CPU seconds were kept (no ``epoch_cpu_seconds``), mid-epoch: that
+    epoch's share is unknown (None), not the small number its missing seconds would give; the next
+    epoch is measured again; the run's share is unknown."""
+    cfg, _, metrics = reference
+    out = _killed_mid_epoch(cfg, tmp_path)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    progress = json.loads(ckpt["progress"])
+    assert progress["epoch"] == 0 and progress["epoch_train_seconds"] > 0
+    del progress["epoch_cpu_seconds"]
+    torch.save({**ckpt, "progress": json.dumps(progress)}, out / "checkpoint.pt")
+    resumed = train(load_config(cfg), out, resume=True, log=quiet)
+    assert strip_timing(resumed) == strip_timing(metrics)
+    assert resumed["timing"][0]["cpu_share"] is None and 0 < resumed["timing"][1]["cpu_share"] <= 1.5
+    assert resumed["cpu_share"] is None
