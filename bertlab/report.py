@@ -1030,7 +1030,7 @@ def _compute_section(variants: dict, labels: dict, short: dict, data: dict) -> l
         md += ["CPU share: the training loop's process CPU seconds over its wall seconds × threads, the lowest "
                "of the variant's runs. About 1 (a little less with several threads) when a run had its cores to "
                "itself; well below, e.g. 0.5, when other work shared them, and then its seconds overstate its "
-               "cost (runs trained before it was measured show –).", ""]
+               "cost (runs trained before it was measured have none: '–', or how many runs have one).", ""]
     body = []
     for key, group in variants.items():
         vals = {m: _mean_std(r.get(m) for r in group)[0] for m in
@@ -1042,7 +1042,9 @@ def _compute_section(variants: dict, labels: dict, short: dict, data: dict) -> l
         body.append([labels[key], "–" if math.isnan(params) else f"{params / 1e6:.2f} M",
                      _f(vals["seconds_per_epoch"], 1), _f(vals["train_seconds"], 1),
                      _f(vals["inference_tokens_per_s"], 0), _f(vals["f1_micro"])]
-                    + ([_f(vals["cpu_share_min"], 2)] if shares else []))
+                    + ([_f(vals["cpu_share_min"], 2) + (f" ({len(known)} of {len(group)} runs)"
+                                                          if known and len(known) < len(group) else "")]
+                       if shares else []))
     md += _table(["variant", "parameters", "train s / epoch", "train s", "inference tokens/s", "micro F1"]
                  + (["CPU share (lowest)"] if shares else []), body)
     return md + _time_split_section(variants, short, data)

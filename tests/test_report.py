@@ -1422,17 +1422,18 @@ def test_tradeoff_figure_tick_labels_never_overlap(decades):
 
 def test_compute_cost_shows_each_variants_lowest_cpu_share(tmp_path):
     """The compute table's "CPU share (lowest)" is the minimum over a variant's runs (a run that shared
-    its cores overstates the variant's seconds); '–' for a variant whose runs predate the measure;
-    no column at all when no run has one."""
-    axes = {"model": ["a", "b"], "train.seed": [0, 1, 2]}
-    shares = {"a": [0.97, 0.52, 0.99], "b": [None, None, None]}
+    its cores overstates the variant's seconds); '–' for a variant whose runs predate the measure, and
+    how many runs have one where only some do; no column at all when no run has one."""
+    axes = {"model": ["a", "b", "c"], "train.seed": [0, 1, 2]}
+    shares = {"a": [0.97, 0.52, 0.99], "b": [None, None, None], "c": [None, 0.91, 0.95]}
     rows = [synthetic_row({"model": m, "train.seed": s}, "argmax", 0.5, cpu_share=shares[m][s])
-            for m in ("a", "b") for s in (0, 1, 2)]
+            for m in ("a", "b", "c") for s in (0, 1, 2)]
     write_rows(tmp_path / "new", rows, {"figures": False}, axes)
     md = build_report(tmp_path / "new").read_text()
     table = {r[0]: r for r in table_rows(md, "## Compute cost")}
     assert "CPU share (lowest)" in md.split("## Compute cost")[1].split("\n\n### ")[0]
     assert table["model=a, decode=argmax"][-1] == "0.52" and table["model=b, decode=argmax"][-1] == "–"
+    assert table["model=c, decode=argmax"][-1] == "0.91 (2 of 3 runs)"
     data = json.loads((tmp_path / "new" / "report.json").read_text())
     assert data["variants"]["model=a, decode=argmax"]["compute"]["cpu_share_min"] == 0.52
     old = [{k: v for k, v in r.items() if k != "cpu_share"} for r in rows]
