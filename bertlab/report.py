@@ -1039,12 +1039,11 @@ def _compute_section(variants: dict, labels: dict, short: dict, data: dict) -> l
         vals["cpu_share_min"] = min(known) if known else None
         data["variants"][labels[key]]["compute"] = vals
         params = vals["params"]
+        share = _f(vals["cpu_share_min"], 2) + (f" ({len(known)} of {len(group)} runs)"
+                                               if 0 < len(known) < len(group) else "")
         body.append([labels[key], "–" if math.isnan(params) else f"{params / 1e6:.2f} M",
                      _f(vals["seconds_per_epoch"], 1), _f(vals["train_seconds"], 1),
-                     _f(vals["inference_tokens_per_s"], 0), _f(vals["f1_micro"])]
-                    + ([_f(vals["cpu_share_min"], 2) + (f" ({len(known)} of {len(group)} runs)"
-                                                          if known and len(known) < len(group) else "")]
-                       if shares else []))
+                     _f(vals["inference_tokens_per_s"], 0), _f(vals["f1_micro"])] + ([share] if shares else []))
     md += _table(["variant", "parameters", "train s / epoch", "train s", "inference tokens/s", "micro F1"]
                  + (["CPU share (lowest)"] if shares else []), body)
     return md + _time_split_section(variants, short, data)

@@ -233,9 +233,9 @@ def tradeoff_figure(points: list[dict], metric: str = "f1_micro"):
 
 def _short_number(x: float, _pos=None) -> str:
     """A tick label: 0.05, 2, 1,000, 20k, 5M."""
-    for scale, suffix in ((1e6, "M"), (1e4, "k")):
-        if x >= scale:
-            return f"{x / (scale if suffix == 'M' else 1e3):,.10g}{suffix}"
+    for above, unit, suffix in ((1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if x >= above:
+            return f"{x / unit:,.10g}{suffix}"
     return f"{x:,.10g}"
 
 

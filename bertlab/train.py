@@ -803,8 +803,9 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
               "dev_seconds": (dev or {}).get("seconds"), "save_seconds": save_seconds,
               "train_tokens": progress.epoch_tokens, "tokens_per_s": progress.epoch_tokens / max(seconds, 1e-9)}
     if s.device.type == "cpu":  # on an accelerator the CPU waits on the device: no share to read
-        timing.update(cpu_seconds=progress.epoch_cpu_seconds, threads=torch.get_num_threads(),
-                      cpu_share=cpu_share(progress.epoch_cpu_seconds, seconds, torch.get_num_threads()))
+        threads = torch.get_num_threads()
+        timing.update(cpu_seconds=progress.epoch_cpu_seconds, threads=threads,
+                      cpu_share=cpu_share(progress.epoch_cpu_seconds, seconds, threads))
     progress.history.append(record)
     progress.timing.append(timing)
     if d.main:
