@@ -458,16 +458,17 @@ RESUMABLE_CHANGES = {("train", "progress"), ("train", "log_every"), ("train", "c
                      ("train", "eval_batch_size"), ("train", "tensorboard")}
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    """``[section] key (old -> new)`` of every field that differs (except RESUMABLE_CHANGES). A
-    field the old config does not have (written before the field existed) counts as its default,
-    so a checkpoint of an older bertlab resumes unless the new field is set to something else."""
+def config_differences(old: dict, new: dict, also_allowed=()) -> list[str]:
+    """``[section] key (old -> new)`` of every field that differs (except RESUMABLE_CHANGES and the
+    ``(section, key)`` pairs in ``also_allowed``). A field the old config does not have (written
+    before the field existed) counts as its default, so a checkpoint of an older bertlab resumes
+    unless the new field is set to something else."""
     defaults = config_to_dict(TrainConfig())
     out = []
     for section in sorted(set(old) | set(new)):
         a, b = old.get(section, {}), new.get(section, {})
         for key in sorted(set(a) | set(b)):
             before = a[key] if key in a else defaults.get(section, {}).get(key)
-            if (section, key) not in RESUMABLE_CHANGES and before != b.get(key):
+            if (section, key) not in RESUMABLE_CHANGES | set(also_allowed) and before != b.get(key):
                 out.append(f"[{section}] {key} ({before!r} -> {b.get(key)!r})")
     return out

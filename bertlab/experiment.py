@@ -39,7 +39,9 @@ Layout of ``runs/NAME/`` (``runs/NAME-SCALE/`` for a scale other than ``default`
         claim-G.json                 while a process trains it: host, pid, heartbeat
 
 A run is finished iff its ``metrics.json`` exists. Re-running skips finished runs and resumes
-interrupted ones from their checkpoint (``train(..., resume=True)``). ``results.jsonl`` is a pure
+interrupted ones from their checkpoint (``train(..., resume=True)``). The one config change a run
+folder takes is ``train.epochs``: a finished run is then continued from its checkpoint, where that
+is exactly the run the new config trains (``bertlab.train.change_epochs``). ``results.jsonl`` is a pure
 function of the finished run folders, rewritten atomically after every run, so it can never hold
 a duplicate or miss a finished run.
 
@@ -528,7 +530,7 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
     sdir.mkdir(parents=True, exist_ok=True)
     with study_lock(sdir, stale_after, job.invocation):
         write_study_json(sdir, study, study_command(name, scale, overrides, only, experiments_dir))
-    unfinished = sum(not (sdir / r.run_id / "metrics.json").exists() for r in runs)
+    unfinished = sum(not finished(sdir / r.run_id, r) for r in runs)
     if workers > 1 and unfinished > 1:
         run_workers(dataclasses.replace(job, quiet=True), min(workers, unfinished), threads, progress)
     else:
@@ -559,16 +561,36 @@ def _run_together(job: Job, name, scale, overrides, only, experiments_dir, repor
             dist.destroy_process_group()
 
 
-def _check_snapshot(rdir: Path, run: Run, study: Study) -> None:
-    """A run folder must come from the config the study gives now: resuming would mix two configs,
-    and a finished run would silently stand for a study it was not trained in (e.g. after --set)."""
+def _snapshot_diff(rdir: Path, run: Run) -> list[str]:
+    """The keys (``section.key``) that change a result on which the run folder's config.toml and
+    the config the study gives now differ."""
     snap = rdir / "config.toml"
     if not snap.exists():
-        return
+        return []
     old = _flatten(tomllib.loads(snap.read_text(encoding="utf-8")))
     new = _flatten(tomllib.loads(toml_dumps(run.config)))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in NON_RESULT_KEYS)
-    if not diff:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in NON_RESULT_KEYS)
+
+
+def _continues(rdir: Path, run: Run) -> bool:
+    """The study changed nothing of the run but ``train.epochs`` and its checkpoint is there:
+    ``bertlab.train`` continues it (``change_epochs``: where that is exactly the run the new config
+    trains, e.g. a constant schedule without warmup) or says why it cannot."""
+    return (rdir / "checkpoint.pt").exists() and _snapshot_diff(rdir, run) == ["train.epochs"]
+
+
+def finished(rdir: Path, run: Run) -> bool:
+    """The run's metrics.json exists and no changed ``train.epochs`` asks to continue it."""
+    return (rdir / "metrics.json").exists() and not _continues(rdir, run)
+
+
+def _check_snapshot(rdir: Path, run: Run, study: Study) -> None:
+    """A run folder must come from the config the study gives now: resuming would mix two configs,
+    and a finished run would silently stand for a study it was not trained in (e.g. after --set).
+    The one change allowed is ``train.epochs`` with the run's checkpoint there (``_continues``)."""
+    snap = rdir / "config.toml"
+    diff = _snapshot_diff(rdir, run)
+    if not diff or _continues(rdir, run):
         return
     given = f"{study.path}" + "".join(f" --set {s}" for s in study.overrides)
     if (rdir / "metrics.json").exists():
@@ -890,7 +912,7 @@ def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
             return
         rdir = job.sdir / run.run_id
         tag = f"[{job.position[run.run_id]}/{len(job.position)}] {run.run_id}"
-        if (rdir / "metrics.json").exists():
+        if finished(rdir, run):
             progress(f"{tag}: finished, skipped")
             continue
         claim = take_claim(rdir, job.stale_after, job.invocation)
@@ -900,11 +922,11 @@ def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
                 progress(f"{tag}: being trained by {holder.get('host')} pid {holder.get('pid')}, skipped")
             continue
         try:
-            if (rdir / "metrics.json").exists():  # finished between the check and the claim
+            if finished(rdir, run):  # finished between the check and the claim
                 progress(f"{tag}: finished, skipped")
                 continue
             if spent and event is None:
-                left = sum(1 for r in job.runs if not (job.sdir / r.run_id / "metrics.json").exists())
+                left = sum(1 for r in job.runs if not finished(job.sdir / r.run_id, r))
                 progress(f"    {len(spent)} run(s) took {sum(spent) / 60:.1f} min; about "
                          f"{sum(spent) / len(spent) * left / 60:.0f} min left for {left} run(s)")
             resumed = any(rdir.glob("checkpoint*"))
@@ -1009,6 +1031,8 @@ def train_run(job: Job, run: Run, claim: Claim, env: dict, together: bool = Fals
         _fit(job, run, rdir, [] if together else [StopIfClaimLost(claim)])
     if not (rdir / "metrics.json").exists():
         raise RunError(f"{rdir}: training returned but wrote no metrics.json")
+    if _snapshot_diff(rdir, run):  # continued under a changed train.epochs: the folder now holds this config
+        write_text(rdir / "config.toml", toml_dumps(run.config))
     precision = _read_json(rdir / "metrics.json", {}).get("precision")
     if precision:  # the precision the run resolved ("auto" -> fp32 / bf16) belongs with its environment
         _write_json(rdir / "run.json", {**_read_json(rdir / "run.json", {}), "precision": precision})
@@ -1050,7 +1074,7 @@ def work_together(job: Job, progress=print) -> None:
         rdir = job.sdir / run.run_id
         tag = f"[{job.position[run.run_id]}/{len(job.position)}] {run.run_id}"
         claim = None
-        if main and (rdir / "metrics.json").exists():
+        if main and finished(rdir, run):
             progress(f"{tag}: finished, skipped")
         elif main:
             claim = take_claim(rdir, job.stale_after, job.invocation)
@@ -1149,7 +1173,7 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
                 elif kind == "done":
                     current.pop(i, None)
                     spent.append(msg[1])
-                    left = sum(1 for r in job.runs if not (job.sdir / r.run_id / "metrics.json").exists())
+                    left = sum(1 for r in job.runs if not finished(job.sdir / r.run_id, r))
                     busy = max(1, sum(p.is_alive() for p in procs))
                     progress(f"    {len(spent)} run(s) done here, {left} left: about "
                              f"{sum(spent) / len(spent) * left / min(busy, max(left, 1)) / 60:.0f} min "

@@ -448,7 +448,8 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
     jlog.write(event="resume" if s.resumed else "start", step=progress.step, epoch=progress.epoch,
                device=str(s.device), precision=s.precision, world_size=d.world_size, n_parameters=s.n_params,
                train_windows=len(s.windows), micro_batches_per_epoch=s.n_micro, steps_per_epoch=s.steps_per_epoch,
-               total_steps=s.total_steps, warmup_steps=s.warmup_steps, time=time.time())
+               total_steps=s.total_steps, warmup_steps=s.warmup_steps, time=time.time(),
+               **({"epochs_from": s.epochs_from} if s.epochs_from is not None else {}))
     losses = StepLosses(progress, s.ckpt_path)
     clock = _clocks()  # start of the stretch of training time not yet added to progress
 
@@ -568,6 +569,7 @@ class Setup:
     flat_grad: torch.Tensor | None = None  # multi-process: all gradients as views of one buffer
     inputs: dict | None = None             # fingerprints of the data, tokenizer and labels (resume checks)
     scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling (disabled: a pass-through)
+    epochs_from: int | None = None         # the checkpoint's train.epochs, where this config changed it
 
 
 RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.csv", "log.jsonl", "predictions_*.jsonl", "best", "best-*",
@@ -609,8 +611,10 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
     config_dict = config_to_dict(cfg)
     ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / "metrics.json"
     ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    old_epochs = None  # the checkpoint's train.epochs where the new config changes it
     if ckpt is not None:
-        diffs = config_differences(json.loads(ckpt["config"]), config_dict)
+        old_config = json.loads(ckpt["config"])
+        diffs = config_differences(old_config, config_dict, also_allowed={("train", "epochs")})
         if diffs:
             raise ConfigError(f"{ckpt_path}: written by a run with a different config: {'; '.join(diffs)}. "
                               f"Resume with the same config, or start over (--no-resume) or use another --out")
@@ -618,7 +622,9 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
         progress = Progress(**saved)
         if "epoch_cpu_seconds" not in saved and progress.epoch_train_seconds:  # written before CPU time was kept
             progress.epoch_cpu_seconds = math.nan  # this epoch's CPU share is unknown, not small
-        if progress.training_done and metrics_path.exists():
+        if old_config.get("train", {}).get("epochs", TrainConfig().train.epochs) != cfg.train.epochs:
+            old_epochs = old_config.get("train", {}).get("epochs", TrainConfig().train.epochs)
+        elif progress.training_done and metrics_path.exists():
             log(f"{out_dir}: already finished, metrics.json kept")
             return json.loads(metrics_path.read_text(encoding="utf-8"))
     else:
@@ -641,10 +647,16 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
             raise ConfigError(f"{ckpt_path}: the {', '.join(changed)} changed since this run was checkpointed "
                               f"(same config, different data); resuming would mix two runs. Restore the "
                               f"inputs, or start over (--no-resume) or use another --out")
+    n_micro = len(epoch_batches(lengths, cfg.sampler.batch_size, seed, 0))
+    steps_per_epoch = math.ceil(n_micro / cfg.optim.grad_accum)
+    if old_epochs is not None:
+        change_epochs(cfg, progress, old_epochs, steps_per_epoch, ckpt_path, log)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:  # starting over: no file of a previous run may survive beside the new one
             remove_run_files(out_dir)
+        if old_epochs is not None:  # the run is no longer finished: metrics.json comes again at its end
+            metrics_path.unlink(missing_ok=True)
         for tmp in out_dir.glob(f".{CHECKPOINT}.*.tmp"):  # left by a process killed while writing
             tmp.unlink(missing_ok=True)
     barrier(d)
@@ -653,12 +665,7 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
     params = [p for p in model.parameters() if p.requires_grad]
     flat_grad = share_gradients(params, device) if d.world_size > 1 else None
 
-    n_micro = len(epoch_batches(lengths, cfg.sampler.batch_size, seed, 0))
-    steps_per_epoch = math.ceil(n_micro / cfg.optim.grad_accum)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    warmup_steps = math.ceil(cfg.optim.warmup_ratio * total_steps)
+    total_steps, warmup_steps = schedule_steps(cfg, steps_per_epoch)
 
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -695,7 +702,56 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
                  warmup_steps=warmup_steps, n_params=n_params, config_dict=config_dict,
                  eval_options=dict(max_length=cfg.data.max_length, stride=cfg.data.stride,
                                    batch_size=cfg.train.eval_batch_size, precision=precision),
-                 ckpt_path=ckpt_path, resumed=ckpt is not None, flat_grad=flat_grad, inputs=inputs, scaler=scaler)
+                 ckpt_path=ckpt_path, resumed=ckpt is not None, flat_grad=flat_grad, inputs=inputs, scaler=scaler,
+                 epochs_from=old_epochs)
+
+
+def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """The learning-rate schedule's total and warmup steps."""
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    return total_steps, math.ceil(cfg.optim.warmup_ratio * total_steps)
+
+
+def training_done(cfg: TrainConfig, progress: Progress) -> bool:
+    """At the end of an epoch: stopped early, or the epochs or steps are used up."""
+    return (progress.stopped_early or progress.epoch >= cfg.train.epochs
+            or bool(cfg.train.max_steps and progress.step >= cfg.train.max_steps))
+
+
+def change_epochs(cfg: TrainConfig, progress: Progress, old_epochs: int, steps_per_epoch: int,
+                  ckpt_path: Path, log) -> None:
+    """Resume a run under a larger (or smaller) ``train.epochs``, finished or not, where that gives
+    exactly the run the new config trains from scratch: every step already taken had the learning
+    rate the new config gives it (a constant schedule without warmup: yes; a linear decay or a
+    warmup_ratio: no, they stretch with the number of epochs), and no more epochs were trained than
+    the new config allows. Raises ConfigError otherwise; updates ``progress.training_done``."""
+    where = f"{ckpt_path}: [train] epochs {old_epochs} -> {cfg.train.epochs}"
+    trained = progress.epoch + (progress.micro_batch > 0)  # epochs begun
+    if trained > cfg.train.epochs:
+        raise ConfigError(f"{where}: the run has already trained {trained} epoch(s); start over "
+                          f"(--no-resume) or use another --out")
+    old_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=old_epochs))
+    old_steps, new_steps = schedule_steps(old_cfg, steps_per_epoch), schedule_steps(cfg, steps_per_epoch)
+    schedule = cfg.optim.schedule
+    moved = next((k for k in range(progress.step)
+                  if lr_factor(k, *old_steps, schedule) != lr_factor(k, *new_steps, schedule)), None)
+    if moved is not None:
+        raise ConfigError(f"{where}: the {schedule} schedule (warmup_ratio {cfg.optim.warmup_ratio}) "
+                          f"stretches with the number of epochs, so step {moved + 1} of the "
+                          f"{progress.step} already taken had another learning rate than this config "
+                          f"gives it; only a constant schedule without warmup continues exactly. Start "
+                          f"over (--no-resume) or use another --out")
+    if progress.micro_batch == 0:  # at an epoch boundary: the new cap decides whether training goes on
+        progress.training_done = training_done(cfg, progress)
+    if progress.stopped_early:
+        log(f"[train] epochs {old_epochs} -> {cfg.train.epochs}: the run stopped early after epoch "
+            f"{progress.epoch}, as it does under the new cap; scored again under the new config")
+    else:
+        log(f"[train] epochs {old_epochs} -> {cfg.train.epochs}: continuing at epoch {progress.epoch} "
+            f"(the learning rates of the {progress.step} steps taken are the new config's, so this is "
+            f"the run it trains from scratch)")
 
 
 def device_batches(group: list[list[int]], s: Setup, d: Dist) -> list[dict]:
@@ -822,8 +878,7 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
     progress.micro_batch = 0
     progress.epoch_losses, progress.epoch_tokens = [], 0
     progress.epoch_train_seconds = progress.epoch_cpu_seconds = 0.0
-    progress.training_done = (progress.stopped_early or progress.epoch >= cfg.train.epochs
-                              or bool(cfg.train.max_steps and progress.step >= cfg.train.max_steps))
+    progress.training_done = training_done(cfg, progress)
     return record
 
 

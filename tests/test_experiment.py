@@ -186,6 +186,36 @@ def test_set_on_a_finished_study_folder_is_refused(tmp_path):
     one_run(tmp_path, out="other", overrides=["optim.lr=0.5"], report=False)  # a new folder is fine
 
 
+def test_more_epochs_continue_finished_runs_of_a_study(tmp_path):
+    """A study asked for more epochs continues its finished runs from their checkpoints (constant
+    schedule, no warmup) and gives the rows a study trained at that cap from scratch gives; where
+    the change is not exact (a linear schedule) the run fails, its folder as it was."""
+    constant = ["optim.schedule=constant", "optim.warmup_ratio=0", "train.max_steps=0"]
+    ref = one_run(tmp_path, out="ref", overrides=constant + ["train.epochs=2"], report=False)
+    sdir = one_run(tmp_path, overrides=constant + ["train.epochs=1"], report=False)
+    rdir = sdir / "loss=ce__seed=0"
+    assert json.loads((rdir / "metrics.json").read_text())["epochs"] == 1
+    log = []
+    run_experiment("tiny", out=tmp_path / "runs", experiments_dir=tmp_path / "experiments", progress=log.append,
+                   only=["loss=ce", "seed=0"], overrides=constant + ["train.epochs=2"], report=False)
+    assert "[1/1] loss=ce__seed=0: resuming" in log
+    assert comparable(read_results(sdir / "results.jsonl")) == comparable(read_results(ref / "results.jsonl"))
+    assert 'epochs = 2' in (rdir / "config.toml").read_text()
+    log.clear()  # and now it is finished under the new cap
+    run_experiment("tiny", out=tmp_path / "runs", experiments_dir=tmp_path / "experiments", progress=log.append,
+                   only=["loss=ce", "seed=0"], overrides=constant + ["train.epochs=2"], report=False)
+    assert log == ["[1/1] loss=ce__seed=0: finished, skipped"]
+
+    linear = ["optim.schedule=linear", "optim.warmup_ratio=0", "train.max_steps=0"]
+    sdir = one_run(tmp_path, out="linear", overrides=linear + ["train.epochs=1"], report=False)
+    before = {p.name: p.read_bytes() for p in (sdir / "loss=ce__seed=0").iterdir() if p.name.endswith(".json")
+              and not p.name.startswith(("claim", "timing", "run."))}
+    with pytest.raises(RunError, match=r"checkpoint\.pt: \[train\] epochs 1 -> 2: the linear schedule"):
+        one_run(tmp_path, out="linear", overrides=linear + ["train.epochs=2"], report=False)
+    assert {p.name: p.read_bytes() for p in (sdir / "loss=ce__seed=0").iterdir() if p.name in before} == before
+    assert 'epochs = 1' in (sdir / "loss=ce__seed=0" / "config.toml").read_text()
+
+
 def test_only_a_value_outside_the_sweep_is_an_error(tmp_path):
     with pytest.raises(StudyError, match=r"--only 'seed=5': '5' is not a value of seed in .*tiny.toml at "
                                          r"scale default \(values: 0, 1\)"):

@@ -714,3 +714,68 @@ def test_resume_from_a_checkpoint_without_cpu_time_leaves_that_epochs_share_unkn
     assert strip_timing(resumed) == strip_timing(metrics)
     assert resumed["timing"][0]["cpu_share"] is None and 0 < resumed["timing"][1]["cpu_share"] <= 1.5
     assert resumed["cpu_share"] is None
+
+
+# ---- more (or fewer) epochs for a run that has a checkpoint -----------------------------------
+
+def _epochs_config(data_dir: Path, epochs: int, schedule: str = "constant", warmup_ratio: float = 0.0,
+                   **train_keys) -> TrainConfig:
+    cfg = tiny_config(data_dir)
+    cfg["optim"].update(schedule=schedule, warmup_ratio=warmup_ratio)
+    cfg["train"].update(epochs=epochs, **train_keys)
+    return load_config(cfg)
+
+
+def test_more_epochs_continue_a_finished_run_as_the_longer_run_from_scratch(tmp_path):
+    """A finished 2-epoch run with a constant schedule, asked for 4 epochs, trains epochs 2-3 from
+    its checkpoint: metrics, parameters and step log equal a 4-epoch run from scratch."""
+    data = tmp_path / "data"
+    longer = train(_epochs_config(data, 4), tmp_path / "scratch", resume=False, log=quiet)
+    out = tmp_path / "run"
+    short = train(_epochs_config(data, 2), out, resume=False, log=quiet)
+    assert short["epochs"] == 2 and not short["stopped_early"]
+    lines = []
+    continued = train(_epochs_config(data, 4), out, resume=True, log=lines.append)
+    assert any(l.startswith("[train] epochs 2 -> 4: continuing at epoch 2") for l in lines), lines
+    assert continued["epochs"] == 4 and continued["config"]["train"]["epochs"] == 4
+    assert strip_timing(continued) == strip_timing(longer)
+    assert_same_params(final_params(out), final_params(tmp_path / "scratch"))
+    steps = [(r["step"], r["loss"]) for r in log_rows(out) if r["event"] == "step"]
+    assert steps == [(r["step"], r["loss"]) for r in log_rows(tmp_path / "scratch") if r["event"] == "step"]
+    assert [r.get("epochs_from") for r in log_rows(out) if r["event"] == "resume"] == [2]
+    assert [r["event"] for r in log_rows(out)].count("end") == 1  # the 2-epoch end was dropped with its log tail
+
+
+def test_more_epochs_for_a_run_that_stopped_early_train_nothing(tmp_path):
+    """lr 0: no dev score improves after epoch 0, so patience 1 stops the run after epoch 1 under any
+    cap above 2; a larger cap scores it again under the new config and trains no step more."""
+    data = tmp_path / "data"
+    cfg = tiny_config(data)
+    cfg["optim"].update(lr=0.0, schedule="constant", warmup_ratio=0.0)
+    cfg["train"].update(epochs=3, early_stopping_patience=1)
+    out = tmp_path / "run"
+    first = train(load_config(cfg), out, resume=False, log=quiet)
+    assert first["stopped_early"] and first["epochs"] == 2
+    cfg["train"]["epochs"] = 6
+    scratch = train(load_config(cfg), tmp_path / "scratch", resume=False, log=quiet)
+    lines = []
+    again = train(load_config(cfg), out, resume=True, log=lines.append)
+    assert any("the run stopped early after epoch 2" in l for l in lines), lines
+    assert again["steps"] == first["steps"] and again["config"]["train"]["epochs"] == 6
+    assert strip_timing(again) == strip_timing(scratch)
+
+
+@pytest.mark.parametrize("schedule, warmup_ratio, epochs, message", [
+    ("linear", 0.0, 4, r"the linear schedule \(warmup_ratio 0\.0\) stretches with the number of epochs, so "
+                       r"step 2 of the 8 already taken had another learning rate"),
+    ("constant", 0.2, 4, r"the constant schedule \(warmup_ratio 0\.2\) stretches with the number of epochs"),
+    ("constant", 0.0, 1, r"the run has already trained 2 epoch\(s\)"),
+])
+def test_an_epochs_change_that_would_not_be_exact_is_refused_and_loses_nothing(tmp_path, schedule, warmup_ratio,
+                                                                               epochs, message):
+    data, out = tmp_path / "data", tmp_path / "run"
+    train(_epochs_config(data, 2, schedule, warmup_ratio), out, resume=False, log=quiet)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=rf"checkpoint\.pt: \[train\] epochs 2 -> {epochs}: {message}"):
+        train(_epochs_config(data, epochs, schedule, warmup_ratio), out, resume=True, log=quiet)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
