@@ -760,6 +760,13 @@ def _f(x, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def median(values) -> float:
+    """The median of the values that are there (None and NaN left out); NaN if none is."""
+    v = np.asarray([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else math.nan
+
+
 def _mean_std(values) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None], float)
     if len(v) == 0:
@@ -1022,9 +1029,10 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
 
 def _compute_section(variants: dict, labels: dict, short: dict, data: dict) -> list[str]:
     md = ["## Compute cost", "",
-          "Means over seeds. Train seconds are the loop's own timing (data loading and final "
-          "evaluation excluded); inference tokens/s counts words of the test split per second of "
-          "scoring with that decode.", ""]
+          "Costs are medians over seeds, F1 the mean: a run that shared its cores with other work runs "
+          "slower without computing anything more, which moves a mean but not a median. Train seconds "
+          "are the loop's own timing (data loading and final evaluation excluded); inference tokens/s "
+          "counts words of the test split per second of scoring with that decode.", ""]
     shares = any(r.get("cpu_share") is not None for group in variants.values() for r in group)
     if shares:
         md += ["CPU share: the training loop's process CPU seconds over its wall seconds × threads, the lowest "
@@ -1033,8 +1041,9 @@ def _compute_section(variants: dict, labels: dict, short: dict, data: dict) -> l
                "cost (runs trained before it was measured have none: '–', or how many runs have one).", ""]
     body = []
     for key, group in variants.items():
-        vals = {m: _mean_std(r.get(m) for r in group)[0] for m in
-                ("params", "seconds_per_epoch", "train_seconds", "inference_tokens_per_s", "f1_micro")}
+        vals = {m: _mean_std(r.get(m) for r in group)[0] for m in ("params", "f1_micro")}
+        vals.update({m: median(r.get(m) for r in group)
+                     for m in ("seconds_per_epoch", "train_seconds", "inference_tokens_per_s")})
         known = [r["cpu_share"] for r in group if r.get("cpu_share") is not None]
         vals["cpu_share_min"] = min(known) if known else None
         data["variants"][labels[key]]["compute"] = vals

@@ -1,8 +1,9 @@
 """Accuracy against compute, across studies: ``bertlab tradeoff STUDY_DIR ... --out DIR``.
 
-One point per variant (its axes but the seed, and its decode) of every study given, at the mean
-over seeds: test micro F1 (or ``--metric``) against training seconds per epoch and against
-inference words per second. That is the thesis' time/accuracy trade-off across encoder sizes
+One point per variant (its axes but the seed, and its decode) of every study given: the mean over
+seeds of test micro F1 (or ``--metric``) against the median over seeds of training seconds per
+epoch and of inference words per second (costs as medians: a run that shared its cores with other
+work is slower without computing more, which moves a mean but not a median). That is the thesis' time/accuracy trade-off across encoder sizes
 (``ce_vs_focal_minilm``'s layer axis) next to the classic baselines (``baselines``), in one figure.
 
     bertlab tradeoff docs/results/baselines docs/results/ce_vs_focal_minilm \\
@@ -23,7 +24,7 @@ has trained in the same configuration, e.g. the full 6-layer MiniLM under CE:
         --out docs/results/tradeoff
 
 Each point's cost is then also given relative to its own study's anchor (training seconds per
-epoch / the anchor's, inference words per second / the anchor's, both ratios of seed means), and
+epoch / the anchor's, inference words per second / the anchor's, both ratios of seed medians), and
 the figure plots those ratios: one machine-free scale across studies run on different machines
 (the ratios themselves still depend on the hardware, less than the seconds do).
 """
@@ -35,7 +36,7 @@ import sys
 from pathlib import Path
 
 from bertlab.files import write_json, write_text
-from bertlab.report import _mean_std, group_variants, load_study_results, variant_label
+from bertlab.report import _mean_std, group_variants, load_study_results, median, variant_label
 
 
 def _mean_std_finite(values) -> tuple[float, float]:
@@ -80,10 +81,11 @@ def _matches(values: dict, wanted: dict, short: dict) -> bool:
 
 def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = None,
                     anchors: dict | None = None) -> list[dict]:
-    """One dict per (study, variant): the seed means of ``metric``, training seconds per epoch and
-    inference words per second, the parameter count and the number of seeds. With ``anchors``
-    (``{study name: {key: value}}``, one for every study), also ``train_cost_vs_anchor`` and
-    ``inference_speed_vs_anchor``: the point's seed means over its study's anchor variant's."""
+    """One dict per (study, variant): the seed mean of ``metric``, the seed medians of training seconds
+    per epoch and inference words per second (a run that shared its cores moves a mean, not a
+    median), the parameter count and the number of seeds. With ``anchors`` (``{study name: {key:
+    value}}``, one for every study), also ``train_cost_vs_anchor`` and ``inference_speed_vs_anchor``:
+    the point's costs over its study's anchor variant's."""
     points = []
     for d in study_dirs:
         study, rows = load_study_results(d)
@@ -100,8 +102,8 @@ def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = No
             points.append({
                 "study": study["name"], "variant": variant_label(key, short), "axes": values,
                 "seeds": len(group), metric: score, f"{metric}_std": score_sd,
-                "seconds_per_epoch": _mean_std_finite(r.get("seconds_per_epoch") for r in group)[0],
-                "inference_words_per_s": _mean_std_finite(r.get("inference_tokens_per_s") for r in group)[0],
+                "seconds_per_epoch": median(r.get("seconds_per_epoch") for r in group),
+                "inference_words_per_s": median(r.get("inference_tokens_per_s") for r in group),
                 "params": group[0].get("params"), "env": group[0].get("env", {}),
             })
         if anchors is not None:
@@ -155,7 +157,7 @@ def write_tradeoff(points: list[dict], out_dir, metric: str = "f1_micro") -> Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     relative = _relative(points)
-    md = [f"# Accuracy against compute ({metric}, mean over seeds)", "",
+    md = [f"# Accuracy against compute ({metric}: mean over seeds; costs: medians over seeds)", "",
           "| study | variant | seeds | " + metric + " | std | training s / epoch | inference words / s | "
           + ("training cost × anchor | inference speed × anchor | " if relative else "") + "parameters |",
           "|---|---|---|---|---|---|---|---|" + ("---|---|" if relative else "")]
@@ -165,7 +167,7 @@ def write_tradeoff(points: list[dict], out_dir, metric: str = "f1_micro") -> Pat
         md.append(f"| {p['study']} | {p['variant']} | {p['seeds']} | {_fmt(p[metric])} | {_fmt(p[metric + '_std'])} | "
                   f"{_fmt(p['seconds_per_epoch'], 1)} | {_fmt(p['inference_words_per_s'], 0)} | {ratios}{_fmt(p['params'])} |")
     if relative:
-        md += ["", "Anchors (each study's costs are divided by its own anchor's, ratios of seed means; "
+        md += ["", "Anchors (each study's costs are divided by its own anchor's, ratios of seed medians; "
                    "the figure plots these ratios):", ""]
         md += [f"- {s}: {a}" for s, a in dict((p["study"], p["anchor"]) for p in points).items()]
     envs = {p["study"]: p["env"] for p in points}
@@ -261,7 +263,7 @@ def _labels_overlap(ax, renderer) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bertlab tradeoff", description=(
         "Accuracy against training cost and inference speed, one point per variant of every study "
-        "folder given (mean over seeds); writes tradeoff.md, tradeoff.json and tradeoff.png."))
+        "folder given (score: mean over seeds; costs: medians); writes tradeoff.md, tradeoff.json and tradeoff.png."))
     ap.add_argument("studies", nargs="+", help="study folders (runs/NAME or docs/results/NAME)")
     ap.add_argument("--out", required=True, metavar="DIR", help="where to write the table and figure")
     ap.add_argument("--metric", default="f1_micro", help="a results-row score (default f1_micro; f1_macro, "

@@ -97,8 +97,8 @@ def make_study(tmp_path, noise, seeds=(0, 1, 2), decodes=("argmax", "knn"), base
             (rdir / f"predictions_test_{decode}.jsonl").write_text("\n".join(lines) + "\n")
             test[decode] = {"entity_report": dict(entity_report(gold, pred, zero_division=0)),
                             "unweighted_accuracy": unweighted_accuracy(gold, pred),
-                            "tokens_per_second": 1000.0 + k}
-        _write_json(rdir / "metrics.json", {"test": test, "train_seconds": 10.0 + k, "epochs": 2,
+                            "tokens_per_second": 1000.0 + 100 * k ** 3}  # skewed: median != mean
+        _write_json(rdir / "metrics.json", {"test": test, "train_seconds": 10.0 + k ** 3, "epochs": 2,
                                             "params": 1_000_000, "train_mentions": mentions,
                                             "deterministic": (s, l) in deterministic})
         _write_json(rdir / "timing.json", {"wall_seconds": 12.0 + k, "sessions": 1, "resumed": False})
@@ -699,8 +699,10 @@ def test_bands_and_compute(study):
         for col, typ in ((1, "Sign"), (2, "Dose"), (3, "Age")):
             f1 = np.mean([r["per_type"][typ]["f1"] for r in group])
             assert bands[name][col] == f"{f1:.4f} (1)"
-        assert compute[name][2] == f"{np.mean([r['seconds_per_epoch'] for r in group]):.1f}"
-        assert compute[name][4] == f"{np.mean([r['inference_tokens_per_s'] for r in group]):.0f}"
+        assert compute[name][2] == f"{np.median([r['seconds_per_epoch'] for r in group]):.1f}"
+        assert compute[name][3] == f"{np.median([r['train_seconds'] for r in group]):.1f}"
+        assert compute[name][4] == f"{np.median([r['inference_tokens_per_s'] for r in group]):.0f}"
+        assert compute[name][5] == f"{np.mean([r['f1_micro'] for r in group]):.4f}"
     total = sum(12.0 + k for k in (0, 1, 2)) * 4
     assert f"Total wall time: {total:.1f} s" in md
 
@@ -1286,8 +1288,8 @@ def test_tradeoff_points_are_seed_means_across_studies_and_only_filters(tmp_path
         want = np.array(expected[(p["study"], p["axes"]["model"], "maccrobat")])
         assert p["seeds"] == 3
         assert np.isclose(p["f1_micro"], want[:, 0].mean()) and np.isclose(p["f1_micro_std"], want[:, 0].std(ddof=1))
-        assert np.isclose(p["seconds_per_epoch"], want[:, 1].mean())
-        assert np.isclose(p["inference_words_per_s"], want[:, 2].mean())
+        assert np.isclose(p["seconds_per_epoch"], np.median(want[:, 1]))  # costs: medians over seeds
+        assert np.isclose(p["inference_words_per_s"], np.median(want[:, 2]))
     out = tmp_path / "out"
     assert tradeoff_main([str(tmp_path / "sizes"), str(tmp_path / "classic"), "--only", "data.name=maccrobat",
                           "--out", str(out)]) == 0
@@ -1300,7 +1302,7 @@ def test_tradeoff_points_are_seed_means_across_studies_and_only_filters(tmp_path
 
 def test_tradeoff_anchor_divides_each_study_by_its_own_anchor_variant(tmp_path, capsys):
     """``--anchor STUDY:KEY=VALUE``: every point's cost over its own study's anchor, as ratios of seed
-    means (computed here from the generated rows); an anchor naming no variant, several, an unknown
+    medians (computed here from the generated rows); an anchor naming no variant, several, an unknown
     key, or a study left without one, is one line and exit 2."""
     from bertlab.tradeoff import main as tradeoff_main
     from bertlab.tradeoff import parse_anchors, tradeoff_points
@@ -1324,8 +1326,8 @@ def test_tradeoff_anchor_divides_each_study_by_its_own_anchor_variant(tmp_path, 
     for p in points:
         study = p["study"]
         size = str(p["axes"].get("model.num_layers", p["axes"].get("model")))
-        mine = np.mean(raw[(study, size, p["axes"]["loss"])], axis=0)
-        ref = np.mean(raw[(study, "6" if study == "sizes" else "minilm", "ce")], axis=0)
+        mine = np.median(raw[(study, size, p["axes"]["loss"])], axis=0)
+        ref = np.median(raw[(study, "6" if study == "sizes" else "minilm", "ce")], axis=0)
         assert p["train_cost_vs_anchor"] == pytest.approx(mine[0] / ref[0], rel=1e-12)
         assert p["inference_speed_vs_anchor"] == pytest.approx(mine[1] / ref[1], rel=1e-12)
     out = tmp_path / "out"
