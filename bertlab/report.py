@@ -1769,7 +1769,7 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     times = []
     for key, group in variants.items():
-        t = _mean_std(r.get("train_seconds") for r in group)[0]
+        t = median(r.get("train_seconds") for r in group)  # a cost, as in the compute table
         f1 = _mean_std(r.get("f1_micro") for r in group)
         colour, marker = style[key]
         ax.errorbar([t], [f1[0]], yerr=[0 if math.isnan(f1[1]) else f1[1]], fmt=marker, color=colour, ms=7,
@@ -1778,7 +1778,7 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, 
     times = [t for t in times if t > 0 and math.isfinite(t)]
     if times and max(times) / min(times) > 100:  # e.g. an HMM's second next to a BERT's minutes
         ax.set_xscale("log")
-    ax.set_xlabel("training time per run (s, mean over seeds" + ("; log scale)" if ax.get_xscale() == "log" else ")"))
+    ax.set_xlabel("training time per run (s, median over seeds" + ("; log scale)" if ax.get_xscale() == "log" else ")"))
     ax.set_ylabel("test micro F1 (mean ± std over seeds)")
     ax.set_title("Accuracy against training time", fontsize=10)
     legends(fig, ax)
