@@ -622,8 +622,9 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
         progress = Progress(**saved)
         if "epoch_cpu_seconds" not in saved and progress.epoch_train_seconds:  # written before CPU time was kept
             progress.epoch_cpu_seconds = math.nan  # this epoch's CPU share is unknown, not small
-        if old_config.get("train", {}).get("epochs", TrainConfig().train.epochs) != cfg.train.epochs:
-            old_epochs = old_config.get("train", {}).get("epochs", TrainConfig().train.epochs)
+        trained_for = old_config.get("train", {}).get("epochs", TrainConfig().train.epochs)
+        if trained_for != cfg.train.epochs:
+            old_epochs = trained_for
         elif progress.training_done and metrics_path.exists():
             log(f"{out_dir}: already finished, metrics.json kept")
             return json.loads(metrics_path.read_text(encoding="utf-8"))
