@@ -1403,6 +1403,9 @@ def _curve_matrix(curves: list[dict], key: str) -> tuple[list[int], np.ndarray]:
     return epochs, out
 
 
+CURVE_COLUMNS = 13  # at most this many epoch columns in the learning-curve table
+
+
 def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts: dict) -> list[str]:
     """Dev scores per epoch, from the ``curve`` of each results row (absent for old results and for
     models fitted in one go): a table per variant and ``figures/learning_curves.png``."""
@@ -1415,6 +1418,11 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
           "checkpoint was scored on the test set (`best epoch`, 0-based, per seed) under the selection "
           "rule `select`.", ""]
     epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, "dev_f1_micro")[0]})
+    if len(epochs) > CURVE_COLUMNS:  # e.g. BiLSTMs trained for 50 epochs: a readable table, every epoch in the figure
+        every = math.ceil((len(epochs) - 1) / (CURVE_COLUMNS - 1))
+        epochs = sorted(set(epochs[::every]) | {epochs[-1]})
+        md += [f"Epochs 0, {every}, {2 * every}, … and the last ({epochs[-1]}) are shown (each run's `metrics.csv` "
+               f"and the figure have them all); a column's mean is over the seeds that trained that epoch.", ""]
     body = []
     for key, curves in with_curves.items():
         group = variants[key]

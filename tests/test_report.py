@@ -827,6 +827,34 @@ def test_anova_list_gives_one_section_per_metric_macro_f1_over_the_fixed_class_s
     assert [a["metric"] for a in report["anova"]] == ["f1_micro", "f1_macro"]
 
 
+def test_a_long_learning_curve_table_shows_every_kth_epoch_and_the_last(tmp_path):
+    """50 epochs (a BiLSTM) next to 8 (MiniLM): at most 13 epoch columns, epochs 0, 5, ..., 45 and 49, each
+    the mean over the seeds that trained it (one seed stopped at 30)."""
+    from bertlab.report import CURVE_COLUMNS
+    rng = np.random.default_rng(9)
+    rows, expected = [], {}
+    for model, n_epochs in (("bilstm", (50, 30)), ("minilm", (8, 8))):
+        for seed, n in enumerate(n_epochs):
+            f1 = [float(v) for v in np.round(rng.uniform(0.2, 0.6, n), 4)]
+            curve = {"epoch": list(range(n)), "dev_f1_micro": f1}
+            rows.append(synthetic_row({"model": model, "train.seed": seed}, "argmax", 0.5, curve=curve,
+                                      best_epoch=int(np.argmax(f1)), select="f1_micro"))
+            expected.setdefault(model, []).append(f1)
+    write_rows(tmp_path / "long", rows, {"figures": False}, {"model": ["bilstm", "minilm"], "train.seed": [0, 1]})
+    md = build_report(tmp_path / "long").read_text()
+    section = md.split("## Learning curves (dev)")[1].split("\n## ")[0]
+    header = next(l for l in section.splitlines() if l.startswith("| variant"))
+    shown = [int(c.split()[1]) for c in header.strip("|").split("|")[3:]]
+    assert shown == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 49] and len(shown) <= CURVE_COLUMNS
+    assert "Epochs 0, 5, 10, … and the last (49) are shown" in section
+    table = {r[0]: r for r in table_rows(md, "## Learning curves")}
+    for model, curves in expected.items():
+        for col, epoch in enumerate(shown):
+            values = [c[epoch] for c in curves if epoch < len(c)]
+            want = f"{np.mean(values):.4f}" if values else "–"
+            assert table[f"model={model}, decode=argmax"][3 + col] == want, (model, epoch)
+
+
 def test_learning_curves_table_and_figure(tmp_path):
     """Rows carrying ``curve`` / ``best_epoch`` / ``select``: the table gives each variant's best
     epoch per seed and the mean dev F1 per epoch (a shorter curve and None values allowed), the
