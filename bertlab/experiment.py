@@ -260,10 +260,24 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
                              f"values {axes[key]}")
     report = dict(raw.get("report", {}))
     _check_anova(report.get("anova"), axes, decodes, where)
+    _check_compare(report.get("compare"), axes, decodes, where)
     return Study(name=study_name, path=path, scale=scale, description=head.get("description", ""),
                  base=base, axes=axes, baseline=baseline, report=report,
                  gradflow=raw.get("gradflow"), scale_overrides=dict(scales.get(scale, {})),
                  overrides=list(overrides))
+
+
+def _check_compare(spec, axes: dict, decodes: list, where) -> None:
+    """``[report.compare]``: checked when the study is read, not hours later when its report is built."""
+    if not spec:
+        return
+    from bertlab.report import comparison_families
+    levels = {k: [axis_value(k, v) for v in vs] for k, vs in axes.items()}
+    try:
+        comparison_families({"source": str(where), "axes": levels, "decodes": _all_decodes(decodes, axes)},
+                            {"compare": spec})
+    except ValueError as e:
+        raise StudyError(str(e)) from None
 
 
 def _all_decodes(decodes: list, axes: dict) -> list:

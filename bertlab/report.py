@@ -400,26 +400,38 @@ def comparison_families(study: dict, opts: dict) -> list[dict]:
 
     ``[report.compare]`` declares them, ``NAME = { vary = AXIS, baseline = LEVEL }``
     (``vary = "decode"`` for the decoder): every level of AXIS is compared with LEVEL within every
-    combination of the other factors (factorial contrasts). Without it, the single family
-    ``baseline`` compares every variant with ``[study] baseline`` (the older form)."""
+    combination of the other factors (factorial contrasts); or ``NAME = { vary = AXIS, pairs =
+    [[LEVEL, ITS_BASELINE], ...] }``: only those levels, each against its own baseline level (e.g.
+    each model with a CRF layer against the same model without). Without ``[report.compare]``, the
+    single family ``baseline`` compares every variant with ``[study] baseline`` (the older form)."""
     declared = opts.get("compare") or {}
     where = f"{study.get('source') or 'study.json'}: [report.compare]"
+    expected = "{ vary = \"axis\", baseline = level } or { vary = \"axis\", pairs = [[level, baseline], ...] }"
     if not isinstance(declared, dict):
-        raise ValueError(f"{where} must be a table of families, NAME = {{ vary = \"axis\", baseline = level }}")
+        raise ValueError(f"{where} must be a table of families, NAME = {expected}")
     levels = {k: list(v) for k, v in study.get("axes", {}).items() if k != "train.seed"}
     levels["decode"] = list(study.get("decodes", []))
     families = []
     for name, spec in declared.items():
-        if not isinstance(spec, dict) or sorted(spec) != ["baseline", "vary"]:
-            raise ValueError(f"{where} {name}: expected {{ vary = \"axis\", baseline = level }}, got {spec!r}")
-        vary, level = spec["vary"], spec["baseline"]
+        if not isinstance(spec, dict) or sorted(spec) not in (["baseline", "vary"], ["pairs", "vary"]):
+            raise ValueError(f"{where} {name}: expected {expected}, got {spec!r}")
+        vary = spec["vary"]
         if vary not in levels:
             raise ValueError(f"{where} {name}: vary = {vary!r} is not an axis of the study "
                              f"(axes: {', '.join(levels)})")
-        if level not in levels[vary]:
-            raise ValueError(f"{where} {name}: baseline = {level!r} is not a level of {vary} "
-                             f"(levels: {', '.join(map(str, levels[vary]))})")
-        families.append({"name": name, "vary": vary, "baseline": level})
+        pairs = spec.get("pairs", [])
+        if "pairs" in spec and (not isinstance(pairs, list) or not pairs or not all(
+                isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1] for pair in pairs)
+                or len({pair[0] for pair in pairs}) < len(pairs)):
+            raise ValueError(f"{where} {name}: pairs must be a non-empty list of [level, baseline level] "
+                             f"pairs of two different levels, each level once, got {pairs!r}")
+        for level in [spec["baseline"]] if "baseline" in spec else [v for pair in pairs for v in pair]:
+            if level not in levels[vary]:
+                what = "baseline" if "baseline" in spec else "pairs"
+                raise ValueError(f"{where} {name}: {what}: {level!r} is not a level of {vary} "
+                                 f"(levels: {', '.join(map(str, levels[vary]))})")
+        families.append({"name": name, "vary": vary, "baseline": spec.get("baseline"),
+                         "pairs": [tuple(pair) for pair in pairs]})
     if not families and study.get("baseline"):
         families.append({"name": "baseline", "vary": None, "baseline": dict(study["baseline"])})
     return families
@@ -428,13 +440,14 @@ def comparison_families(study: dict, opts: dict) -> list[dict]:
 def family_pairs(family: dict, variants: dict) -> list[tuple[tuple, tuple]]:
     """``(variant, baseline variant)`` pairs of one family, in the order of the variants."""
     out = []
-    vary, level = family["vary"], family["baseline"]
+    vary = family["vary"]
     for key in variants:
         if vary is None:
-            base = baseline_of(key, level, variants)
+            base = baseline_of(key, family["baseline"], variants)
         else:
             values = dict(key)
-            if vary not in values or values[vary] == level:
+            level = family["baseline"] if not family.get("pairs") else dict(family["pairs"]).get(values.get(vary))
+            if vary not in values or level is None or values[vary] == level:
                 continue
             want = tuple((k, level if k == vary else v) for k, v in key)
             base = want if want in variants else None
@@ -984,6 +997,9 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         if family["vary"] is None:
             what = ("every variant against the study baseline (" + ", ".join(
                 f"{k}={v}" for k, v in family["baseline"].items()) + ")")
+        elif family.get("pairs"):
+            what = (", ".join(f"`{a}` against `{b}`" for a, b in family["pairs"])
+                    + f" (levels of `{family['vary']}`), within every combination of the other factors")
         else:
             what = (f"each level of `{family['vary']}` against `{family['baseline']}`, within every "
                     "combination of the other factors")

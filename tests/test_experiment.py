@@ -68,6 +68,8 @@ def test_toml_roundtrip():
     (('[scale.smoke]', '[report]\nanova = [{ a = "loss.name", b = "train.seed" }]\n[scale.smoke]'),
      "[report] anova b = 'train.seed' is not a [sweep] axis"),
     (('[scale.smoke]', '[report]\nanova = ["loss.name"]\n[scale.smoke]'), "[report] anova must be a table"),
+    (('[scale.smoke]', '[report.compare]\nl = { vary = "loss.name", pairs = [["focal", "dice"]] }\n[scale.smoke]'),
+     "[report.compare] l: pairs: 'dice' is not a level of loss.name"),
 ])
 def test_bad_study_files_name_file_and_key(tmp_path, change, message):
     d = write_study(tmp_path, TINY.replace(*change))

@@ -593,6 +593,42 @@ def test_old_single_baseline_form_keeps_working(tmp_path):
     assert {c["family_size"] for c in data["comparisons"]} == {7}
 
 
+def test_a_pairs_family_compares_only_its_pairs_each_against_its_own_baseline(tmp_path):
+    """``pairs = [["calibrated", "knn"]]`` on the decode axis: calibrated against KNN only (not argmax,
+    not KNN against anything), in every sampler x loss cell, with Holm over those 4 comparisons alone;
+    the differences are those of the seed means in results.jsonl."""
+    noise = {**NOISE, **{(s, l, "calibrated"): 0.05 + 0.1 * (s == "btl") for s in ("atl", "btl") for l in ("ce", "focal")}}
+    families = {**FAMILIES, "calibration": {"vary": "decode", "pairs": [["calibrated", "knn"]]}}
+    sdir = make_study(tmp_path, noise, decodes=("argmax", "knn", "calibrated"), report={"compare": families})
+    md = build_report(sdir).read_text()
+    rows = [r for r in family_table(md, "calibration") if r[2] == "micro F1"]
+    assert len(rows) == 4
+    results = read_results(sdir / "results.jsonl")
+    for row in rows:
+        assert row[0].endswith("decode=calibrated") and row[1] == row[0].replace("calibrated", "knn")
+        a, b = ([r["f1_micro"] for r in results if variant_of(r) == name] for name in row[:2])
+        assert row[3] == f"{np.mean(a) - np.mean(b):+.4f}"
+    mine = [c for c in json.loads((sdir / "report.json").read_text())["comparisons"]
+            if c["family"] == "calibration" and c["metric"] == "f1_micro"]
+    assert len(mine) == 4 and {c["family_size"] for c in mine} == {4}
+    assert [c["p_holm"] for c in mine] == pytest.approx(holm_by_hand([c["p_perm"] for c in mine]), abs=1e-12)
+    assert "### Family `calibration`: `calibrated` against `knn` (levels of `decode`)" in md
+    assert len([r for r in family_table(md, "decode") if r[2] == "micro F1"]) == 8  # the baseline form: knn and calibrated vs argmax
+
+
+@pytest.mark.parametrize("spec, says", [
+    ({"vary": "decode", "pairs": [["calibrated", "argmax"]]}, "pairs: 'calibrated' is not a level of decode"),
+    ({"vary": "decode", "pairs": [["knn", "knn"]]}, "pairs must be a non-empty list of [level, baseline level]"),
+    ({"vary": "decode", "pairs": []}, "pairs must be a non-empty list"),
+    ({"vary": "decode", "pairs": [["knn", "argmax"]], "baseline": "argmax"}, "expected { vary = "),
+])
+def test_bad_pairs_family_names_the_file_and_key(tmp_path, spec, says):
+    sdir = make_study(tmp_path, NOISE, report={"compare": {"pairwise": spec}})
+    with pytest.raises(ValueError) as e:
+        build_report(sdir)
+    assert "fake.toml: [report.compare] pairwise: " in str(e.value) and says in str(e.value)
+
+
 def test_bad_family_declaration_names_the_file_and_key(tmp_path):
     sdir = make_study(tmp_path, NOISE, report={"compare": {"loss": {"vary": "loss", "baseline": "ce"}}})
     with pytest.raises(ValueError, match=r"fake.toml: \[report.compare\] loss: vary = 'loss' is not an axis"):
