@@ -1434,11 +1434,13 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
           "checkpoint was scored on the test set (`best epoch`, 0-based, per seed) under the selection "
           "rule `select`.", ""]
     epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, "dev_f1_micro")[0]})
-    if len(epochs) > CURVE_COLUMNS:  # e.g. BiLSTMs trained for 50 epochs: a readable table, every epoch in the figure
+    thinned = len(epochs) > CURVE_COLUMNS
+    if thinned:  # e.g. BiLSTMs trained for 50 epochs: a readable table, every epoch in the figure
         every = math.ceil((len(epochs) - 1) / (CURVE_COLUMNS - 1))
         epochs = sorted(set(epochs[::every]) | {epochs[-1]})
         md += [f"Epochs 0, {every}, {2 * every}, … and the last ({epochs[-1]}) are shown (each run's `metrics.csv` "
-               f"and the figure have them all); a column's mean is over the seeds that trained that epoch.", ""]
+               f"and the figure have them all); a column's mean is over the seeds that trained that epoch; "
+               f"`last` is the mean of each seed's last epoch (which epoch, per seed, in brackets).", ""]
     body = []
     for key, curves in with_curves.items():
         group = variants[key]
@@ -1448,8 +1450,14 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
                     for i, e in enumerate(ep)}
         best = ", ".join("–" if r.get("best_epoch") is None else str(r["best_epoch"]) for r in group)
         select = sorted({str(r["select"]) for r in group if r.get("select")})
-        body.append([labels[key], "/".join(select) or "–", best] + [_f(mean.get(e, math.nan)) for e in epochs])
-    md += _table(["variant", "select", "best epoch (per seed)"] + [f"epoch {e}" for e in epochs], body)
+        row = [labels[key], "/".join(select) or "–", best] + [_f(mean.get(e, math.nan)) for e in epochs]
+        if thinned:  # a short curve's end falls between the columns shown
+            last = [(c["epoch"][-1], c["dev_f1_micro"][-1]) for c in curves]
+            known = [v for _, v in last if v is not None]
+            row.append(f"{_f(float(np.mean(known)) if known else math.nan)} ({', '.join(str(e) for e, _ in last)})")
+        body.append(row)
+    md += _table(["variant", "select", "best epoch (per seed)"] + [f"epoch {e}" for e in epochs]
+                 + (["last"] if thinned else []), body)
     if opts.get("figures", True):
         marks = None
         if opts.get("plateau"):  # the plateau rule's epoch on each line (report section "Epoch budget")

@@ -880,12 +880,17 @@ def test_a_long_learning_curve_table_shows_every_kth_epoch_and_the_last(tmp_path
     md = build_report(tmp_path / "long").read_text()
     section = md.split("## Learning curves (dev)")[1].split("\n## ")[0]
     header = next(l for l in section.splitlines() if l.startswith("| variant"))
-    shown = [int(c.split()[1]) for c in header.strip("|").split("|")[3:]]
+    shown = [int(c.split()[1]) for c in header.strip("|").split("|")[3:-1]]
+    assert header.strip("|").split("|")[-1].strip() == "last"
     assert shown == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 49] and len(shown) <= CURVE_COLUMNS
     assert "Epochs 0, 5, 10, … and the last (49) are shown" in section
+    for model, curves in expected.items():  # each seed's own last epoch (MiniLM's 7 is not a column)
+        last = table_rows(md, "## Learning curves")
+        row = next(r for r in last if r[0] == f"model={model}, decode=argmax")
+        assert row[-1] == f"{np.mean([c[-1] for c in curves]):.4f} ({', '.join(str(len(c) - 1) for c in curves)})"
     table = {r[0]: r for r in table_rows(md, "## Learning curves")}
     for model, curves in expected.items():
-        for col, epoch in enumerate(shown):
+        for col, epoch in enumerate(shown):  # the last column is "last", after the epochs
             values = [c[epoch] for c in curves if epoch < len(c)]
             want = f"{np.mean(values):.4f}" if values else "–"
             assert table[f"model={model}, decode=argmax"][3 + col] == want, (model, epoch)
