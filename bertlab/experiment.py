@@ -271,7 +271,7 @@ def _check_compare(spec, axes: dict, decodes: list, where) -> None:
     """``[report.compare]``: checked when the study is read, not hours later when its report is built."""
     if not spec:
         return
-    from bertlab.report import comparison_families
+    from bertlab.families import comparison_families
     levels = {k: [axis_value(k, v) for v in vs] for k, vs in axes.items()}
     try:
         comparison_families({"source": str(where), "axes": levels, "decodes": _all_decodes(decodes, axes)},
