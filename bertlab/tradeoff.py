@@ -1,10 +1,18 @@
 """Accuracy against compute, across studies: ``bertlab tradeoff STUDY_DIR ... --out DIR``.
 
 One point per variant (its axes but the seed, and its decode) of every study given: the mean over
-seeds of test micro F1 (or ``--metric``) against the median over seeds of training seconds per
-epoch and of inference words per second (costs as medians: a run that shared its cores with other
-work is slower without computing more, which moves a mean but not a median). That is the thesis' time/accuracy trade-off across encoder sizes
-(``ce_vs_focal_minilm``'s layer axis) next to the classic baselines (``baselines``), in one figure.
+seeds of test micro F1 (or ``--metric``) against the median over seeds of the training cost and of
+inference words per second (costs as medians: a run that shared its cores with other work is
+slower without computing more, which moves a mean but not a median). That is the thesis'
+time/accuracy trade-off across encoder sizes (``ce_vs_focal_minilm``'s layer axis) next to the
+classic baselines (``baselines``), in one figure.
+
+The training cost is ``--cost run`` (default): the training seconds of the whole run, every epoch
+it trained (those after its best epoch too, which early stopping needs), i.e. what the scored
+model cost; or ``--cost epoch``: seconds per epoch. They differ when models train for different
+numbers of epochs (a BiLSTM cheap per epoch that early stopping keeps for 60 epochs, a MiniLM
+for 8; a feature CRF fitted once has one "epoch"). Both are in the table; the option picks the
+one the ratios and the figure use.
 
     bertlab tradeoff docs/results/baselines docs/results/ce_vs_focal_minilm \\
         --only data.name=maccrobat --out docs/results/tradeoff
@@ -24,7 +32,8 @@ has trained in the same configuration, e.g. the full 6-layer MiniLM under CE:
         --out docs/results/tradeoff
 
 Each point's cost is then also given relative to its own study's anchor (training seconds per
-epoch / the anchor's, inference words per second / the anchor's, both ratios of seed medians), and
+run, or per epoch, / the anchor's, inference words per second / the anchor's, both ratios of seed
+medians), and
 the figure plots those ratios: one machine-free scale across studies run on different machines
 (the ratios themselves still depend on the hardware, less than the seconds do).
 """
@@ -79,13 +88,18 @@ def _matches(values: dict, wanted: dict, short: dict) -> bool:
     return all(k not in by_name or str(by_name[k]) == v for k, v in wanted.items())
 
 
+COSTS = {"run": "train_seconds", "epoch": "seconds_per_epoch"}  # --cost: the results-row field
+
+
 def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = None,
-                    anchors: dict | None = None) -> list[dict]:
+                    anchors: dict | None = None, cost: str = "run") -> list[dict]:
     """One dict per (study, variant): the seed mean of ``metric``, the seed medians of training seconds
-    per epoch and inference words per second (a run that shared its cores moves a mean, not a
-    median), the parameter count and the number of seeds. With ``anchors`` (``{study name: {key:
-    value}}``, one for every study), also ``train_cost_vs_anchor`` and ``inference_speed_vs_anchor``:
-    the point's costs over its study's anchor variant's."""
+    per run and per epoch and of inference words per second (a run that shared its cores moves a
+    mean, not a median), the parameter count and the number of seeds. With ``anchors`` (``{study
+    name: {key: value}}``, one for every study), also ``train_cost_vs_anchor`` (the ``cost``
+    measure, ``"run"`` or ``"epoch"``, over the anchor's) and ``inference_speed_vs_anchor``."""
+    if cost not in COSTS:
+        raise ValueError(f"--cost {cost!r}: expected one of {', '.join(COSTS)}")
     points = []
     for d in study_dirs:
         study, rows = load_study_results(d)
@@ -102,6 +116,7 @@ def tradeoff_points(study_dirs, metric: str = "f1_micro", only: dict | None = No
             points.append({
                 "study": study["name"], "variant": variant_label(key, short), "axes": values,
                 "seeds": len(group), metric: score, f"{metric}_std": score_sd,
+                "cost": cost, "train_seconds": median(r.get("train_seconds") for r in group),
                 "seconds_per_epoch": median(r.get("seconds_per_epoch") for r in group),
                 "inference_words_per_s": median(r.get("inference_tokens_per_s") for r in group),
                 "params": group[0].get("params"), "env": group[0].get("env", {}),
@@ -125,13 +140,14 @@ def _relative_to_anchor(points: list[dict], study: str, anchors: dict, short: di
         raise ValueError(f"--anchor {study}:{_spec(wanted)} must name one variant of {study_dir}, "
                          f"it names {len(found)} ({names})")
     anchor = found[0]
-    for field in ("seconds_per_epoch", "inference_words_per_s"):
+    train_field = COSTS[anchor["cost"]]
+    for field in (train_field, "inference_words_per_s"):
         if not (math.isfinite(anchor[field]) and anchor[field] > 0):
             raise ValueError(f"--anchor {study}:{_spec(wanted)}: the anchor variant has no {field} "
                              f"in {study_dir}/results.jsonl")
     for p in points:
         p["anchor"] = anchor["variant"]
-        p["train_cost_vs_anchor"] = p["seconds_per_epoch"] / anchor["seconds_per_epoch"]
+        p["train_cost_vs_anchor"] = p[train_field] / anchor[train_field]
         p["inference_speed_vs_anchor"] = p["inference_words_per_s"] / anchor["inference_words_per_s"]
 
 
@@ -142,6 +158,11 @@ def _spec(wanted: dict) -> str:
 def _relative(points: list[dict]) -> bool:
     """Whether every point carries its cost relative to its study's anchor (``--anchor``)."""
     return all("train_cost_vs_anchor" in p for p in points)
+
+
+def _per(points: list[dict]) -> str:
+    """``"per run"`` or ``"per epoch"``: the training cost the points' ratios and figure use."""
+    return f"per {points[0]['cost']}" if points else "per run"
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -158,14 +179,16 @@ def write_tradeoff(points: list[dict], out_dir, metric: str = "f1_micro") -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     relative = _relative(points)
     md = [f"# Accuracy against compute ({metric}: mean over seeds; costs: medians over seeds)", "",
-          "| study | variant | seeds | " + metric + " | std | training s / epoch | inference words / s | "
-          + ("training cost × anchor | inference speed × anchor | " if relative else "") + "parameters |",
-          "|---|---|---|---|---|---|---|---|" + ("---|---|" if relative else "")]
+          "| study | variant | seeds | " + metric + " | std | training s / run | training s / epoch | "
+          "inference words / s | " + (f"training cost × anchor ({_per(points)}) | inference speed × anchor | "
+                                     if relative else "") + "parameters |",
+          "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if relative else "")]
     for p in sorted(points, key=lambda p: -p[metric] if math.isfinite(p[metric]) else math.inf):
         ratios = (f"{_fmt(p['train_cost_vs_anchor'], 3)} | {_fmt(p['inference_speed_vs_anchor'], 3)} | "
                   if relative else "")
         md.append(f"| {p['study']} | {p['variant']} | {p['seeds']} | {_fmt(p[metric])} | {_fmt(p[metric + '_std'])} | "
-                  f"{_fmt(p['seconds_per_epoch'], 1)} | {_fmt(p['inference_words_per_s'], 0)} | {ratios}{_fmt(p['params'])} |")
+                  f"{_fmt(p['train_seconds'], 1)} | {_fmt(p['seconds_per_epoch'], 1)} | "
+                  f"{_fmt(p['inference_words_per_s'], 0)} | {ratios}{_fmt(p['params'])} |")
     if relative:
         md += ["", "Anchors (each study's costs are divided by its own anchor's, ratios of seed medians; "
                    "the figure plots these ratios):", ""]
@@ -206,8 +229,9 @@ def tradeoff_figure(points: list[dict], metric: str = "f1_micro"):
     markers = dict(zip(studies, "osD^v<>P*X"))
     cmap = plt.get_cmap("tab20", max(len(points), 2))
     relative = _relative(points)
+    per = _per(points)
     xs = (("train_cost_vs_anchor", "inference_speed_vs_anchor") if relative
-          else ("seconds_per_epoch", "inference_words_per_s"))
+          else (COSTS[per.split()[1]], "inference_words_per_s"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for i, p in enumerate(points):
         for ax, x in zip(axes, (p[xs[0]], p[xs[1]])):
@@ -215,9 +239,9 @@ def tradeoff_figure(points: list[dict], metric: str = "f1_micro"):
                 err = p[metric + "_std"]
                 ax.errorbar([x], [p[metric]], yerr=[0 if not math.isfinite(err) else err], fmt=markers[p["study"]],
                             color=cmap(i), ms=7, capsize=3, label=f"{p['study']}: {p['variant']}")
-    xlabels = (("training seconds per epoch / the study's anchor's (log scale)",
+    xlabels = ((f"training seconds {per} / the study's anchor's (log scale)",
                 "inference words per second / the study's anchor's (log scale)") if relative
-               else ("training seconds per epoch (log scale)", "inference words per second (log scale)"))
+               else (f"training seconds {per} (log scale)", "inference words per second (log scale)"))
     for ax, xlabel in zip(axes, xlabels):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_short_number))
@@ -275,10 +299,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="one per study: the variant its costs are divided by (the same model and recipe in "
                          "every study, e.g. ce_vs_focal_minilm:num_layers=6,loss=ce); the figure then plots "
                          "the ratios, comparable across machines")
+    ap.add_argument("--cost", choices=sorted(COSTS), default="run",
+                    help="training cost of a variant: seconds of the whole run (default: every epoch it "
+                         "trained, what its scored model cost) or seconds per epoch")
     args = ap.parse_args(argv)
     try:
         anchors = parse_anchors(args.anchor) if args.anchor else None
-        points = tradeoff_points(args.studies, args.metric, parse_only(args.only), anchors)
+        points = tradeoff_points(args.studies, args.metric, parse_only(args.only), anchors, args.cost)
         if not points:
             raise ValueError("no variant left: check the study folders and --only")
         print(write_tradeoff(points, args.out, args.metric))

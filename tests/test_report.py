@@ -1346,9 +1346,11 @@ def test_tradeoff_points_are_seed_means_across_studies_and_only_filters(tmp_path
             for data in ("maccrobat", "ncbi"):
                 for seed in (0, 1, 2):
                     f1, spe, wps = (float(x) for x in (rng.uniform(0.3, 0.6), rng.uniform(1, 100), rng.uniform(1e3, 1e5)))
+                    epochs = int(rng.integers(1, 60))
                     rows.append(synthetic_row({"model": model, "data.name": data, "train.seed": seed}, "argmax", f1,
-                                              seconds_per_epoch=spe, inference_tokens_per_s=wps))
-                    expected.setdefault((study, model, data), []).append((f1, spe, wps))
+                                              seconds_per_epoch=spe, train_seconds=spe * epochs, epochs=epochs,
+                                              inference_tokens_per_s=wps))
+                    expected.setdefault((study, model, data), []).append((f1, spe, wps, spe * epochs))
         write_rows(tmp_path / study, rows, {}, {"model": models, "data.name": ["maccrobat", "ncbi"],
                                                  "train.seed": [0, 1, 2]}, name=study)
     points = tradeoff_points([tmp_path / "sizes", tmp_path / "classic"], only=parse_only(["data.name=maccrobat"]))
@@ -1358,6 +1360,7 @@ def test_tradeoff_points_are_seed_means_across_studies_and_only_filters(tmp_path
         assert p["seeds"] == 3
         assert np.isclose(p["f1_micro"], want[:, 0].mean()) and np.isclose(p["f1_micro_std"], want[:, 0].std(ddof=1))
         assert np.isclose(p["seconds_per_epoch"], np.median(want[:, 1]))  # costs: medians over seeds
+        assert np.isclose(p["train_seconds"], np.median(want[:, 3]))  # the whole run's, also a median
         assert np.isclose(p["inference_words_per_s"], np.median(want[:, 2]))
     out = tmp_path / "out"
     assert tradeoff_main([str(tmp_path / "sizes"), str(tmp_path / "classic"), "--only", "data.name=maccrobat",
@@ -1383,27 +1386,33 @@ def test_tradeoff_anchor_divides_each_study_by_its_own_anchor_variant(tmp_path, 
         for size in sizes:
             for loss in ("ce", "focal"):
                 for seed in (0, 1, 2):
-                    spe, wps = float(rng.uniform(1, 100)), float(rng.uniform(1e3, 1e5))
+                    spe, wps, epochs = float(rng.uniform(1, 100)), float(rng.uniform(1e3, 1e5)), int(rng.integers(1, 60))
                     rows.append(synthetic_row({key: size, "loss": loss, "train.seed": seed}, "argmax", 0.5,
-                                              seconds_per_epoch=spe, inference_tokens_per_s=wps))
-                    raw.setdefault((study, str(size), loss), []).append((spe, wps))
+                                              seconds_per_epoch=spe, train_seconds=spe * epochs, epochs=epochs,
+                                              inference_tokens_per_s=wps))
+                    raw.setdefault((study, str(size), loss), []).append((spe * epochs, wps, spe))
         write_rows(tmp_path / study, rows, {}, {key: sizes, "loss": ["ce", "focal"], "train.seed": [0, 1, 2]},
                    name=study)  # short names: num_layers, model, loss, seed
     anchors = parse_anchors(["sizes:num_layers=6,loss=ce", "classic:model=minilm,loss=ce"])
-    points = tradeoff_points([tmp_path / "sizes", tmp_path / "classic"], anchors=anchors)
-    assert len(points) == 8
-    for p in points:
-        study = p["study"]
-        size = str(p["axes"].get("model.num_layers", p["axes"].get("model")))
-        mine = np.median(raw[(study, size, p["axes"]["loss"])], axis=0)
-        ref = np.median(raw[(study, "6" if study == "sizes" else "minilm", "ce")], axis=0)
-        assert p["train_cost_vs_anchor"] == pytest.approx(mine[0] / ref[0], rel=1e-12)
-        assert p["inference_speed_vs_anchor"] == pytest.approx(mine[1] / ref[1], rel=1e-12)
+    # the training cost is the whole run's by default (--cost run), or per epoch (--cost epoch)
+    for cost, column in (("run", 0), ("epoch", 2)):
+        points = tradeoff_points([tmp_path / "sizes", tmp_path / "classic"], anchors=anchors, cost=cost)
+        assert len(points) == 8
+        for p in points:
+            study = p["study"]
+            size = str(p["axes"].get("model.num_layers", p["axes"].get("model")))
+            mine = np.median(raw[(study, size, p["axes"]["loss"])], axis=0)
+            ref = np.median(raw[(study, "6" if study == "sizes" else "minilm", "ce")], axis=0)
+            assert p["train_cost_vs_anchor"] == pytest.approx(mine[column] / ref[column], rel=1e-12)
+            assert p["inference_speed_vs_anchor"] == pytest.approx(mine[1] / ref[1], rel=1e-12)
+    with pytest.raises(ValueError, match="--cost 'step'"):
+        tradeoff_points([tmp_path / "sizes"], cost="step")
     out = tmp_path / "out"
     args = [str(tmp_path / "sizes"), str(tmp_path / "classic"), "--out", str(out)]
     assert tradeoff_main(args + ["--anchor", "sizes:num_layers=6,loss=ce", "--anchor", "classic:model=minilm,loss=ce"]) == 0
     table = table_rows((out / "tradeoff.md").read_text(), "# Accuracy against compute")
-    assert len(table) == 8 and sorted(float(r[7]) for r in table).count(1.0) == 2
+    assert len(table) == 8 and sorted(float(r[8]) for r in table).count(1.0) == 2
+    assert "training cost × anchor (per run)" in (out / "tradeoff.md").read_text()
     assert "anchor's (log scale)" not in (out / "tradeoff.md").read_text()  # the label is the figure's
     capsys.readouterr()
     for bad, says in ((["--anchor", "sizes:num_layers=6,loss=ce"], "no --anchor for study 'classic'"),
@@ -1477,7 +1486,8 @@ def test_tradeoff_figure_tick_labels_never_overlap(decades):
     from bertlab.tradeoff import tradeoff_figure
     xs = np.geomspace(1.0, 10 ** decades, 5)
     points = [{"study": "s", "variant": f"v{i}", "f1_micro": 0.5 + 0.01 * i, "f1_micro_std": 0.01,
-               "seconds_per_epoch": x, "inference_words_per_s": 1000 * x} for i, x in enumerate(xs)]
+               "cost": "run", "train_seconds": x, "seconds_per_epoch": x / 8, "inference_words_per_s": 1000 * x}
+              for i, x in enumerate(xs)]
     fig = tradeoff_figure(points)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
