@@ -160,9 +160,9 @@ def _relative(points: list[dict]) -> bool:
     return all("train_cost_vs_anchor" in p for p in points)
 
 
-def _per(points: list[dict]) -> str:
-    """``"per run"`` or ``"per epoch"``: the training cost the points' ratios and figure use."""
-    return f"per {points[0]['cost']}" if points else "per run"
+def _cost(points: list[dict]) -> str:
+    """``"run"`` or ``"epoch"``: the training cost the points' ratios and figure use (``--cost``)."""
+    return points[0]["cost"] if points else "run"
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -180,7 +180,7 @@ def write_tradeoff(points: list[dict], out_dir, metric: str = "f1_micro") -> Pat
     relative = _relative(points)
     md = [f"# Accuracy against compute ({metric}: mean over seeds; costs: medians over seeds)", "",
           "| study | variant | seeds | " + metric + " | std | training s / run | training s / epoch | "
-          "inference words / s | " + (f"training cost × anchor ({_per(points)}) | inference speed × anchor | "
+          "inference words / s | " + (f"training cost × anchor (per {_cost(points)}) | inference speed × anchor | "
                                      if relative else "") + "parameters |",
           "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if relative else "")]
     for p in sorted(points, key=lambda p: -p[metric] if math.isfinite(p[metric]) else math.inf):
@@ -229,9 +229,9 @@ def tradeoff_figure(points: list[dict], metric: str = "f1_micro"):
     markers = dict(zip(studies, "osD^v<>P*X"))
     cmap = plt.get_cmap("tab20", max(len(points), 2))
     relative = _relative(points)
-    per = _per(points)
+    per = f"per {_cost(points)}"
     xs = (("train_cost_vs_anchor", "inference_speed_vs_anchor") if relative
-          else (COSTS[per.split()[1]], "inference_words_per_s"))
+          else (COSTS[_cost(points)], "inference_words_per_s"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for i, p in enumerate(points):
         for ax, x in zip(axes, (p[xs[0]], p[xs[1]])):
