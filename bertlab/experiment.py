@@ -542,9 +542,9 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
         _run_together(job, name, scale, overrides, only, experiments_dir, report, progress)
         return sdir
     sdir.mkdir(parents=True, exist_ok=True)
-    with study_lock(sdir, stale_after, job.invocation):
-        write_study_json(sdir, study, study_command(name, scale, overrides, only, experiments_dir))
     unfinished = sum(not finished(sdir / r.run_id, r) for r in runs)
+    with study_lock(sdir, stale_after, job.invocation):
+        write_study_json(sdir, study, study_command(name, scale, overrides, only, experiments_dir), unfinished > 0)
     if workers > 1 and unfinished > 1:
         run_workers(dataclasses.replace(job, quiet=True), min(workers, unfinished), threads, progress)
     else:
@@ -565,7 +565,9 @@ def _run_together(job: Job, name, scale, overrides, only, experiments_dir, repor
         if main:
             job.sdir.mkdir(parents=True, exist_ok=True)
             with study_lock(job.sdir, job.stale_after, job.invocation):
-                write_study_json(job.sdir, job.study, study_command(name, scale, overrides, only, experiments_dir))
+                trains = any(not finished(job.sdir / r.run_id, r) for r in job.runs)
+                write_study_json(job.sdir, job.study, study_command(name, scale, overrides, only, experiments_dir),
+                                 trains)
         work_together(job, progress if main else (lambda line: None))
         if main:
             finish_study(job, report, progress)
@@ -645,10 +647,15 @@ def study_description(study: Study) -> str:
     return "\n\n".join(lines)
 
 
-def write_study_json(sdir: Path, study: Study, command: str) -> None:
-    """``sdir/study.json``: the expanded study, and every distinct command that trained in it."""
+def write_study_json(sdir: Path, study: Study, command: str, trains: bool = True) -> None:
+    """``sdir/study.json``: the expanded study, and every distinct command that trained in it, in
+    the order they last trained. A command that ``trains`` nothing (every run it selects has
+    finished: re-reading a study file, publishing) is not added, so it cannot pose as the last
+    command that made the results."""
     old = _read_json(sdir / "study.json", {})
-    commands = [c for c in old.get("commands", []) if c != command] + [command]
+    commands = old.get("commands", [])
+    if trains or not commands:
+        commands = [c for c in commands if c != command] + [command]
     _write_json(sdir / "study.json", {
         "name": study.name, "scale": study.scale, "source": str(study.path),
         "description": study_description(study), "axes": {k: [axis_value(k, v) for v in vs]

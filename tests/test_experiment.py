@@ -254,6 +254,10 @@ def test_study_json_and_report_say_which_scale_and_command_made_them(tmp_path):
     assert env_line.startswith("- ") and f"precision {resolved}" in env_line
     one_run(tmp_path, scale="smoke", only=["seed=1"], overrides=["optim.lr=1e-3"], report=False)
     assert json.loads((sdir / "study.json").read_text())["commands"] == [command, command.replace("seed=0", "seed=1")]
+    # a command that trains nothing (seed 0 has finished: re-reading the study file before publishing)
+    # is not recorded as the last one that made the results
+    one_run(tmp_path, scale="smoke", only=["seed=0"], overrides=["optim.lr=1e-3"], report=False)
+    assert json.loads((sdir / "study.json").read_text())["commands"] == [command, command.replace("seed=0", "seed=1")]
 
 
 def test_errors_are_one_line_naming_the_run_folder(tmp_path, capsys, monkeypatch):
