@@ -1341,8 +1341,15 @@ def _anova_section(rows: list[dict], spec: dict, short: dict, data: dict) -> lis
     table = stats.anova_two_way([metric_value(r, metric) for r in use], [str(r["axes"][a]) for r in use],
                                 [str(r["axes"][b]) for r in use],
                                 block=[str(k) for k in blocks] if use_block else None)
-    data.setdefault("anova", []).append({"a": a, "b": b, "metric": metric, "decode": decode, "table": dict(table)})
     block_name = short.get(block, block) if block else ""
+    if table["Residual"]["df"] == 0:  # one run per cell (one seed so far): nothing to test against
+        have = sorted({str(r["axes"].get(block)) for r in use}) if block else []
+        return md + [f"One run per cell so far ({len(use)} runs"
+                     + (f": {block_name} {', '.join(have)}" if have else "")
+                     + "): the model with interaction fits them exactly and leaves no residual to test "
+                       "against. The table needs at least 2 runs per cell"
+                     + (f" (2 {block_name}s that have every cell)." if block else "."), ""]
+    data.setdefault("anova", []).append({"a": a, "b": b, "metric": metric, "decode": decode, "table": dict(table)})
     names = {"A": short.get(a, a), "B": short.get(b, b), "A:B": f"{short.get(a, a)} × {short.get(b, b)}",
              "Block": f"{block_name} (block)", "Residual": "residual"}
     body = [[names.get(name, name), _f(row["SS"], 6), f"{row['df']:.0f}", _f(row["MS"], 6), _f(row["F"], 3),

@@ -848,6 +848,12 @@ def test_anova_list_gives_one_section_per_metric_macro_f1_over_the_fixed_class_s
     write_rows(tmp_path / "sizes", rows, {"figures": False, "anova": spec}, {**axes, "train.seed": [0, 1, 2, 3, 4]})
     md = build_report(tmp_path / "sizes").read_text()
     assert md.count("left out until they have every cell: seed 4") == 2 and md.count(", 24 runs, decode") == 2
+    # one seed with every cell (a study that has just begun): no table of NaN, a sentence saying why
+    one = [r for r in rows if r["axes"]["train.seed"] in (0, 4)]
+    write_rows(tmp_path / "begun", one, {"figures": False, "anova": spec}, {**axes, "train.seed": [0, 4]})
+    md_one = build_report(tmp_path / "begun").read_text()
+    assert md_one.count("One run per cell so far (6 runs: seed 0): the model with interaction fits them exactly") == 2
+    assert "| source |" not in md_one and "anova" not in json.loads((tmp_path / "begun" / "report.json").read_text())
     sections = md.split("## Two-way ANOVA: ")[1:]
     assert [s.split("\n")[0] for s in sections] == ["f1_micro ~ num_layers × loss", "f1_macro ~ num_layers × loss"]
     df = pd.DataFrame(frame)
