@@ -430,6 +430,20 @@ def holm(pvalues: list[float]) -> list[float]:
     return list(out)
 
 
+def identical_predictions(a: VariantRuns, b: VariantRuns) -> bool:
+    """Whether the two variants score every test document the same on every seed they share (equal
+    per-document counts, hence equal on every metric): the same output, as two settings that are one
+    function by construction must give (BTL on a corpus with one entity type is ATL)."""
+    if a.counts is None or b.counts is None:
+        return False
+    if a.single or b.single:  # one run stands for every seed: against each run of the other
+        pairs = [(x, y) for x in a.counts for y in b.counts]
+    else:
+        by_seed = {r["seed"]: c for r, c in zip(b.rows, b.counts)}
+        pairs = [(c, by_seed[r["seed"]]) for r, c in zip(a.rows, a.counts) if r["seed"] in by_seed]
+    return bool(pairs) and all(_same_counts(x, y) for x, y in pairs)
+
+
 def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
     """Variant ``a`` against baseline ``b`` on ``metric``.
 
@@ -449,6 +463,7 @@ def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
     reasons = [f"{who} {why}" for who, v in (("the variant", a), ("the baseline", b))
                if (why := constant_reason(v, metric))]
     out["excluded"] = "; ".join(reasons) or None
+    out["identical"] = identical_predictions(a, b)
 
     # seed level: which seed did better, on this test set
     if a.single or b.single:
@@ -561,6 +576,10 @@ def sentence(c: dict, alpha: float) -> str:
     if c["excluded"]:
         return (f"{head}. Not tested: {c['excluded']}. The difference is certain by construction, so it is "
                 f"left out of the `{c['family']}` Holm family.")
+    if c.get("identical"):
+        return (f"{head}. Identical predictions: every test document scores the same under both on every "
+                f"seed they share, so the two are the same function here (a check of the code where the "
+                f"design makes them equal, not a finding).")
     if c["ci"] is not None:
         interval = f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
         excludes_zero = c["ci"][0] > 0 or c["ci"][1] < 0
@@ -648,7 +667,7 @@ def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns) -
                 and _same(old.get("diff"), c["diff"])
                 and earlier_metric(earlier, c["variant"], a, c["metric"]) is not None
                 and earlier_metric(earlier, c["baseline"], b, c["metric"]) is not None):
-            keep = ("ci", "ci_note", "p_perm", "perm_exact", "docs", "resampled_seeds")
+            keep = ("ci", "ci_note", "p_perm", "perm_exact", "docs", "resampled_seeds", "identical")
             return {**{k: old[k] for k in keep if k in old}, "p_perm": float(old["p_perm"]),
                     "document_level_from": "earlier build"}
     return None

@@ -1526,3 +1526,31 @@ def test_compute_cost_shows_each_variants_lowest_cpu_share(tmp_path):
     old = [{k: v for k, v in r.items() if k != "cpu_share"} for r in rows]
     write_rows(tmp_path / "old", old, {"figures": False}, axes)
     assert "CPU share" not in build_report(tmp_path / "old").read_text()
+
+
+def test_variants_with_identical_predictions_are_called_identical_not_untested_or_insignificant(tmp_path):
+    """BTL on a corpus with one entity type is ATL: a variant whose predictions equal its baseline's
+    on every seed gets Δ = 0 and a sentence that says the two are the same function (the NCBI-disease
+    check of cross_dataset); a variant that differs on one document of one seed does not."""
+    changed = set()
+
+    def predict(variant, seed, tags, rng):
+        sampler, loss, decode = variant
+        if sampler == "btl" and loss == "ce" and seed == 1 and decode not in changed:
+            changed.add(decode)  # BTL + CE differs from ATL + CE in one sentence of one seed
+            return ["O"] * len(tags)
+        # both samplers draw the same corruption for a sentence, seed and decode
+        rng = np.random.default_rng(zlib.crc32(f"{loss}{seed}{decode}{tags}".encode()))
+        return noisy(tags, rng, NOISE[("atl", loss, decode)])
+
+    sdir = make_study(tmp_path, NOISE, predict=predict, report={"compare": FAMILIES, "metrics": ["f1_micro"]})
+    md = build_report(sdir).read_text()
+    data = json.loads((sdir / "report.json").read_text())
+    sampler = {c["variant"]: c for c in data["comparisons"] if c["family"] == "sampler"}
+    for decode in ("argmax", "knn"):
+        same = sampler[f"sampler=btl, loss=focal, decode={decode}"]
+        assert same["identical"] and same["diff"] == 0
+        assert f"sampler=btl, loss=focal, decode={decode} vs sampler=atl, loss=focal, decode={decode}, micro F1: " \
+               f"+0.0000. Identical predictions" in md
+    assert not any(c["identical"] for c in data["comparisons"]
+                   if c["family"] != "sampler" or "loss=ce" in c["variant"])
