@@ -297,8 +297,8 @@ def pick_device(name: str, d: Dist) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"[train] device = {name!r} but CUDA is not available")
-        if d.world_size > 1 and name == "cuda":
-            name = f"cuda:{d.local_rank}"
+        if name == "cuda":  # set_device needs an index: a torchrun rank's own GPU, else the current one
+            name = f"cuda:{d.local_rank if d.world_size > 1 else torch.cuda.current_device()}"
         torch.cuda.set_device(torch.device(name))
     return torch.device(name)
 

@@ -683,6 +683,34 @@ def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_bf16_instructions(monke
     assert T.resolve_precision("bf16", cpu) == "bf16"
 
 
+def test_cuda_and_auto_pick_an_indexed_gpu(monkeypatch):
+    """device = "cuda" or "auto" on a GPU machine: torch.cuda.set_device takes only an indexed
+    device (it raises on a bare "cuda" before touching the GPU), so the process's current GPU is
+    named, or a torchrun rank's own; "cuda:N" is kept. CUDA is simulated; tests/test_cuda.py runs
+    it for real where a GPU is."""
+    import bertlab.train as T
+    chosen = []
+
+    def set_device(device):
+        if torch.device(device).index is None:  # what torch does, without a GPU
+            raise ValueError(f"Expected a torch.device with a specified index, got {device}")
+        chosen.append(str(device))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    single, rank3 = T.Dist(), T.Dist(3, 4, 3, False)
+    assert T.pick_device("cuda", single) == torch.device("cuda:0")
+    assert T.pick_device("auto", single) == torch.device("cuda:0")
+    assert T.pick_device("cuda:1", single) == torch.device("cuda:1")
+    assert T.pick_device("cuda", rank3) == torch.device("cuda:3")
+    assert T.pick_device("cpu", single) == torch.device("cpu")
+    assert chosen == ["cuda:0", "cuda:0", "cuda:1", "cuda:3"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert T.pick_device("auto", single) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        T.pick_device("cuda", single)
+
+
 def test_cpu_share_is_cpu_seconds_over_wall_seconds_times_threads(reference, tmp_path, monkeypatch):
     """Every CPU epoch records the training loop's CPU share, and the run its share over all epochs.
     A run that gets half as many CPU seconds as wall seconds (another busy process on its cores;
