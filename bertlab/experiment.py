@@ -448,14 +448,19 @@ def check_models(study: Study, runs: list[Run]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        name = run.axes.get("model", model.get("builtin") or model.get("path") or model.get("preset"))
-        if "builtin" in model:
+        name = run.axes.get("model", model.get("path") or model.get("preset") or model.get("arch")
+                            or model.get("builtin"))
+        random_init = model.get("preset") or model.get("arch")
+        if not model.get("path") and not (random_init and model.get("tokenizer")):
+            # the builtin checkpoint: the model itself, or a random-init model's tokenizer
             from bertlab.checkpoint import builtin_path
             try:
-                builtin_path(model["builtin"])
+                builtin_path(model.get("builtin") or "minilm")
             except (ValueError, ModuleNotFoundError) as e:
-                raise StudyError(f"{study.path}: model {name!r}: {e}") from None
-        elif "path" in model:
+                raise StudyError(f"{study.path}: model {name!r}: {e}"
+                                 + (" (a preset takes its tokenizer from it unless [model] tokenizer = DIR)"
+                                    if random_init else "")) from None
+        elif model.get("path"):
             folder = Path(os.path.expanduser(str(model["path"])))
             if not (folder / "config.json").exists():
                 table = next((m for m in study.axes.get("model", []) if m["name"] == name), {})

