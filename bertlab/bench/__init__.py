@@ -1,11 +1,21 @@
 """``bertlab bench`` / ``make bench``: bertlab against its reference, measured in the same run.
 
-Each area is a module with ``run(quick: bool) -> list[dict]`` returning rows
+Each area is a module with ``run(quick: bool) -> list[dict]`` (those in ``CUDA_AREAS`` also take
+``device="cpu" | "cuda"``) returning rows
 ``{"name", "unit", "bertlab", "reference", "ratio"}``; ratio > 1 always means bertlab is better
 (faster, or less memory). Rows go to ``runs/bench/bench.json`` so they can be tracked over time.
 An efficiency figure above 100% of the GEMM peak measured in the same run is impossible: such a row
 is marked ``"invalid"`` (``(invalid)`` in the table, and a warning after it), never passed off as a
 measurement.
+
+``--device cuda`` runs the areas that have a GPU path (``CUDA_AREAS``: models, btl; the default
+``--only`` there) on ``cuda:0``, bertlab and its reference alike, in the same run: each such area's
+``run(quick, device="cuda")``; its module docstring says what runs, at which sizes and precisions
+(fp32 rows with TF32 off; bf16 autocast), and how time (``torch.cuda.synchronize()`` around timed
+steps, after warm-up), peak GPU memory (``torch.cuda.max_memory_allocated``) and the GEMM peak
+(on the GPU, same run) are measured. epoch, knn and paths measure CPU code paths and refuse
+``--device cuda`` with a one-line error, as does a machine where ``torch.cuda.is_available()`` is
+False. bench.json's environment then names the GPU, the CUDA version and the TF32 flags.
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import importlib
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -27,6 +38,23 @@ AREAS = {
     "knn": "bertlab.bench.knn",         # KNN on logits vs scikit-learn brute force
     "paths": "bertlab.bench.paths",     # each fast path switched off vs all on (what each buys)
 }
+DEVICES = ("cpu", "cuda")
+CUDA_AREAS = ("models", "btl")  # the areas with a GPU path; epoch, knn, paths measure CPU code paths
+
+
+def device_error(device: str, areas: list[str], cuda_available: bool) -> str | None:
+    """Why ``areas`` cannot run on ``device`` (one line), or None when they can."""
+    if device == "cpu":
+        return None
+    cpu_only = [a for a in areas if a not in CUDA_AREAS]
+    if cpu_only:
+        return (f"--device {device}: area(s) {','.join(cpu_only)} are CPU-only; with --device {device} "
+                f"choose from {','.join(CUDA_AREAS)} (the default)")
+    if not cuda_available:
+        return (f"--device {device}: torch.cuda.is_available() is False (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda or 'none'}); run on a machine with an NVIDIA GPU and a CUDA build "
+                f"of torch, or use --device cpu")
+    return None
 
 
 EFFICIENCY_UNITS = ("% of GEMM peak",)  # a share of a peak measured in the same run: above 100 is impossible
@@ -58,7 +86,10 @@ def format_row(r: dict) -> str:
     return f"| {r['name']} | {r['unit']} | {num('bertlab')} | {num('reference')} | {ratio} |"
 
 
-def environment() -> dict:
+def environment(device: str = "cpu") -> dict:
+    """The machine and software the rows were measured on; with ``device`` "cuda" also the GPU,
+    its memory and compute capability, the CUDA version and the TF32 flags in force at the start
+    (the fp32 rows then run with TF32 off, whatever they were)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,9 +98,23 @@ def environment() -> dict:
                 break
     except OSError:
         pass
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+           "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device}
+    if device == "cuda":
+        from bertlab.bench.models import tf32_flags
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+                   compute_capability=f"{props.major}.{props.minor}", cuda_version=torch.version.cuda,
+                   transformers=_version("transformers"), tf32=tf32_flags())
+    return env
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.import_module(package).__version__
+    except ImportError:
+        return None
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -85,30 +130,62 @@ def main(argv: list[str] | None = None) -> int:
                     "measured in the same run; ratio > 1 means bertlab is better (docs/performance.md).")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke check (numbers are noisy)")
     ap.add_argument("--only", default="", metavar="AREA[,AREA...]",
-                    help=f"comma-separated areas out of {','.join(AREAS)} (default: all)")
+                    help=f"comma-separated areas out of {','.join(AREAS)} (default: all; with --device cuda: "
+                         f"{','.join(CUDA_AREAS)})")
+    ap.add_argument("--device", choices=DEVICES, default="cpu",
+                    help=f"where the models run: cpu (default) or cuda, a GPU, for the areas {','.join(CUDA_AREAS)} "
+                         f"(the default --only there): fp32 with TF32 off and bf16 autocast, both sides on the GPU")
     ap.add_argument("--output", default="runs/bench/bench.json", metavar="FILE",
                     help="JSON file the rows are written to (default: runs/bench/bench.json)")
     ap.add_argument("--out", dest="output", help=argparse.SUPPRESS)  # its old name
     args = ap.parse_args(argv)
-    areas = [a for a in args.only.split(",") if a] or list(AREAS)
+    areas = [a for a in args.only.split(",") if a] or list(AREAS if args.device == "cpu" else CUDA_AREAS)
     unknown = [a for a in areas if a not in AREAS]
     if unknown:
         ap.error(f"unknown area(s) {unknown}; choose from {list(AREAS)}")
-    env = environment()
+    error = device_error(args.device, areas, torch.cuda.is_available())
+    if error:
+        print(f"bertlab bench: error: {error}", file=sys.stderr)
+        return 2
+    env = environment(args.device)
     print(f"bertlab bench on {env['cpu']}, {env['threads']} threads, torch {env['torch']}"
-          + (f", {env['cuda']}" if env["cuda"] else ""))
+          + (f", {env['cuda']}" if env["cuda"] else "")
+          + (f"; device cuda (CUDA {env['cuda_version']})" if args.device == "cuda" else ""))
     print("| benchmark | unit | bertlab | reference | ratio |\n|---|---|---:|---:|---:|")
-    rows = []
+    rows, failed = [], []
     for area in areas:
-        for row in importlib.import_module(AREAS[area]).run(quick=args.quick):
-            row = flag_impossible({"area": area, **row})
-            rows.append(row)
-            print(format_row(row), flush=True)
-    write_json_atomic(Path(args.output), {"environment": env, "quick": args.quick, "rows": rows})
+        module = importlib.import_module(AREAS[area])
+        try:
+            if args.device == "cpu":
+                area_rows = module.run(quick=args.quick)
+            else:
+                # a GPU run is hard to repeat: each row is saved as it comes (an area with ``iter_rows``
+                # yields them as measured), and one area's failure keeps the other areas' rows
+                area_rows = (module.iter_rows(args.quick, args.device) if hasattr(module, "iter_rows")
+                             else module.run(quick=args.quick, device=args.device))
+            for row in area_rows:
+                row = flag_impossible({"area": area, **row})
+                rows.append(row)
+                print(format_row(row), flush=True)
+                if args.device != "cpu":
+                    write_json_atomic(Path(args.output), {"environment": env, "quick": args.quick, "rows": rows,
+                                                          "incomplete": True})
+        except Exception as e:
+            if args.device == "cpu":
+                raise
+            traceback.print_exc()
+            print(f"bertlab bench: area {area} failed on {args.device}: {type(e).__name__}: "
+                  f"{(str(e).strip().splitlines() or [''])[0]}", file=sys.stderr)
+            failed.append(area)
+    write_json_atomic(Path(args.output), {"environment": env, "quick": args.quick, "rows": rows,
+                                          **({"failed_areas": failed} if failed else {})})
     for row in rows:
         for side, reason in row.get("invalid", {}).items():
             print(f"\nwarning: invalid measurement in {row['name']!r}, {side}: {reason}")
     print(f"\nwrote {args.output} (ratio > 1: bertlab better)")
+    if failed:
+        print(f"bertlab bench: error: area(s) {','.join(failed)} failed (traceback above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,8 @@ AdamW, linear warmup/decay, clipping at 1.0, fp32, same thread count. The transf
 what `Trainer` + `DataCollatorForTokenClassification` do: shuffled batches padded to their
 longest row. bertlab's is ``bertlab.train.train`` as users run it (length-bucketed batches, its
 fast kernels); its time is the epoch's training time from metrics.json (evaluation excluded).
+
+CPU-only: ``bertlab bench --device cuda`` refuses this area (``bertlab.bench.CUDA_AREAS``).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Full size is the BTL paper's use: 200k training token logits with 83 labels, 50k query tokens,
 k = 17. Quick mode is 10x smaller. Rows follow the bench contract (ratio > 1: bertlab is better).
+
+CPU-only (scikit-learn and bertlab's KNN run on the CPU): ``--device cuda`` refuses this area.
 """
 from __future__ import annotations
 

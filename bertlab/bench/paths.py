@@ -5,6 +5,9 @@ A training step is forward, cross entropy, backward, clipping and a fused AdamW 
 does it; inference is a forward under ``torch.inference_mode`` in eval mode. Rows read "path on vs
 path off": ratio = time with the path off / time with it on, so > 1 means the path helps. The
 rule (issue #14): a path that buys under ~3% end to end is removed, so the model reads like the math.
+
+CPU-only: the paths are CPU kernels (on CUDA they switch themselves off), so ``--device cuda``
+refuses this area.
 """
 from __future__ import annotations
 
