@@ -44,8 +44,25 @@ class UsageError(ValueError):
 
 # ---- the saved model and its settings -----------------------------------------------------
 
-def load_model(model_dir: str | os.PathLike):
-    """``(model, tokenizer)`` from a Hugging Face folder saved by training (e.g. ``<run>/best``)."""
+def pick_device(name: str = "cpu"):
+    """The ``torch.device`` to tag on: "cpu", "cuda", "cuda:N", or "auto" (CUDA when available)."""
+    import torch
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available (torch {torch.__version__}); use --device cpu")
+    return device
+
+
+def load_model(model_dir: str | os.PathLike, device: str = "cpu"):
+    """``(model, tokenizer)`` from a Hugging Face folder saved by training (e.g. ``<run>/best``), the
+    model on ``device`` (``pick_device``) in eval mode."""
     from bertlab.checkpoint import load_pretrained
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
@@ -54,7 +71,7 @@ def load_model(model_dir: str | os.PathLike):
     model, tokenizer = load_pretrained(model_dir)
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json or vocab.txt)")
-    model.eval()
+    model.to(pick_device(device)).eval()
     return model, tokenizer
 
 
@@ -336,6 +353,9 @@ def _window_options(ap: argparse.ArgumentParser) -> None:
                     help="the forward passes' precision (default: the one the run scored the model in, "
                          "from best/bertlab_train.json or the run's metrics.json, so the run's own scores "
                          "are reproduced; fp32 without them)")
+    ap.add_argument("--device", default="cpu", metavar="DEVICE",
+                    help="where the model runs: cpu (default), cuda, cuda:N, or auto (cuda when available); "
+                         "on another device than the run scored on, scores may differ in the last bits")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.output != "-":
             check_writable(args.output)
         ids, texts = read_inputs(args.input)
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = load_model(args.model, args.device)
         max_length, stride, where = window_settings(args.model, args.max_length, args.stride)
         if where.startswith("bertlab's defaults"):
             print(f"bertlab predict: note: windows of {max_length} subwords, stride {stride} ({where})", file=sys.stderr)
@@ -419,13 +439,14 @@ def label_coverage(model_labels: list[str], corpus) -> dict:
 
 def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = False, max_documents: int = 0,
                    max_length: int | None = None, stride: int | None = None, scheme: str | None = None,
-                   progress: bool = False, log=lambda s: None, precision: str | None = None) -> dict:
+                   progress: bool = False, log=lambda s: None, precision: str | None = None,
+                   device: str = "cpu") -> dict:
     """Re-score a saved model on a bundled corpus or a CoNLL file: ``bertlab.inference.evaluate``'s
     dict plus the entity- and token-level confusion matrices, the window settings
     (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks)."""
     from bertlab.inference import evaluate, word_logits
     from bertlab.metrics import confusion_matrix
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, device)
     corpus = load_eval_data(data, split, scheme)
     if max_documents:
         corpus = corpus.subset(max_documents)
@@ -512,7 +533,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             check_writable(args.output)
         r = evaluate_model(args.model, args.data, args.split, args.knn, args.max_documents, args.max_length,
                            args.stride, args.scheme, progress=show_progress(),
-                           log=lambda s: print(s, file=sys.stderr), precision=args.precision)
+                           log=lambda s: print(s, file=sys.stderr), precision=args.precision,
+                           device=args.device)
     except (OSError, ValueError) as e:
         print(f"bertlab evaluate: {_failure(e)}", file=sys.stderr)
         return 2

@@ -624,3 +624,25 @@ def test_inference_knn_and_predict_on_the_device_equal_cpu(trained, vocab):
     top2 = np.sort(fp32_cpu, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 1e-4
     assert (fp32_dev.argmax(1) == fp32_cpu.argmax(1))[clear].all()
+
+
+def test_predict_and_evaluate_commands_tag_on_the_device(trained, tmp_path):
+    """``bertlab predict --device`` and ``bertlab evaluate --device`` put the model on the device and
+    tag as on the CPU (fp32; a note of a few dozen words has no near-tie to flip)."""
+    from bertlab.predict import evaluate_model
+    from bertlab.predict import main as predict_main
+    best = trained("fp32").out / "best"
+    model, _ = load_model(best, str(DEVICE))
+    assert {p.device.type for p in model.parameters()} == {DEVICE.type}
+    note = tmp_path / "note.txt"
+    note.write_text("A 45-year-old man presented with fever, cough and chest pain for three days.\n"
+                    "He was given 500 mg of amoxicillin twice daily.\n")
+    tagged = {}
+    for device in ("cpu", str(DEVICE)):
+        out = tmp_path / f"{device.replace(':', '_')}.jsonl"
+        assert predict_main(["--model", str(best), "--input", str(note), "--device", device, "--output", str(out)]) == 0
+        tagged[device] = out.read_text()
+    assert tagged["cpu"] == tagged[str(DEVICE)] and tagged["cpu"].strip()
+    scores = {device: evaluate_model(best, "maccrobat", "dev", max_documents=1, device=device)["micro_f1"]
+              for device in ("cpu", str(DEVICE))}
+    assert scores["cpu"] == pytest.approx(scores[str(DEVICE)], abs=1e-3)

@@ -198,7 +198,12 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path / "no" / "r.json")],
          f"{tmp_path / 'no' / 'r.json'}: cannot write: folder {tmp_path / 'no'} does not exist"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path)], "is a folder"),
+        (main, ["--model", model, "--input", note, "--device", "banana"], "--device banana: expected cpu, cuda"),
+        (evaluate_main, ["--model", model, "--data", "maccrobat", "--device", "banana"], "--device banana: expected"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((main, ["--model", model, "--input", note, "--device", "cuda"],
+                      "--device cuda: CUDA is not available"))
     for func, argv, message in cases:
         assert func(argv) == 2, argv
         err = capsys.readouterr().err
