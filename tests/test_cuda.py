@@ -60,7 +60,8 @@ from test_models import LABELS, hf_logits, hf_model, random_batch
 from test_sampling import COUNTS as BTL_COUNTS
 from test_sampling import LABELS as BTL_LABELS
 from test_sampling import LOSS_CONFIGS as BTL_LOSSES
-from test_sampling import assert_same_gradients, example_batch, fused, loss_and_grads, tiny_model
+from test_sampling import assert_fused_equals_naive, assert_same_gradients, example_batch, fused, loss_and_grads, tiny_model
+from test_train import strip_timing
 
 # deterministic cuBLAS needs a fixed workspace, chosen before the first cuBLAS call of the process
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -376,13 +377,7 @@ def test_fused_btl_equals_naive_btl_on_the_device(cfg, mode):
     loss_fn = build_loss(cfg, BTL_COUNTS)
     for combine in ("mean", "sum"):
         options = dict(mode=mode, classes="present", combine=combine)
-        naive_loss, naive_info, naive_grads = loss_and_grads(
-            dev, lambda: btl_naive_loss(dev, batch, BTL_LABELS, loss_fn, **options))
-        fused_loss, fused_info, fused_grads = loss_and_grads(dev, lambda: fused(dev, batch, loss_fn, **options))
-        assert naive_info["classes"] == fused_info["classes"] == ["A", "B", "C"]
-        torch.testing.assert_close(fused_info["copy_losses"], naive_info["copy_losses"], rtol=1e-12, atol=0)
-        torch.testing.assert_close(fused_loss, naive_loss, rtol=1e-12, atol=0)
-        assert_same_gradients(naive_grads, fused_grads)
+        fused_loss, fused_grads = assert_fused_equals_naive(dev, batch, loss_fn, options)
         cpu_loss, _, cpu_grads = loss_and_grads(cpu, lambda: fused(cpu, cpu_batch, loss_fn, **options))
         assert max_rel(fused_loss, cpu_loss) <= F64_TOL
         assert_same_gradients(cpu_grads, {n: g.cpu() for n, g in fused_grads.items()}, rel=F64_TOL)
@@ -429,7 +424,6 @@ def test_crf_nll_gradient_and_viterbi_on_the_device_equal_cpu():
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=64)
 DATA = {"name": "maccrobat", "max_documents": 2, "max_length": 48, "stride": 8}
-TIMING_KEYS = {"timing", "train_seconds", "tokens_per_second", "time_split", "cpu_share"}
 AUTOCAST_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -516,15 +510,6 @@ def trained(tmp_path_factory, vocab):
 
 def checkpoint_of(out: Path) -> dict:
     return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-
-
-def strip_timing(obj):
-    """metrics.json without its wall-clock fields."""
-    if isinstance(obj, dict):
-        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [strip_timing(v) for v in obj]
-    return obj
 
 
 def interrupted_and_resumed(vocab, out: Path, precision: str, at_step: int, **train_fields) -> dict:

@@ -201,6 +201,20 @@ def assert_same_gradients(a, b, rel=1e-6):
         torch.testing.assert_close(a[name], b[name], rtol=rel, atol=rel * scale, msg=name)
 
 
+def assert_fused_equals_naive(model, batch, loss_fn, options: dict):
+    """Fused BTL's copy losses, loss and gradients equal naive BTL's (float64, no dropout) for
+    ``model`` on ``batch``, wherever both live (tests/test_cuda.py runs it on the GPU); returns
+    the fused ``(loss, grads)``."""
+    naive_loss, naive_info, naive_grads = loss_and_grads(
+        model, lambda: btl_naive_loss(model, batch, LABELS, loss_fn, **options))
+    fused_loss, fused_info, fused_grads = loss_and_grads(model, lambda: fused(model, batch, loss_fn, **options))
+    assert naive_info["classes"] == fused_info["classes"] == ["A", "B", "C"]
+    torch.testing.assert_close(fused_info["copy_losses"], naive_info["copy_losses"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(fused_loss, naive_loss, rtol=1e-12, atol=0)
+    assert_same_gradients(naive_grads, fused_grads)
+    return fused_loss, fused_grads
+
+
 @pytest.mark.parametrize("cfg", LOSS_CONFIGS, ids=lambda c: c.name)
 @pytest.mark.parametrize("mode", BTL_MODES)
 def test_fused_equals_naive_without_dropout(cfg, mode):
@@ -208,14 +222,7 @@ def test_fused_equals_naive_without_dropout(cfg, mode):
     batch = example_batch()
     loss_fn = build_loss(cfg, COUNTS)
     for combine in ("mean", "sum"):
-        options = dict(mode=mode, classes="present", combine=combine)
-        naive_loss, naive_info, naive_grads = loss_and_grads(
-            model, lambda: btl_naive_loss(model, batch, LABELS, loss_fn, **options))
-        fused_loss, fused_info, fused_grads = loss_and_grads(model, lambda: fused(model, batch, loss_fn, **options))
-        assert naive_info["classes"] == fused_info["classes"] == ["A", "B", "C"]
-        torch.testing.assert_close(fused_info["copy_losses"], naive_info["copy_losses"], rtol=1e-12, atol=0)
-        torch.testing.assert_close(fused_loss, naive_loss, rtol=1e-12, atol=0)
-        assert_same_gradients(naive_grads, fused_grads)
+        assert_fused_equals_naive(model, batch, loss_fn, dict(mode=mode, classes="present", combine=combine))
 
 
 def test_fused_equals_naive_float32_all_classes():
