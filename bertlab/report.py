@@ -462,8 +462,10 @@ def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
            "mdd": math.nan, "ci": None, "ci_note": None, "p_perm": math.nan, "excluded": None}
     reasons = [f"{who} {why}" for who, v in (("the variant", a), ("the baseline", b))
                if (why := constant_reason(v, metric))]
-    out["excluded"] = "; ".join(reasons) or None
     out["identical"] = identical_predictions(a, b)
+    if out["identical"]:  # no difference on any document of any seed: nothing to test
+        reasons.append("the variant predicts what the baseline predicts on every test document of every shared seed")
+    out["excluded"] = "; ".join(reasons) or None
 
     # seed level: which seed did better, on this test set
     if a.single or b.single:
@@ -553,6 +555,8 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                          seeds=[r["seed"] for r in runs[key].rows])
                 if c["ci_note"] == "no prediction files" and earlier:
                     c.update(earlier_comparison(earlier, c, runs[key], runs[base]) or {})
+                    if c.get("identical") and not c["excluded"]:  # the earlier build saw the predictions
+                        c["excluded"] = "identical predictions (earlier build)"
                 group.append(c)
             tested = [c for c in group if not c["excluded"]]
             source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"
@@ -573,13 +577,13 @@ def sentence(c: dict, alpha: float) -> str:
     """What one comparison supports, and what it doesn't, in plain words. A claim rests on the
     Holm-adjusted document permutation test and needs the hierarchical interval to exclude 0."""
     head = f"{c['variant']} vs {c['baseline']}, {METRICS[c['metric']]}: {c['diff']:+.4f}"
-    if c["excluded"]:
-        return (f"{head}. Not tested: {c['excluded']}. The difference is certain by construction, so it is "
-                f"left out of the `{c['family']}` Holm family.")
     if c.get("identical"):
         return (f"{head}. Identical predictions: every test document scores the same under both on every "
                 f"seed they share, so the two are the same function here (a check of the code where the "
-                f"design makes them equal, not a finding).")
+                f"design makes them equal, not a finding); left out of the `{c['family']}` Holm family.")
+    if c["excluded"]:
+        return (f"{head}. Not tested: {c['excluded']}. The difference is certain by construction, so it is "
+                f"left out of the `{c['family']}` Holm family.")
     if c["ci"] is not None:
         interval = f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
         excludes_zero = c["ci"][0] > 0 or c["ci"][1] < 0
@@ -989,7 +993,7 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         left_out = sum(1 for c in mine if c["excluded"])
         md += ["Holm correction within this family, per metric: " + ", ".join(
             f"{METRICS[m]} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
-            + (f"; {left_out} comparison(s) left out as certain by construction." if left_out else "."), ""]
+            + (f"; {left_out} comparison(s) left out as certain by construction or identical." if left_out else "."), ""]
         body = []
         for c in mine:
             ci = f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"] is not None else "none"

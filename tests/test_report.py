@@ -1550,7 +1550,9 @@ def test_variants_with_identical_predictions_are_called_identical_not_untested_o
     for decode in ("argmax", "knn"):
         same = sampler[f"sampler=btl, loss=focal, decode={decode}"]
         assert same["identical"] and same["diff"] == 0
+        assert same["excluded"] and math.isnan(same["p_holm"])  # no test, and no weight in Holm's correction
         assert f"sampler=btl, loss=focal, decode={decode} vs sampler=atl, loss=focal, decode={decode}, micro F1: " \
                f"+0.0000. Identical predictions" in md
+    assert {c["family_size"] for c in sampler.values() if not c["excluded"]} == {2}
     assert not any(c["identical"] for c in data["comparisons"]
                    if c["family"] != "sampler" or "loss=ce" in c["variant"])
