@@ -45,19 +45,21 @@ class UsageError(ValueError):
 # ---- the saved model and its settings -----------------------------------------------------
 
 def pick_device(name: str = "cpu"):
-    """The ``torch.device`` to tag on: "cpu", "cuda", "cuda:N", or "auto" (CUDA when available)."""
+    """The ``torch.device`` to tag on: "cpu", "cuda", "cuda:N", or "auto" (CUDA when available),
+    chosen as training chooses it (``bertlab.train.pick_device``), after a check that names the flag."""
     import torch
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+
+    from bertlab.train import Dist
+    from bertlab.train import pick_device as train_pick_device
     try:
-        device = torch.device(name)
+        kind = "auto" if name == "auto" else torch.device(name).type
     except RuntimeError:
-        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto") from None
-    if device.type not in ("cpu", "cuda"):
+        kind = None
+    if kind not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available (torch {torch.__version__}); use --device cpu")
-    return device
+    return train_pick_device(name, Dist())
 
 
 def load_model(model_dir: str | os.PathLike, device: str = "cpu"):
