@@ -96,6 +96,9 @@ class RunConfig:
     log_every: int = 10          # optimisation steps between log.jsonl lines (and host syncs)
     progress: str = "auto"       # tqdm bars: "auto" (a TTY and no $CI) | "on" | "off"
     eval_batch_size: int = 64    # windows per batch at evaluation
+    pad_to_multiple_of: int = 0  # batch widths (training and evaluation) rounded up to a multiple of
+                                 # this; 0 = the device's choice: 8 on CUDA (docs/performance.md,
+                                 # "bf16 and CUDA"), 1 (the longest row) on a CPU
     tensorboard: bool = False    # also log to OUT/tensorboard (torch.utils.tensorboard; pip install bertlab[tensorboard])
 
 
@@ -150,7 +153,7 @@ MINIMUM = {
     ("optim", "eps"): 0.0, ("optim", "momentum"): 0.0, ("optim", "warmup_ratio"): 0.0,
     ("optim", "clip_grad_norm"): 0.0, ("optim", "grad_accum"): 1, ("optim", "crf_lr"): 0.0, ("train", "epochs"): 1,
     ("train", "max_steps"): 0, ("train", "early_stopping_patience"): 0, ("train", "checkpoint_every"): 0,
-    ("train", "log_every"): 1, ("train", "eval_batch_size"): 1, ("eval", "knn_k"): 1,
+    ("train", "log_every"): 1, ("train", "eval_batch_size"): 1, ("train", "pad_to_multiple_of"): 0, ("eval", "knn_k"): 1,
 }
 
 

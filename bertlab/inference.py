@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bertlab.metrics import entity_report, token_report, unweighted_accuracy
-from bertlab.sampling import collate
+from bertlab.sampling import collate, pad_multiple
 from bertlab.tokenization import word_predictions
 
 DECODES = ("argmax", "viterbi", "knn", "calibrated")
@@ -42,7 +42,8 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int = 32,
-                batch_size: int = 64, precision: str = "fp32", progress: bool = False) -> list[np.ndarray]:
+                batch_size: int = 64, precision: str = "fp32", progress: bool = False,
+                pad_to_multiple_of: int = 0) -> list[np.ndarray]:
     """Per-sentence float32 arrays ``[n_words, C]``: the logits at each word's first subword.
 
     ``sentences``: Sentence objects or lists of words. Long sentences become overlapping windows
@@ -51,7 +52,9 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
     sorted by length in batches of ``batch_size`` to keep padding small. ``precision="bf16"``
     runs the model under bf16 autocast (logits are returned in float32). The model is put in eval
     mode for the call and restored to its previous mode afterwards. ``progress=True`` shows a tqdm
-    bar over the batches on stderr.
+    bar over the batches on stderr. Batches are padded to a multiple of ``pad_to_multiple_of``
+    (0: the device's choice, ``bertlab.sampling.pad_multiple``: 8 on CUDA, none on a CPU); padding
+    is masked, so it changes the logits only by float rounding.
     """
     from tqdm import tqdm
     words = _words(sentences)
@@ -60,6 +63,7 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
     order = sorted(range(len(flat)), key=lambda j: len(flat[j]))
     out: list = [None] * len(flat)
     device = _device_of(model)
+    multiple = pad_multiple(device, pad_to_multiple_of)
     autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
     was_training = model.training
@@ -68,7 +72,8 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
         for lo in tqdm(range(0, len(order), batch_size), desc="word logits", unit="batch",
                        disable=not progress, leave=False):
             chunk = order[lo:lo + batch_size]
-            batch = collate([flat[j] for j in chunk], pad_token_id=tokenizer.pad_token_id)
+            batch = collate([flat[j] for j in chunk], pad_token_id=tokenizer.pad_token_id,
+                            pad_to_multiple_of=multiple)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
                 logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -124,7 +129,8 @@ def decode_viterbi(model, logits: list[np.ndarray], batch_size: int = 256) -> li
 
 def fit_knn_on_train(model, tokenizer, train_sentences, k: int = 17, metric: str = "euclidean",
                      max_length: int = 128, stride: int = 32, batch_size: int = 64,
-                     precision: str = "fp32", logits: list[np.ndarray] | None = None):
+                     precision: str = "fp32", logits: list[np.ndarray] | None = None,
+                     pad_to_multiple_of: int = 0):
     """A ``bertlab.knn.KNNClassifier`` fitted on the training set's word logits.
 
     Every word of a training sentence is labelled (its gold tag), so X is all training words'
@@ -133,7 +139,8 @@ def fit_knn_on_train(model, tokenizer, train_sentences, k: int = 17, metric: str
     from bertlab.knn import KNNClassifier
     label2id = {l: i for i, l in enumerate(model.labels)}
     if logits is None:
-        logits = word_logits(model, tokenizer, train_sentences, max_length, stride, batch_size, precision)
+        logits = word_logits(model, tokenizer, train_sentences, max_length, stride, batch_size, precision,
+                             pad_to_multiple_of=pad_to_multiple_of)
     X = np.concatenate([l for l in logits if len(l)], axis=0)
     y = np.array([label2id[t] for s in train_sentences for t in s.tags], dtype=np.int64)
     if len(X) != len(y):
@@ -202,7 +209,7 @@ def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrat
 
 def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_length: int = 128,
              stride: int = 32, batch_size: int = 64, precision: str = "fp32",
-             logits: list[np.ndarray] | None = None, calibrator=None) -> dict:
+             logits: list[np.ndarray] | None = None, calibrator=None, pad_to_multiple_of: int = 0) -> dict:
     """Score ``model`` on a Corpus (or a list of Sentences) with one decode.
 
     Returns ``{"decode", "micro_f1", "micro_f1_conlleval", "entity_report", "entity_conlleval",
@@ -224,7 +231,8 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
         raise ValueError("decode='calibrated' needs calibrator= (a BiasCalibrator fitted on dev)")
     sentences = corpus.sentences if hasattr(corpus, "sentences") else list(corpus)
     if logits is None:
-        logits = word_logits(model, tokenizer, sentences, max_length, stride, batch_size, precision)
+        logits = word_logits(model, tokenizer, sentences, max_length, stride, batch_size, precision,
+                             pad_to_multiple_of=pad_to_multiple_of)
     pred = decode_tags(decode, logits, model, knn, calibrator)
     gold = [list(s.tags) for s in sentences]
     strict = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)

@@ -269,7 +269,8 @@ def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> b
         model, tokenizer = load_pretrained(folder)
         model.eval()
         logits = word_logits(model, tokenizer, splits.test.sentences, cfg.data.max_length, cfg.data.stride,
-                             cfg.train.eval_batch_size, metrics.get("precision") or "fp32")
+                             cfg.train.eval_batch_size, metrics.get("precision") or "fp32",
+                             pad_to_multiple_of=cfg.train.pad_to_multiple_of)
         probabilities = mean_probabilities(logits, model.labels)
         for decode in decodes:
             test[decode]["mean_probability"] = probabilities

@@ -43,7 +43,7 @@ from bertlab.files import write_json
 from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                             set_rng_state)
-from bertlab.sampling import btl_fused_loss, btl_naive_loss, collate, length_bucketed_batches
+from bertlab.sampling import btl_fused_loss, btl_naive_loss, collate, length_bucketed_batches, pad_multiple
 from bertlab.selection import (clean_json, evaluate_dev, final_evaluation, save_best_folders, time_split,
                                update_best, write_metrics_csv)
 
@@ -564,6 +564,7 @@ class Setup:
     n_params: int
     config_dict: dict
     eval_options: dict
+    pad_multiple: int                      # training batches' widths are padded to a multiple of this
     ckpt_path: Path
     resumed: bool
     flat_grad: torch.Tensor | None = None  # multi-process: all gradients as views of one buffer
@@ -702,7 +703,9 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
                  n_micro=n_micro, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                  warmup_steps=warmup_steps, n_params=n_params, config_dict=config_dict,
                  eval_options=dict(max_length=cfg.data.max_length, stride=cfg.data.stride,
-                                   batch_size=cfg.train.eval_batch_size, precision=precision),
+                                   batch_size=cfg.train.eval_batch_size, precision=precision,
+                                   pad_to_multiple_of=pad_multiple(device, cfg.train.pad_to_multiple_of)),
+                 pad_multiple=pad_multiple(device, cfg.train.pad_to_multiple_of),
                  ckpt_path=ckpt_path, resumed=ckpt is not None, flat_grad=flat_grad, inputs=inputs, scaler=scaler,
                  epochs_from=old_epochs)
 
@@ -761,7 +764,8 @@ def device_batches(group: list[list[int]], s: Setup, d: Dist) -> list[dict]:
     for b in group:
         rows = shard(b, d.rank, d.world_size)
         if rows:  # a process with no rows only adds its zero gradient
-            batch = collate([s.windows[i] for i in rows], pad_token_id=s.tokenizer.pad_token_id)
+            batch = collate([s.windows[i] for i in rows], pad_token_id=s.tokenizer.pad_token_id,
+                            pad_to_multiple_of=s.pad_multiple)
             if s.device.type == "cuda":  # pinned host memory: the copy overlaps with compute
                 batch = {key: v.pin_memory() for key, v in batch.items()}
             out.append({key: v.to(s.device, non_blocking=True) for key, v in batch.items()})

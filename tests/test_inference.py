@@ -67,6 +67,18 @@ def test_word_logits_read_each_word_once_from_its_owning_window(tokenizer):
     assert model.training
 
 
+@pytest.mark.parametrize("multiple", [0, 8, 32])
+def test_word_logits_padded_to_a_multiple_equal_the_unpadded_ones(tokenizer, multiple):
+    # padding is masked: the logits change only by float rounding (fp32 against float64 unpadded)
+    model = tiny_model()
+    sentences = [LONG, SHORT, LONG[:7], []]
+    out = word_logits(model, tokenizer, sentences, max_length=24, stride=4, batch_size=2,
+                      pad_to_multiple_of=multiple)
+    reference = word_logits(model.double(), tokenizer, sentences, max_length=24, stride=4, batch_size=1)
+    for a, b in zip(out, reference):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_decode_argmax_and_strict_versus_conlleval_scoring_match_seqeval():
     """Per-word argmax can produce an orphan I- tag; strict IOB2 scoring ignores it, the conlleval
     reading counts it as an entity. Both equal seqeval's."""

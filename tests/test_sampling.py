@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from bertlab.losses import LossConfig, build_loss
 from bertlab.models import BertModel, TokenClassifier
-from bertlab.sampling import (BTL_MODES, binary_token_label_batches, btl_columns, btl_fused_loss, btl_naive_loss,
-                              btl_targets, collate, entity_types, length_bucketed_batches, padding_stats,
-                              token_budget_batches)
+from bertlab.sampling import (BTL_MODES, CUDA_PAD_MULTIPLE, binary_token_label_batches, btl_columns,
+                              btl_fused_loss, btl_naive_loss, btl_targets, collate, entity_types,
+                              length_bucketed_batches, pad_multiple, padding_stats, token_budget_batches)
 from conftest import tiny_bert_config
 
 # types A, B (IOB2) and C, which has only B- (to check a 2-column "binary" copy)
@@ -41,6 +41,31 @@ def test_collate_pads_to_longest_row_from_objects_and_dicts():
     assert all(t.dtype == torch.long for t in batch.values())
     with pytest.raises(ValueError, match="item 0 has 2 input_ids but 1 labels"):
         collate([{"input_ids": [1, 2], "labels": [0]}])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_collate_pad_to_multiple_rounds_the_width_up_and_keeps_every_row(seed):
+    rng = random.Random(seed)
+    items = [FakeWindow([rng.randint(1, 99) for _ in range(n)], [rng.randint(-1, 4) for _ in range(n)])
+             for n in (rng.randint(1, 40) for _ in range(rng.randint(1, 6)))]
+    plain = collate(items, pad_token_id=5)
+    for multiple in (1, 3, 8, 32):
+        batch = collate(items, pad_token_id=5, pad_to_multiple_of=multiple)
+        width, longest = batch["input_ids"].shape[1], plain["input_ids"].shape[1]
+        assert width % multiple == 0 and longest <= width < longest + multiple
+        for key, fill in (("input_ids", 5), ("attention_mask", 0), ("token_type_ids", 0), ("labels", -100)):
+            assert torch.equal(batch[key][:, :longest], plain[key])
+            assert (batch[key][:, longest:] == fill).all()
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be >= 1"):
+        collate(items, pad_to_multiple_of=0)
+
+
+def test_pad_multiple_is_the_setting_or_the_devices_choice():
+    assert pad_multiple("cpu") == 1 and pad_multiple(torch.device("cpu"), 0) == 1
+    assert pad_multiple("cuda") == pad_multiple(torch.device("cuda", 1)) == CUDA_PAD_MULTIPLE == 8
+    assert pad_multiple("cpu", 16) == pad_multiple("cuda", 16) == 16
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be >= 0"):
+        pad_multiple("cpu", -1)
 
 
 # --- ATL batches -------------------------------------------------------------------------------

@@ -88,6 +88,7 @@ def reference(tmp_path_factory):
     ("[optim]\nlr = true\n", "[optim] lr: expected a number, got True"),
     ("[sampler]\nname = \"bTL\"\n", "[sampler] name: expected one of ['atl', 'btl'], got 'bTL'"),
     ("[sampler]\nbatch_size = 0\n", "[sampler] batch_size: expected a value >= 1"),
+    ("[train]\npad_to_multiple_of = -8\n", "[train] pad_to_multiple_of: expected a value >= 0"),
     ("[eval]\ndecode = [\"argmax\", \"beam\"]\n", "[eval] decode: expected entries from"),
     ("[eval]\ndecode = [\"viterbi\"]\n", "[eval] decode: 'viterbi' needs a CRF"),
     ("[loss]\nname = \"dice\"\n", "[loss] name: expected one of"),
@@ -384,6 +385,19 @@ def test_fused_btl_equals_naive_btl_without_dropout(tmp_path):
                           train={"epochs": 1, "max_steps": 2})
         runs[impl] = train(load_config(cfg), tmp_path / impl, resume=False, log=quiet)
     assert_same_params(final_params(tmp_path / "fused"), final_params(tmp_path / "naive"), atol=1e-6)
+
+
+def test_padding_to_a_multiple_trains_the_same_model_without_dropout(tmp_path):
+    """Extra padding is masked in attention and ignored by the loss: without dropout (whose masks
+    follow the batch's shape) a run padded to a multiple of 16 equals the unpadded one."""
+    for multiple in (1, 16):
+        cfg = tiny_config(tmp_path / "data", model={"overrides": {**TINY_MODEL, "hidden_dropout_prob": 0.0,
+                                                                   "attention_probs_dropout_prob": 0.0}},
+                          train={"epochs": 1, "max_steps": 3, "pad_to_multiple_of": multiple})
+        train(load_config(cfg), tmp_path / str(multiple), resume=False, log=quiet)
+    assert_same_params(final_params(tmp_path / "1"), final_params(tmp_path / "16"), atol=1e-5)
+    losses = [[r["loss"] for r in log_rows(tmp_path / m) if "loss" in r] for m in ("1", "16")]
+    assert losses[0] and losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
 @pytest.mark.parametrize("sections", [
