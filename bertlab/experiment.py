@@ -259,23 +259,32 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
             raise StudyError(f"{where}: [study] baseline {key}={value!r} is not among the swept "
                              f"values {axes[key]}")
     report = dict(raw.get("report", {}))
+    from bertlab.families import REPORT_OPTIONS
+    for key in report:
+        if key not in REPORT_OPTIONS:
+            raise StudyError(f"{where}: [report] {key}: unknown key; expected one of {', '.join(REPORT_OPTIONS)}")
     _check_anova(report.get("anova"), axes, decodes, where)
-    _check_compare(report.get("compare"), axes, decodes, where)
+    full_sweep = {k: [axis_value(k, v) for v in vs] for k, vs in raw.get("sweep", {}).items()
+                  if k != "model" and isinstance(vs, list)}
+    _check_compare(report.get("compare"), report.get("by_construction"), axes, decodes, where, full_sweep)
     return Study(name=study_name, path=path, scale=scale, description=head.get("description", ""),
                  base=base, axes=axes, baseline=baseline, report=report,
                  gradflow=raw.get("gradflow"), scale_overrides=dict(scales.get(scale, {})),
                  overrides=list(overrides))
 
 
-def _check_compare(spec, axes: dict, decodes: list, where) -> None:
-    """``[report.compare]``: checked when the study is read, not hours later when its report is built."""
-    if not spec:
+def _check_compare(spec, rules, axes: dict, decodes: list, where, full_sweep: dict) -> None:
+    """``[report.compare]`` and ``[[report.by_construction]]``: checked when the study is read, not
+    hours later when its report is built (a rule's levels against ``full_sweep`` too: a smaller
+    scale may leave some out)."""
+    if not spec and not rules:
         return
-    from bertlab.families import comparison_families
+    from bertlab.families import comparison_families, construction_rules
     levels = {k: [axis_value(k, v) for v in vs] for k, vs in axes.items()}
+    study = {"source": str(where), "axes": levels, "decodes": _all_decodes(decodes, axes)}
     try:
-        comparison_families({"source": str(where), "axes": levels, "decodes": _all_decodes(decodes, axes)},
-                            {"compare": spec})
+        comparison_families(study, {"compare": spec})
+        construction_rules(study, {"by_construction": rules}, full_sweep)
     except ValueError as e:
         raise StudyError(str(e)) from None
 

@@ -2,6 +2,11 @@
 ``bertlab.experiment`` checks them when it reads a study file, ``bertlab.report`` tests them."""
 from __future__ import annotations
 
+# the keys of a study's [report] table (bertlab.report.DEFAULTS holds their defaults)
+REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha", "bootstrap_resamples",
+                  "permutation_resamples", "bootstrap_seed", "bands", "anova", "figures", "confusion",
+                  "type_shares", "plateau")
+
 
 def comparison_families(study: dict, opts: dict) -> list[dict]:
     """The study's questions, each a family of comparisons with its own Holm correction.
@@ -43,3 +48,51 @@ def comparison_families(study: dict, opts: dict) -> list[dict]:
     if not families and study.get("baseline"):
         families.append({"name": "baseline", "vary": None, "baseline": dict(study["baseline"])})
     return families
+
+
+def construction_rules(study: dict, opts: dict, other_levels: dict | None = None) -> list[dict]:
+    """The variants whose comparisons follow from the design, not from a measurement
+    (``[[report.by_construction]]``), each ``{where = {AXIS = LEVEL or [LEVEL, ...], ...}, why =
+    "..."}``: a comparison whose variant or baseline matches every key of a ``where`` (``decode``
+    included) is shown with ``why`` and left out of its Holm family, like the constants the report
+    finds itself. E.g. BTL read out by argmax, a decoder its objective rules out where a corpus has
+    more than one entity type. Returned with every level as a list.
+
+    Each level must be one of the study's, or of ``other_levels`` (``{axis: [level, ...]}``: the
+    full sweep, read beside a scale that sweeps fewer levels; the report, which sees one scale,
+    passes ``None`` and then checks only the axes: a level that this scale does not sweep matches
+    nothing)."""
+    declared = opts.get("by_construction") or []
+    where = f"{study.get('source') or 'study.json'}: [[report.by_construction]]"
+    levels = {k: [str(x) for x in v] for k, v in study.get("axes", {}).items() if k != "train.seed"}
+    levels["decode"] = [str(d) for d in study.get("decodes", [])]
+    if not isinstance(declared, list):
+        raise ValueError(f"{where} must be a list of tables {{ where = {{ AXIS = LEVEL, ... }}, why = \"...\" }}")
+    rules = []
+    for i, rule in enumerate(declared):
+        at = f"{where} entry {i + 1}"
+        if not isinstance(rule, dict) or sorted(rule) != ["where", "why"]:
+            raise ValueError(f"{at}: expected {{ where = {{ AXIS = LEVEL, ... }}, why = \"...\" }}, got {rule!r}")
+        if not isinstance(rule["why"], str) or not rule["why"].strip():
+            raise ValueError(f"{at}: why must say, in words, why the difference follows from the design")
+        if not isinstance(rule["where"], dict) or not rule["where"]:
+            raise ValueError(f"{at}: where must be a non-empty table {{ AXIS = LEVEL, ... }}")
+        match = {}
+        for axis, value in rule["where"].items():
+            if axis not in levels:
+                raise ValueError(f"{at}: where: {axis!r} is not an axis of the study (axes: {', '.join(levels)})")
+            values = value if isinstance(value, list) else [value]
+            known = levels[axis] + [str(x) for x in (other_levels or {}).get(axis, [])]
+            for v in values if other_levels is not None else []:
+                if str(v) not in known:
+                    raise ValueError(f"{at}: where: {v!r} is not a level of {axis} "
+                                     f"(levels: {', '.join(dict.fromkeys(known))})")
+            match[axis] = [str(v) for v in values]
+        rules.append({"where": match, "why": rule["why"].strip()})
+    return rules
+
+
+def by_construction(key: tuple, rules: list[dict]) -> list[str]:
+    """The ``why`` of every rule whose ``where`` a variant (its ``((axis, level), ...)`` key) matches."""
+    values = {axis: str(level) for axis, level in key}
+    return [r["why"] for r in rules if all(values.get(axis) in levels for axis, levels in r["where"].items())]

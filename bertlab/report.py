@@ -25,7 +25,7 @@ explains the choices):
   of the other factors: the difference of seed means with a paired hierarchical bootstrap interval
   (documents shared, seeds resampled within a variant with at least 3), a paired permutation test
   over documents, Holm-corrected within one family and one metric (comparisons certain by
-  construction left out), the seed-paired t-test with paired d, and the smallest difference that
+  construction, and those the study declares so in ``[[report.by_construction]]``, left out), the seed-paired t-test with paired d, and the smallest difference that
   t-test detects (80% power).
 * **two-way ANOVA** (``[report] anova``): Type II, the seed as a block factor by default.
 * **learning curves**: dev scores per epoch from each row's ``curve``, when the rows have one.
@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from bertlab import stats
-from bertlab.families import comparison_families
+from bertlab.families import by_construction, comparison_families, construction_rules
 from bertlab.files import write_text
 from bertlab.metrics import strict_entities
 from bertlab.stats import bca_levels
@@ -59,6 +59,7 @@ METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy"
 DEFAULTS = {
     "metrics": ["f1_micro", "f1_macro"],  # metrics tested for significance (Holm family each)
     "compare": None,  # {NAME = {vary = "loss.name", baseline = "ce"}, ...}; None: [study] baseline
+    "by_construction": None,  # [{where = {AXIS = LEVEL, ...}, why = "..."}]: comparisons not tested
     "alpha": 0.05,
     "bootstrap_resamples": 1000,
     "permutation_resamples": 9999,
@@ -557,6 +558,10 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                     c.update(earlier_comparison(earlier, c, runs[key], runs[base]) or {})
                     if c.get("identical") and not c["excluded"]:  # the earlier build saw the predictions
                         c["excluded"] = "identical predictions (earlier build)"
+                declared = [f"the {who} {why}" for who, k in (("variant", key), ("baseline", base))
+                            for why in by_construction(k, opts.get("construction") or [])]
+                if declared:  # [[report.by_construction]]: follows from the design
+                    c["excluded"] = "; ".join([c["excluded"]] * bool(c["excluded"]) + declared)
                 group.append(c)
             tested = [c for c in group if not c["excluded"]]
             source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"
@@ -582,8 +587,8 @@ def sentence(c: dict, alpha: float) -> str:
                 f"seed they share, so the two are the same function here (a check of the code where the "
                 f"design makes them equal, not a finding); left out of the `{c['family']}` Holm family.")
     if c["excluded"]:
-        return (f"{head}. Not tested: {c['excluded']}. The difference is certain by construction, so it is "
-                f"left out of the `{c['family']}` Holm family.")
+        return (f"{head}. Not tested: {c['excluded']}. The difference follows from the construction, not "
+                f"from a measurement, so it is left out of the `{c['family']}` Holm family.")
     if c["ci"] is not None:
         interval = f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
         excludes_zero = c["ci"][0] > 0 or c["ci"][1] < 0
@@ -947,7 +952,8 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
     if not families:
         return md + ["The study declares no comparison (`[report.compare]`) and names no baseline "
                      "(`[study] baseline`), so nothing is tested.", ""]
-    comps = comparisons(variants, runs, labels, families, {**opts, "metrics": list(opts["metrics"])}, earlier)
+    comps = comparisons(variants, runs, labels, families, {**opts, "metrics": list(opts["metrics"]),
+                                                           "construction": construction_rules(study, opts)}, earlier)
     data["comparisons"] = comps
     data["families"] = families
     if not comps:
@@ -993,7 +999,7 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         left_out = sum(1 for c in mine if c["excluded"])
         md += ["Holm correction within this family, per metric: " + ", ".join(
             f"{METRICS[m]} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
-            + (f"; {left_out} comparison(s) left out as certain by construction or identical." if left_out else "."), ""]
+            + (f"; {left_out} comparison(s) left out as following from the construction or identical." if left_out else "."), ""]
         body = []
         for c in mine:
             ci = f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"] is not None else "none"

@@ -70,6 +70,15 @@ def test_toml_roundtrip():
     (('[scale.smoke]', '[report]\nanova = ["loss.name"]\n[scale.smoke]'), "[report] anova must be a table"),
     (('[scale.smoke]', '[report.compare]\nl = { vary = "loss.name", pairs = [["focal", "dice"]] }\n[scale.smoke]'),
      "[report.compare] l: pairs: 'dice' is not a level of loss.name"),
+    (('[scale.smoke]', '[report]\nby_constructon = []\n[scale.smoke]'), "[report] by_constructon: unknown key"),
+    (('[scale.smoke]', '[[report.by_construction]]\nwhere = { "loss.name" = ["focal", "dice"] }\nwhy = "x"\n'
+                       '[scale.smoke]'), "[[report.by_construction]] entry 1: where: 'dice' is not a level of loss.name"),
+    (('[scale.smoke]', '[[report.by_construction]]\nwhere = { sampler = "btl" }\nwhy = "x"\n[scale.smoke]'),
+     "entry 1: where: 'sampler' is not an axis of the study (axes: loss.name, decode)"),
+    (('[scale.smoke]', '[[report.by_construction]]\nwhere = { decode = "argmax" }\n[scale.smoke]'),
+     "entry 1: expected { where = { AXIS = LEVEL, ... }, why = \"...\" }"),
+    (('[scale.smoke]', '[[report.by_construction]]\nwhere = { decode = "argmax" }\nwhy = " "\n[scale.smoke]'),
+     "entry 1: why must say, in words, why"),
 ])
 def test_bad_study_files_name_file_and_key(tmp_path, change, message):
     d = write_study(tmp_path, TINY.replace(*change))
@@ -78,6 +87,15 @@ def test_bad_study_files_name_file_and_key(tmp_path, change, message):
     assert message in str(e.value)
     assert str(d / "tiny.toml") in str(e.value)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.json"))
+
+
+def test_a_construction_rule_may_name_a_level_that_only_a_smaller_scale_leaves_out(tmp_path):
+    rule = '[[report.by_construction]]\nwhere = { "loss.name" = "focal" }\nwhy = "is focal"\n'
+    d = write_study(tmp_path, TINY.replace("[scale.smoke]", rule + '[scale.smoke]\nsweep = { "loss.name" = ["ce"] }'))
+    assert load_study("tiny", scale="smoke", experiments_dir=d).axes["loss.name"] == ["ce"]
+    d = write_study(tmp_path, TINY.replace("[scale.smoke]", rule.replace('"focal"', '"fokal"') + "[scale.smoke]"))
+    with pytest.raises(StudyError, match=r"where: 'fokal' is not a level of loss.name \(levels: ce, focal\)"):
+        load_study("tiny", scale="smoke", experiments_dir=d)
 
 
 def test_missing_checkpoint_fails_before_training(tmp_path):

@@ -660,6 +660,40 @@ def test_constant_comparisons_are_reported_and_left_out_of_the_family(tmp_path):
     assert main[3] == "[0.0000, 0.0000]"
 
 
+def test_declared_construction_leaves_those_comparisons_out_with_the_reason(tmp_path):
+    """``[[report.by_construction]]`` where = {sampler = btl, decode = argmax}: every comparison with
+    that variant on either side (sampler and loss families, and KNN against it in the decode
+    family) is shown with the study's reason and left out of Holm; the others are tested exactly
+    as in a report without the rule, over the smaller family (Holm by hand)."""
+    why = "reads BTL's logits with argmax, which its objective rules out"
+    rule = [{"where": {"sampler.name": "btl", "decode": ["argmax"]}, "why": why}]
+    plain = make_study(tmp_path, NOISE, report={"compare": FAMILIES, "metrics": ALL_METRICS}, name="plain")
+    ruled = make_study(tmp_path, NOISE, report={"compare": FAMILIES, "metrics": ALL_METRICS, "by_construction": rule},
+                       name="ruled")
+    md = build_report(ruled).read_text()
+    build_report(plain)
+    before, after = (json.loads((d / "report.json").read_text())["comparisons"] for d in (plain, ruled))
+    key = lambda c: (c["family"], c["metric"], c["variant"], c["baseline"])
+    before = {key(c): c for c in before}
+    hit = lambda label: "sampler=btl" in label and label.endswith("decode=argmax")
+    out = [c for c in after if hit(c["variant"]) or hit(c["baseline"])]
+    # btl+ce and btl+focal argmax against ATL (sampler), btl+focal argmax against btl+ce (loss),
+    # btl knn against btl argmax (decode, two losses): 5 comparisons x 3 metrics
+    assert len(out) == 15 and all(why in c["excluded"] and math.isnan(c["p_holm"]) for c in out)
+    for family in FAMILIES:
+        for metric in ALL_METRICS:
+            mine = [c for c in after if c["family"] == family and c["metric"] == metric]
+            tested = [c for c in mine if not c["excluded"]]
+            assert tested and all(not before[key(c)]["excluded"] for c in tested)
+            for c in tested:  # the same test, corrected over the smaller family
+                assert c["p_perm"] == before[key(c)]["p_perm"] and c["diff"] == before[key(c)]["diff"]
+            assert [c["p_holm"] for c in tested] == pytest.approx(holm_by_hand([c["p_perm"] for c in tested]))
+            assert {c["family_size"] for c in tested} == {len(tested)}
+    assert f"Not tested: the variant {why}. The difference follows from the construction" in md
+    assert f"Not tested: the baseline {why}." in md
+    assert not any(why in (c["excluded"] or "") for c in before.values())
+
+
 def test_deterministic_model_is_one_run_and_gets_no_seed_test(tmp_path):
     """A deterministic cell is one run: the main table says so; its comparisons have no seed-paired
     t, and their document permutation test pairs the single run with each seed of the other
