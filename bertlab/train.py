@@ -697,6 +697,7 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
         log(f"training {type(model.encoder).__name__ if hasattr(model, 'encoder') else type(model).__name__} "
             f"({n_params / 1e6:.2f}M parameters) on {device} ({precision}, {d.world_size} process(es)): "
             f"{len(windows)} windows, {steps_per_epoch} steps/epoch, {total_steps} steps")
+    multiple = pad_multiple(device, cfg.train.pad_to_multiple_of)
     return Setup(model=model, tokenizer=tokenizer, splits=splits, windows=windows, lengths=lengths,
                  objective=objective, optimizer=optimizer, params=params, device=device,
                  autocast=autocast_for(cfg.train.precision, device), precision=precision, progress=progress,
@@ -704,8 +705,8 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
                  warmup_steps=warmup_steps, n_params=n_params, config_dict=config_dict,
                  eval_options=dict(max_length=cfg.data.max_length, stride=cfg.data.stride,
                                    batch_size=cfg.train.eval_batch_size, precision=precision,
-                                   pad_to_multiple_of=pad_multiple(device, cfg.train.pad_to_multiple_of)),
-                 pad_multiple=pad_multiple(device, cfg.train.pad_to_multiple_of),
+                                   pad_to_multiple_of=multiple),
+                 pad_multiple=multiple,
                  ckpt_path=ckpt_path, resumed=ckpt is not None, flat_grad=flat_grad, inputs=inputs, scaler=scaler,
                  epochs_from=old_epochs)
 
