@@ -25,8 +25,8 @@ explains the choices):
   of the other factors: the difference of seed means with a paired hierarchical bootstrap interval
   (documents shared, seeds resampled within a variant with at least 3), a paired permutation test
   over documents, Holm-corrected within one family and one metric (comparisons certain by
-  construction, and those the study declares so in ``[[report.by_construction]]``, left out), the seed-paired t-test with paired d, and the smallest difference that
-  t-test detects (80% power).
+  construction, and those the study declares so in ``[[report.by_construction]]``, left out),
+  the seed-paired t-test with paired d, and the smallest difference that t-test detects (80% power).
 * **two-way ANOVA** (``[report] anova``): Type II, the seed as a block factor by default.
 * **learning curves**: dev scores per epoch from each row's ``curve``, when the rows have one.
 * **where the time went**: each trained variant's mean seconds per part of ``time_split``
@@ -561,7 +561,7 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                 declared = [f"the {who} {why}" for who, k in (("variant", key), ("baseline", base))
                             for why in by_construction(k, opts.get("construction") or [])]
                 if declared:  # [[report.by_construction]]: follows from the design
-                    c["excluded"] = "; ".join([c["excluded"]] * bool(c["excluded"]) + declared)
+                    c["excluded"] = "; ".join(filter(None, [c["excluded"], *declared]))
                 group.append(c)
             tested = [c for c in group if not c["excluded"]]
             source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"

@@ -694,6 +694,12 @@ def test_declared_construction_leaves_those_comparisons_out_with_the_reason(tmp_
     assert not any(why in (c["excluded"] or "") for c in before.values())
 
 
+def test_the_study_file_check_knows_every_report_option():
+    from bertlab.families import REPORT_OPTIONS
+    from bertlab.report import DEFAULTS
+    assert sorted(REPORT_OPTIONS) == sorted(DEFAULTS)
+
+
 def test_deterministic_model_is_one_run_and_gets_no_seed_test(tmp_path):
     """A deterministic cell is one run: the main table says so; its comparisons have no seed-paired
     t, and their document permutation test pairs the single run with each seed of the other
