@@ -1596,3 +1596,20 @@ def test_variants_with_identical_predictions_are_called_identical_not_untested_o
     assert {c["family_size"] for c in sampler.values() if not c["excluded"]} == {2}
     assert not any(c["identical"] for c in data["comparisons"]
                    if c["family"] != "sampler" or "loss=ce" in c["variant"])
+
+
+def test_two_models_that_predict_only_o_are_not_called_the_same_function(tmp_path):
+    """BTL + argmax under CE and under focal both predict only O: their predictions are equal, but
+    because each is constant, not because the design makes the two one function; the sentence
+    gives the constant reason (the identical-predictions wording is kept for the NCBI-disease kind)."""
+    def predict(variant, seed, tags, rng):
+        return ["O"] * len(tags) if variant[0] == "btl" and variant[2] == "argmax" else noisy(tags, rng, NOISE[variant])
+
+    sdir = make_study(tmp_path, NOISE, predict=predict, report={"compare": FAMILIES, "metrics": ["f1_micro"]})
+    md = build_report(sdir).read_text()
+    c = next(c for c in json.loads((sdir / "report.json").read_text())["comparisons"]
+             if c["family"] == "loss" and c["variant"] == "sampler=btl, loss=focal, decode=argmax")
+    assert c["identical"] and "predicts no entity at all" in c["excluded"] and math.isnan(c["p_holm"])
+    line = next(l for l in md.splitlines()
+                if l.startswith("- sampler=btl, loss=focal, decode=argmax vs sampler=btl, loss=ce, decode=argmax"))
+    assert "Not tested: the variant predicts no entity at all" in line and "Identical predictions" not in line
