@@ -445,7 +445,9 @@ def identical_predictions(a: VariantRuns, b: VariantRuns) -> bool:
     return bool(pairs) and all(_same_counts(x, y) for x, y in pairs)
 
 
+# why a comparison of two variants with the same predictions is not tested (this build / an earlier one)
 IDENTICAL = "the variant predicts what the baseline predicts on every test document of every shared seed"
+IDENTICAL_EARLIER = "identical predictions (earlier build)"
 
 
 def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
@@ -560,7 +562,7 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                 if c["ci_note"] == "no prediction files" and earlier:
                     c.update(earlier_comparison(earlier, c, runs[key], runs[base]) or {})
                     if c.get("identical") and not c["excluded"]:  # the earlier build saw the predictions
-                        c["excluded"] = "identical predictions (earlier build)"
+                        c["excluded"] = IDENTICAL_EARLIER
                 declared = [f"the {who} {why}" for who, k in (("variant", key), ("baseline", base))
                             for why in by_construction(k, opts.get("construction") or [])]
                 if declared:  # [[report.by_construction]]: follows from the design
@@ -585,7 +587,7 @@ def sentence(c: dict, alpha: float) -> str:
     """What one comparison supports, and what it doesn't, in plain words. A claim rests on the
     Holm-adjusted document permutation test and needs the hierarchical interval to exclude 0."""
     head = f"{c['variant']} vs {c['baseline']}, {METRICS[c['metric']]}: {c['diff']:+.4f}"
-    if c.get("identical") and c["excluded"] in (IDENTICAL, "identical predictions (earlier build)"):
+    if c.get("identical") and c["excluded"] in (IDENTICAL, IDENTICAL_EARLIER):
         # equal because the design makes them one function (not because both are constant)
         return (f"{head}. Identical predictions: every test document scores the same under both on every "
                 f"seed they share, so the two are the same function here (a check of the code where the "
