@@ -40,6 +40,25 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def check_window(model, max_length: int, multiple: int = 1,
+                 names: tuple[str, str] = ("max_length", "pad_to_multiple_of")) -> None:
+    """Raise ValueError if a window of ``max_length`` subwords (special tokens included), padded to
+    a multiple of ``multiple``, needs more positions than the model has (its config's
+    ``max_position_embeddings``; models without one, the BiLSTMs, take any length). ``names``: how
+    the message names the two settings (config fields or command-line options)."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions is None:
+        return
+    widest = -(-max_length // multiple) * multiple
+    if max_length > positions:
+        raise ValueError(f"{names[0]} = {max_length} is more than the model's {positions} positions "
+                         f"(max_position_embeddings)")
+    if widest > positions:
+        raise ValueError(f"{names[1]} = {multiple} pads windows of {names[0]} = {max_length} subwords to "
+                         f"{widest}, more than the model's {positions} positions (max_position_embeddings); "
+                         f"choose one that divides {positions}, or a smaller {names[0]}")
+
+
 @torch.no_grad()
 def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int = 32,
                 batch_size: int = 64, precision: str = "fp32", progress: bool = False,
@@ -57,13 +76,14 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
     is masked, so it changes the logits only by float rounding.
     """
     from tqdm import tqdm
+    device = _device_of(model)
+    multiple = pad_multiple(device, pad_to_multiple_of)
+    check_window(model, max_length, multiple)
     words = _words(sentences)
     windows = tokenizer.batch_encode(words, None, max_length, stride)
     flat = [w for ws in windows for w in ws]
     order = sorted(range(len(flat)), key=lambda j: len(flat[j]))
     out: list = [None] * len(flat)
-    device = _device_of(model)
-    multiple = pad_multiple(device, pad_to_multiple_of)
     autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
     was_training = model.training

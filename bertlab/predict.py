@@ -382,12 +382,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="read entities leniently: an I-X after O or another type starts an entity (jsonl only)")
     ap.add_argument("--output", default="-", metavar="FILE", help="output file (default: - for stdout)")
     args = ap.parse_args(argv)
+    from bertlab.inference import check_window
+    from bertlab.sampling import pad_multiple
     try:
         if args.output != "-":
             check_writable(args.output)
         ids, texts = read_inputs(args.input)
         model, tokenizer = load_model(args.model, args.device)
         max_length, stride, where = window_settings(args.model, args.max_length, args.stride)
+        check_window(model, max_length, pad_multiple(next(model.parameters()).device),
+                     names=("--max-length", "the device's padding multiple"))
         if where.startswith("bertlab's defaults"):
             print(f"bertlab predict: note: windows of {max_length} subwords, stride {stride} ({where})", file=sys.stderr)
         progress = show_progress()

@@ -40,6 +40,7 @@ from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, 
                             config_to_dict, has_crf, load_config, read_config_file)
 from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts, tag_counts
 from bertlab.files import write_json
+from bertlab.inference import check_window
 from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                             set_rng_state)
@@ -638,6 +639,11 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
     splits = load_splits(cfg.data)
     model, tokenizer = build_model_and_tokenizer(cfg.model, splits.labels, splits.train)
     model.to(device)
+    multiple = pad_multiple(device, cfg.train.pad_to_multiple_of)
+    try:
+        check_window(model, cfg.data.max_length, multiple, names=("[data] max_length", "[train] pad_to_multiple_of"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     windows = encode_corpus(tokenizer, splits.train, splits.labels, cfg.data.max_length, cfg.data.stride)
     if not windows:
         raise ConfigError("[data] the training split has no sentences")
@@ -697,7 +703,6 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
         log(f"training {type(model.encoder).__name__ if hasattr(model, 'encoder') else type(model).__name__} "
             f"({n_params / 1e6:.2f}M parameters) on {device} ({precision}, {d.world_size} process(es)): "
             f"{len(windows)} windows, {steps_per_epoch} steps/epoch, {total_steps} steps")
-    multiple = pad_multiple(device, cfg.train.pad_to_multiple_of)
     return Setup(model=model, tokenizer=tokenizer, splits=splits, windows=windows, lengths=lengths,
                  objective=objective, optimizer=optimizer, params=params, device=device,
                  autocast=autocast_for(cfg.train.precision, device), precision=precision, progress=progress,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bertlab.datasets import Corpus, Document, Sentence
-from bertlab.inference import (decode_argmax, decode_knn, decode_viterbi, evaluate, fit_knn_on_train,
-                               mean_probabilities, word_logits)
+from bertlab.inference import (check_window, decode_argmax, decode_knn, decode_viterbi, evaluate,
+                               fit_knn_on_train, mean_probabilities, word_logits)
 
 LABELS = ["O", "B-Drug", "I-Drug", "B-Sign", "I-Sign"]
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -77,6 +77,40 @@ def test_word_logits_padded_to_a_multiple_equal_the_unpadded_ones(tokenizer, mul
     reference = word_logits(model.double(), tokenizer, sentences, max_length=24, stride=4, batch_size=1)
     for a, b in zip(out, reference):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch, sizes", [
+    ("minilm", dict(TINY)),
+    ("distilbert", dict(dim=32, n_layers=1, n_heads=2, hidden_dim=64)),
+])
+def test_check_window_refuses_exactly_the_widths_the_model_cannot_run(arch, sizes):
+    """The reference is the model itself: a batch as wide as the widest padded window either runs
+    or fails in the model, and check_window refuses exactly the cases that fail (with a message
+    instead of an index error deep in the embeddings)."""
+    from bertlab.checkpoint import build_model
+    positions = 20
+    model = build_model(arch, LABELS, **{**sizes, "max_position_embeddings": positions}).eval()
+    refused = 0
+    for max_length in range(positions - 6, positions + 3):
+        for multiple in (1, 3, 4, 7, 8):
+            ids = torch.full((1, -(-max_length // multiple) * multiple), 5)
+            try:
+                with torch.no_grad():
+                    model(ids, torch.ones_like(ids), torch.zeros_like(ids))
+            except (IndexError, RuntimeError):
+                refused += 1
+                with pytest.raises(ValueError, match=r"more than the model's 20 positions \(max_position_embeddings\)"):
+                    check_window(model, max_length, multiple)
+            else:
+                check_window(model, max_length, multiple)
+    assert 0 < refused < 45  # both outcomes occur
+
+
+def test_word_logits_refuse_windows_longer_than_the_positions(tokenizer):
+    with pytest.raises(ValueError, match="max_length = 80 is more than the model's 64 positions"):
+        word_logits(tiny_model(), tokenizer, [SHORT], max_length=80)
+    with pytest.raises(ValueError, match="pad_to_multiple_of = 48 pads windows of max_length = 60 subwords to 96"):
+        word_logits(tiny_model(), tokenizer, [SHORT], max_length=60, pad_to_multiple_of=48)
 
 
 def test_decode_argmax_and_strict_versus_conlleval_scoring_match_seqeval():

@@ -198,6 +198,10 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path / "no" / "r.json")],
          f"{tmp_path / 'no' / 'r.json'}: cannot write: folder {tmp_path / 'no'} does not exist"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path)], "is a folder"),
+        (main, ["--model", model, "--input", note, "--max-length", "600", "--stride", "32"],
+         "--max-length = 600 is more than the model's 512 positions (max_position_embeddings)"),
+        (evaluate_main, ["--model", model, "--data", "maccrobat", "--max-length", "600", "--stride", "32"],
+         "max_length = 600 is more than the model's 512 positions"),
         (main, ["--model", model, "--input", note, "--device", "banana"], "--device banana: expected cpu, cuda"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--device", "banana"], "--device banana: expected"),
     ]

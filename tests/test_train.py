@@ -387,6 +387,21 @@ def test_fused_btl_equals_naive_btl_without_dropout(tmp_path):
     assert_same_params(final_params(tmp_path / "fused"), final_params(tmp_path / "naive"), atol=1e-6)
 
 
+@pytest.mark.parametrize("data, train_section, expected", [
+    ({"max_length": 80}, {}, "[data] max_length = 80 is more than the model's 64 positions (max_position_embeddings)"),
+    ({"max_length": 60}, {"pad_to_multiple_of": 48},
+     "[train] pad_to_multiple_of = 48 pads windows of [data] max_length = 60 subwords to 96, more than the "
+     "model's 64 positions"),
+])
+def test_windows_past_the_models_positions_are_a_config_error(tmp_path, data, train_section, expected):
+    cfg = tiny_config(tmp_path / "data", train={"epochs": 1, "max_steps": 1, **train_section})
+    cfg["data"].update(data)
+    with pytest.raises(ConfigError) as e:
+        train(load_config(cfg), tmp_path / "run", resume=False, log=quiet)
+    assert expected in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_padding_to_a_multiple_trains_the_same_model_without_dropout(tmp_path):
     """Extra padding is masked in attention and ignored by the loss: without dropout (whose masks
     follow the batch's shape) a run padded to a multiple of 16 equals the unpadded one."""
