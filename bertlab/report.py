@@ -445,6 +445,14 @@ def identical_predictions(a: VariantRuns, b: VariantRuns) -> bool:
     return bool(pairs) and all(_same_counts(x, y) for x, y in pairs)
 
 
+def same_test(runs: dict, pair: tuple, other: tuple) -> bool:
+    """Whether comparisons ``pair`` and ``other`` (``(variant, baseline)`` keys) are one test: the two
+    variants, and the two baselines, predict the same on every test document of the same seeds (on
+    a corpus with one entity type, BTL's KNN-against-argmax comparison is ATL's)."""
+    return all(sorted(r["seed"] for r in runs[x].rows) == sorted(r["seed"] for r in runs[y].rows)
+               and identical_predictions(runs[x], runs[y]) for x, y in zip(pair, other))
+
+
 # why a comparison of two variants with the same predictions is not tested (this build / an earlier one)
 IDENTICAL = "the variant predicts what the baseline predicts on every test document of every shared seed"
 IDENTICAL_EARLIER = "identical predictions (earlier build)"
@@ -568,12 +576,27 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                 if declared:  # [[report.by_construction]]: follows from the design
                     c["excluded"] = "; ".join(filter(None, [c["excluded"], *declared]))
                 group.append(c)
-            tested = [c for c in group if not c["excluded"]]
+            tested, twins = [], []  # a comparison that repeats a tested one's test is counted once
+            for c, pair in zip(group, pairs):
+                if c["excluded"]:
+                    continue
+                twin = next((t for t, other in tested if same_test(runs, pair, other)), None)
+                if twin is None and c.get("same_as"):  # the earlier build saw the predictions
+                    twin = next((t for t, _ in tested if f"{t['variant']} vs {t['baseline']}" == c["same_as"]), None)
+                if twin is None:
+                    c.pop("same_as", None)
+                    tested.append((c, pair))
+                else:
+                    c["same_as"] = f"{twin['variant']} vs {twin['baseline']}"
+                    twins.append((c, twin))
+            tested = [c for c, _ in tested]
             source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"
             p = [c["p_perm"] if source == "perm" else c["p_t"] for c in tested]
             for c, adjusted, raw in zip(tested, holm(p), p):
                 c.update(p=raw, p_holm=adjusted, holm_source=source,
                          family_size=sum(not math.isnan(x) for x in p))
+            for c, twin in twins:
+                c.update({k: twin[k] for k in ("p", "p_holm", "holm_source", "family_size")})
             for c in group:
                 c.setdefault("p", math.nan)
                 c.setdefault("p_holm", math.nan)
@@ -586,6 +609,9 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
 def sentence(c: dict, alpha: float) -> str:
     """What one comparison supports, and what it doesn't, in plain words. A claim rests on the
     Holm-adjusted document permutation test and needs the hierarchical interval to exclude 0."""
+    if c.get("same_as"):
+        return (sentence({**c, "same_as": None}, alpha) + f" The same test as `{c['same_as']}`: both variants and "
+                f"both baselines predict the same on every test document, so Holm counts it once.")
     head = f"{c['variant']} vs {c['baseline']}, {METRICS[c['metric']]}: {c['diff']:+.4f}"
     if c.get("identical") and c["excluded"] in (IDENTICAL, IDENTICAL_EARLIER):
         # equal because the design makes them one function (not because both are constant)
@@ -682,7 +708,7 @@ def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns) -
                 and _same(old.get("diff"), c["diff"])
                 and earlier_metric(earlier, c["variant"], a, c["metric"]) is not None
                 and earlier_metric(earlier, c["baseline"], b, c["metric"]) is not None):
-            keep = ("ci", "ci_note", "p_perm", "perm_exact", "docs", "resampled_seeds", "identical")
+            keep = ("ci", "ci_note", "p_perm", "perm_exact", "docs", "resampled_seeds", "identical", "same_as")
             return {**{k: old[k] for k in keep if k in old}, "p_perm": float(old["p_perm"]),
                     "document_level_from": "earlier build"}
     return None
@@ -1003,14 +1029,18 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
             continue
         sizes = {c["metric"]: c["family_size"] for c in mine if not c["excluded"]}
         left_out = sum(1 for c in mine if c["excluded"])
+        repeats = sum(1 for c in mine if c.get("same_as"))
         md += ["Holm correction within this family, per metric: " + ", ".join(
             f"{METRICS[m]} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
-            + (f"; {left_out} comparison(s) left out as following from the construction or identical." if left_out else "."), ""]
+            + (f"; {left_out} comparison(s) left out as following from the construction or identical" if left_out else "")
+            + (f"; {repeats} the same test as another row (p Holm \"same test\"), counted once" if repeats else "")
+            + ".", ""]
         body = []
         for c in mine:
             ci = f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"] is not None else "none"
             p_docs = _f(c["p_perm"], 4)
-            holm_cell = "left out" if c["excluded"] else _f(c["p_holm"], 4)
+            holm_cell = ("left out" if c["excluded"] else
+                         f"{_f(c['p_holm'], 4)} (same test)" if c.get("same_as") else _f(c["p_holm"], 4))
             if c["excluded"]:
                 p_docs = "–"
             seeds = "1 run" if any(c["single"]) else str(c["n"])

@@ -1598,6 +1598,51 @@ def test_variants_with_identical_predictions_are_called_identical_not_untested_o
                    if c["family"] != "sampler" or "loss=ce" in c["variant"])
 
 
+def test_a_comparison_that_repeats_a_tested_one_is_counted_once_in_holm(tmp_path):
+    """BTL + focal predicts what ATL + focal predicts under every decode, so BTL + focal's KNN
+    against argmax is ATL + focal's test again: Holm counts it once (a family of 3, checked by
+    hand), the row carries its twin's p-values and says so. BTL + CE, which differs from ATL + CE
+    in one sentence of one seed, is tested on its own; a rebuild without the prediction files keeps
+    the same reading from the earlier build."""
+    changed = set()
+
+    def predict(variant, seed, tags, rng):
+        sampler, loss, decode = variant
+        if sampler == "btl" and loss == "ce" and seed == 1 and decode not in changed:
+            changed.add(decode)
+            return ["O"] * len(tags)
+        rng = np.random.default_rng(zlib.crc32(f"{loss}{seed}{decode}{tags}".encode()))
+        return noisy(tags, rng, NOISE[("atl", loss, decode)])
+
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    sdir = make_study(tmp_path / "docs" / "results", NOISE, predict=predict,
+                      report={"compare": FAMILIES, "metrics": ["f1_micro", "f1_macro"]})
+    build_report(sdir)
+
+    def check():
+        md = (sdir / "report.md").read_text()
+        data = json.loads((sdir / "report.json").read_text())
+        twin = "sampler=atl, loss=focal, decode=knn vs sampler=atl, loss=focal, decode=argmax"
+        for metric in ("f1_micro", "f1_macro"):
+            decode = {c["variant"]: c for c in data["comparisons"] if c["family"] == "decode" and c["metric"] == metric}
+            repeat, first = decode["sampler=btl, loss=focal, decode=knn"], decode["sampler=atl, loss=focal, decode=knn"]
+            assert repeat["same_as"] == twin and not repeat["excluded"]
+            assert repeat["p_holm"] == first["p_holm"] and repeat["p"] == first["p"] == repeat["p_perm"] == first["p_perm"]
+            tested = [c for c in decode.values() if not c.get("same_as")]
+            assert len(tested) == 3 and {c["family_size"] for c in decode.values()} == {3}
+            assert [c["p_holm"] for c in tested] == pytest.approx(holm_by_hand([c["p_perm"] for c in tested]), abs=1e-12)
+            assert not any(c.get("same_as") for c in data["comparisons"] if c["family"] != "decode")
+        assert f"The same test as `{twin}`" in md and "2 the same test as another row" in md
+        return [(c["variant"], c["metric"], c["p_holm"]) for c in data["comparisons"]]
+
+    first = check()
+    for f in sdir.glob("*/predictions_*.jsonl"):
+        f.unlink()
+    write_results(sdir)
+    build_report(sdir)
+    assert check() == first
+
+
 def test_two_models_that_predict_only_o_are_not_called_the_same_function(tmp_path):
     """BTL + argmax under CE and under focal both predict only O: their predictions are equal, but
     because each is constant, not because the design makes the two one function; the sentence
