@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bertlab.metrics import entity_report, token_report, unweighted_accuracy
-from bertlab.sampling import collate, pad_multiple
+from bertlab.sampling import collate, pad_multiple, padded_width
 from bertlab.tokenization import word_predictions
 
 DECODES = ("argmax", "viterbi", "knn", "calibrated")
@@ -49,7 +49,7 @@ def check_window(model, max_length: int, multiple: int = 1,
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if positions is None:
         return
-    widest = -(-max_length // multiple) * multiple
+    widest = padded_width(max_length, multiple)
     if max_length > positions:
         raise ValueError(f"{names[0]} = {max_length} is more than the model's {positions} positions "
                          f"(max_position_embeddings)")

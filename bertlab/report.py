@@ -453,6 +453,10 @@ def same_test(runs: dict, pair: tuple, other: tuple) -> bool:
                and identical_predictions(runs[x], runs[y]) for x, y in zip(pair, other))
 
 
+def _comparison_name(c: dict) -> str:
+    return f"{c['variant']} vs {c['baseline']}"
+
+
 # why a comparison of two variants with the same predictions is not tested (this build / an earlier one)
 IDENTICAL = "the variant predicts what the baseline predicts on every test document of every shared seed"
 IDENTICAL_EARLIER = "identical predictions (earlier build)"
@@ -582,12 +586,12 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                     continue
                 twin = next((t for t, other in tested if same_test(runs, pair, other)), None)
                 if twin is None and c.get("same_as"):  # the earlier build saw the predictions
-                    twin = next((t for t, _ in tested if f"{t['variant']} vs {t['baseline']}" == c["same_as"]), None)
+                    twin = next((t for t, _ in tested if _comparison_name(t) == c["same_as"]), None)
                 if twin is None:
                     c.pop("same_as", None)
                     tested.append((c, pair))
                 else:
-                    c["same_as"] = f"{twin['variant']} vs {twin['baseline']}"
+                    c["same_as"] = _comparison_name(twin)
                     twins.append((c, twin))
             tested = [c for c, _ in tested]
             source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"

@@ -57,6 +57,11 @@ def pad_multiple(device: torch.device | str, setting: int = 0) -> int:
     return CUDA_PAD_MULTIPLE if torch.device(device).type == "cuda" else 1
 
 
+def padded_width(width: int, multiple: int) -> int:
+    """``width`` rounded up to a multiple of ``multiple`` (the width ``collate`` pads a batch to)."""
+    return -(-width // multiple) * multiple
+
+
 def collate(items: Sequence, pad_token_id: int = 0, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """Pad a list of windows to the longest one: the batch dict of docs/architecture.md.
 
@@ -72,7 +77,7 @@ def collate(items: Sequence, pad_token_id: int = 0, pad_to_multiple_of: int = 1)
         raise ValueError(f"collate: pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
     rows = [torch.as_tensor(_field(it, "input_ids"), dtype=torch.long).reshape(-1) for it in items]
     batch_size, width = len(rows), max(len(r) for r in rows)
-    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = padded_width(width, pad_to_multiple_of)
     out = {
         "input_ids": torch.full((batch_size, width), pad_token_id, dtype=torch.long),
         "attention_mask": torch.zeros((batch_size, width), dtype=torch.long),
