@@ -336,7 +336,15 @@ def _null_pvalue(observed: float, null: np.ndarray, alternative: str, exact: boo
     """p-value of ``observed`` against a permutation null distribution, as scipy's
     ``permutation_test``: ``exact`` when ``null`` enumerates every pattern (p = count / N), else
     random patterns with the +1 correction (p = (count + 1) / (N + 1), never 0). Comparisons allow
-    scipy's relative tolerance of 100 machine epsilons; two-sided p = 2 · min(less, greater) ≤ 1."""
+    scipy's relative tolerance of 100 machine epsilons; two-sided p = 2 · min(less, greater) ≤ 1.
+
+    An exact ``null`` holds the identity arrangement in row 0 (``_all_sign_flips`` starts with
+    all +1, i.e. nothing swapped). The observed value is compared as that row: the two are the
+    same number computed in another floating-point order (batched against alone), and a
+    difference beyond the tolerance would leave the identity out of its own count, so that an
+    exact test printed p = 0. The identity always counts: p ≥ 1/N."""
+    if exact:
+        observed = null[0]
     gamma = abs(np.finfo(np.float64).eps * 100 * observed)
     adjust = 0 if exact else 1
     less = ((null <= observed + gamma).sum() + adjust) / (len(null) + adjust)
@@ -545,7 +553,7 @@ def bca_levels(theta_b, theta_hat: float, jackknife, confidence_level: float = 0
 
 def hierarchical_bootstrap_diff(a, b, statistic: Callable, n_resamples: int = 1000,
                                 confidence_level: float = 0.95, seed: int | None = 0,
-                                min_runs: int = 3) -> BootstrapResult:
+                                min_runs: int = 3, paired_runs: bool = False) -> BootstrapResult:
     """Paired hierarchical bootstrap of a difference of seed means: system ``a`` minus system
     ``b``, both trained several times (runs, e.g. seeds) and scored on the same test units
     (documents).
@@ -556,17 +564,25 @@ def hierarchical_bootstrap_diff(a, b, statistic: Callable, n_resamples: int = 10
     returns ``[B, S]``. The estimate is ``mean_s statistic(a, 1) − mean_s statistic(b, 1)``.
 
     Each resample draws D units with replacement — the *same* units for ``a`` and ``b`` (paired:
-    both systems are scored on one resampled test set) — and, for a system with at least
-    ``min_runs`` runs, draws its runs with replacement, independently for ``a`` and ``b``; one
-    bootstrap value is the difference of the drawn runs' means. With fewer runs the runs are all
-    kept (two runs are no sample of a seed distribution), so the interval covers the test set
-    only. Draws: ``rng = np.random.default_rng(seed)``; units ``rng.integers(0, D, (B, D))`` (the
-    draw of ``bootstrap_ci`` and scipy); then ``rng.integers(0, S_a, (B, S_a))`` for ``a`` and the
-    same for ``b``, each only if resampled. The interval is the percentile interval; ``estimate``
-    is the full-sample difference."""
+    both systems are scored on one resampled test set) — and, for systems with at least
+    ``min_runs`` runs, draws runs with replacement. ``paired_runs=True`` (run i of ``a`` and run i
+    of ``b`` share a seed, ``S_a == S_b``) draws the same run indices for both, so the pairs are
+    kept and two identical systems give exactly [0, 0]; otherwise each system's runs are drawn
+    independently. With fewer runs the runs are all kept (two runs are no sample of a seed
+    distribution), so the interval covers the test set only. Draws: ``rng =
+    np.random.default_rng(seed)``; units ``rng.integers(0, D, (B, D))`` (the draw of
+    ``bootstrap_ci`` and scipy); then ``rng.integers(0, S_a, (B, S_a))`` for ``a`` and, unless the
+    runs are paired, the same for ``b``, each only if resampled. The interval is the percentile
+    interval; ``estimate`` is the full-sample difference.
+
+    With 3 seeds a bootstrap over seeds has 10 distinct draws and shrinks the seed variance by
+    (n − 1)/n, so this interval is too narrow there; the report uses ``crossed_t`` instead
+    (docs/evaluation.md, "Which test answers which question")."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim < 2 or b.ndim < 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b need shapes [runs, units, ...] over the same units, got {a.shape} and {b.shape}")
+    if paired_runs and len(a) != len(b):
+        raise ValueError(f"paired runs need as many runs in a as in b, got {len(a)} and {len(b)}")
     if not 0 < confidence_level < 1:
         raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
     D = a.shape[1]
@@ -576,22 +592,139 @@ def hierarchical_bootstrap_diff(a, b, statistic: Callable, n_resamples: int = 10
     units = rng.integers(0, D, (n_resamples, D))
     weights = np.zeros((n_resamples, D))
     np.add.at(weights, (np.arange(n_resamples)[:, None], units), 1.0)
+    scores_a = np.asarray(statistic(a, weights), dtype=np.float64)  # [B, S_a]
+    scores_b = np.asarray(statistic(b, weights), dtype=np.float64)  # [B, S_b]
 
-    def drawn_mean(x):
-        scores = np.asarray(statistic(x, weights), dtype=np.float64)  # [B, S]
-        S = x.shape[0]
-        if S < min_runs:
-            return scores.mean(1)
-        runs = rng.integers(0, S, (n_resamples, S))
-        return np.take_along_axis(scores, runs, axis=1).mean(1)
+    def draw(S):
+        return rng.integers(0, S, (n_resamples, S)) if S >= min_runs else None
+
+    runs_a = draw(len(a))
+    runs_b = runs_a if paired_runs else draw(len(b))
+
+    def drawn_mean(scores, runs):
+        return scores.mean(1) if runs is None else np.take_along_axis(scores, runs, axis=1).mean(1)
 
     ones = np.ones((1, D))
     estimate = float(np.mean(statistic(a, ones)) - np.mean(statistic(b, ones)))
-    theta_b = drawn_mean(a) - drawn_mean(b)
+    theta_b = drawn_mean(scores_a, runs_a) - drawn_mean(scores_b, runs_b)
     alpha = (1 - confidence_level) / 2
     low, high = np.quantile(theta_b, [alpha, 1 - alpha])
     return BootstrapResult(ConfidenceInterval(float(low), float(high)), theta_b, float(theta_b.std(ddof=1)),
                            estimate)
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds × documents: the variance of a mean over a crossed design
+
+
+def jackknife_pseudovalues(full, leave_one_out) -> np.ndarray:
+    """Per-unit pseudo-values ``D·θ − (D − 1)·θ₍₋ⱼ₎`` of a statistic (Quenouille–Tukey): ``full
+    [...]`` the statistic on all D units, ``leave_one_out [..., D]`` without unit j. Their mean is
+    the jackknife estimate and their variance / D the jackknife variance, so they turn a
+    statistic that is not a mean (F1 from summed counts) into per-document values that are."""
+    loo = np.asarray(leave_one_out, dtype=np.float64)
+    D = loo.shape[-1]
+    return D * np.asarray(full, dtype=np.float64)[..., None] - (D - 1) * loo
+
+
+@dataclass
+class CrossedVariance:
+    """Mean squares of per-seed, per-document values ``y [S, D]`` (two-way layout, one value a
+    cell): ``seed`` (df S − 1), ``doc`` (df D − 1) and ``resid`` (the seed × document interaction,
+    df (S − 1)(D − 1)); with one seed only ``doc`` (the variance over documents) is defined."""
+
+    seeds: int
+    docs: int
+    seed: float = float("nan")
+    doc: float = float("nan")
+    resid: float = float("nan")
+
+    def variance_of_mean(self) -> tuple[float, float]:
+        """``(V, df)``: the estimated variance of the grand mean under seeds and documents drawn
+        at random, V = σ²_seed/S + σ²_doc/D + σ²_resid/(SD), from the expected mean squares
+        (E[MS_seed] = σ²_resid + D·σ²_seed, E[MS_doc] = σ²_resid + S·σ²_doc), each component
+        truncated at 0; df by Welch–Satterthwaite. One seed: V = MS_doc / D, df = D − 1 (the
+        jackknife over documents), which covers no seed variance."""
+        S, D = self.seeds, self.docs
+        if S < 2:
+            return (self.doc / D, float(D - 1)) if D >= 2 else (float("nan"), float("nan"))
+        # S·D·V = MS_resid + max(MS_seed − MS_resid, 0) + max(MS_doc − MS_resid, 0)
+        coef = {"seed": float(self.seed > self.resid), "doc": float(self.doc > self.resid)}
+        coef["resid"] = 1.0 - coef["seed"] - coef["doc"]
+        dfs = {"seed": S - 1, "doc": D - 1, "resid": (S - 1) * (D - 1)}
+        ms = {"seed": self.seed, "doc": self.doc, "resid": self.resid}
+        num = sum(coef[k] * ms[k] for k in ms)
+        den = sum((coef[k] * ms[k]) ** 2 / dfs[k] for k in ms if coef[k])
+        df = _ratio(num * num, den) if num > 0 else float("nan")
+        return float(num / (S * D)), df
+
+
+def crossed_variance(values) -> CrossedVariance:
+    """The mean squares of ``values [S, D]`` (per seed, per document), as ``CrossedVariance``."""
+    y = np.asarray(values, dtype=np.float64)
+    if y.ndim != 2:
+        raise ValueError(f"values must be [seeds, documents], got shape {y.shape}")
+    S, D = y.shape
+    if D < 2:
+        return CrossedVariance(S, D)
+    grand, seed_means, doc_means = y.mean(), y.mean(1), y.mean(0)
+    doc = S * ((doc_means - grand) ** 2).sum() / (D - 1)
+    if S < 2:
+        return CrossedVariance(S, D, doc=float(doc))
+    seed = D * ((seed_means - grand) ** 2).sum() / (S - 1)
+    resid = ((y - seed_means[:, None] - doc_means[None, :] + grand) ** 2).sum() / ((S - 1) * (D - 1))
+    return CrossedVariance(S, D, float(seed), float(doc), float(resid))
+
+
+def crossed_t(values, estimate: float | None = None, confidence_level: float = 0.95,
+              alternative: str = "two-sided") -> TestResult:
+    """t test and interval for the mean of ``values [S, D]`` when both the seeds (rows) and the
+    documents (columns) are samples: the mean a study would get with other seeds *and* another
+    test set. For a paired comparison ``values`` are the per-seed, per-document differences of
+    two systems on shared seeds (``jackknife_pseudovalues`` of each, subtracted), for one system
+    its own values.
+
+    t = (estimate − 0) / √V with V and df from ``CrossedVariance.variance_of_mean`` (two-way
+    random effects, Satterthwaite df); ``estimate`` defaults to the mean of ``values`` (pass the
+    plain statistic when ``values`` are pseudo-values). Returns ``(statistic, pvalue)`` with
+    ``.df``, ``.se``, ``.ci`` (a ``ConfidenceInterval``), ``.estimate`` and ``.ms`` (the
+    ``CrossedVariance``). V = 0 (identical systems, constant scores) gives the point interval
+    [estimate, estimate] and a nan test. Its coverage and size are checked by simulation in
+    tests/test_stats_simulation.py; docs/evaluation.md gives the numbers."""
+    _check_alternative(alternative)
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
+    y = np.asarray(values, dtype=np.float64)
+    ms = crossed_variance(y)
+    est = float(y.mean()) if estimate is None else float(estimate)
+    V, df = ms.variance_of_mean()
+    se = float(np.sqrt(V)) if V >= 0 else float("nan")
+    if se == 0:
+        return TestResult(np.nan, np.nan, df=df, se=0.0, ci=ConfidenceInterval(est, est), estimate=est, ms=ms)
+    if not np.isfinite(se) or not np.isfinite(df):
+        nan = float("nan")
+        return TestResult(nan, nan, df=df, se=se, ci=ConfidenceInterval(nan, nan), estimate=est, ms=ms)
+    t = est / se
+    q = float(t_dist.ppf(0.5 + confidence_level / 2, df))
+    return TestResult(t, _t_pvalue(t, df, alternative), df=df, se=se,
+                      ci=ConfidenceInterval(est - q * se, est + q * se), estimate=est, ms=ms)
+
+
+def pooled_crossed_variance(parts: Sequence[CrossedVariance]) -> CrossedVariance:
+    """One ``CrossedVariance`` from several comparisons of the same design (as many seeds and
+    documents each), each mean square averaged with its degrees of freedom as weights: the
+    study's typical noise, steadier than any one comparison's estimate from 3 seeds. For the
+    detectable difference (``detectable_difference_se``) and for planning."""
+    parts = list(parts)
+    if not parts or len({(p.seeds, p.docs) for p in parts}) != 1:
+        raise ValueError("pooling needs at least one part, all of one design (seeds × documents)")
+    S, D = parts[0].seeds, parts[0].docs
+
+    def pool(name, df):
+        values = [getattr(p, name) for p in parts if np.isfinite(getattr(p, name))]
+        return float(np.mean(values)) if values and df > 0 else float("nan")  # equal df: a plain mean
+
+    return CrossedVariance(S, D, pool("seed", S - 1), pool("doc", D - 1), pool("resid", (S - 1) * (D - 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,14 +758,24 @@ def detectable_difference(paired_sd: float, n: int, alpha: float = 0.05, power: 
     noncentral t power reaches ``power`` (df = n − 1). The inverse of ``seeds_needed(paired=True)``;
     equals statsmodels' ``TTestPower().solve_power(nobs=n, ...) · sd``. nan for n < 2 or sd nan;
     0 for sd = 0."""
+    if n < 2 or not np.isfinite(paired_sd):
+        return float("nan")
+    return detectable_difference_se(paired_sd / np.sqrt(n), n - 1, alpha, power)
+
+
+def detectable_difference_se(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided t test with standard error ``se`` and ``df``
+    degrees of freedom detects with probability ``power`` at level ``alpha``: δ = λ · se, λ the
+    noncentrality at which the noncentral t (df) reaches ``power``. For ``crossed_t`` pass its
+    ``se`` and ``df`` (from a pooled ``CrossedVariance``). nan for se or df not finite or df ≤ 0;
+    0 for se = 0."""
     from scipy.optimize import brentq
     from scipy.stats import nct
 
-    if n < 2 or not np.isfinite(paired_sd):
+    if not np.isfinite(se) or not np.isfinite(df) or df <= 0:
         return float("nan")
-    if paired_sd == 0:
+    if se == 0:
         return 0.0
-    df = n - 1
     crit = t_dist.ppf(1 - alpha / 2, df)
 
     def shortfall(ncp):
@@ -643,10 +786,11 @@ def detectable_difference(paired_sd: float, n: int, alpha: float = 0.05, power: 
     while shortfall(high) < 0:
         high *= 2
     ncp = brentq(shortfall, 0.0, high, xtol=1e-12, rtol=1e-12)
-    return float(ncp * paired_sd / np.sqrt(n))
+    return float(ncp * se)
 
 
 __all__ = ["ttest_rel", "ttest_ind", "f_oneway", "anova_two_way", "AnovaTable", "wilcoxon", "holm",
            "bonferroni", "bootstrap_ci", "BootstrapResult", "ConfidenceInterval", "cohens_d", "paired_d",
            "permutation_test_paired", "permutation_test_paired_sums", "hierarchical_bootstrap_diff",
-           "seeds_needed", "detectable_difference", "TestResult"]
+           "seeds_needed", "detectable_difference", "detectable_difference_se", "TestResult",
+           "jackknife_pseudovalues", "CrossedVariance", "crossed_variance", "crossed_t", "pooled_crossed_variance"]

@@ -361,13 +361,16 @@ def doc_f1(x, w):
     return sums_f1(tp, fp, fn)
 
 
-def brute_force_hierarchical(a, b, n_resamples, seed, min_runs=3):
+def brute_force_hierarchical(a, b, n_resamples, seed, min_runs=3, paired_runs=False):
     """The documented draws, one resample at a time, in float64 loops."""
     rng = np.random.default_rng(seed)
     D = a.shape[1]
     units = rng.integers(0, D, (n_resamples, D))
     runs_a = rng.integers(0, len(a), (n_resamples, len(a))) if len(a) >= min_runs else None
-    runs_b = rng.integers(0, len(b), (n_resamples, len(b))) if len(b) >= min_runs else None
+    if paired_runs:
+        runs_b = runs_a
+    else:
+        runs_b = rng.integers(0, len(b), (n_resamples, len(b))) if len(b) >= min_runs else None
     out = []
     for i in range(n_resamples):
         means = []
@@ -444,3 +447,153 @@ def test_detectable_difference_agrees_with_statsmodels_power():
             # and it inverts seeds_needed: n pairs are enough for that difference
             assert stats.seeds_needed(ours * 1.0001, sd, paired=True) <= n
     assert np.isnan(stats.detectable_difference(0.01, 1)) and stats.detectable_difference(0.0, 3) == 0.0
+
+
+def test_paired_hierarchical_bootstrap_keeps_the_seed_pairs():
+    """Run i of a and run i of b share a seed: the paired draw takes the same runs for both, so
+    two identical systems give exactly [0, 0] (the independent draw gave a wide interval around 0),
+    and the draws equal the brute force with one run index per pair."""
+    rng = np.random.default_rng(18)
+    a = rng.integers(0, 9, (3, 12, 3)).astype(float)
+    same = stats.hierarchical_bootstrap_diff(a, a.copy(), doc_f1, n_resamples=300, seed=2, paired_runs=True)
+    assert tuple(same.confidence_interval) == (0.0, 0.0) and not same.bootstrap_distribution.any()
+    unpaired = stats.hierarchical_bootstrap_diff(a, a.copy(), doc_f1, n_resamples=300, seed=2)
+    assert unpaired.confidence_interval.high > 0  # what the report printed before: pairs lost
+    b = rng.integers(0, 9, (3, 12, 3)).astype(float)
+    ours = stats.hierarchical_bootstrap_diff(a, b, doc_f1, n_resamples=200, seed=4, paired_runs=True)
+    np.testing.assert_allclose(ours.bootstrap_distribution,
+                               brute_force_hierarchical(a, b, 200, 4, paired_runs=True), **TOL)
+    with pytest.raises(ValueError, match="as many runs"):
+        stats.hierarchical_bootstrap_diff(a, b[:2], doc_f1, paired_runs=True)
+
+
+def test_exact_permutation_p_counts_the_identity_even_when_recomputed_differently():
+    """The observed statistic is computed alone, the null in batches: another floating-point order.
+    A difference of a few ulps beyond the tolerance must not drop the identity arrangement from its
+    own count, so an exact p is never below 1/2^n (it was printed as 0 on a smoke study)."""
+    rng = np.random.default_rng(19)
+    a, b = rng.integers(5, 9, (5, 4)).astype(float), rng.integers(0, 3, (5, 4)).astype(float)
+
+    def drifting(sa, sb):  # the batch of one (the observed value) rounds differently
+        value = sa.sum(-1) / (sa.sum(-1) + sb.sum(-1))
+        return value * (1 + 1e-9) if len(sa) == 1 else value
+
+    for alternative, smallest in (("two-sided", 2 / 32), ("greater", 1 / 32)):
+        p = stats.permutation_test_paired_sums(a, b, drifting, alternative=alternative).pvalue
+        assert p == smallest  # a is above b on every unit: only the identity is as extreme
+
+
+def test_random_permutation_p_is_count_plus_one_over_resamples_plus_one():
+    """Random swaps: p = (count + 1)/(N + 1), never 0. 20 clearly separated pairs and 999 random
+    patterns: no pattern but the identity reaches the observed mean, so two-sided p = 2/1000."""
+    a, b = np.arange(20) + 100.0, np.arange(20) + 0.0
+    assert stats.permutation_test_paired(a, b, n_resamples=999, seed=0).pvalue == pytest.approx(2 / 1000)
+    x, y = a[:, None], b[:, None]
+    sums = stats.permutation_test_paired_sums(x, y, lambda sa, sb: (sa - sb)[..., 0], n_resamples=999)
+    assert sums.pvalue == pytest.approx(2 / 1000)
+
+
+def test_bca_counts_ties_with_the_estimate_half_as_scipy():
+    """Resampled F1 is discrete, so resamples tie with the estimate; z0 counts them half. A
+    statistic with few distinct values (a share of 0/1 outcomes, k/n) against scipy's BCa."""
+    rng = np.random.default_rng(20)
+    for n in (6, 9):
+        x = rng.integers(0, 2, n).astype(float)
+        ours = stats.bootstrap_ci(x, np.mean, n_resamples=2000, method="BCa", seed=5)
+        ref = sps.bootstrap((x,), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(5))
+        ties = (ours.bootstrap_distribution == x.mean()).mean()
+        assert ties > 0.1  # the case the rule is for
+        assert close(ours.confidence_interval.low, ref.confidence_interval.low)
+        assert close(ours.confidence_interval.high, ref.confidence_interval.high)
+
+
+def test_crossed_variance_mean_squares_equal_statsmodels_two_way_anova():
+    """Seeds × documents, one value a cell: the mean squares of an additive two-way ANOVA."""
+    rng = np.random.default_rng(21)
+    for S, D in ((2, 5), (3, 20), (5, 7)):
+        y = rng.normal(size=(S, 1)) + rng.normal(size=(1, D)) + rng.normal(size=(S, D))
+        frame = pd.DataFrame({"y": y.ravel(), "s": np.repeat(np.arange(S), D), "d": np.tile(np.arange(D), S)})
+        table = anova_lm(ols("y ~ C(s) + C(d)", frame).fit(), typ=2)
+        ms = table["sum_sq"] / table["df"]
+        ours = stats.crossed_variance(y)
+        assert close(ours.seed, ms["C(s)"]) and close(ours.doc, ms["C(d)"]) and close(ours.resid, ms["Residual"])
+
+
+def test_crossed_t_with_one_seed_is_the_one_sample_t_over_documents():
+    rng = np.random.default_rng(22)
+    for D in (2, 5, 20):
+        y = rng.normal(0.1, 1, (1, D))
+        ours = stats.crossed_t(y)
+        ref = sps.ttest_1samp(y[0], 0.0)
+        assert_result(ours, ref)
+        lo, hi = ref.confidence_interval()
+        assert close(ours.ci.low, lo) and close(ours.ci.high, hi) and ours.df == D - 1
+
+
+def test_crossed_t_variance_from_the_expected_mean_squares_by_hand():
+    """V = [MS_resid + max(MS_seed − MS_resid, 0) + max(MS_doc − MS_resid, 0)] / (S·D), Satterthwaite
+    df, written out in float64 for each truncation case."""
+    from scipy.stats import t as t_dist
+
+    rng = np.random.default_rng(23)
+    seen = set()
+    for _ in range(200):
+        S, D = rng.integers(2, 6), rng.integers(3, 25)
+        y = (rng.normal(size=(S, 1)) * rng.choice([0, 0.3, 2]) + rng.normal(size=(1, D)) * rng.choice([0, 0.3, 2])
+             + rng.normal(size=(S, D)))
+        ms = stats.crossed_variance(y)
+        terms = [(ms.resid, (S - 1) * (D - 1))]
+        if ms.seed > ms.resid:
+            terms += [(ms.seed, S - 1), (-ms.resid, (S - 1) * (D - 1))]
+        if ms.doc > ms.resid:
+            terms += [(ms.doc, D - 1), (-ms.resid, (S - 1) * (D - 1))]
+        seen.add((ms.seed > ms.resid, ms.doc > ms.resid))
+        total = sum(v for v, _ in terms)
+        # Satterthwaite on the distinct mean squares (equal ones add their coefficients)
+        coef = {"s": float(ms.seed > ms.resid), "d": float(ms.doc > ms.resid)}
+        coef["e"] = 1 - coef["s"] - coef["d"]
+        df = total**2 / sum((c * v) ** 2 / f for c, v, f in ((coef["s"], ms.seed, S - 1), (coef["d"], ms.doc, D - 1),
+                                                             (coef["e"], ms.resid, (S - 1) * (D - 1))) if c)
+        se = np.sqrt(total / (S * D))
+        ours = stats.crossed_t(y)
+        assert close(ours.se, se) and close(ours.df, df)
+        assert close(ours.statistic, y.mean() / se)
+        assert close(ours.pvalue, 2 * t_dist.sf(abs(y.mean() / se), df))
+        q = t_dist.ppf(0.975, df)
+        assert close(ours.ci.low, y.mean() - q * se) and close(ours.ci.high, y.mean() + q * se)
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_crossed_t_of_identical_systems_is_the_point_zero():
+    ours = stats.crossed_t(np.zeros((3, 20)))
+    assert tuple(ours.ci) == (0.0, 0.0) and np.isnan(ours.pvalue)
+
+
+def test_jackknife_pseudovalues_of_a_mean_are_the_values_and_of_f1_give_the_jackknife_variance():
+    rng = np.random.default_rng(24)
+    x = rng.normal(size=(3, 9))
+    loo = (x.sum(1, keepdims=True) - x) / 8
+    np.testing.assert_allclose(stats.jackknife_pseudovalues(x.mean(1), loo), x, **TOL)
+    counts = rng.integers(0, 9, (15, 3)).astype(float)
+    f1 = lambda c: sums_f1(*c.sum(0))
+    full = f1(counts)
+    loo = np.array([f1(np.delete(counts, j, 0)) for j in range(15)])
+    pv = stats.jackknife_pseudovalues(full, loo)
+    jack_var = 14 / 15 * ((loo - loo.mean()) ** 2).sum()  # the textbook jackknife variance
+    assert close(pv.var(ddof=1) / 15, jack_var)
+
+
+def test_pooled_crossed_variance_and_the_detectable_difference_of_its_t():
+    from statsmodels.stats.power import TTestPower
+
+    parts = [stats.CrossedVariance(3, 20, 0.5, 2.0, 1.0), stats.CrossedVariance(3, 20, 1.5, 4.0, 3.0)]
+    pooled = stats.pooled_crossed_variance(parts)
+    assert (pooled.seed, pooled.doc, pooled.resid) == (1.0, 3.0, 2.0)
+    with pytest.raises(ValueError, match="one design"):
+        stats.pooled_crossed_variance([parts[0], stats.CrossedVariance(5, 20, 1, 1, 1)])
+    # the detectable difference of a t with se and df equals statsmodels' one-sample power at that df
+    for n, sd in ((3, 0.01), (10, 0.5)):
+        se = sd / np.sqrt(n)
+        ref = TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8) * sd
+        assert np.isclose(stats.detectable_difference_se(se, n - 1), ref, rtol=1e-6)
+    assert stats.detectable_difference_se(0.0, 4) == 0.0 and np.isnan(stats.detectable_difference_se(0.1, 0))
