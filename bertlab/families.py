@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 # the keys of a study's [report] table (bertlab.report.DEFAULTS holds their defaults)
-REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha", "bootstrap_resamples",
-                  "permutation_resamples", "bootstrap_seed", "bands", "anova", "figures", "confusion",
+REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha",
+                  "permutation_resamples", "permutation_seed", "bands", "anova", "figures", "confusion",
                   "type_shares", "plateau")
 
 

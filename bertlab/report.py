@@ -13,20 +13,18 @@ explains the choices):
 * **macro F1 and unweighted accuracy** average over a fixed class set, the classes with a gold
   mention in the test set; in a document resample without any mention of a class, that class
   keeps its full-test-set score (``scores_from_sums``).
-* **95% CI over test documents**: a BCa bootstrap. One set of resamples of the test
-  documents, ``idx = default_rng(seed).integers(0, D, size=(B, D))``, is shared by every seed and
-  every variant; in each resample every seed's run is scored on the same documents and the scores
-  are averaged over seeds. The CI is the bias-corrected and accelerated interval of that seed-mean
-  (``bertlab.stats.bca_levels``; the acceleration from leave-one-document-out), so it is the
-  uncertainty of the number in the table due to *which documents* happen to be in the test set.
-  An interval that does not contain its estimate is not printed; the reason is.
+* **95% CI**: of the mean over seeds *and* test documents, ``stats.crossed_t`` on each run's
+  per-document jackknife pseudo-values (``pseudovalues``): a two-way random-effects model, seeds ×
+  documents, Satterthwaite df; for a single run (deterministic) documents only. Its coverage is
+  proven by simulation (tests/test_stats_simulation.py, docs/evaluation.md).
 * **comparisons**, in the families the study declares (``[report.compare]``; else every variant
   against ``[study] baseline``), each level against the baseline level within every combination
-  of the other factors: the difference of seed means with a paired hierarchical bootstrap interval
-  (documents shared, seeds resampled within a variant with at least 3), a paired permutation test
-  over documents, Holm-corrected within one family and one metric (comparisons certain by
-  construction, and those the study declares so in ``[[report.by_construction]]``, left out),
-  the seed-paired t-test with paired d, and the smallest difference that t-test detects (80% power).
+  of the other factors, runs paired by seed (``paired_runs``): the difference of seed means with
+  its interval and test of record (``crossed_t`` on the paired differences), Holm-corrected within
+  one family and one metric (comparisons certain by construction, and those the study declares
+  so in ``[[report.by_construction]]``, left out); a paired permutation test over documents (for
+  these runs), the seed-paired t-test with paired d, and the smallest difference the test of
+  record detects (80% power) from the variance pooled over the study's comparisons.
 * **two-way ANOVA** (``[report] anova``): Type II, the seed as a block factor by default.
 * **learning curves**: dev scores per epoch from each row's ``curve``, when the rows have one.
 * **where the time went**: each trained variant's mean seconds per part of ``time_split``
@@ -53,7 +51,6 @@ from bertlab import stats
 from bertlab.families import by_construction, comparison_families, construction_rules
 from bertlab.files import write_text
 from bertlab.metrics import strict_entities
-from bertlab.stats import bca_levels
 
 METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy": "unweighted acc."}
 DEFAULTS = {
@@ -61,9 +58,8 @@ DEFAULTS = {
     "compare": None,  # {NAME = {vary = "loss.name", baseline = "ce"}, ...}; None: [study] baseline
     "by_construction": None,  # [{where = {AXIS = LEVEL, ...}, why = "..."}]: comparisons not tested
     "alpha": 0.05,
-    "bootstrap_resamples": 1000,
     "permutation_resamples": 9999,
-    "bootstrap_seed": 0,
+    "permutation_seed": 0,
     "bands": {"head": 500, "tail": 50},  # head: >= head training mentions; tail: < tail
     "anova": None,  # {a = "optim.lr", b = "sampler.batch_size", metric = "dev_f1_micro", decode = "argmax",
     #                  block = "train.seed"}, or a list of such tables (one section each)
@@ -251,34 +247,35 @@ def multiplicities(idx: np.ndarray, n_docs: int) -> np.ndarray:
     return np.stack([np.bincount(row, minlength=n_docs) for row in idx]).astype(np.float64)
 
 
-def bootstrap_variant(x: np.ndarray, layout: CountLayout, idx: np.ndarray, metric: str,
-                      confidence_level: float = 0.95) -> tuple[float, float, float, str | None]:
-    """The document-bootstrap interval of one variant's seed mean: ``x [S, D, K]`` its runs'
-    per-document counts, ``idx [B, D]`` the shared resampled document indices.
+def pseudovalues(x: np.ndarray, layout: CountLayout, metric: str) -> np.ndarray:
+    """``[S, D]``: each run's per-document jackknife pseudo-values of ``metric``
+    (``stats.jackknife_pseudovalues``) from its counts ``x [S, D, K]``: the metric on all documents
+    and without each one, turned into per-document values whose mean is (nearly) the metric and
+    whose spread is its document variance. The leave-one-out scores keep the fixed class set
+    (``scores_from_sums``), as every resample does."""
+    S, D, _ = x.shape
+    full = score_runs(x, np.ones((1, D)), layout, metric)[0]  # [S]
+    loo = score_runs(x, 1.0 - np.eye(D), layout, metric)  # [D, S]
+    return stats.jackknife_pseudovalues(full, loo.T)
 
-    Returns ``(estimate, low, high, why_none)``: the seed mean on the full test set and its BCa
-    interval (acceleration from leave-one-document-out), or NaN bounds and the reason when no
-    sound interval exists (fewer than 2 documents, an undefined metric, or a BCa interval that
-    does not contain its own estimate)."""
+
+def variant_interval(x: np.ndarray, layout: CountLayout, metric: str,
+                     confidence_level: float = 0.95) -> tuple[float, float, float, str | None]:
+    """One variant's 95% interval of its mean score over seeds and test documents: ``x [S, D, K]``
+    its runs' per-document counts. ``stats.crossed_t`` on the runs' pseudo-values (seeds and
+    documents both samples; with one run, documents only).
+
+    Returns ``(estimate, low, high, why_none)``: the seed mean on the full test set and its
+    interval, or NaN bounds and the reason when none exists (fewer than 2 documents, an
+    undefined metric)."""
     S, D, _ = x.shape
     theta = float(score_runs(x, np.ones((1, D)), layout, metric).mean())
-    if D < 2 or len(idx) == 0:
+    if D < 2:
         return theta, math.nan, math.nan, "fewer than 2 test documents"
     if math.isnan(theta):
         return theta, math.nan, math.nan, "no class of this metric has a gold mention"
-    dist = score_runs(x, multiplicities(idx, D), layout, metric).mean(1)
-    jack = score_runs(x, 1.0 - np.eye(D), layout, metric).mean(1)
-    lo, hi = (float(v) for v in np.quantile(dist, bca_levels(dist, theta, jack, confidence_level)))
-    if not lo - 1e-12 <= theta <= hi + 1e-12:
-        below = float((dist < theta).mean())
-        return theta, math.nan, math.nan, (f"the BCa interval [{lo:.4f}, {hi:.4f}] does not contain the "
-                                           f"estimate ({below:.0%} of the resamples lie below it)")
-    return theta, lo, hi, None
-
-
-def resample_indices(n_docs: int, n_resamples: int, seed: int) -> np.ndarray:
-    """The shared document resamples: ``default_rng(seed).integers(0, n_docs, (B, n_docs))``."""
-    return np.random.default_rng(seed).integers(0, n_docs, size=(n_resamples, n_docs))
+    lo, hi = stats.crossed_t(pseudovalues(x, layout, metric), estimate=theta, confidence_level=confidence_level).ci
+    return theta, float(lo), float(hi), None
 
 
 # ---- the runs of a variant ------------------------------------------------------------------------
@@ -457,27 +454,49 @@ def _comparison_name(c: dict) -> str:
     return f"{c['variant']} vs {c['baseline']}"
 
 
+# the statistics a report.json was computed with: an earlier build's intervals and tests are reused
+# only when they were computed the same way
+STATISTICS = "crossed-t-1: seeds x documents t (jackknife pseudo-values), pooled MDD, document permutation"
+
 # why a comparison of two variants with the same predictions is not tested (this build / an earlier one)
 IDENTICAL = "the variant predicts what the baseline predicts on every test document of every shared seed"
 IDENTICAL_EARLIER = "identical predictions (earlier build)"
 
 
-def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
-    """Variant ``a`` against baseline ``b`` on ``metric``.
+def paired_runs(a: VariantRuns, b: VariantRuns) -> list[tuple[int, int]]:
+    """Which run of ``a`` is paired with which run of ``b``: by seed (the seeds both ran; a run
+    whose seed the other side lacks is left out, never paired by position), or a single run
+    (deterministic, or identical on every seed) with every run of the other side."""
+    if a.single and b.single:
+        return [(0, 0)]
+    if a.single:
+        return [(0, j) for j in range(len(b.rows))]
+    if b.single:
+        return [(i, 0) for i in range(len(a.rows))]
+    where = {r["seed"]: j for j, r in enumerate(b.rows)}
+    return [(i, where[r["seed"]]) for i, r in enumerate(a.rows) if r["seed"] in where]
 
-    ``diff``: difference of seed means. Seed level (same test set): the paired t-test over shared
-    seeds, paired d, and ``mdd``, the smallest difference it detects with 80% power. Document level
-    (needs the prediction files): ``ci``, the paired hierarchical bootstrap interval
-    (``stats.hierarchical_bootstrap_diff``; documents shared, seeds resampled within a variant
-    that has at least 3), and ``p_perm``, the paired permutation test swapping whole documents
-    between the two variants (``stats.permutation_test_paired_sums``; seed means compared).
-    ``excluded``: why the comparison is certain by construction (it then is not tested)."""
-    alpha = float(opts["alpha"])
+
+def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
+    """Variant ``a`` against baseline ``b`` on ``metric``, over the runs ``paired_runs`` pairs.
+
+    ``diff``: the mean of the paired differences (the difference of seed means when both ran the
+    same seeds). Seed level (same test set): the paired t-test over shared seeds and paired d.
+    Document level (needs the prediction files): ``ci`` and ``p_sd``, the interval and the test of
+    record, ``stats.crossed_t`` on the paired per-seed, per-document pseudo-value differences
+    (seeds and test documents both samples; ``ms`` its mean squares, which the study pools for
+    the detectable difference), and ``p_perm``, the paired permutation test swapping whole
+    documents between the two variants' runs (``stats.permutation_test_paired_sums``; for these
+    runs). ``excluded``: why the comparison is certain by construction (it then is not tested).
+    ``mdd`` is filled in by ``comparisons`` from the study's pooled variance."""
+    pairs = paired_runs(a, b)
     va = [metric_value(r, metric) for r in a.rows]
     vb = [metric_value(r, metric) for r in b.rows]
-    out = {"metric": metric, "diff": float(np.mean(va) - np.mean(vb)), "runs": [len(va), len(vb)],
+    diffs = np.array([va[i] - vb[j] for i, j in pairs]) if pairs else np.array([math.nan])
+    out = {"metric": metric, "diff": float(diffs.mean()), "runs": [len(va), len(vb)],
            "single": [a.single, b.single], "n": 0, "t": math.nan, "p_t": math.nan, "d": math.nan,
-           "mdd": math.nan, "ci": None, "ci_note": None, "p_perm": math.nan, "excluded": None}
+           "sd_seeds": math.nan, "mdd": math.nan, "ci": None, "ci_note": None, "p_sd": math.nan,
+           "p_perm": math.nan, "excluded": None}
     reasons = [f"{who} {why}" for who, v in (("the variant", a), ("the baseline", b))
                if (why := constant_reason(v, metric))]
     out["identical"] = identical_predictions(a, b)
@@ -489,20 +508,20 @@ def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
     if a.single or b.single:
         out["t_note"] = "deterministic" if "deterministic" in (a.single, b.single) else "identical seeds"
     else:
-        by_seed = {r["seed"]: v for r, v in zip(b.rows, vb)}
-        pairs = [(v, by_seed[r["seed"]]) for r, v in zip(a.rows, va) if r["seed"] in by_seed]
-        x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
         out["n"] = len(pairs)
+        x, y = np.array([va[i] for i, _ in pairs]), np.array([vb[j] for _, j in pairs])
         if len(pairs) >= 2 and not np.isnan(x - y).any():
-            sd = float((x - y).std(ddof=1))
-            out["mdd"] = stats.detectable_difference(sd, len(pairs), alpha)
-            if sd > 0:  # identical differences on every seed leave t undefined: no test, not p = 0
+            out["sd_seeds"] = float((x - y).std(ddof=1))
+            if out["sd_seeds"] > 0:  # identical differences on every seed leave t undefined: no test, not p = 0
                 t = stats.ttest_rel(x, y)
                 out["t"], out["p_t"], out["d"] = float(t.statistic), float(t.pvalue), float(stats.paired_d(x, y))
 
-    # document level: another test set (and, in the interval, other seeds)
+    # document level: another test set and other seeds
     if a.counts is None or b.counts is None:
         out["ci_note"] = "no prediction files"
+        return out
+    if not pairs:
+        out["ci_note"] = "no shared seed"
         return out
     types = sorted({t for c in a.counts + b.counts for t in c["entities"]})
     try:
@@ -520,49 +539,62 @@ def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
     if D < 2:
         out["ci_note"] = "fewer than 2 test documents"
         return out
-    boot = stats.hierarchical_bootstrap_diff(
-        xa, xb, lambda x, w: score_runs(x, w, layout, metric), n_resamples=int(opts["bootstrap_resamples"]),
-        seed=int(opts["bootstrap_seed"]))
-    lo, hi = boot.confidence_interval
-    if lo - 1e-12 <= out["diff"] <= hi + 1e-12:
-        out["ci"] = [float(lo), float(hi)]
-    else:
-        out["ci_note"] = (f"the percentile interval [{lo:.4f}, {hi:.4f}] does not contain the difference "
-                          f"({float((boot.bootstrap_distribution < out['diff']).mean()):.0%} of the resamples "
-                          f"lie below it)")
-    out["resampled_seeds"] = [len(xa) >= 3, len(xb) >= 3]
-    # the permutation test pairs runs: by seed, or a deterministic run with every seed of the other
-    if len(xa) == 1 and len(xb) > 1:
-        xa = np.repeat(xa, len(xb), axis=0)
-    elif len(xb) == 1 and len(xa) > 1:
-        xb = np.repeat(xb, len(xa), axis=0)
-    elif len(xa) != 1:
-        seeds_b = [r["seed"] for r in b.rows]
-        shared = [(i, seeds_b.index(r["seed"])) for i, r in enumerate(a.rows) if r["seed"] in seeds_b]
-        if not shared:
-            return out
-        xa, xb = xa[[i for i, _ in shared]], xb[[j for _, j in shared]]
+    xa, xb = xa[[i for i, _ in pairs]], xb[[j for _, j in pairs]]
+    crossed = stats.crossed_t(pseudovalues(xa, layout, metric) - pseudovalues(xb, layout, metric),
+                              estimate=out["diff"])
+    out.update(ci=[float(crossed.ci.low), float(crossed.ci.high)], p_sd=float(crossed.pvalue),
+               df=float(crossed.df), se=float(crossed.se), seeds_crossed=len(pairs), docs=D,
+               ms={"seed": crossed.ms.seed, "doc": crossed.ms.doc, "resid": crossed.ms.resid})
+    if math.isnan(crossed.ci.low):
+        out["ci"], out["ci_note"] = None, "no variance estimate"
+    elif len(pairs) == 1 and not (a.single and b.single):
+        out["ci_note"] = "one seed: the interval covers the test documents only"
 
     def seed_mean_diff(sa, sb):
         return (scores_from_sums(sa, layout, metric).mean(-1) - scores_from_sums(sb, layout, metric).mean(-1))
 
     perm = stats.permutation_test_paired_sums(xa.transpose(1, 0, 2), xb.transpose(1, 0, 2), seed_mean_diff,
                                               n_resamples=int(opts["permutation_resamples"]),
-                                              seed=int(opts["bootstrap_seed"]))
+                                              seed=int(opts["permutation_seed"]))
     out["p_perm"], out["perm_exact"] = float(perm.pvalue), 2 ** D <= int(opts["permutation_resamples"])
-    out["docs"] = D
     return out
+
+
+def detectable_differences(comps: list[dict], alpha: float) -> None:
+    """Fill in each tested comparison's ``mdd``: the smallest true difference its test of record
+    detects with 80% power at ``alpha``, from the variance **pooled over the study's tested
+    comparisons of one metric and one design** (as many paired seeds and documents), not from
+    that comparison's own 3 seeds: a pooled ``stats.CrossedVariance`` for the seed × document t,
+    a pooled sd of the per-seed differences for the seed-paired t (no prediction files)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in comps:
+        if c["excluded"] or c.get("same_as"):
+            continue
+        if c.get("ms") and c["ci_note"] != "no prediction files":
+            groups[("sd", c["metric"], c["seeds_crossed"], c["docs"])].append(c)
+        elif not math.isnan(c["sd_seeds"]):
+            groups[("t", c["metric"], c["n"])].append(c)
+    for key, group in groups.items():
+        if key[0] == "sd":
+            S, D = key[2], key[3]
+            pooled = stats.pooled_crossed_variance(stats.CrossedVariance(S, D, **c["ms"]) for c in group)
+            V, df = pooled.variance_of_mean()
+            mdd = stats.detectable_difference_se(math.sqrt(V), df, alpha) if V >= 0 else math.nan
+        else:
+            mdd = stats.detectable_difference(math.sqrt(np.mean([c["sd_seeds"] ** 2 for c in group])), key[2], alpha)
+        for c in group:
+            c["mdd"], c["mdd_pooled_over"] = mdd, len(group)
 
 
 def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], opts: dict,
                 earlier: dict | None = None) -> list[dict]:
     """Every comparison of every family and metric; Holm within one family and one metric, over
     the comparisons that are tested (those certain by construction are left out). The p-values
-    corrected are the document permutation test's when every comparison of the family has one,
-    else (no prediction files) the seed-paired t-test's. Without prediction files, the
+    corrected are the seed × document t's (``p_sd``, the test of record) when every comparison of
+    the family has prediction files, else the seed-paired t-test's. Without prediction files, the
     document-level results an ``earlier`` build stored for the same comparison of the same values
     are kept (``earlier_comparison``)."""
-    out = []
+    out, all_twins = [], []
     for family in families:
         pairs = family_pairs(family, variants)
         for metric in opts["metrics"]:
@@ -594,25 +626,28 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                     c["same_as"] = _comparison_name(twin)
                     twins.append((c, twin))
             tested = [c for c, _ in tested]
-            source = "perm" if tested and all(not math.isnan(c["p_perm"]) for c in tested) else "t"
-            p = [c["p_perm"] if source == "perm" else c["p_t"] for c in tested]
+            source = "sd" if tested and all(c["ci_note"] != "no prediction files" for c in tested) else "t"
+            p = [c["p_sd"] if source == "sd" else c["p_t"] for c in tested]
             for c, adjusted, raw in zip(tested, holm(p), p):
                 c.update(p=raw, p_holm=adjusted, holm_source=source,
                          family_size=sum(not math.isnan(x) for x in p))
-            for c, twin in twins:
-                c.update({k: twin[k] for k in ("p", "p_holm", "holm_source", "family_size")})
             for c in group:
                 c.setdefault("p", math.nan)
                 c.setdefault("p_holm", math.nan)
                 c.setdefault("holm_source", source)
                 c.setdefault("family_size", 0)
             out += group
+            all_twins += twins
+    detectable_differences(out, float(opts["alpha"]))
+    for c, twin in all_twins:
+        c.update({k: twin[k] for k in ("p", "p_holm", "holm_source", "family_size", "mdd")})
     return out
 
 
 def sentence(c: dict, alpha: float) -> str:
     """What one comparison supports, and what it doesn't, in plain words. A claim rests on the
-    Holm-adjusted document permutation test and needs the hierarchical interval to exclude 0."""
+    test of record, Holm-adjusted within its family: the seed × document t, whose 95% interval is
+    the one printed (so a significant difference has an interval that excludes 0)."""
     if c.get("same_as"):
         return (sentence({**c, "same_as": None}, alpha) + f" The same test as `{c['same_as']}`: both variants and "
                 f"both baselines predict the same on every test document, so Holm counts it once.")
@@ -627,37 +662,33 @@ def sentence(c: dict, alpha: float) -> str:
                 f"from a measurement, so it is left out of the `{c['family']}` Holm family.")
     if c["ci"] is not None:
         interval = f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]"
-        excludes_zero = c["ci"][0] > 0 or c["ci"][1] < 0
     else:
-        interval, excludes_zero = f"no interval: {c['ci_note']}", None
-    undetectable = (f" With {c['n']} seeds and this spread the seed-paired t-test detects only differences of "
+        interval = f"no interval: {c['ci_note']}"
+    scope = (" The interval and test cover the test documents only (one seed)."
+             if c["ci_note"] and c["ci_note"].startswith("one seed") else "")
+    undetectable = (f" At this design's pooled variance the test detects only differences of "
                     f"{c['mdd']:.4f} or more (80% power)." if not math.isnan(c["mdd"]) else "")
     if math.isnan(c["p_holm"]):
         why = (f"one side is a single run ({'; '.join(s for s in c['single'] if s)})" if any(c["single"])
                else f"{c['n']} paired seed(s)")
         return f"{head} ({interval}). No test: {why} and no prediction files for a document-level test."
     family = f"the {c['family_size']} tested comparisons of `{c['family']}`"
-    if c["holm_source"] == "perm":
-        test = f"document permutation p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}"
+    if c["holm_source"] == "sd":
+        test = f"seed × document t p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}"
     else:
         test = (f"seed-paired t-test p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}; "
                 f"without prediction files test-set variance is not accounted for")
     direction = "higher" if c["diff"] > 0 else "lower"
     if c["p_holm"] < alpha:
-        if excludes_zero or c["holm_source"] == "t":
-            return (f"{head} ({interval}): {direction}, significant ({test})"
-                    + (" and the interval excludes 0" if excludes_zero else "")
-                    + ". A difference on this corpus; other corpora are untested.")
-        if excludes_zero is None:
-            return (f"{head} ({interval}): larger than the test-document noise ({test}), but without a sound "
-                    f"interval it is not established.")
-        return (f"{head} ({interval}): larger than the test-document noise ({test}), but the interval, which "
-                f"also resamples seeds, includes 0: suggestive, not established.")
+        where = ("with other seeds and another test set from this corpus" if c["holm_source"] == "sd"
+                 else "across seeds on these documents")
+        return (f"{head} ({interval}): {direction}, significant ({test}). A difference that holds {where}; "
+                f"other corpora are untested.{scope}")
     if c["p"] < alpha:
         return (f"{head} ({interval}): p = {c['p']:.3g} before correction, not after Holm over {family} "
-                f"(adjusted {c['p_holm']:.3g}): suggestive, not established.{undetectable}")
+                f"(adjusted {c['p_holm']:.3g}): suggestive, not established.{scope}{undetectable}")
     return (f"{head} ({interval}): not significant ({test}); the data neither show a difference nor rule out "
-            f"one of this size.{undetectable}")
+            f"one of this size.{scope}{undetectable}")
 
 
 # ---- an earlier build ------------------------------------------------------------------------------
@@ -688,6 +719,8 @@ def earlier_metric(earlier: dict, label: str, v: VariantRuns, metric: str) -> di
     values of ``metric``, or, for a variant that is now one run (deterministic or identical
     seeds), that run's value on every stored seed. ``None`` otherwise (other runs, or a changed
     definition such as the fixed class set of macro F1)."""
+    if earlier.get("statistics") != STATISTICS:
+        return None
     entry = (earlier.get("variants") or {}).get(label) or {}
     stored = entry.get(metric)
     if not isinstance(stored, dict):
@@ -705,6 +738,8 @@ def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns) -
     """The document-level results (``ci``, ``ci_note``, ``p_perm`` …) of comparison ``c`` from the
     earlier build, when it stored them for the same family, variants and metric, of the same
     values on both sides, and with the same difference; ``None`` otherwise."""
+    if earlier.get("statistics") != STATISTICS:
+        return None
     for old in earlier.get("comparisons") or []:
         if (isinstance(old, dict) and "p_perm" in old and "ci" in old
                 and old.get("ci_note") != "no prediction files"  # that build had none either
@@ -712,9 +747,10 @@ def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns) -
                 and _same(old.get("diff"), c["diff"])
                 and earlier_metric(earlier, c["variant"], a, c["metric"]) is not None
                 and earlier_metric(earlier, c["baseline"], b, c["metric"]) is not None):
-            keep = ("ci", "ci_note", "p_perm", "perm_exact", "docs", "resampled_seeds", "identical", "same_as")
+            keep = ("ci", "ci_note", "p_sd", "df", "se", "seeds_crossed", "docs", "ms", "p_perm", "perm_exact",
+                    "identical", "same_as")
             return {**{k: old[k] for k in keep if k in old}, "p_perm": float(old["p_perm"]),
-                    "document_level_from": "earlier build"}
+                    "p_sd": float(old.get("p_sd", math.nan)), "document_level_from": "earlier build"}
     return None
 
 
@@ -729,7 +765,8 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     short["decode"] = "decode"
     variants = group_variants(rows, list(study.get("axes", {})))
     labels = {k: variant_label(k, short) for k in variants}
-    data: dict = {"study": study["name"], "scale": study["scale"], "variants": {}, "comparisons": []}
+    data: dict = {"study": study["name"], "scale": study["scale"], "statistics": STATISTICS, "variants": {},
+                  "comparisons": []}
     md: list[str] = []
 
     md += [f"# Study `{study['name']}` (scale `{study['scale']}`)", ""]
@@ -796,6 +833,11 @@ def _f(x, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _p(x) -> str:
+    """A p-value to 4 decimals; one that would print as 0.0000 is "<0.0001" (a p-value is never 0)."""
+    return "<0.0001" if x is not None and not math.isnan(x) and x < 0.00005 else _f(x, 4)
+
+
 def median(values) -> float:
     """The median of the values that are there (None and NaN left out); NaN if none is."""
     v = np.asarray([x for x in values if x is not None], float)
@@ -851,16 +893,16 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
     n_classes = sorted({sum(1 for v in r.get("per_type", {}).values() if v.get("support", 0) > 0)
                         for g in variants.values() for r in g})
     md = ["## Main results (test set)", "",
-          "Mean ± std over seeds (std with ddof=1); 95% CI: BCa bootstrap over test documents "
-          f"({opts['bootstrap_resamples']} resamples shared by all seeds and variants, the seed mean "
-          "per resample). Entity scores are strict IOB2 (seqeval's strict mode). Macro F1 and "
+          "Mean ± std over seeds (std with ddof=1); 95% CI: of the mean over seeds *and* test documents "
+          "(`stats.crossed_t` on per-document jackknife pseudo-values: two-way random effects, seeds × "
+          "documents, Satterthwaite df; for a single run, documents only). Entity scores are strict IOB2 "
+          "(seqeval's strict mode). Macro F1 and "
           "unweighted accuracy average over a **fixed class set**, the classes with a gold mention in "
           f"the test set ({'/'.join(map(str, n_classes))} entity types; seqeval's macro F1, `f1_macro` in "
-          "results.jsonl, also averages types that are only predicted); in a resample that leaves out "
-          "every document of a class, that class keeps its full-test-set score. A model without random "
+          "results.jsonl, also averages types that are only predicted); leaving out every document of a "
+          "class, that class keeps its full-test-set score. A model without random "
           "state is one run (`1 (deterministic)`).", ""]
     body, missing, kept, stale = [], [], 0, []
-    cache: dict[int, np.ndarray] = {}
     for key, group in variants.items():
         v = runs[key]
         entry = {"label": labels[key], "seeds": [r["seed"] for r in v.rows], "runs": [r["run_id"] for r in v.rows],
@@ -868,9 +910,6 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
         x = layout = None
         if v.counts is not None:
             x, layout = stack_counts(v.counts)
-            D = x.shape[1]
-            if D not in cache:
-                cache[D] = resample_indices(D, int(opts["bootstrap_resamples"]), int(opts["bootstrap_seed"]))
         seeds = str(len(v.rows))
         if v.single == "deterministic":
             seeds = "1 (deterministic)"
@@ -891,23 +930,16 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
                     continue
                 # no prediction files (a committed folder): the earlier build's interval of the same values
                 kept += 1
-                entry[m].update({k: stored[k] for k in ("ci", "ci_note", "bootstrap_point") if k in stored},
+                entry[m].update({k: stored[k] for k in ("ci", "ci_note", "point") if k in stored},
                                 ci_from="earlier build")
-                point = stored.get("bootstrap_point", mean)
-                if stored["ci"] is not None and not stored["ci"][0] - 1e-12 <= point <= stored["ci"][1] + 1e-12:
-                    # built before such intervals were withheld: the same rule as for a fresh one
-                    stored = {**stored, "ci": None, "ci_note": (
-                        f"the earlier build's interval [{stored['ci'][0]:.4f}, {stored['ci'][1]:.4f}] does not "
-                        f"contain the estimate {point:.4f}")}
-                    entry[m].update(ci=None, ci_note=stored["ci_note"])
                 if stored["ci"] is not None:
                     cells.append(f"[{_f(stored['ci'][0])}, {_f(stored['ci'][1])}]²")
                 else:
                     cells.append("none¹²")
                     missing.append(f"{labels[key]}, {METRICS[m]}: {stored.get('ci_note') or 'unknown'}")
                 continue
-            theta, lo, hi, why = bootstrap_variant(x, layout, cache[x.shape[1]], m)
-            entry[m]["bootstrap_point"] = theta
+            theta, lo, hi, why = variant_interval(x, layout, m)
+            entry[m]["point"] = theta
             if why is None:
                 entry[m]["ci"] = [lo, hi]
                 cells.append(f"[{_f(lo)}, {_f(hi)}]")
@@ -929,7 +961,8 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
                "same values, and its intervals are kept.", ""]
     if stale:
         md += ["n/a: no prediction files here. The earlier build's intervals of " + "; ".join(stale) + " were of "
-               "other values (other runs, or a metric defined differently then), so they are not kept.", ""]
+               "other values or computed otherwise (other runs, a metric or a statistic defined differently then), so they "
+               "are not kept.", ""]
     return md
 
 
@@ -997,25 +1030,27 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
     alpha = float(opts["alpha"])
     md += [f"Each row is one variant against its baseline variant, which differs in the family's factor "
            f"only. α = {alpha:g}. What each column answers:", "",
-           "- **Δ**: variant minus baseline, difference of the seed means on the whole test set.",
-           f"- **95% CI**: paired hierarchical bootstrap ({opts['bootstrap_resamples']} resamples): the test "
-           "documents are resampled, the same documents for both variants, and within a variant with at "
-           "least 3 seeds the seeds are resampled too. It answers *would the difference hold on another "
-           "test set of this size, with other seeds?* A deterministic model is one run.",
-           "- **p (docs)**: paired permutation test over documents (whole documents swapped between the two "
-           "variants, seed means compared; exact when 2^D ≤ "
-           f"{opts['permutation_resamples']}, else that many random swaps): *is the difference larger than "
-           "which documents happen to be in the test set?* **p Holm** corrects it within one family and "
-           "one metric. The sentences below rest on it, and call a difference established only when the "
-           "interval excludes 0 as well.",
+           "- **Δ**: variant minus baseline, difference of the seed means on the whole test set (over the "
+           "seeds both ran).",
+           "- **95% CI** and **p (seeds × docs)**: the test of record, `stats.crossed_t`: the per-seed, "
+           "per-document differences (jackknife pseudo-values, seeds paired) in a two-way random-effects "
+           "model, so both *which seeds* and *which test documents* count as samples (Satterthwaite df). It "
+           "answers *would the difference hold with other seeds and another test set of this size?* A "
+           "deterministic model is one run; with one seed the interval covers the test documents only. "
+           "**p Holm** corrects it within one family and one metric; the sentences below rest on it.",
+           "- **p (docs, runs fixed)**: paired permutation test over documents (whole documents swapped between "
+           "the two variants' runs, seed means compared; exact when 2^D ≤ "
+           f"{opts['permutation_resamples']}, else that many random swaps): *do these trained runs differ "
+           "beyond which documents are in the test set?* It holds the runs fixed, so it is no test of the "
+           "method when seeds vary.",
            "- **t (seeds)**, **p (t)**, **d**: seed-paired t-test on this test set (paired d = mean / sd of the "
            "per-seed differences): *does the difference reproduce across seeds on these documents?* It "
-           "ignores test-set variance, so it supports no claim about other test sets; not defined for a "
-           "deterministic model.",
-           f"- **MDD**: the smallest true difference the seed-paired t-test detects with 80% power at "
-           f"α = {alpha:g}, given this many seeds and the observed sd of the per-seed differences "
-           "(`bertlab.stats.detectable_difference`): a difference below it is not \"no difference\", it is "
-           "undetectable with these seeds.", ""]
+           "ignores test-set variance; not defined for a deterministic model.",
+           f"- **MDD**: the smallest true difference the test of record detects with 80% power at "
+           f"α = {alpha:g}, from the variance pooled over this study's tested comparisons of the same metric "
+           "and design (`bertlab.stats.pooled_crossed_variance`, `detectable_difference_se`; without "
+           "prediction files the pooled sd of the per-seed differences and the seed-paired t): a difference "
+           "below it is not \"no difference\", it is undetectable with this design.", ""]
     for family in families:
         mine = [c for c in comps if c["family"] == family["name"]]
         if family["vary"] is None:
@@ -1042,22 +1077,22 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         body = []
         for c in mine:
             ci = f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"] is not None else "none"
-            p_docs = _f(c["p_perm"], 4)
+            p_sd, p_docs = _p(c["p_sd"]), _p(c["p_perm"])
             holm_cell = ("left out" if c["excluded"] else
-                         f"{_f(c['p_holm'], 4)} (same test)" if c.get("same_as") else _f(c["p_holm"], 4))
+                         f"{_p(c['p_holm'])} (same test)" if c.get("same_as") else _p(c["p_holm"]))
             if c["excluded"]:
-                p_docs = "–"
+                p_sd = p_docs = "–"
             seeds = "1 run" if any(c["single"]) else str(c["n"])
-            body.append([c["variant"], c["baseline"], METRICS[c["metric"]], f"{c['diff']:+.4f}", ci, p_docs,
-                         holm_cell, _f(c["t"], 3), _f(c["p_t"], 4), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
-        md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (docs)", "p Holm", "t (seeds)", "p (t)",
-                      "d", "seeds", "MDD"], body)
+            body.append([c["variant"], c["baseline"], METRICS[c["metric"]], f"{c['diff']:+.4f}", ci, p_sd,
+                         holm_cell, p_docs, _f(c["t"], 3), _p(c["p_t"]), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
+        md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (seeds × docs)", "p Holm",
+                      "p (docs, runs fixed)", "t (seeds)", "p (t)", "d", "seeds", "MDD"], body)
         if any(c["holm_source"] == "t" and not c["excluded"] for c in mine):
             md += ["Without prediction files there is no document-level test: p Holm corrects the seed-paired "
                    "t-test, which ignores test-set variance.", ""]
         kept = sum(1 for c in mine if c.get("document_level_from"))
         if kept:
-            md += [f"The 95% CI and p (docs) of {kept} comparison(s) come from the earlier build of this folder "
+            md += [f"The 95% CI, p (seeds × docs) and p (docs, runs fixed) of {kept} comparison(s) come from the earlier build of this folder "
                    "(its report.json): the runs' prediction files are not here to recompute them; that build "
                    "compared the same runs with the same values.", ""]
         notes = sorted({c["ci_note"] for c in mine if c["ci"] is None and c["ci_note"]})

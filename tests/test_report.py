@@ -6,10 +6,12 @@ The study folders are synthetic (no training): runs whose predictions are gold t
 noise, so the variants really differ and the numbers are not trivial."""
 import json
 import math
+import shutil
 import warnings
 import zlib
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats as sps
 from seqeval.metrics import classification_report
@@ -17,8 +19,9 @@ from seqeval.scheme import IOB2, Entities
 from sklearn.metrics import balanced_accuracy_score
 
 from bertlab.experiment import _write_json, environment, expand, load_study, read_results, write_results
+from bertlab import stats
 from bertlab.metrics import entity_report, unweighted_accuracy
-from bertlab.report import bootstrap_variant, build_report, resample_indices, stack_counts
+from bertlab.report import build_report, stack_counts, variant_interval
 
 TYPES = ["Age", "Dose", "Sign"]  # Sign common, Dose middle, Age rare
 LABELS = ["O"] + [f"{b}-{t}" for t in TYPES for b in "BI"] + ["B-Freq"]  # Freq: predicted, never gold
@@ -71,7 +74,7 @@ def make_study(tmp_path, noise, seeds=(0, 1, 2), decodes=("argmax", "knn"), base
         "axes": axes, "short_names": {"sampler.name": "sampler", "loss.name": "loss", "train.seed": "seed"},
         "baseline": baseline if baseline is not None else {"sampler.name": "atl", "loss.name": "ce",
                                                            "decode": "argmax"},
-        "decodes": list(decodes), "report": {"bootstrap_resamples": 300, "bands": {"head": 40, "tail": 10},
+        "decodes": list(decodes), "report": {"bands": {"head": 40, "tail": 10},
                                              "figures": False, **(report or {})},
         "gradflow": False, "runs": runs})
     env = environment()
@@ -251,21 +254,52 @@ def seed_mean(runs, weights, metric):
     return sum(counts_score(e, t, weights, metric, per_class_full(e, t, metric)) for e, t in runs) / len(runs)
 
 
-def hierarchical_reference(runs_a, runs_b, metric, n_resamples=300, seed=0):
-    """The documented draws of the paired hierarchical bootstrap, one resample at a time."""
-    rng = np.random.default_rng(seed)
-    D = len(runs_a[0][0])
-    units = rng.integers(0, D, (n_resamples, D))
-    pick = [rng.integers(0, len(r), (n_resamples, len(r))) if len(r) >= 3 else None for r in (runs_a, runs_b)]
+def crossed_interval(y, estimate):
+    """The seed × document t interval written out from statsmodels' two-way ANOVA mean squares:
+    V = [MS_resid + max(MS_seed − MS_resid, 0) + max(MS_doc − MS_resid, 0)] / (S·D), Satterthwaite
+    df; one seed: the one-sample t over documents (scipy). Returns (low, high, p)."""
+    from statsmodels.formula.api import ols
+    from statsmodels.stats.anova import anova_lm
+
+    y = np.asarray(y, float)
+    S, D = y.shape
+    if S == 1:
+        t = sps.ttest_1samp(y[0], 0.0)
+        se = y[0].std(ddof=1) / np.sqrt(D)
+        q = sps.t.ppf(0.975, D - 1)
+        return estimate - q * se, estimate + q * se, 2 * sps.t.sf(abs(estimate / se), D - 1)
+    frame = pd.DataFrame({"y": y.ravel(), "s": np.repeat(np.arange(S), D), "d": np.tile(np.arange(D), S)})
+    table = anova_lm(ols("y ~ C(s) + C(d)", frame).fit(), typ=2)
+    ms = (table["sum_sq"] / table["df"]).to_dict()
+    terms = [(1.0, ms["Residual"], (S - 1) * (D - 1))]
+    if ms["C(s)"] > ms["Residual"]:
+        terms += [(1.0, ms["C(s)"], S - 1)]
+    if ms["C(d)"] > ms["Residual"]:
+        terms += [(1.0, ms["C(d)"], D - 1)]
+    c_e = 1.0 - (len(terms) - 1)
+    terms[0] = (c_e, ms["Residual"], (S - 1) * (D - 1))
+    total = sum(c * m for c, m, _ in terms)
+    df = total**2 / sum((c * m) ** 2 / f for c, m, f in terms if c)
+    se = np.sqrt(total / (S * D))
+    q = sps.t.ppf(0.975, df)
+    return estimate - q * se, estimate + q * se, 2 * sps.t.sf(abs(estimate / se), df)
+
+
+def pseudo_values(runs, metric):
+    """[S, D] jackknife pseudo-values of each run's score, re-scored by counts_score (no report code)."""
+    D = len(runs[0][0])
     out = []
-    for i in range(n_resamples):
-        w = np.bincount(units[i], minlength=D)
-        means = []
-        for runs, chosen in zip((runs_a, runs_b), pick):
-            drawn = runs if chosen is None else [runs[j] for j in chosen[i]]
-            means.append(seed_mean(drawn, w, metric))
-        out.append(means[0] - means[1])
-    return np.quantile(out, [0.025, 0.975])
+    for e, t in runs:
+        full_scores = per_class_full(e, t, metric)
+        full = counts_score(e, t, [1] * D, metric, full_scores)
+        loo = [counts_score(e, t, [int(k != j) for k in range(D)], metric, full_scores) for j in range(D)]
+        out.append([D * full - (D - 1) * x for x in loo])
+    return np.array(out)
+
+
+def crossed_reference(runs_a, runs_b, metric, estimate):
+    """The comparison's interval and p by hand: seed-paired pseudo-value differences, crossed t."""
+    return crossed_interval(pseudo_values(runs_a, metric) - pseudo_values(runs_b, metric), estimate)
 
 
 def permutation_reference(runs_a, runs_b, metric):
@@ -285,6 +319,11 @@ def permutation_reference(runs_a, runs_b, metric):
 
     return sps.permutation_test((np.arange(D), np.arange(D) + D), stat, permutation_type="samples",
                                 n_resamples=9999, vectorized=False).pvalue
+
+
+def fmt_p(p):
+    """How a report prints a p-value: 4 decimals, never 0.0000."""
+    return "<0.0001" if p < 0.00005 else f"{p:.4f}"
 
 
 def holm_by_hand(ps):
@@ -330,32 +369,24 @@ def test_main_table_mean_std_over_the_fixed_class_set(study):
                > 1e-6 for r in rows)
 
 
-def test_bootstrap_ci_recomputed_with_seqeval_and_scipy(study):
-    """The CI: BCa bootstrap over documents with the documented shared resamples, recomputed by
-    ``scipy.stats.bootstrap(method="BCa")`` whose statistic re-scores the resampled documents'
-    sentences with seqeval and scikit-learn and averages over seeds; a class that a resample (or a
-    jackknife sample) leaves without gold mentions keeps its full-test-set score."""
+def test_main_interval_recomputed_with_seqeval_and_statsmodels(study):
+    """The CI of the mean over seeds and documents: each run re-scored by seqeval / scikit-learn on
+    the whole test set and with each document left out (a class left without gold mentions keeps
+    its full-test-set score), turned into jackknife pseudo-values, then the seed × document t from
+    statsmodels' two-way ANOVA mean squares (``crossed_interval``)."""
     sdir, md, rows = study
     table = {row[0]: row for row in table_rows(md, "## Main results")}
     for name in ("sampler=btl, loss=focal, decode=knn", "sampler=atl, loss=ce, decode=argmax"):
         per_seed = [read_docs(sdir, r) for r in by_variant(rows)[name]]
         full = [seqeval_scores([s for d in docs for s in d]) for docs in per_seed]
         D = len(per_seed[0])
-        cache = {}
-
-        def scores(index):
-            key = tuple(np.atleast_1d(index).astype(int))
-            if key not in cache:
-                cache[key] = [seqeval_scores([s for d in key for s in docs[d]], f) for docs, f in zip(per_seed, full)]
-            return cache[key]
-
+        loo = [[seqeval_scores([s for k, d in enumerate(docs) if k != j for s in d], f) for j in range(D)]
+               for docs, f in zip(per_seed, full)]
         for col, metric in ((3, "f1_micro"), (5, "f1_macro"), (7, "unweighted_accuracy")):
-            ref = sps.bootstrap((np.arange(D),), lambda i: float(np.mean([s[metric] for s in scores(i)])),
-                                vectorized=False, n_resamples=300, method="BCa", rng=np.random.default_rng(0))
-            lo, hi = ref.confidence_interval
-            assert table[name][col] == f"[{lo:.4f}, {hi:.4f}]", (name, metric)
+            y = np.array([[D * f[metric] - (D - 1) * l[metric] for l in runs] for f, runs in zip(full, loo)])
             mean = np.mean([f[metric] for f in full])
-            assert lo <= mean <= hi
+            lo, hi, _ = crossed_interval(y, mean)
+            assert table[name][col] == f"[{lo:.4f}, {hi:.4f}]", (name, metric)
 
 
 def intervals_of(data):
@@ -445,9 +476,9 @@ def test_fixed_class_set_keeps_rare_class_intervals_around_their_estimate():
             tok[f"B-Rare{r}"] = np.column_stack([np.zeros(D, int), gold])
         counts.append({"docs": [f"d{i}" for i in range(D)], "entities": ent, "tokens": tok})
     x, layout = stack_counts(counts)
-    idx = resample_indices(D, 2000, 0)
+    idx = np.random.default_rng(0).integers(0, D, (2000, D))
     for metric in ("f1_macro", "unweighted_accuracy"):
-        theta, lo, hi, why = bootstrap_variant(x, layout, idx, metric)
+        theta, lo, hi, why = variant_interval(x, layout, metric)
         assert why is None and lo <= theta <= hi, (metric, theta, lo, hi, why)
         # the old rule, by hand: mean over the classes present in each resample
         old = []
@@ -484,9 +515,8 @@ def test_random_count_tables_give_intervals_that_contain_the_estimate():
             tok["O"] = np.column_stack([rng.integers(5, 10, D), np.full(D, 10)])
             counts.append({"docs": [f"d{i}" for i in range(D)], "entities": ent, "tokens": tok})
         x, layout = stack_counts(counts)
-        idx = resample_indices(D, 500, case)
         for metric in METRIC_NAMES:
-            theta, lo, hi, why = bootstrap_variant(x, layout, idx, metric)
+            theta, lo, hi, why = variant_interval(x, layout, metric)
             if why is None:
                 printed += 1
                 assert lo - 1e-12 <= theta <= hi + 1e-12, (case, metric, theta, lo, hi)
@@ -528,18 +558,18 @@ def test_families_are_factorial_contrasts_with_holm_within_family_and_metric(stu
             mine = [c for c in data["comparisons"] if c["family"] == family and c["metric"] == metric]
             assert [c["family_size"] for c in mine] == [4] * 4
             np.testing.assert_allclose([c["p_holm"] for c in mine], holm_by_hand([c["p"] for c in mine]), rtol=1e-12)
-            assert all(c["holm_source"] == "perm" for c in mine)
+            assert all(c["holm_source"] == "sd" for c in mine)
 
 
 def test_comparisons_recomputed_with_scipy_statsmodels_and_seqeval(study):
     """Every number of the `loss` family's table: Δ of seed means (seqeval / scikit-learn), the
-    hierarchical bootstrap interval (the documented draws, re-scored from seqeval's entities), the
-    exact document permutation p (scipy.stats.permutation_test), Holm by hand, the seed-paired t
-    (scipy), paired d, and the detectable difference (statsmodels' TTestPower)."""
-    from statsmodels.stats.power import TTestPower
-
+    seed × document interval and its p (pseudo-values re-scored from the documents, statsmodels'
+    ANOVA mean squares), Holm by hand, the exact document permutation p
+    (scipy.stats.permutation_test), the seed-paired t (scipy), paired d, and the detectable
+    difference from the mean squares pooled over the study's tested comparisons of the metric."""
     sdir, md, rows = study
     groups = by_variant(rows)
+    data = json.loads((sdir / "report.json").read_text())
     printed = {(r[0], r[2]): r for r in family_table(md, "loss")}
     counts = {name: [doc_counts(read_docs(sdir, r)) for r in group] for name, group in groups.items()}
     for metric in ALL_METRICS:
@@ -548,20 +578,24 @@ def test_comparisons_recomputed_with_scipy_statsmodels_and_seqeval(study):
             va = np.array([seqeval_scores([s for d in read_docs(sdir, r) for s in d])[metric] for r in groups[name]])
             vb = np.array([seqeval_scores([s for d in read_docs(sdir, r) for s in d])[metric] for r in groups[base]])
             refs[name] = (va, vb, permutation_reference(counts[name], counts[base], metric),
-                          hierarchical_reference(counts[name], counts[base], metric))
-        adjusted = dict(zip(refs, holm_by_hand([r[2] for r in refs.values()])))
-        for name, (va, vb, p_perm, (lo, hi)) in refs.items():
+                          crossed_reference(counts[name], counts[base], metric, va.mean() - vb.mean()))
+        adjusted = dict(zip(refs, holm_by_hand([r[3][2] for r in refs.values()])))
+        # the pooled variance: every tested comparison of this metric in the study (all families)
+        tested = [c for c in data["comparisons"] if c["metric"] == metric and not c["excluded"] and not c.get("same_as")]
+        pooled = {k: np.mean([c["ms"][k] for c in tested]) for k in ("seed", "doc", "resid")}
+        V, df = stats.CrossedVariance(3, 10, **pooled).variance_of_mean()
+        mdd = stats.detectable_difference_se(np.sqrt(V), df)
+        for name, (va, vb, p_perm, (lo, hi, p_sd)) in refs.items():
             row = printed[(name, METRIC_NAMES[metric])]
             t = sps.ttest_rel(va, vb)
             sd = (va - vb).std(ddof=1)
-            mdd = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8) * sd
             assert row[3] == f"{va.mean() - vb.mean():+.4f}", (name, metric)
             assert row[4] == f"[{lo:+.4f}, {hi:+.4f}]", (name, metric)
-            assert row[5] == f"{p_perm:.4f}"
-            assert row[6] == f"{adjusted[name]:.4f}"
-            assert row[7] == f"{t.statistic:.3f}" and row[8] == f"{t.pvalue:.4f}"
-            assert row[9] == f"{(va - vb).mean() / sd:.2f}"
-            assert row[10] == "3" and row[11] == f"{mdd:.4f}"
+            assert row[5] == fmt_p(p_sd) and row[6] == fmt_p(adjusted[name])
+            assert row[7] == fmt_p(p_perm)
+            assert row[8] == f"{t.statistic:.3f}" and row[9] == fmt_p(t.pvalue)
+            assert row[10] == f"{(va - vb).mean() / sd:.2f}"
+            assert row[11] == "3" and row[12] == f"{mdd:.4f}"
 
 
 def test_sentences_claim_only_what_the_tests_support(study):
@@ -575,11 +609,11 @@ def test_sentences_claim_only_what_the_tests_support(study):
         if "significant (" in s and "not significant" not in s:  # a claim: adjusted p and interval agree
             assert c["p_holm"] < 0.05 and (c["ci"][0] > 0 or c["ci"][1] < 0), s
             claims += 1
-        if "With 3 seeds" in s:
+        if "detects only differences of" in s:
             assert f"{c['mdd']:.4f} or more" in s
     # the fixture holds both kinds, so the guards above run (a test that cannot fail is a defect)
     assert 0 < claims < len(sentences)
-    assert "MDD" in md and "detectable_difference" in md
+    assert "MDD" in md and "detectable_difference_se" in md
 
 
 def test_old_single_baseline_form_keeps_working(tmp_path):
@@ -611,7 +645,7 @@ def test_a_pairs_family_compares_only_its_pairs_each_against_its_own_baseline(tm
     mine = [c for c in json.loads((sdir / "report.json").read_text())["comparisons"]
             if c["family"] == "calibration" and c["metric"] == "f1_micro"]
     assert len(mine) == 4 and {c["family_size"] for c in mine} == {4}
-    assert [c["p_holm"] for c in mine] == pytest.approx(holm_by_hand([c["p_perm"] for c in mine]), abs=1e-12)
+    assert [c["p_holm"] for c in mine] == pytest.approx(holm_by_hand([c["p_sd"] for c in mine]), abs=1e-12)
     assert "### Family `calibration`: `calibrated` against `knn` (levels of `decode`)" in md
     assert len([r for r in family_table(md, "decode") if r[2] == "micro F1"]) == 8  # the baseline form: knn and calibrated vs argmax
 
@@ -655,7 +689,7 @@ def test_constant_comparisons_are_reported_and_left_out_of_the_family(tmp_path):
     assert "predicts no entity at all on any seed" in md
     assert "left out of the `sampler` Holm family" in md
     row = {r[0]: r for r in family_table(md, "sampler")}[collapsed]
-    assert row[5] == "–" and row[6] == "left out"
+    assert row[5] == "–" and row[6] == "left out" and row[7] == "–"
     main = {r[0]: r for r in table_rows(md, "## Main results")}[collapsed]
     assert main[3] == "[0.0000, 0.0000]"
 
@@ -686,8 +720,8 @@ def test_declared_construction_leaves_those_comparisons_out_with_the_reason(tmp_
             tested = [c for c in mine if not c["excluded"]]
             assert tested and all(not before[key(c)]["excluded"] for c in tested)
             for c in tested:  # the same test, corrected over the smaller family
-                assert c["p_perm"] == before[key(c)]["p_perm"] and c["diff"] == before[key(c)]["diff"]
-            assert [c["p_holm"] for c in tested] == pytest.approx(holm_by_hand([c["p_perm"] for c in tested]))
+                assert c["p_sd"] == before[key(c)]["p_sd"] and c["diff"] == before[key(c)]["diff"]
+            assert [c["p_holm"] for c in tested] == pytest.approx(holm_by_hand([c["p_sd"] for c in tested]))
             assert {c["family_size"] for c in tested} == {len(tested)}
     assert f"Not tested: the variant {why}. The difference follows from the construction" in md
     assert f"Not tested: the baseline {why}." in md
@@ -715,12 +749,14 @@ def test_deterministic_model_is_one_run_and_gets_no_seed_test(tmp_path):
     groups = by_variant(rows)
     name, base = "sampler=btl, loss=focal, decode=knn", "sampler=atl, loss=focal, decode=knn"
     row = {r[0]: r for r in family_table(md, "sampler")}[name]
-    assert row[7] == "–" and row[8] == "–" and row[10] == "1 run" and row[11] == "–"
+    assert row[8] == "–" and row[9] == "–" and row[11] == "1 run"
     ca = [doc_counts(read_docs(sdir, r)) for r in groups[name]]
     cb = [doc_counts(read_docs(sdir, r)) for r in groups[base]]
-    assert row[5] == f"{permutation_reference(ca * 3, cb, 'f1_micro'):.4f}"
-    lo, hi = hierarchical_reference(ca, cb, "f1_micro")
-    assert row[4] == f"[{lo:+.4f}, {hi:+.4f}]"
+    assert row[7] == fmt_p(permutation_reference(ca * 3, cb, 'f1_micro'))
+    diff = next(c["diff"] for c in json.loads((sdir / "report.json").read_text())["comparisons"]
+                if c["variant"] == name and c["baseline"] == base)
+    lo, hi, p = crossed_reference(ca * 3, cb, "f1_micro", diff)  # the one run paired with every seed
+    assert row[4] == f"[{lo:+.4f}, {hi:+.4f}]" and row[5] == fmt_p(p)
 
 
 def test_identical_seeds_of_old_results_count_as_one_run(tmp_path):
@@ -758,9 +794,9 @@ def test_one_seed_has_a_document_test_but_no_seed_test(tmp_path):
     md = build_report(sdir).read_text()
     data = json.loads((sdir / "report.json").read_text())
     for c in data["comparisons"]:
-        assert math.isnan(c["p_t"]) and math.isnan(c["mdd"]) and not math.isnan(c["p_perm"])
-        assert c["ci"] is not None
-    assert "With 1 seeds" not in md
+        assert math.isnan(c["p_t"]) and not math.isnan(c["p_perm"]) and not math.isnan(c["p_sd"])
+        assert c["ci"] is not None and c["ci_note"] == "one seed: the interval covers the test documents only"
+    assert "cover the test documents only (one seed)" in md
 
 
 # ---- the rest of the report ----------------------------------------------------------------------
@@ -1134,8 +1170,8 @@ def test_missing_study_folder_points_to_the_committed_result(tmp_path, capsys):
 def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
     """A committed folder (results.jsonl and report.json, no prediction files) rebuilt in place:
     the main-table intervals and the comparisons' document-level results of the earlier build are
-    kept, marked as such, wherever that build scored the same runs with the same values; others
-    are n/a, an interval that misses its estimate is withheld, and a second rebuild changes nothing."""
+    kept, marked as such, wherever that build scored the same runs with the same values and the same
+    statistics; others are n/a, and a second rebuild changes nothing."""
     (tmp_path / "docs" / "results").mkdir(parents=True)
     sdir = make_study(tmp_path / "docs" / "results", NOISE, report={"compare": FAMILIES, "metrics": ALL_METRICS})
     build_report(sdir)
@@ -1144,13 +1180,20 @@ def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
         f.unlink()
     write_results(sdir)
     # the earlier build as older code wrote it: one interval of other values (another definition)
-    # and one that misses its estimate
     stored = json.loads((sdir / "report.json").read_text())
-    stale, missing = "sampler=atl, loss=ce, decode=knn", "sampler=btl, loss=ce, decode=knn"
+    stale = "sampler=atl, loss=ce, decode=knn"
     stored["variants"][stale]["f1_macro"]["values"][0] += 0.01
-    est = stored["variants"][missing]["f1_micro"]["bootstrap_point"]
-    stored["variants"][missing]["f1_micro"]["ci"] = [est - 0.05, est - 0.01]
     (sdir / "report.json").write_text(json.dumps(stored))
+    # an earlier build made with other statistics is not reused at all
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(sdir, other / "study")
+    older = json.loads((other / "study" / "report.json").read_text())
+    (other / "study" / "report.json").write_text(json.dumps({**older, "statistics": "hierarchical bootstrap"}))
+    older_md = build_report(other / "study").read_text()
+    assert all(cell == "n/a" for r in table_rows(older_md, "## Main results") for cell in r[3::2])
+    assert all(c["ci_note"] == "no prediction files" and c["holm_source"] == "t"
+               for c in json.loads((other / "study" / "report.json").read_text())["comparisons"])
 
     md = build_report(sdir).read_text()
     assert "rebuild with `bertlab report docs/results/study`" in md
@@ -1160,9 +1203,6 @@ def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
         for col, m in ((3, "f1_micro"), (5, "f1_macro"), (7, "unweighted_accuracy")):
             if (name, m) == (stale, "f1_macro"):
                 assert table[name][col] == "n/a"
-            elif (name, m) == (missing, "f1_micro"):
-                assert table[name][col] == "none¹²"
-                assert data["variants"][name][m]["ci"] is None
             else:
                 lo, hi = entry[m]["ci"]
                 assert table[name][col] == f"[{lo:.4f}, {hi:.4f}]²"
@@ -1170,7 +1210,6 @@ def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
                 assert data["variants"][name][m]["ci_from"] == "earlier build"
     assert "² From the earlier build of this folder" in md
     assert f"{stale}, macro F1 were of other values" in md
-    assert f"{missing}, micro F1: the earlier build's interval [{est - 0.05:.4f}, {est - 0.01:.4f}] does not contain" in md
 
     # comparisons: the earlier interval and permutation p where both sides are unchanged; Holm on them
     before = {(c["family"], c["variant"], c["baseline"], c["metric"]): c for c in first["comparisons"]}
@@ -1182,11 +1221,11 @@ def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
             assert c["ci"] is None and c["ci_note"] == "no prediction files" and math.isnan(c["p_perm"])
             continue
         assert c["document_level_from"] == "earlier build"
-        assert c["ci"] == old["ci"] and c["p_perm"] == old["p_perm"]
+        assert c["ci"] == old["ci"] and c["p_perm"] == old["p_perm"] and c["p_sd"] == old["p_sd"]
         if (c["family"], c["metric"]) in touched:  # one comparison without p (docs): Holm on the t-tests
             assert c["holm_source"] == "t"
         elif old["excluded"] is None:  # every p (docs) of the family kept: the same Holm correction
-            assert c["holm_source"] == "perm" and c["p_holm"] == pytest.approx(old["p_holm"], abs=1e-15)
+            assert c["holm_source"] == "sd" and c["p_holm"] == pytest.approx(old["p_holm"], abs=1e-15)
     assert touched
     assert "come from the earlier build of this folder" in md
 
@@ -1627,10 +1666,10 @@ def test_a_comparison_that_repeats_a_tested_one_is_counted_once_in_holm(tmp_path
             decode = {c["variant"]: c for c in data["comparisons"] if c["family"] == "decode" and c["metric"] == metric}
             repeat, first = decode["sampler=btl, loss=focal, decode=knn"], decode["sampler=atl, loss=focal, decode=knn"]
             assert repeat["same_as"] == twin and not repeat["excluded"]
-            assert repeat["p_holm"] == first["p_holm"] and repeat["p"] == first["p"] == repeat["p_perm"] == first["p_perm"]
+            assert repeat["p_holm"] == first["p_holm"] and repeat["p"] == first["p"] == repeat["p_sd"] == first["p_sd"]
             tested = [c for c in decode.values() if not c.get("same_as")]
             assert len(tested) == 3 and {c["family_size"] for c in decode.values()} == {3}
-            assert [c["p_holm"] for c in tested] == pytest.approx(holm_by_hand([c["p_perm"] for c in tested]), abs=1e-12)
+            assert [c["p_holm"] for c in tested] == pytest.approx(holm_by_hand([c["p_sd"] for c in tested]), abs=1e-12)
             assert not any(c.get("same_as") for c in data["comparisons"] if c["family"] != "decode")
         assert f"The same test as `{twin}`" in md and "2 the same test as another row" in md
         return [(c["variant"], c["metric"], c["p_holm"]) for c in data["comparisons"]]
@@ -1658,3 +1697,62 @@ def test_two_models_that_predict_only_o_are_not_called_the_same_function(tmp_pat
     line = next(l for l in md.splitlines()
                 if l.startswith("- sampler=btl, loss=focal, decode=argmax vs sampler=btl, loss=ce, decode=argmax"))
     assert "Not tested: the variant predicts no entity at all" in line and "Identical predictions" not in line
+
+
+# ---- pairing by seed, and the per-class rule ---------------------------------------------------------
+
+def test_runs_are_paired_by_seed_never_by_position(tmp_path):
+    """A baseline that lost a run (seeds {1, 2}) against a variant with {0, 1, 2}; a variant that ran
+    seed 2 only. Every test uses the shared seeds, matched by seed: the seed-paired t equals scipy's
+    ttest_rel on them, the document permutation and the seed × document t pair run 1 with run 1 and
+    run 2 with run 2 (by position, seed 0 would meet seed 1)."""
+    sdir = make_study(tmp_path, NOISE, report={"compare": FAMILIES, "metrics": ["f1_micro"]})
+    for run in ("sampler=atl__loss=ce__seed=0", "sampler=btl__loss=focal__seed=0", "sampler=btl__loss=focal__seed=1"):
+        shutil.rmtree(sdir / run)
+    write_results(sdir)
+    build_report(sdir)
+    data = json.loads((sdir / "report.json").read_text())
+    rows = by_variant(read_results(sdir / "results.jsonl"))
+
+    def runs(name, seeds):
+        return [r for r in rows[name] if r["axes"]["train.seed"] in seeds]
+
+    def score(r):
+        return seqeval_scores([s for d in read_docs(sdir, r) for s in d])["f1_micro"]
+
+    def comparison(family, name, base):
+        return next(c for c in data["comparisons"] if (c["family"], c["variant"], c["baseline"]) == (family, name, base))
+
+    name, base = "sampler=atl, loss=focal, decode=argmax", "sampler=atl, loss=ce, decode=argmax"
+    c = comparison("loss", name, base)
+    va, vb = [score(r) for r in runs(name, (1, 2))], [score(r) for r in runs(base, (1, 2))]
+    t = sps.ttest_rel(va, vb)
+    assert c["n"] == 2 and c["t"] == pytest.approx(t.statistic, rel=1e-9) and c["p_t"] == pytest.approx(t.pvalue, rel=1e-9)
+    assert c["diff"] == pytest.approx(np.mean(va) - np.mean(vb), rel=1e-9)
+    ca = [doc_counts(read_docs(sdir, r)) for r in runs(name, (1, 2))]
+    cb = [doc_counts(read_docs(sdir, r)) for r in runs(base, (1, 2))]
+    assert c["p_perm"] == pytest.approx(permutation_reference(ca, cb, "f1_micro"), rel=1e-9)
+    lo, hi, p = crossed_reference(ca, cb, "f1_micro", c["diff"])
+    assert c["ci"] == pytest.approx([lo, hi], rel=1e-9) and c["p_sd"] == pytest.approx(p, rel=1e-9)
+
+    # one non-deterministic run (seed 2) is paired with the baseline's seed 2 alone, not with every seed
+    name, base = "sampler=btl, loss=focal, decode=argmax", "sampler=btl, loss=ce, decode=argmax"
+    c = comparison("loss", name, base)
+    ca = [doc_counts(read_docs(sdir, r)) for r in runs(name, (2,))]
+    cb = [doc_counts(read_docs(sdir, r)) for r in runs(base, (2,))]
+    assert c["diff"] == pytest.approx(score(runs(name, (2,))[0]) - score(runs(base, (2,))[0]), rel=1e-9)
+    assert c["p_perm"] == pytest.approx(permutation_reference(ca, cb, "f1_micro"), rel=1e-9)
+    assert c["ci_note"] == "one seed: the interval covers the test documents only"
+
+
+def test_a_class_predicted_but_without_gold_has_no_f1_in_that_resample():
+    """Per-class F1 of a class with predictions but no gold mention in the summed counts is
+    undefined (NaN), not 0: the resample says nothing about that class's recall."""
+    from bertlab.report import CountLayout, per_class_scores
+
+    layout = CountLayout(["A", "B"], ["B-A", "B-B"], np.array([0, 1]), np.array([0, 1]))
+    x = np.array([3, 4, 5,   0, 2, 0,   3, 5,   0, 0], float)  # A: tp 3, pred 4, gold 5; B: pred 2, gold 0
+    f1 = per_class_scores(x, layout, "f1_macro")
+    assert f1[0] == pytest.approx(6 / 9) and np.isnan(f1[1])
+    recall = per_class_scores(x, layout, "unweighted_accuracy")
+    assert recall[0] == pytest.approx(3 / 5) and np.isnan(recall[1])
