@@ -73,7 +73,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertlab.files import write_bytes, write_text
+from bertlab.files import remove_path, write_bytes, write_text
 from bertlab.results import read_json, read_results, result_rows, write_predictions, write_results  # noqa: F401
 
 SCALES = ("smoke", "default", "full")
@@ -1039,7 +1039,7 @@ def reuse_finished(job: Job, run: Run, rdir: Path) -> Path | None:
                 if path.name.startswith(("claim-", "checkpoint", ".", "run.json", "config.toml", "metrics.json")):
                     continue
                 if path.is_dir():
-                    shutil.rmtree(rdir / path.name, ignore_errors=True)
+                    remove_path(rdir / path.name)
                     shutil.copytree(path, rdir / path.name, copy_function=link_or_copy)
                 else:
                     write_bytes(rdir / path.name, path.read_bytes())

@@ -3,7 +3,8 @@
 Each writer puts the bytes in a temp file in the target's folder, fsyncs it, then ``os.replace``s
 it over the target, so a reader (or a run killed mid-write) sees the old file or the new one,
 never a mix. ``write_with`` is the one file writer (``write_bytes``/``write_text``/``write_json``
-build on it), ``write_folder`` the one folder writer (model folders).
+build on it), ``write_folder`` the one folder writer (model folders). A target that is a symbolic
+link is replaced as a link: what it points to is never written or deleted.
 
 Permissions are those a plain ``open(path, "w")`` would give: a new file gets ``0o666`` minus the
 umask (``-rw-r--r--`` under the usual 022, so lab-mates on a shared disk can read results and
@@ -105,16 +106,22 @@ def write_jsonl(path: str | os.PathLike, rows, **dumps_kwargs) -> Path:
 def write_folder(folder: str | os.PathLike, write) -> Path:
     """The one atomic folder writer: ``write(tmp)`` fills a fresh temp folder beside ``folder``,
     which is then swapped in. An interrupted write leaves the old folder (or nothing), never half
-    a model. Modes as a plain ``mkdir``/``open`` would give them (see ``apply_umask``)."""
+    a model. Modes as a plain ``mkdir``/``open`` would give them (see ``apply_umask``).
+
+    A ``folder`` that is a symbolic link is replaced by the new folder; the folder it points to
+    keeps its contents (only the link's parent is resolved, never the link itself)."""
     import shutil
-    folder = Path(folder).resolve()
+    folder = Path(folder)
+    folder = folder.parent.resolve() / folder.name
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
         write(tmp)
         apply_umask(tmp)  # mkdtemp's 0o700 (and e.g. safetensors' 0o600) would keep lab-mates out
-        if folder.exists():
-            # rename(2) cannot replace a non-empty folder: move the old one aside, then delete it
+        if folder.exists() or folder.is_symlink():
+            # rename(2) cannot replace a non-empty folder (nor put a folder over a link): move the
+            # old one aside, then delete it. rename moves a link itself, and rmtree of the folder
+            # aside unlinks a link in it without following it.
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
             os.replace(folder, old / "x")
             try:
@@ -129,3 +136,14 @@ def write_folder(folder: str | os.PathLike, write) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Delete a file, a folder with everything in it, or a symbolic link (the link, never what it
+    points to); nothing if ``path`` does not exist."""
+    import shutil
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

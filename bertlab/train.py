@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from bertlab.callbacks import CallbackList
 from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, config_differences,
                             config_to_dict, has_crf, load_config, read_config_file)
 from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts, tag_counts
-from bertlab.files import write_json
+from bertlab.files import remove_path, write_json
 from bertlab.inference import check_window
 from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,
@@ -583,7 +582,7 @@ def remove_run_files(out_dir: Path) -> None:
     has loaded its data and model, so a failed start leaves the old run whole."""
     for pattern in RUN_FILES:
         for path in out_dir.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            remove_path(path)  # a linked best/ loses the link, not what it points to
 
 
 def input_fingerprint(splits: Splits, windows: list) -> dict:

@@ -65,3 +65,24 @@ def test_saved_model_folder_and_knn_follow_the_umask(umask, tmp_path, minilm_pat
     assert not [p for p in best.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     loaded, _ = load_pretrained(best)
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+
+def test_write_folder_replaces_a_link_not_what_it_points_to(tmp_path):
+    """A destination that is a symbolic link (to a folder, or dangling) becomes the new folder; the
+    folder it pointed to keeps its files (write_folder used to resolve the link and replace that)."""
+    from bertlab.files import write_folder
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best").symlink_to(victim, target_is_directory=True)
+    (out / "gone").symlink_to(tmp_path / "nowhere")
+    for name in ("best", "gone"):
+        written = write_folder(out / name, lambda tmp: (tmp / "model.bin").write_bytes(b"w"))
+        assert written == out / name and not written.is_symlink()
+        assert [p.name for p in written.iterdir()] == ["model.bin"]
+    assert [p.name for p in victim.iterdir()] == ["thesis.tex"] and (victim / "thesis.tex").read_text() == "keep me"
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["best", "gone"]  # no temp folder left
+

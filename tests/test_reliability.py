@@ -4,6 +4,7 @@ between kill and resume) and checks the one-line error and what is left on disk.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -173,3 +174,26 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_survives
     assert not any("Traceback" in line or "enforce fail" in line for line in err)
     monkeypatch.setattr(bertlab.resume, "write_with", real)
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_linked_best_folder_is_replaced_not_its_target(tmp_path):
+    """`best/` replaced by a link to another folder (a thesis, say): training on used to save the
+    model into that folder and delete what it held. Now the link itself is replaced, on resume and
+    when starting over; the folder it pointed to is untouched."""
+    cfg = tiny_config(tmp_path / "data", train={"checkpoint_every": 1})
+    cfg["data"]["dev_file"] = cfg["data"]["test_file"] = ""  # without a dev set every epoch saves best/
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(load_config(cfg), out, callbacks=[StopAfter(6)], resume=False, log=quiet)  # in epoch 1
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("\\chapter{Results}\n")
+    for resume in (True, False):
+        if (out / "best").is_symlink():
+            (out / "best").unlink()
+        shutil.rmtree(out / "best", ignore_errors=True)
+        (out / "best").symlink_to(victim, target_is_directory=True)
+        train(load_config(cfg), out, resume=resume, log=quiet)
+        assert sorted(p.name for p in victim.iterdir()) == ["thesis.tex"], resume
+        assert (victim / "thesis.tex").read_text() == "\\chapter{Results}\n"
+        assert not (out / "best").is_symlink() and (out / "best" / "model.safetensors").exists()
