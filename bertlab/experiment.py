@@ -37,6 +37,7 @@ Layout of ``runs/NAME/`` (``runs/NAME-SCALE/`` for a scale other than ``default`
         metrics.json, log.jsonl, predictions_<split>_<decode>.jsonl, best/   (bertlab.train)
         timing.json                  wall time summed over sessions (kept current while training)
         claim-G.json                 while a process trains it: host, pid, heartbeat
+        .lock                        while bertlab.train writes the folder (one training at a time)
 
 A run is finished iff its ``metrics.json`` exists. Re-running skips finished runs and resumes
 interrupted ones from their checkpoint (``train(..., resume=True)``). The one config change a run
@@ -73,7 +74,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertlab.files import remove_path, write_bytes, write_text
+from bertlab.files import FolderBusy, remove_path, write_bytes, write_text
 from bertlab.results import read_json, read_results, result_rows, write_predictions, write_results  # noqa: F401
 
 SCALES = ("smoke", "default", "full")
@@ -979,8 +980,8 @@ def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
             t0 = time.perf_counter()
             try:
                 train_run(job, run, claim, env)
-            except ClaimLost as e:
-                progress(f"{tag}: {e}")
+            except (ClaimLost, FolderBusy) as e:  # FolderBusy: e.g. a `bertlab train --out` into the run
+                progress(f"{tag}: {e}; skipped")
                 continue
             spent.append(time.perf_counter() - t0)
             if event:
@@ -1091,7 +1092,7 @@ def _fit(job: Job, run: Run, rdir: Path, callbacks: list, main: bool = True) -> 
         train(cfg, rdir, callbacks=callbacks, resume=True)
         if recorder is not None:
             _finish_gradflow(recorder, run.run_id)
-    except (StudyError, ClaimLost):
+    except (StudyError, ClaimLost, FolderBusy):
         raise
     except Exception as e:
         raise RunError(f"{rdir}: {_one_line(e)}") from e
@@ -1127,6 +1128,9 @@ def work_together(job: Job, progress=print) -> None:
                 train_run(job, run, claim, env, together=True)
             else:
                 _fit(job, run, rdir, [], main=False)
+        except FolderBusy as e:  # every rank hears it from bertlab.train: all skip the run together
+            progress(f"{tag}: {e}; skipped")
+            continue
         finally:
             if claim is not None:
                 claim.release()

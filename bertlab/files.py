@@ -6,6 +6,9 @@ never a mix. ``write_with`` is the one file writer (``write_bytes``/``write_text
 build on it), ``write_folder`` the one folder writer (model folders). A target that is a symbolic
 link is replaced as a link: what it points to is never written or deleted.
 
+``folder_lock`` keeps two processes from writing one folder at once (two trainings into one
+``--out``): a lock the kernel drops when its process ends, however it ends.
+
 Permissions are those a plain ``open(path, "w")`` would give: a new file gets ``0o666`` minus the
 umask (``-rw-r--r--`` under the usual 022, so lab-mates on a shared disk can read results and
 models), a replaced file keeps its mode. ``tempfile.mkstemp``/``mkdtemp`` create ``0o600``/``0o700``
@@ -13,10 +16,15 @@ on purpose (a temp file is private); that mode must not leak into the file or fo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
+import socket
 import stat
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -147,3 +155,83 @@ def remove_path(path: str | os.PathLike) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+# ---- one writer per folder ------------------------------------------------------------------------
+
+LOCK_FILE = ".lock"
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds the folder's lock (``folder_lock``); the message names it."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike):
+    """Hold an exclusive lock on ``folder`` while the block runs, or raise ``FolderBusy`` naming
+    the process that holds it (pid, host, since when, its command).
+
+    The lock is ``fcntl.flock`` on ``folder/.lock``, taken without waiting. The kernel drops it
+    when its process ends, however it ends (Ctrl-C, SIGKILL, a crash), so a run that died never
+    leaves a stale lock: the next process takes it at once. The file only says who holds the lock;
+    it is removed on release, while still held, and a process that locked a file removed under it
+    tries again. A folder the lock created is removed again if nothing was written in it. Where
+    ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield None
+        return
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderBusy(f"{folder}: {_lock_holder(path)} is writing this folder; wait for it to "
+                             f"end, or use another folder") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the file we locked may have been removed by its last holder since we opened it
+            here = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            here = False
+        if here:
+            break
+        os.close(fd)
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": _command()}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(holder) + "\n").encode("utf-8"))
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # before the lock is dropped: no one locks a file about to go
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: something was written
+                folder.rmdir()
+
+
+def _command() -> str:
+    """This process's command line, as typed (``python -m bertlab`` for ``bertlab/__main__.py``)."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    prog = Path(sys.argv[0])
+    name = f"python -m {prog.parent.name}" if prog.name == "__main__.py" else shlex.quote(prog.name)
+    return " ".join([name, shlex.join(sys.argv[1:])]).strip()
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds the lock of ``path``, in words, from what its holder wrote into it."""
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        text = f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):  # just created, not written yet
+        return "another process"
+    return text + (f" ({holder['command']})" if holder.get("command") else "")

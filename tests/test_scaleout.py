@@ -218,6 +218,25 @@ def test_killed_worker_is_resumed_with_nothing_duplicated_or_lost(tiny, tmp_path
     assert not list(sdir.rglob("claim-*.json"))
 
 
+def test_a_run_folder_another_training_writes_is_skipped_then_resumed(tiny, tmp_path):
+    """A `bertlab train --out` into a study's run folder holds its lock (bertlab.files.folder_lock):
+    the study skips that run, saying who holds it, trains the others, and trains it on a re-run."""
+    from bertlab.files import folder_lock
+    d, ref = tiny
+    ref = {k: v for k, v in ref.items() if k[0].endswith("seed=0")}
+    out, log = tmp_path / "runs", []
+    held = study_dir_for("tiny", "default", out) / "loss=focal__seed=0"
+    with torch_threads(1), folder_lock(held):
+        sdir = run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], progress=log.append, report=False)
+    assert any(line.startswith(f"[2/2] loss=focal__seed=0: {held}: pid {os.getpid()} on ") and
+               line.endswith("is writing this folder; wait for it to end, or use another folder; skipped")
+               for line in log), log
+    assert [r["run_id"] for r in read_results(sdir / "results.jsonl")] == ["loss=ce__seed=0"]
+    with torch_threads(1):
+        run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], **QUIET)
+    assert comparable(read_results(sdir / "results.jsonl")) == ref
+
+
 def test_command_line_shard_list_and_errors(tiny, capsys):
     from bertlab.experiment import main
     d, _ = tiny
