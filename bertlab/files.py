@@ -90,8 +90,11 @@ def write_with(path: str | os.PathLike, write) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            # a full disk at write or fsync names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     return path
 

@@ -86,3 +86,19 @@ def test_write_folder_replaces_a_link_not_what_it_points_to(tmp_path):
     assert not (tmp_path / "nowhere").exists()
     assert sorted(p.name for p in out.iterdir()) == ["best", "gone"]  # no temp folder left
 
+
+def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path):
+    """ENOSPC from write() or fsync() carries no file name; the error names the target."""
+    import errno
+
+    from bertlab.files import write_with
+    f = tmp_path / "results.jsonl"
+    f.write_text("old\n")
+
+    def full(handle):
+        handle.write(b"new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as e:
+        write_with(f, full)
+    assert (e.value.errno, e.value.filename, e.value.strerror) == (errno.ENOSPC, str(f), "No space left on device")
+    assert f.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
