@@ -1278,6 +1278,7 @@ def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
     """One worker of ``run_workers``: pin to its place, then ``work`` on the shared job, sending
     progress to the parent through ``conn``."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _die_with_parent()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, place["cores"])
     import torch
@@ -1290,6 +1291,34 @@ def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
     except Exception as e:
         conn.send(("failed", _one_line(e)))
         sys.exit(2)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the study process that started it dies, however it dies (a
+    SIGKILL runs none of the parent's own cleanup): the worker then stops its run and releases its
+    claim (``_exit_on_sigterm``), so a re-run resumes the run at once instead of finding it held by
+    an orphan that trains on unseen and dies at its next message to the parent. Linux:
+    ``prctl(PR_SET_PDEATHSIG)``, the kernel's signal at the parent's death; elsewhere a thread
+    that waits on the parent's sentinel."""
+    import multiprocessing
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by multiprocessing
+        return
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        def watch():
+            from multiprocessing.connection import wait
+            wait([parent.sentinel])
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=watch, name="bertlab-parent-watch", daemon=True).start()
+    elif os.getppid() != parent.pid:  # the parent died before prctl: its signal will never come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit_on_sigterm(signum, frame):

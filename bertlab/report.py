@@ -1911,7 +1911,8 @@ def main(argv: list[str] | None = None) -> int:
     results, or publish the study to DEST and build the report there."""
     ap = argparse.ArgumentParser(prog="bertlab report", description=(
         "Rebuild a study's report.md, report.json and figures from its results.jsonl and prediction "
-        "files; trains nothing (docs/experiments.md)."))
+        "files; trains nothing (docs/experiments.md). A finished run (metrics.json) that has no row in "
+        "results.jsonl gets one first: the file is rebuilt from the run folders."))
     ap.add_argument("name", help="a study folder under --runs (e.g. btl_focal, btl_focal-smoke) or a path "
                                  "to one (e.g. docs/results/btl_focal)")
     ap.add_argument("--runs", "--out", dest="out", default="runs", metavar="DIR",
@@ -1929,6 +1930,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"published {len(copied)} finished run(s) of {folder} to {args.publish}")
             print(path)
             return 0
+        if (folder / "study.json").exists():
+            from bertlab.results import complete_results
+            missing = complete_results(folder)
+            if missing:
+                print(f"{folder / 'results.jsonl'}: {len(missing)} finished run(s) had no row ({missing[0]}"
+                      f"{', ...' if len(missing) > 1 else ''}); rebuilt from the run folders", file=sys.stderr)
         print(build_report(folder))
     except (OSError, ValueError) as e:  # OSError: also a full or read-only disk, named by its file
         hint = ""

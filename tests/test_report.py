@@ -1160,6 +1160,28 @@ def test_publish_on_a_full_disk_swaps_each_run_folder_whole_or_not_at_all(tmp_pa
     assert {r: snapshot(dest / r) for r in runs} == {r: snapshot(second / r) for r in runs}
 
 
+def test_report_adds_the_rows_of_finished_runs_that_results_jsonl_lacks(tmp_path, capsys):
+    """A worker killed between a run's metrics.json and the results left results.jsonl a row short,
+    and `bertlab report` said "3 of 4 runs finished" with all four metrics.json there. It now
+    rebuilds results.jsonl from the run folders first (the same rows write_results gives), and
+    leaves a complete file byte for byte."""
+    from bertlab.report import main
+    sdir = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2}, seeds=(0, 1),
+                      decodes=("argmax",))
+    complete = (sdir / "results.jsonl").read_bytes()
+    lines = complete.decode().splitlines(keepends=True)
+    lost = json.loads(lines[2])["run_id"]
+    (sdir / "results.jsonl").write_text("".join(lines[:2] + lines[3:]))
+    assert main([str(sdir)]) == 0
+    assert "4 of 4 runs finished" in (sdir / "report.md").read_text()
+    assert (sdir / "results.jsonl").read_bytes() == complete
+    err = capsys.readouterr().err
+    assert err == f"{sdir / 'results.jsonl'}: 1 finished run(s) had no row ({lost}); rebuilt from the run folders\n"
+    mtime = (sdir / "results.jsonl").stat().st_mtime_ns
+    assert main([str(sdir)]) == 0 and capsys.readouterr().err == ""
+    assert (sdir / "results.jsonl").stat().st_mtime_ns == mtime  # complete: not rewritten
+
+
 # ---- a committed folder: the hint, and the intervals of the earlier build ---------------------------
 
 def test_missing_study_folder_points_to_the_committed_result(tmp_path, capsys):
