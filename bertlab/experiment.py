@@ -100,6 +100,7 @@ TABLE_AXES = ("model", "data", "loss", "sampler", "optim", "train", "eval")
 DIRECT_BASELINES = ("hmm", "crf")
 # seconds without a heartbeat after which another process may take over a run's claim (--stale-after)
 STALE_AFTER = 600.0
+MIN_STALE_AFTER = 1.0  # the heartbeat comes every stale_after / 4 s: at most 4 times a second
 # config keys that change how a run is watched, not what it computes: a run folder made with other
 # values is still this run (bertlab.train resumes across them too)
 NON_RESULT_KEYS = {"train.progress", "train.log_every", "train.checkpoint_every", "train.eval_batch_size"}
@@ -528,6 +529,7 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
 
     ``reuse``: other study folders; a run whose exact config (every key that changes a result) was
     trained and finished there is copied instead of trained again (``reuse_finished``)."""
+    check_stale_after(stale_after)
     study = load_study(name, scale, overrides, experiments_dir)
     runs = select(expand(study), list(only), study)
     if not runs:
@@ -1556,7 +1558,8 @@ def main(argv: list[str] | None = None) -> int:
                          "otherwise torch's default)")
     ap.add_argument("--stale-after", type=float, default=STALE_AFTER, metavar="SECONDS",
                     help=f"take over a run whose claim's heartbeat is older than this (default "
-                         f"{STALE_AFTER:.0f}); on its own host a claim is taken over once its process is gone")
+                         f"{STALE_AFTER:.0f}, at least {MIN_STALE_AFTER:.0f}); on its own host a claim is taken "
+                         f"over once its process is gone")
     ap.add_argument("--debug", action="store_true",
                     help="print the traceback of an error (also: environment BERTLAB_DEBUG=1)")
     args = ap.parse_args(argv)
@@ -1567,6 +1570,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers < 1 or args.threads < 0:
             raise StudyError(f"--workers {args.workers} --threads {args.threads}: expected --workers >= 1 "
                              f"and --threads >= 0")
+        check_stale_after(args.stale_after)
         if args.list:
             study = load_study(args.name, args.scale, args.overrides, args.experiments)
             runs = select(expand(study), args.only, study)
@@ -1595,6 +1599,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, on_term)
     return 0
+
+
+def check_stale_after(seconds: float) -> None:
+    """``--stale-after``: a finite number of seconds, at least ``MIN_STALE_AFTER``. Zero, a negative
+    number or NaN made every claim look stale (processes took each other's runs over) and the
+    heartbeat, every ``stale_after / 4`` seconds, spin."""
+    if not (math.isfinite(seconds) and seconds >= MIN_STALE_AFTER):
+        raise StudyError(f"--stale-after {seconds:g}: expected a number of seconds >= {MIN_STALE_AFTER:g} "
+                         f"(default {STALE_AFTER:g}): a claim whose heartbeat is older is taken over")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -303,6 +303,23 @@ def test_command_line_shard_list_and_errors(tiny, capsys):
         assert err.startswith("bertlab experiment: --") and err.count("\n") == 1, err
 
 
+
+@pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf", "0.5"])
+def test_stale_after_must_be_a_sensible_number_of_seconds(tiny, tmp_path, capsys, seconds):
+    """--stale-after -1, 0 or nan used to be taken: every claim then looked stale, so processes
+    took each other's runs over, and the heartbeat (every stale_after / 4 s) spun. Refused now as
+    --workers 0 is, before anything is read or written; run_experiment refuses it too."""
+    from bertlab.experiment import StudyError, main
+    d, _ = tiny
+    out = tmp_path / "runs"
+    assert main(["tiny", "--experiments", str(d), "--out", str(out), "--only", "seed=0", "--stale-after", seconds]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bertlab experiment: --stale-after {float(seconds):g}: expected a number of seconds >= 1 ")
+    assert err.count("\n") == 1 and not out.exists()
+    with pytest.raises(StudyError, match="--stale-after"):
+        run_experiment("tiny", out=out, experiments_dir=d, stale_after=float(seconds), **QUIET)
+
+
 # ---- one run across processes: the study under torchrun ---------------------------------------
 
 NO_DROPOUT = TINY_STUDY.replace("intermediate_size = 32 }", "intermediate_size = 32, hidden_dropout_prob = 0.0, "
