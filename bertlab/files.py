@@ -17,6 +17,7 @@ on purpose (a temp file is private); that mode must not leak into the file or fo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -179,7 +180,8 @@ def folder_lock(folder: str | os.PathLike):
     leaves a stale lock: the next process takes it at once. The file only says who holds the lock;
     it is removed on release, while still held, and a process that locked a file removed under it
     tries again. A folder the lock created is removed again if nothing was written in it. Where
-    ``fcntl`` is missing (Windows) nothing is locked."""
+    ``fcntl`` is missing (Windows), or the file system has no locks, nothing is locked (the block
+    gets None instead of the lock file's path)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, as before
@@ -189,6 +191,27 @@ def folder_lock(folder: str | os.PathLike):
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
+    fd = _take_lock(path, folder, fcntl)
+    try:
+        if fd is not None:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                      "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": _command()}
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(holder) + "\n").encode("utf-8"))
+        yield path if fd is not None else None
+    finally:
+        if fd is not None:
+            path.unlink(missing_ok=True)  # before the lock is dropped: no one locks a file about to go
+            os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: something was written
+                folder.rmdir()
+
+
+def _take_lock(path: Path, folder: Path, fcntl) -> int | None:
+    """The descriptor of ``path``, locked (``folder_lock``); None on a file system without locks
+    (some network and FUSE file systems answer ENOLCK or EOPNOTSUPP), where the folder is used
+    unlocked as before."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -197,6 +220,12 @@ def folder_lock(folder: str | os.PathLike):
             os.close(fd)
             raise FolderBusy(f"{folder}: {_lock_holder(path)} is writing this folder; wait for it to "
                              f"end, or use another folder") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                path.unlink(missing_ok=True)
+                return None
+            raise
         except BaseException:
             os.close(fd)
             raise
@@ -205,20 +234,8 @@ def folder_lock(folder: str | os.PathLike):
         except FileNotFoundError:
             here = False
         if here:
-            break
+            return fd
         os.close(fd)
-    try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": _command()}
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(holder) + "\n").encode("utf-8"))
-        yield path
-    finally:
-        path.unlink(missing_ok=True)  # before the lock is dropped: no one locks a file about to go
-        os.close(fd)
-        if made:
-            with contextlib.suppress(OSError):  # not empty: something was written
-                folder.rmdir()
 
 
 def _command() -> str:

@@ -102,3 +102,20 @@ def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path):
         write_with(f, full)
     assert (e.value.errno, e.value.filename, e.value.strerror) == (errno.ENOSPC, str(f), "No space left on device")
     assert f.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
+
+
+def test_a_file_system_without_locks_is_used_unlocked(tmp_path, monkeypatch):
+    """Where flock answers ENOLCK (some network and FUSE file systems) a run goes on unlocked, as
+    before the lock existed, and leaves no .lock file."""
+    import errno
+    import fcntl
+
+    from bertlab.files import folder_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_lock(tmp_path / "run") as held:
+        assert held is None
+        (tmp_path / "run" / "metrics.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["metrics.json"]
