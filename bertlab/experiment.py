@@ -37,6 +37,7 @@ Layout of ``runs/NAME/`` (``runs/NAME-SCALE/`` for a scale other than ``default`
         metrics.json, log.jsonl, predictions_<split>_<decode>.jsonl, best/   (bertlab.train)
         timing.json                  wall time summed over sessions (kept current while training)
         claim-G.json                 while a process trains it: host, pid, heartbeat
+        .lock                        while bertlab.train writes the folder (one training at a time)
 
 A run is finished iff its ``metrics.json`` exists. Re-running skips finished runs and resumes
 interrupted ones from their checkpoint (``train(..., resume=True)``). The one config change a run
@@ -73,7 +74,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertlab.files import write_bytes, write_text
+from bertlab.files import FolderBusy, remove_path, write_bytes, write_text
 from bertlab.results import read_json, read_results, result_rows, write_predictions, write_results  # noqa: F401
 
 SCALES = ("smoke", "default", "full")
@@ -99,6 +100,7 @@ TABLE_AXES = ("model", "data", "loss", "sampler", "optim", "train", "eval")
 DIRECT_BASELINES = ("hmm", "crf")
 # seconds without a heartbeat after which another process may take over a run's claim (--stale-after)
 STALE_AFTER = 600.0
+MIN_STALE_AFTER = 1.0  # the heartbeat comes every stale_after / 4 s: at most 4 times a second
 # config keys that change how a run is watched, not what it computes: a run folder made with other
 # values is still this run (bertlab.train resumes across them too)
 NON_RESULT_KEYS = {"train.progress", "train.log_every", "train.checkpoint_every", "train.eval_batch_size"}
@@ -527,6 +529,7 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
 
     ``reuse``: other study folders; a run whose exact config (every key that changes a result) was
     trained and finished there is copied instead of trained again (``reuse_finished``)."""
+    check_stale_after(stale_after)
     study = load_study(name, scale, overrides, experiments_dir)
     runs = select(expand(study), list(only), study)
     if not runs:
@@ -979,8 +982,8 @@ def work(job: Job, progress=print, stop=lambda: False, event=None) -> None:
             t0 = time.perf_counter()
             try:
                 train_run(job, run, claim, env)
-            except ClaimLost as e:
-                progress(f"{tag}: {e}")
+            except (ClaimLost, FolderBusy) as e:  # FolderBusy: e.g. a `bertlab train --out` into the run
+                progress(f"{tag}: {e}; skipped")
                 continue
             spent.append(time.perf_counter() - t0)
             if event:
@@ -1039,7 +1042,7 @@ def reuse_finished(job: Job, run: Run, rdir: Path) -> Path | None:
                 if path.name.startswith(("claim-", "checkpoint", ".", "run.json", "config.toml", "metrics.json")):
                     continue
                 if path.is_dir():
-                    shutil.rmtree(rdir / path.name, ignore_errors=True)
+                    remove_path(rdir / path.name)
                     shutil.copytree(path, rdir / path.name, copy_function=link_or_copy)
                 else:
                     write_bytes(rdir / path.name, path.read_bytes())
@@ -1091,7 +1094,7 @@ def _fit(job: Job, run: Run, rdir: Path, callbacks: list, main: bool = True) -> 
         train(cfg, rdir, callbacks=callbacks, resume=True)
         if recorder is not None:
             _finish_gradflow(recorder, run.run_id)
-    except (StudyError, ClaimLost):
+    except (StudyError, ClaimLost, FolderBusy):
         raise
     except Exception as e:
         raise RunError(f"{rdir}: {_one_line(e)}") from e
@@ -1127,6 +1130,9 @@ def work_together(job: Job, progress=print) -> None:
                 train_run(job, run, claim, env, together=True)
             else:
                 _fit(job, run, rdir, [], main=False)
+        except FolderBusy as e:  # every rank hears it from bertlab.train: all skip the run together
+            progress(f"{tag}: {e}; skipped")
+            continue
         finally:
             if claim is not None:
                 claim.release()
@@ -1274,6 +1280,7 @@ def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
     """One worker of ``run_workers``: pin to its place, then ``work`` on the shared job, sending
     progress to the parent through ``conn``."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _die_with_parent()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, place["cores"])
     import torch
@@ -1286,6 +1293,34 @@ def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
     except Exception as e:
         conn.send(("failed", _one_line(e)))
         sys.exit(2)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the study process that started it dies, however it dies (a
+    SIGKILL runs none of the parent's own cleanup): the worker then stops its run and releases its
+    claim (``_exit_on_sigterm``), so a re-run resumes the run at once instead of finding it held by
+    an orphan that trains on unseen and dies at its next message to the parent. Linux:
+    ``prctl(PR_SET_PDEATHSIG)``, the kernel's signal at the parent's death; elsewhere a thread
+    that waits on the parent's sentinel."""
+    import multiprocessing
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by multiprocessing
+        return
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        def watch():
+            from multiprocessing.connection import wait
+            wait([parent.sentinel])
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=watch, name="bertlab-parent-watch", daemon=True).start()
+    elif os.getppid() != parent.pid:  # the parent died before prctl: its signal will never come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit_on_sigterm(signum, frame):
@@ -1523,7 +1558,8 @@ def main(argv: list[str] | None = None) -> int:
                          "otherwise torch's default)")
     ap.add_argument("--stale-after", type=float, default=STALE_AFTER, metavar="SECONDS",
                     help=f"take over a run whose claim's heartbeat is older than this (default "
-                         f"{STALE_AFTER:.0f}); on its own host a claim is taken over once its process is gone")
+                         f"{STALE_AFTER:.0f}, at least {MIN_STALE_AFTER:.0f}); on its own host a claim is taken "
+                         f"over once its process is gone")
     ap.add_argument("--debug", action="store_true",
                     help="print the traceback of an error (also: environment BERTLAB_DEBUG=1)")
     args = ap.parse_args(argv)
@@ -1534,6 +1570,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers < 1 or args.threads < 0:
             raise StudyError(f"--workers {args.workers} --threads {args.threads}: expected --workers >= 1 "
                              f"and --threads >= 0")
+        check_stale_after(args.stale_after)
         if args.list:
             study = load_study(args.name, args.scale, args.overrides, args.experiments)
             runs = select(expand(study), args.only, study)
@@ -1562,6 +1599,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, on_term)
     return 0
+
+
+def check_stale_after(seconds: float) -> None:
+    """``--stale-after``: a finite number of seconds, at least ``MIN_STALE_AFTER``. Zero, a negative
+    number or NaN made every claim look stale (processes took each other's runs over) and the
+    heartbeat, every ``stale_after / 4`` seconds, spin."""
+    if not (math.isfinite(seconds) and seconds >= MIN_STALE_AFTER):
+        raise StudyError(f"--stale-after {seconds:g}: expected a number of seconds >= {MIN_STALE_AFTER:g} "
+                         f"(default {STALE_AFTER:g}): a claim whose heartbeat is older is taken over")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -452,6 +452,8 @@ def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = F
     (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks)."""
     from bertlab.inference import evaluate, word_logits
     from bertlab.metrics import confusion_matrix
+    if max_documents < 0:  # a slice [:-1] would silently score all but the last document
+        raise ValueError(f"--max-documents {max_documents}: expected 0 (all documents) or a number of documents")
     model, tokenizer = load_model(model_dir, device)
     corpus = load_eval_data(data, split, scheme)
     if max_documents:

@@ -1907,9 +1907,12 @@ def publish(study_dir: str | os.PathLike, dest: str | os.PathLike) -> tuple[Path
     without their checkpoints, best models, dev predictions and claims, with ``study.json``; then
     rewrite ``dest``'s results.jsonl from its run folders and build its report there. Run folders
     already in ``dest`` stay (publishing a study in parts, e.g. across sessions, adds to it); a run
-    still training in ``study_dir`` (no metrics.json) is not copied. Files are written atomically,
-    so an interrupted publish leaves each file old or new. Returns ``(report path, run ids copied)``."""
-    from bertlab.files import write_bytes
+    still training in ``study_dir`` (no metrics.json) is not copied. Each run folder is written
+    whole beside its place and swapped in (``bertlab.files.write_folder``), so an interrupted
+    publish (a full disk, Ctrl-C) leaves each run folder the old one or the new one, never files of
+    two runs in one folder; an OSError names the file it was writing. Returns ``(report path, run
+    ids copied)``."""
+    from bertlab.files import write_bytes, write_folder
     from bertlab.results import write_results
     src, dest = Path(study_dir), Path(dest)
     if not (src / "study.json").exists():
@@ -1920,14 +1923,18 @@ def publish(study_dir: str | os.PathLike, dest: str | os.PathLike) -> tuple[Path
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for rdir in sorted(p for p in src.iterdir() if p.is_dir() and (p / "metrics.json").exists()):
-        for path in sorted(rdir.rglob("*")):
-            rel = path.relative_to(rdir)
-            if (path.is_dir() or rel.parts[0].startswith(_UNPUBLISHED_DIRS)
-                    or any(part.startswith(_UNPUBLISHED_FILES) for part in rel.parts)):
-                continue
-            target = dest / rdir.name / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(target, path.read_bytes())
+        files = [path.relative_to(rdir) for path in sorted(rdir.rglob("*")) if path.is_file()]
+        files = [rel for rel in files if not (rel.parts[0].startswith(_UNPUBLISHED_DIRS)
+                                              or any(part.startswith(_UNPUBLISHED_FILES) for part in rel.parts))]
+
+        def write(tmp: Path, rdir=rdir, files=files) -> None:
+            for rel in files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    write_bytes(tmp / rel, (rdir / rel).read_bytes())
+                except OSError as e:  # name the file as it will be, not the temp folder's copy
+                    raise OSError(e.errno, e.strerror or str(e), str(dest / rdir.name / rel)) from e
+        write_folder(dest / rdir.name, write)
         copied.append(rdir.name)
     write_bytes(dest / "study.json", (src / "study.json").read_bytes())
     write_results(dest)
@@ -1939,7 +1946,8 @@ def main(argv: list[str] | None = None) -> int:
     results, or publish the study to DEST and build the report there."""
     ap = argparse.ArgumentParser(prog="bertlab report", description=(
         "Rebuild a study's report.md, report.json and figures from its results.jsonl and prediction "
-        "files; trains nothing (docs/experiments.md)."))
+        "files; trains nothing (docs/experiments.md). A finished run (metrics.json) that has no row in "
+        "results.jsonl gets one first: the file is rebuilt from the run folders."))
     ap.add_argument("name", help="a study folder under --runs (e.g. btl_focal, btl_focal-smoke) or a path "
                                  "to one (e.g. docs/results/btl_focal)")
     ap.add_argument("--runs", "--out", dest="out", default="runs", metavar="DIR",
@@ -1957,13 +1965,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"published {len(copied)} finished run(s) of {folder} to {args.publish}")
             print(path)
             return 0
+        if (folder / "study.json").exists():
+            from bertlab.results import complete_results
+            missing = complete_results(folder)
+            if missing:
+                print(f"{folder / 'results.jsonl'}: {len(missing)} finished run(s) had no row ({missing[0]}"
+                      f"{', ...' if len(missing) > 1 else ''}); rebuilt from the run folders", file=sys.stderr)
         print(build_report(folder))
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: also a full or read-only disk, named by its file
         hint = ""
         committed = committed_results(args.name)
         if isinstance(e, FileNotFoundError) and not (folder / "study.json").exists() and committed:
             hint = f" The committed result is in {committed}/; rebuild it with `bertlab report {committed}`."
-        print(f"bertlab report: {e}{hint}", file=sys.stderr)
+        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+        print(f"bertlab report: {text}{hint}", file=sys.stderr)
         return 2
     return 0
 

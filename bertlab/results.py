@@ -113,12 +113,27 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
     }
 
 
-def write_results(sdir: Path) -> Path:
-    """Rewrite ``sdir/results.jsonl`` from the finished run folders (temp file + os.replace)."""
-    rows = result_rows(sdir)
+def write_results(sdir: Path, rows: list[dict] | None = None) -> Path:
+    """Rewrite ``sdir/results.jsonl`` from the finished run folders (temp file + os.replace);
+    ``rows``: ``result_rows(sdir)`` when the caller has them already."""
+    rows = result_rows(sdir) if rows is None else rows
     path = sdir / "results.jsonl"
     write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     return path
+
+
+def complete_results(sdir: Path) -> list[str]:
+    """Rewrite ``sdir/results.jsonl`` from the run folders (``write_results``) if a finished run
+    has no row in it, e.g. a worker killed between writing a run's metrics.json and the results;
+    returns the run ids that had none. A complete file is left as it is, byte for byte (a committed
+    folder's results.jsonl keeps the rows it was published with)."""
+    path = sdir / "results.jsonl"
+    have = {row["run_id"] for row in read_results(path)} if path.exists() else set()
+    rows = result_rows(sdir)
+    missing = list(dict.fromkeys(row["run_id"] for row in rows if row["run_id"] not in have))
+    if missing:
+        write_results(sdir, rows)
+    return missing
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:

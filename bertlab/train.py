@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from bertlab.callbacks import CallbackList
 from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, config_differences,
                             config_to_dict, has_crf, load_config, read_config_file)
 from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts, tag_counts
-from bertlab.files import write_json
+from bertlab.files import FolderBusy, folder_lock, remove_path, write_json
 from bertlab.inference import check_window
 from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,
@@ -423,10 +422,30 @@ def train(config: TrainConfig | str | os.PathLike | dict, out_dir: str | os.Path
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     d = setup_distributed(cfg.train.device)
     try:
-        return _train(cfg, Path(out_dir), CallbackList(callbacks), resume, log, d, loss)
+        with run_folder_lock(Path(out_dir), d):
+            return _train(cfg, Path(out_dir), CallbackList(callbacks), resume, log, d, loss)
     finally:
         if d.initialised_here:
             torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path, d: Dist):
+    """Hold ``out_dir``'s lock (``bertlab.files.folder_lock``) for the whole run, so that a second
+    training into the same folder is refused (FolderBusy, naming the holder) instead of mixing
+    two runs' checkpoints, logs and models. Rank 0 holds it for all the processes of a run; the
+    others hear whether it got it."""
+    with contextlib.ExitStack() as stack:
+        busy = None
+        if d.main:
+            try:
+                stack.enter_context(folder_lock(out_dir))
+            except FolderBusy as e:
+                busy = str(e)
+        busy = broadcast_value(busy, d)
+        if busy is not None:
+            raise FolderBusy(busy)
+        yield
 
 
 def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: bool, log, d: Dist,
@@ -583,7 +602,7 @@ def remove_run_files(out_dir: Path) -> None:
     has loaded its data and model, so a failed start leaves the old run whole."""
     for pattern in RUN_FILES:
         for path in out_dir.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            remove_path(path)  # a linked best/ loses the link, not what it points to
 
 
 def input_fingerprint(splits: Splits, windows: list) -> dict:
@@ -968,11 +987,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="a training config TOML file, e.g. experiments/train_example.toml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config field, value parsed as TOML (repeatable), e.g. optim.lr=1e-4")
-    ap.add_argument("--out", help="the run folder (default: runs/train/<config file name>)")
+    ap.add_argument("--out", help="the run folder (default: runs/train/<config file name>, with --set "
+                                  "runs/train/<config file name>-<a hash of the overrides>); one training "
+                                  "at a time: a second one into a busy folder is refused")
     ap.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also: BERTLAB_DEBUG=1)")
     args = ap.parse_args(argv)
-    out = Path(args.out) if args.out else Path("runs") / "train" / Path(args.config).stem
+    out = Path(args.out) if args.out else default_out_dir(args.config, args.overrides)
     try:
         raw = read_config_file(args.config)
         # a [gradflow] section turns the gradient-flow instruments on (bertlab.gradflow)
@@ -1002,6 +1023,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if metrics is not None else 1
 
 
+def default_out_dir(config: str | os.PathLike, overrides: list[str] = ()) -> Path:
+    """The run folder when ``--out`` is not given: ``runs/train/<config file name>``, and with
+    ``--set`` overrides ``runs/train/<config file name>-<8 hex digits>``, a hash of the overrides as
+    parsed (their order, spacing and spelling of a number aside; a key set twice counts once, as
+    its last value). So each variant of a config gets a folder of its own, and running the same
+    command again finds its folder to resume."""
+    import hashlib
+
+    from bertlab.config import parse_override
+    name = Path(config).stem
+    if not overrides:
+        return Path("runs") / "train" / name
+    parsed = {}
+    for item in overrides:
+        try:
+            key, value = parse_override(item)
+        except ValueError:  # load_config says what is wrong with it
+            key, value = item, None
+        parsed[key] = value
+    text = json.dumps(sorted(parsed.items()), default=str)
+    return Path("runs") / "train" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def _chain(e: BaseException):
     """``e`` and the exceptions it was raised from or during (torch wraps a full disk's OSError)."""
     seen = []
@@ -1015,7 +1059,7 @@ def is_expected(e: BaseException) -> bool:
     """Failures a user causes or meets (bad config or data, a missing or unreadable file, a full
     disk, a diverging run), as opposed to bugs, which keep their traceback."""
     from bertlab.datasets.corpus import DataError
-    expected = (ConfigError, NonFiniteLossError, DataError, OSError, UnicodeDecodeError)
+    expected = (ConfigError, NonFiniteLossError, DataError, FolderBusy, OSError, UnicodeDecodeError)
     return any(isinstance(x, expected) for x in _chain(e)) or (
         isinstance(e, RuntimeError) and ("checkpoint" in str(e) or "No space left" in str(e)))
 

@@ -65,3 +65,57 @@ def test_saved_model_folder_and_knn_follow_the_umask(umask, tmp_path, minilm_pat
     assert not [p for p in best.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     loaded, _ = load_pretrained(best)
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+
+def test_write_folder_replaces_a_link_not_what_it_points_to(tmp_path):
+    """A destination that is a symbolic link (to a folder, or dangling) becomes the new folder; the
+    folder it pointed to keeps its files (write_folder used to resolve the link and replace that)."""
+    from bertlab.files import write_folder
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best").symlink_to(victim, target_is_directory=True)
+    (out / "gone").symlink_to(tmp_path / "nowhere")
+    for name in ("best", "gone"):
+        written = write_folder(out / name, lambda tmp: (tmp / "model.bin").write_bytes(b"w"))
+        assert written == out / name and not written.is_symlink()
+        assert [p.name for p in written.iterdir()] == ["model.bin"]
+    assert [p.name for p in victim.iterdir()] == ["thesis.tex"] and (victim / "thesis.tex").read_text() == "keep me"
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["best", "gone"]  # no temp folder left
+
+
+def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path):
+    """ENOSPC from write() or fsync() carries no file name; the error names the target."""
+    import errno
+
+    from bertlab.files import write_with
+    f = tmp_path / "results.jsonl"
+    f.write_text("old\n")
+
+    def full(handle):
+        handle.write(b"new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as e:
+        write_with(f, full)
+    assert (e.value.errno, e.value.filename, e.value.strerror) == (errno.ENOSPC, str(f), "No space left on device")
+    assert f.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
+
+
+def test_a_file_system_without_locks_is_used_unlocked(tmp_path, monkeypatch):
+    """Where flock answers ENOLCK (some network and FUSE file systems) a run goes on unlocked, as
+    before the lock existed, and leaves no .lock file."""
+    import errno
+    import fcntl
+
+    from bertlab.files import folder_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_lock(tmp_path / "run") as held:
+        assert held is None
+        (tmp_path / "run" / "metrics.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["metrics.json"]

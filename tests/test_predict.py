@@ -220,6 +220,17 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
     assert main(["--model", model, "--input", note, "--output", str(tmp_path / "no" / "e.jsonl")]) == 2
 
 
+def test_evaluate_refuses_a_negative_max_documents(model_dir, capsys):
+    """`--max-documents -1` used to score every document but the last (a [:-1] slice) and exit 0;
+    it is refused like any bad option: one line, status 2, before the model is loaded."""
+    for n in ("-1", "-20"):
+        assert evaluate_main(["--model", str(model_dir), "--data", "maccrobat", "--max-documents", n]) == 2
+        assert capsys.readouterr().err == (f"bertlab evaluate: --max-documents {n}: expected 0 (all documents) "
+                                           f"or a number of documents\n")
+    from bertlab.predict import evaluate_model
+    assert evaluate_model(model_dir, "maccrobat", "test", max_documents=2)["documents"] == 2
+
+
 def test_evaluate_warns_about_gold_types_the_model_lacks(model_dir, tmp_path, capsys):
     """A MACCROBAT model on NCBI-disease can never find a Disease: scores are zero, and it says so."""
     from bertlab.predict import evaluate_model

@@ -4,6 +4,10 @@ between kill and resume) and checks the one-line error and what is left on disk.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -173,3 +177,108 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_survives
     assert not any("Traceback" in line or "enforce fail" in line for line in err)
     monkeypatch.setattr(bertlab.resume, "write_with", real)
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+# ---- one run folder, one writer (issue #41) ---------------------------------------------------
+
+def config_file(tmp_path, cfg) -> Path:
+    from bertlab.experiment import toml_dumps
+    path = tmp_path / "own.toml"
+    path.write_text(toml_dumps(cfg))
+    return path
+
+
+class SecondTraining(Callback):
+    """At step 1, runs a second `bertlab train` (a process of its own) and keeps what it did."""
+
+    def __init__(self, argv):
+        self.argv, self.done = argv, None
+
+    def after_optimizer_step(self, step, model, optimizer):
+        if step == 1 and self.done is None:
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+            self.done = subprocess.run([sys.executable, "-m", "bertlab", "train", *self.argv], env=env,
+                                       capture_output=True, text=True, timeout=300)
+
+
+def test_a_second_training_into_a_busy_folder_is_refused_naming_the_holder(tmp_path):
+    """Two trainings into one --out used to swap results (the second printed the first's scores as
+    its own, log.jsonl interleaved both): the second now stops before touching anything, in one
+    line naming the first (pid, host), status 2; the first finishes as if alone."""
+    cfg = tiny_config(tmp_path / "data")
+    config, out = config_file(tmp_path, cfg), tmp_path / "same"
+    second = SecondTraining(["--config", str(config), "--set", "optim.lr=5e-4", "--out", str(out)])
+    metrics = train(load_config(cfg), out, callbacks=[second], resume=False, log=quiet)
+    err = second.done.stderr.strip().splitlines()
+    assert second.done.returncode == 2, second.done.stdout + second.done.stderr
+    assert len(err) == 1 and err[0].startswith(f"bertlab train: {out}: pid {os.getpid()} on {socket.gethostname()}, since ")
+    assert "is writing this folder" in err[0] and "wrote" not in second.done.stdout
+    events = [json.loads(l)["event"] for l in (out / "log.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1 and events.count("end") == 1  # one run's log, not two
+    assert json.loads((out / "metrics.json").read_text())["config"]["optim"]["lr"] == cfg["optim"]["lr"]
+    assert metrics["config"]["optim"]["lr"] == cfg["optim"]["lr"]
+    assert not (out / ".lock").exists()  # released; and a resume of the finished run takes it again
+    assert train(load_config(cfg), out, log=quiet)["test"] == metrics["test"]
+
+
+def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
+    """The kernel drops the lock with its process: after a SIGKILL the next process takes it at
+    once, although the killed holder's .lock file is still there."""
+    from bertlab.files import FolderBusy, folder_lock
+    code = ("import sys, time; from bertlab.files import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusy, match=rf"{tmp_path}: pid {holder.pid} on .* is writing this folder"):
+            with folder_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / ".lock").exists()
+    with folder_lock(tmp_path):
+        assert str(os.getpid()) in (tmp_path / ".lock").read_text()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_set_overrides_get_their_own_default_folder(tmp_path, monkeypatch):
+    """Without --out, `--set` variants of one config used to share runs/train/<config>; each now
+    gets <config>-<hash of the overrides>, the same for the same overrides in any order or spelling,
+    and the folder without overrides is unchanged."""
+    import bertlab.train
+    config = config_file(tmp_path, tiny_config(tmp_path / "data"))
+    folders = []
+    monkeypatch.setattr(bertlab.train, "train", lambda cfg, out, **kw: folders.append(Path(out)) or {})
+    monkeypatch.chdir(tmp_path)
+    for sets in ([], ["train.epochs=6"], ["optim.lr=5e-4"], ["optim.lr = 0.0005"],
+                 ["optim.lr=5e-4", "train.epochs=6"], ["train.epochs=6", "optim.lr=5e-4"]):
+        assert main(["--config", str(config), *[a for s in sets for a in ("--set", s)]]) == 0
+    plain, epochs, lr, lr_again, both, both_again = folders
+    assert plain == Path("runs/train/own")
+    assert len({plain, epochs, lr, both}) == 4 and lr == lr_again and both == both_again
+    assert all(f.parent == plain.parent and f.name.startswith("own-") for f in (epochs, lr, both))
+
+
+def test_a_linked_best_folder_is_replaced_not_its_target(tmp_path):
+    """`best/` replaced by a link to another folder (a thesis, say): training on used to save the
+    model into that folder and delete what it held. Now the link itself is replaced, on resume and
+    when starting over; the folder it pointed to is untouched."""
+    cfg = tiny_config(tmp_path / "data", train={"checkpoint_every": 1})
+    cfg["data"]["dev_file"] = cfg["data"]["test_file"] = ""  # without a dev set every epoch saves best/
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(load_config(cfg), out, callbacks=[StopAfter(6)], resume=False, log=quiet)  # in epoch 1
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("\\chapter{Results}\n")
+    for resume in (True, False):
+        if (out / "best").is_symlink():
+            (out / "best").unlink()
+        shutil.rmtree(out / "best", ignore_errors=True)
+        (out / "best").symlink_to(victim, target_is_directory=True)
+        train(load_config(cfg), out, resume=resume, log=quiet)
+        assert sorted(p.name for p in victim.iterdir()) == ["thesis.tex"], resume
+        assert (victim / "thesis.tex").read_text() == "\\chapter{Results}\n"
+        assert not (out / "best").is_symlink() and (out / "best" / "model.safetensors").exists()

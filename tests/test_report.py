@@ -9,6 +9,7 @@ import math
 import shutil
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1152,6 +1153,69 @@ def test_publish_copies_finished_runs_without_resume_files_and_reports_the_same_
     assert len(err.splitlines()) == 1 and "study.json: not found" in err
     assert main([str(sdir), "--publish", str(sdir)]) == 2
     assert "the same folder as the study" in capsys.readouterr().err
+
+
+def test_publish_on_a_full_disk_swaps_each_run_folder_whole_or_not_at_all(tmp_path, capsys, monkeypatch):
+    """Publishing a second study over a first one's runs with the disk filling up midway used to
+    leave one folder holding files of both (the new metrics.json beside the old predictions) and
+    end in a traceback. Now a run folder is written beside its place and swapped in whole: the
+    failed one is the old run's, byte for byte, no temp folder is left, and the error is one line
+    naming the file."""
+    import errno
+
+    import bertlab.files
+    from bertlab.report import main
+    first = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1}, seeds=(0, 1), decodes=("argmax",), name="first")
+    second = make_study(tmp_path, {("atl", "ce", "argmax"): 0.4}, seeds=(0, 1), decodes=("argmax",), name="second")
+    dest = tmp_path / "published"
+    assert main([str(first), "--publish", str(dest)]) == 0
+    capsys.readouterr()
+
+    def snapshot(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    before = {r.name: snapshot(r) for r in dest.iterdir() if r.is_dir() and r.name != "figures"}
+    runs = sorted(before)
+    assert snapshot(dest / runs[0]) != snapshot(second / runs[0])  # the two studies' runs differ
+    real, calls = bertlab.files.write_bytes, []
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) == 3:  # the third file of the first run folder
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+    monkeypatch.setattr(bertlab.files, "write_bytes", full_disk)
+    assert main([str(second), "--publish", str(dest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    failed = Path(calls[2]).name
+    assert err == [f"bertlab report: {dest / runs[0] / failed}: No space left on device"]
+    assert {r: snapshot(dest / r) for r in runs} == before  # each run folder the old one, whole
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+    monkeypatch.setattr(bertlab.files, "write_bytes", real)  # room again: the publish goes through
+    assert main([str(second), "--publish", str(dest)]) == 0
+    assert {r: snapshot(dest / r) for r in runs} == {r: snapshot(second / r) for r in runs}
+
+
+def test_report_adds_the_rows_of_finished_runs_that_results_jsonl_lacks(tmp_path, capsys):
+    """A worker killed between a run's metrics.json and the results left results.jsonl a row short,
+    and `bertlab report` said "3 of 4 runs finished" with all four metrics.json there. It now
+    rebuilds results.jsonl from the run folders first (the same rows write_results gives), and
+    leaves a complete file byte for byte."""
+    from bertlab.report import main
+    sdir = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2}, seeds=(0, 1),
+                      decodes=("argmax",))
+    complete = (sdir / "results.jsonl").read_bytes()
+    lines = complete.decode().splitlines(keepends=True)
+    lost = json.loads(lines[2])["run_id"]
+    (sdir / "results.jsonl").write_text("".join(lines[:2] + lines[3:]))
+    assert main([str(sdir)]) == 0
+    assert "4 of 4 runs finished" in (sdir / "report.md").read_text()
+    assert (sdir / "results.jsonl").read_bytes() == complete
+    err = capsys.readouterr().err
+    assert err == f"{sdir / 'results.jsonl'}: 1 finished run(s) had no row ({lost}); rebuilt from the run folders\n"
+    mtime = (sdir / "results.jsonl").stat().st_mtime_ns
+    assert main([str(sdir)]) == 0 and capsys.readouterr().err == ""
+    assert (sdir / "results.jsonl").stat().st_mtime_ns == mtime  # complete: not rewritten
 
 
 # ---- a committed folder: the hint, and the intervals of the earlier build ---------------------------

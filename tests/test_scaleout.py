@@ -218,6 +218,80 @@ def test_killed_worker_is_resumed_with_nothing_duplicated_or_lost(tiny, tmp_path
     assert not list(sdir.rglob("claim-*.json"))
 
 
+def test_a_run_folder_another_training_writes_is_skipped_then_resumed(tiny, tmp_path):
+    """A `bertlab train --out` into a study's run folder holds its lock (bertlab.files.folder_lock):
+    the study skips that run, saying who holds it, trains the others, and trains it on a re-run."""
+    from bertlab.files import folder_lock
+    d, ref = tiny
+    ref = {k: v for k, v in ref.items() if k[0].endswith("seed=0")}
+    out, log = tmp_path / "runs", []
+    held = study_dir_for("tiny", "default", out) / "loss=focal__seed=0"
+    with torch_threads(1), folder_lock(held):
+        sdir = run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], progress=log.append, report=False)
+    assert any(line.startswith(f"[2/2] loss=focal__seed=0: {held}: pid {os.getpid()} on ") and
+               line.endswith("is writing this folder; wait for it to end, or use another folder; skipped")
+               for line in log), log
+    assert [r["run_id"] for r in read_results(sdir / "results.jsonl")] == ["loss=ce__seed=0"]
+    with torch_threads(1):
+        run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], **QUIET)
+    assert comparable(read_results(sdir / "results.jsonl")) == ref
+
+
+STUDY_PARENT = """
+import sys
+sys.path.insert(0, {tests!r})
+from _train_script import Sleep
+from bertlab.experiment import run_experiment
+if __name__ == "__main__":
+    run_experiment("tiny", out={out!r}, experiments_dir={d!r}, only=["seed=0"], workers=2, threads=1,
+                   callbacks=[Sleep(2.0)], report=False, progress=lambda line: print(line, flush=True))
+"""
+
+
+def test_workers_die_with_a_killed_study_and_a_rerun_finishes_it(tiny, tmp_path):
+    """SIGKILL of the study process (`--workers 2`) used to leave its workers training on as
+    orphans: a re-run found their runs held and left the report "to the last process", and each
+    orphan then died at its next message to the dead parent, its run's row missing from
+    results.jsonl. Now the workers stop with their parent, mid-run, releasing their claims, and a
+    re-run trains both runs: the results equal the one-process study's and the report is written."""
+    from bertlab.experiment import _pid_alive
+    d, ref = tiny
+    ref = {k: v for k, v in ref.items() if k[0].endswith("seed=0")}
+    out = tmp_path / "runs"
+    script = tmp_path / "study.py"
+    script.write_text(STUDY_PARENT.format(tests=str(Path(__file__).parent), out=str(out), d=str(d)))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=env)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(parent.stdout), daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while sum(line.endswith(": training\n") for line in lines) < 2 and parent.poll() is None:
+        assert time.time() < deadline, lines
+        time.sleep(0.2)
+    assert parent.poll() is None, lines  # both workers are mid-run (3 steps of 2 s each)
+    workers = [int(line.split()[2].rstrip(":")) for line in lines if line.startswith("[w") and " pid " in line]
+    assert len(workers) == 2
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 5
+    while any(_pid_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_pid_alive(pid) for pid in workers), "the workers outlived the study process"
+    sdir = study_dir_for("tiny", "default", out)
+    assert not list(sdir.glob("*/metrics.json"))  # stopped mid-run, as their parent was
+    assert not list(sdir.rglob("claim-*.json"))  # and released their claims on the way out
+
+    log = []
+    with torch_threads(1):
+        run_experiment("tiny", out=out, experiments_dir=d, only=["seed=0"], progress=log.append)
+    assert sum(line.endswith((": training", ": resuming")) for line in log) == 2, log  # none "skipped"
+    assert not any("left to the last" in line for line in log)
+    assert comparable(read_results(sdir / "results.jsonl")) == ref
+    assert (sdir / "report.md").exists()
+
+
 def test_command_line_shard_list_and_errors(tiny, capsys):
     from bertlab.experiment import main
     d, _ = tiny
@@ -227,6 +301,23 @@ def test_command_line_shard_list_and_errors(tiny, capsys):
         assert main(["tiny", "--experiments", str(d), *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bertlab experiment: --") and err.count("\n") == 1, err
+
+
+
+@pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf", "0.5"])
+def test_stale_after_must_be_a_sensible_number_of_seconds(tiny, tmp_path, capsys, seconds):
+    """--stale-after -1, 0 or nan used to be taken: every claim then looked stale, so processes
+    took each other's runs over, and the heartbeat (every stale_after / 4 s) spun. Refused now as
+    --workers 0 is, before anything is read or written; run_experiment refuses it too."""
+    from bertlab.experiment import StudyError, main
+    d, _ = tiny
+    out = tmp_path / "runs"
+    assert main(["tiny", "--experiments", str(d), "--out", str(out), "--only", "seed=0", "--stale-after", seconds]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bertlab experiment: --stale-after {float(seconds):g}: expected a number of seconds >= 1 ")
+    assert err.count("\n") == 1 and not out.exists()
+    with pytest.raises(StudyError, match="--stale-after"):
+        run_experiment("tiny", out=out, experiments_dir=d, stale_after=float(seconds), **QUIET)
 
 
 # ---- one run across processes: the study under torchrun ---------------------------------------
