@@ -193,6 +193,11 @@ class KNNClassifier:
         # partition gives the bound, and this one makes the minimum an elementwise (SIMD) one
         blocks = approx.reshape(n_q, _BLOCK, -1)
         block_min = blocks.min(axis=1)                                   # [n_q, n_blocks]
+        # τ only has to be ≥ the k-th smallest a: the k-th smallest block minimum is such a bound
+        # when there are ≥ k blocks, the exact k-th value always is. So this choice sets how many
+        # candidates step 4 gathers, never which neighbours come out: a kk one too small sends
+        # every chunk down the exact branch (slower, same answer), which no test of the results
+        # can see (tests/mutants.py lists it as an equivalent mutant).
         kk = min(k, block_min.shape[1]) - 1
         tau = np.partition(block_min, kk, axis=1)[:, kk]
         if kk < k - 1:  # fewer blocks than k: the bound must come from all values

@@ -65,6 +65,15 @@ def brute_force_fit(logits, gold, labels, grid, rounds):
     return bias, best
 
 
+def assert_fit_equals_brute_force(logits, gold, grid, rounds=2) -> BiasCalibrator:
+    """The fitted offsets are exactly the brute-force ones and its dev F1 the same; returns the fit."""
+    cal = BiasCalibrator(LABELS, grid=grid, rounds=rounds).fit(logits, gold)
+    bias, best = brute_force_fit(logits, gold, LABELS, grid, rounds)
+    np.testing.assert_array_equal(cal.bias, bias)
+    assert cal.dev_f1 == pytest.approx(best, abs=1e-12)
+    return cal
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_fit_equals_brute_force_on_random_logits(seed):
     rng = np.random.default_rng(100 + seed)
@@ -78,15 +87,38 @@ def test_fit_equals_brute_force_on_random_logits(seed):
         z[:, 0] += rng.uniform(0, 3)
         logits.append(z)
     grid = np.round(np.arange(-2, 4.01, 0.5), 2)
-    cal = BiasCalibrator(LABELS, grid=grid, rounds=2).fit(logits, gold)
-    bias, best = brute_force_fit(logits, gold, LABELS, grid, 2)
-    np.testing.assert_array_equal(cal.bias, bias)
-    assert cal.dev_f1 == pytest.approx(best, abs=1e-12)
+    cal = assert_fit_equals_brute_force(logits, gold, grid)
     pred = cal.predict(logits)
     assert seqeval_f1(gold, pred) == pytest.approx(cal.dev_f1, abs=1e-12)
     # coordinate ascent from b = 0 never ends below argmax on the data it was fitted on
     argmax = [[LABELS[i] for i in l.argmax(1)] for l in logits]
     assert cal.dev_f1 >= seqeval_f1(gold, argmax) == pytest.approx(cal.argmax_f1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fit_equals_brute_force_on_integer_logits_with_exact_ties(seed):
+    """Integer logits and whole-number offsets: an entity column often ties exactly with another
+    column, and the fit must break the tie as argmax does (the lower column wins), whichever side
+    of the tie the entity column is on."""
+    rng = np.random.default_rng(200 + seed)
+    gold = random_tags(rng, 30, labels=["O", "O", "B-A", "I-A", "B-B", "I-B", "B-C", "I-C"])
+    logits = [rng.integers(-2, 3, size=(len(s), len(LABELS))).astype(np.float64) for s in gold]
+    for z, s in zip(logits, gold):
+        z[np.arange(len(s)), [LABELS.index(t) for t in s]] += 1
+    assert_fit_equals_brute_force(logits, gold, np.arange(-3.0, 4.0))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_fit_equals_brute_force_on_a_wide_f1_plateau(seed):
+    """Confident logits: every offset of the grid decodes the same entities (one F1 plateau), so
+    the fit must keep the offset closest to the current one (0, plain argmax), not the smallest."""
+    rng = np.random.default_rng(300 + seed)
+    gold = random_tags(rng, 20, labels=["O", "O", "B-A", "I-A", "B-B", "I-B", "B-C", "I-C"])
+    logits = [rng.normal(size=(len(s), len(LABELS))) for s in gold]
+    for z, s in zip(logits, gold):
+        z[np.arange(len(s)), [LABELS.index(t) for t in s]] += 20
+    cal = assert_fit_equals_brute_force(logits, gold, np.round(np.arange(-3, 4.01, 0.5), 2))
+    np.testing.assert_array_equal(cal.bias, 0.0)
 
 
 def btl_like_logits(gold, shift):

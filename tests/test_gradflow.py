@@ -347,6 +347,23 @@ def test_running_loss_variance(tmp_path):
     assert rows[(4, "epoch_loss_var")] == pytest.approx(torch.tensor(losses).var(unbiased=False).item())
 
 
+def test_resume_keeps_only_the_rows_before_the_resumed_step(tmp_path):
+    """A process killed after the epoch-end CSV write but before the checkpoint leaves rows of steps
+    past the checkpoint in gradflow.csv. Resuming from the checkpoint at step 2 re-runs step 3: the
+    recorder keeps the rows of steps 1 and 2, drops 3-5 (they are recorded again), and takes back
+    the epoch's running losses saved with the checkpoint."""
+    rows = [{"step": s, "layer": "all", "component": "loss", "statistic": "batch_loss", "value": float(s)}
+            for s in range(1, 6)]
+    write_rows(rows, tmp_path)
+    (tmp_path / gradflow.STATE_FILE).write_text('{"step": 2, "epoch_losses": [1.0, 3.0], "batch_step": 2}')
+    rec = GradFlowRecorder(tmp_path, every=1, stats=("loss",))
+    rec.on_batch(3, None, {}, None, torch.tensor(2.0))
+    assert [r["step"] for r in rec.rows] == [1, 2]
+    rec.after_backward(3, None)
+    new = {r["statistic"]: r["value"] for r in rec.rows if r["step"] == 3}
+    assert new == {"batch_loss": 2.0, "running_loss_var": pytest.approx(2 / 3)}  # var(1, 3, 2)
+
+
 # --- files and figures -------------------------------------------------------------------------
 
 def recorded_rows(tmp_path):

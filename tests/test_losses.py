@@ -276,6 +276,19 @@ def test_class_weights_zero_count_and_errors():
     torch.testing.assert_close(counts * class_weights(counts, "inverse"), torch.full((3,), 1000 / 3))
 
 
+@pytest.mark.parametrize("scheme", ["paper", "inverse", "effective"])
+def test_class_weights_normalise_over_the_classes_that_occur(scheme):
+    """A class with no training token has weight 0 and no say in the normalisation: with
+    normalize="mean" the classes that occur average exactly 1 (with "sum", add up to 1)."""
+    counts = [90, 10, 0]
+    raw = class_weights(counts, scheme)
+    mean = class_weights(counts, scheme, normalize="mean")
+    torch.testing.assert_close(mean, torch.cat([raw[:2] / raw[:2].mean(), torch.zeros(1)]))
+    assert mean[:2].mean().item() == pytest.approx(1.0) and mean[2] == 0
+    total = class_weights(counts, scheme, normalize="sum")
+    assert total[:2].sum().item() == pytest.approx(1.0) and total[2] == 0
+
+
 def test_label_counts_brute_force():
     g = torch.Generator().manual_seed(0)
     rows = [torch.randint(-1, 6, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g) for _ in range(20)]

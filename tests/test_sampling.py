@@ -286,6 +286,26 @@ def test_fused_vectorised_equals_per_copy_loop():
             torch.testing.assert_close(vectorised, looped, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("mode", BTL_MODES)
+def test_fused_weighted_mean_equals_pytorch_weighted_ce_of_each_literal_copy(mode):
+    """With reduction="weighted_mean" each copy is divided by Σ w_t over *its own* targets: a token
+    that a copy scores as O (other_to_o) weighs w_O there, not the weight of its real label.
+    Reference: each literal copy scored by F.cross_entropy(weight=w), PyTorch's weighted mean."""
+    torch.manual_seed(3)
+    logits = torch.randn(3, 8, len(LABELS), dtype=torch.float64)
+    labels = example_batch()["labels"]
+    loss_fn = build_loss(LossConfig("weighted_ce", weight_scheme="inverse", reduction="weighted_mean"), COUNTS)
+    w = loss_fn.alpha.double()
+    fused_loss, info = btl_fused_loss(logits, labels, LABELS, loss_fn, mode, "present", "mean")
+    expected = []
+    for _, copy, columns in binary_token_label_batches({"labels": labels}, LABELS, mode, "present"):
+        columns = list(range(len(LABELS))) if columns is None else columns
+        expected.append(F.cross_entropy(logits[..., columns].reshape(-1, len(columns)), copy["labels"].reshape(-1),
+                                        weight=w[columns]))
+    torch.testing.assert_close(info["copy_losses"], torch.stack(expected), rtol=1e-12, atol=0)
+    torch.testing.assert_close(fused_loss, torch.stack(expected).mean(), rtol=1e-12, atol=0)
+
+
 def test_dropout_makes_fused_and_naive_differ_and_dropout_zero_does_not():
     batch = example_batch()
     loss_fn = build_loss(LossConfig("ce"))

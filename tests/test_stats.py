@@ -158,6 +158,24 @@ def test_wilcoxon_equals_scipy_many_sizes(alternative):
     check_wilcoxon(np.random.default_rng(30), list(range(1, 60)), 12, alternative)
 
 
+@pytest.mark.parametrize("alternative", ["two-sided", "less", "greater"])
+def test_wilcoxon_forced_exact_on_tied_data_equals_scipy(alternative):
+    """method="exact" forced on data with ties and zeros: W+ can be a half-integer, and the exact
+    null's tails must then be cut conservatively (lower tail up to ceil(W+), upper tail from
+    floor(W+)), as scipy.stats.wilcoxon(method="exact") does."""
+    rng = np.random.default_rng(11)
+    half_integers = 0
+    for n in range(4, 17):
+        for _ in range(2):
+            d = rng.integers(-3, 6, size=n).astype(float)  # small integers: ties, some zeros
+            for zero_method in ("wilcox", "pratt", "zsplit"):
+                ours = stats.wilcoxon(d, zero_method=zero_method, alternative=alternative, method="exact")
+                ref = scipy_quiet(sps.wilcoxon, d, zero_method=zero_method, alternative=alternative, method="exact")
+                assert_result(ours, ref)
+                half_integers += ours.statistic % 1 == 0.5
+    assert half_integers >= 10  # the case the rounding is for did occur
+
+
 def test_wilcoxon_exact_small_sample_known_value():
     # d = 1..6 with one negative: W− = 3, P(W+ ≥ 18) = 5/64 for n = 6, two-sided 10/64
     result = stats.wilcoxon([1, 2, -3, 4, 5, 6])

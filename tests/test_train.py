@@ -137,6 +137,20 @@ def test_lr_schedule_matches_transformers():
             sched.step()
 
 
+def test_each_epoch_has_its_own_batch_order_and_a_resume_rebuilds_it():
+    """The batch order is a function of (seed, epoch) and nothing else: a new order every epoch
+    (the data is reshuffled), the same order for the same pair (a resume rebuilds the epoch it
+    was interrupted in from these two numbers alone)."""
+    from bertlab.train import epoch_batches
+    lengths = [(7 * i) % 23 + 1 for i in range(200)]
+    epoch0 = epoch_batches(lengths, 8, seed=13, epoch=0)
+    epoch1 = epoch_batches(lengths, 8, seed=13, epoch=1)
+    assert epoch1 != epoch0
+    assert sorted(i for b in epoch1 for i in b) == sorted(i for b in epoch0 for i in b) == list(range(200))
+    assert epoch_batches(list(lengths), 8, seed=13, epoch=1) == epoch1
+    assert epoch_batches(lengths, 8, seed=14, epoch=0) != epoch0
+
+
 def _tiny_model(labels, dropout=0.0):
     from bertlab.checkpoint import build_model
     torch.manual_seed(0)
