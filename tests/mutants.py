@@ -60,7 +60,7 @@ class Mutant:
 LOSSES = ("tests/test_losses.py",)
 SAMPLING = ("tests/test_sampling.py",)
 METRICS = ("tests/test_metrics.py",)
-STATS = ("tests/test_stats.py",)
+STATS = ("tests/test_stats.py", "tests/test_stats_simulation.py")
 STATS_AND_REPORT = ("tests/test_stats.py", "tests/test_report.py")  # report.py calls these
 REPORT = ("tests/test_report.py",)
 KNN = ("tests/test_knn.py",)
@@ -128,6 +128,18 @@ MUTANTS = [
            "lower = pmf[: int(np.ceil(r_plus)) + 1].sum()\n        upper = pmf[int(np.floor(r_plus)):].sum()",
            "lower = pmf[: int(np.floor(r_plus)) + 1].sum()\n        upper = pmf[int(np.ceil(r_plus)):].sum()",
            STATS, 'wilcoxon(method="exact") on tied data rounds W+ the anti-conservative way'),
+    Mutant("#37.3", "stats", "bertlab/stats.py",
+           "    if exact:\n        observed = null[0]", "    if exact:\n        observed = observed", STATS,
+           "an exact permutation test compares the observed value computed alone (p can be 0)"),
+    Mutant("#37.1", "stats", "bertlab/stats.py",
+           "runs_b = runs_a if paired_runs else draw(len(b))", "runs_b = draw(len(b))", STATS,
+           "the hierarchical bootstrap draws each arm's seeds independently (pairs lost)"),
+    Mutant("crossed-resid-twice", "stats", "bertlab/stats.py",
+           'coef["resid"] = 1.0 - coef["seed"] - coef["doc"]', 'coef["resid"] = 1.0', STATS,
+           "the seed × document variance counts the interaction again in each main effect"),
+    Mutant("crossed-normal", "stats", "bertlab/stats.py",
+           "q = float(t_dist.ppf(0.5 + confidence_level / 2, df))", "q = float(norm.ppf(0.5 + confidence_level / 2))",
+           STATS, "the crossed interval uses the normal quantile, not t with Satterthwaite's df"),
     Mutant("ttest-ddof0", "stats", "bertlab/stats.py",
            "t = _ratio(d.mean(), np.sqrt(d.var(ddof=1) / n))", "t = _ratio(d.mean(), np.sqrt(d.var(ddof=0) / n))",
            STATS, "paired t with the n (not n - 1) variance"),
@@ -136,14 +148,14 @@ MUTANTS = [
            "p[order] * (len(p) - np.arange(len(p)))", STATS,
            "Holm's adjusted p-values not made non-decreasing"),
     # -- report ----------------------------------------------------------------------------------
-    Mutant("#44.1a", "report", "bertlab/report.py",
-           'pairs = [(v, by_seed[r["seed"]]) for r, v in zip(a.rows, va) if r["seed"] in by_seed]',
-           "pairs = list(zip(va, vb))", REPORT,
-           "the seed-paired t test pairs runs by position, not by seed"),
-    Mutant("#44.1b", "report", "bertlab/report.py",
-           'shared = [(i, seeds_b.index(r["seed"])) for i, r in enumerate(a.rows) if r["seed"] in seeds_b]',
-           "shared = [(i, i) for i in range(min(len(a.rows), len(b.rows)))]", REPORT,
-           "the document permutation test pairs runs by position, not by seed"),
+    Mutant("#44.1", "report", "bertlab/report.py",
+           'return [(i, where[r["seed"]]) for i, r in enumerate(a.rows) if r["seed"] in where]',
+           "return [(i, i) for i in range(min(len(a.rows), len(b.rows)))]", REPORT,
+           "runs paired by position, not by seed (every test of a comparison uses these pairs)"),
+    Mutant("one-run-with-every-seed", "report", "bertlab/report.py",
+           "if a.single and b.single:\n        return [(0, 0)]\n    if a.single:",
+           "if a.single and b.single:\n        return [(0, 0)]\n    if len(a.rows) == 1:", REPORT,
+           "a single non-deterministic run paired with every seed of the other side"),
     Mutant("#44.4", "report", "bertlab/report.py",
            "return np.where(e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)",
            "return np.where(e[..., 1] + e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)",
