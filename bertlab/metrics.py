@@ -298,6 +298,64 @@ def entity_counts(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequen
     return counts
 
 
+def overlap_matches(gold: Sequence[tuple[str, int, int]], pred: Sequence[tuple[str, int, int]]) -> int:
+    """The number of pairs in a largest one-to-one matching of predicted to gold entities of one
+    sequence that have the **same type and overlap** by at least one word (lenient, i2b2-style
+    "inexact" matching). ``gold``, ``pred``: ``(type, start, end)`` with ``end`` exclusive.
+
+    Entities of one side of one sequence never overlap each other, so per type both sides are
+    disjoint intervals in order, and matching them greedily from the left is a largest matching
+    (a matched pair ends no later than any pair it could block; tests/test_metrics.py checks it
+    against brute force over every matching)."""
+    total = 0
+    for typ in {e[0] for e in gold} & {e[0] for e in pred}:
+        g = sorted((a, b) for t, a, b in gold if t == typ)
+        p = sorted((a, b) for t, a, b in pred if t == typ)
+        i = j = 0
+        while i < len(p) and j < len(g):
+            if p[i][0] < g[j][1] and g[j][0] < p[i][1]:  # overlap
+                total += 1
+                i += 1
+                j += 1
+            elif p[i][1] <= g[j][1]:  # p ends first: it can meet no later gold that g cannot
+                i += 1
+            else:
+                j += 1
+    return total
+
+
+def lenient_counts(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]],
+                   scheme: str = "IOB2", mode: str = "strict") -> np.ndarray:
+    """Per-sequence lenient entity counts ``[n_sequences, 3]`` of (tp, fp, fn): tp the pairs of
+    ``overlap_matches`` (same type, at least one shared word, each entity used once), fp the
+    predicted entities left unmatched, fn the gold ones. Entities are read out as ``mode`` says
+    (strict IOB2 by default). Precision tp / (tp + fp) and recall tp / (tp + fn) are the i2b2-style
+    "inexact" scores; ``micro_f1`` of the summed rows is the lenient micro F1."""
+    _check_pair(true_tags, pred_tags)
+    read = (lambda seq: strict_entities(seq, scheme)) if mode == "strict" else conlleval_entities
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    counts = np.zeros((len(true_tags), 3), dtype=np.int64)
+    for i, (t, p) in enumerate(zip(true_tags, pred_tags)):
+        gold, pred = read(t), read(p)
+        tp = overlap_matches(gold, pred)
+        counts[i] = (tp, len(pred) - tp, len(gold) - tp)
+    return counts
+
+
+def invalid_transitions(tags: Sequence[str]) -> int:
+    """How many tags of one IOB2 sequence break the scheme: an ``I-X`` that does not follow
+    ``B-X`` or ``I-X`` (a sentence start counts as ``O``). Strict scoring drops such a tag's
+    entity silently, conlleval starts an entity at it; the count shows how often a decoder emits
+    what its tagging scheme forbids."""
+    bad, prev = 0, "O"
+    for tag in tags:
+        if tag.startswith("I-") and prev[2:] != tag[2:]:
+            bad += 1
+        prev = tag
+    return bad
+
+
 def micro_f1(counts: np.ndarray) -> float:
     """Micro F1 from summed (tp, fp, fn) counts ``[..., 3]``: 2·tp / (2·tp + fp + fn), 0 if empty."""
     tp, fp, fn = np.asarray(counts).reshape(-1, 3).sum(axis=0)
@@ -471,4 +529,5 @@ def group_by_document(doc_ids: Sequence[str], rows: np.ndarray) -> tuple[list[st
 __all__ = ["entity_report", "token_report", "unweighted_accuracy", "confusion_matrix",
            "plot_confusion_matrix", "ConfusionMatrix", "Report", "format_report", "entity_counts",
            "micro_f1", "group_by_document", "strict_entities", "conlleval_entities",
-           "corpus_entities", "scores_from_counts", "entity_type", "SCHEMES", "MODES"]
+           "corpus_entities", "scores_from_counts", "entity_type", "SCHEMES", "MODES", "overlap_matches",
+           "lenient_counts", "invalid_transitions"]

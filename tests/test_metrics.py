@@ -332,3 +332,94 @@ def test_plot_confusion_matrix(tmp_path):
     ax = metrics.plot_confusion_matrix(cm, normalize=True)
     ax.figure.savefig(tmp_path / "cm.png")
     assert (tmp_path / "cm.png").stat().st_size > 0
+
+
+# ---- lenient (overlap) matching and invalid transitions ----------------------------------------------
+
+def brute_force_matching(gold, pred):
+    """The largest one-to-one matching of same-type overlapping entities, by trying every matching."""
+    pairs = [(i, j) for i, g in enumerate(gold) for j, p in enumerate(pred)
+             if g[0] == p[0] and g[1] < p[2] and p[1] < g[2]]
+
+    def best(k, used_g, used_p):
+        if k == len(pairs):
+            return 0
+        i, j = pairs[k]
+        skip = best(k + 1, used_g, used_p)
+        if i in used_g or j in used_p:
+            return skip
+        return max(skip, 1 + best(k + 1, used_g | {i}, used_p | {j}))
+
+    return best(0, frozenset(), frozenset())
+
+
+@pytest.mark.parametrize("mode", ["strict", "conlleval"])
+def test_lenient_matching_is_the_largest_matching_by_brute_force(mode):
+    rng = random.Random(31)
+    read = metrics.strict_entities if mode == "strict" else metrics.conlleval_entities
+    hard = 0
+    for _ in range(1200):
+        corpus, tags, weights = random_corpus(rng, "BIO", types=("A", "B"))
+        pred = perturb(rng, corpus, tags, weights, 0.5)
+        counts = metrics.lenient_counts(corpus, pred, mode=mode)
+        for seq_t, seq_p, row in zip(corpus, pred, counts):
+            gold, guess = read(seq_t), read(seq_p)
+            tp = brute_force_matching(gold, guess)
+            assert tuple(row) == (tp, len(guess) - tp, len(gold) - tp), (seq_t, seq_p)
+            hard += any(sum(g[0] == p[0] and g[1] < p[2] and p[1] < g[2] for g in gold) > 1 for p in guess)
+    assert hard > 15  # predictions overlapping several gold entities occurred: the greedy choice was tested
+
+
+def test_lenient_counts_equal_nervaluate_type_matching_where_it_is_one_to_one():
+    """nervaluate's "ent_type" scenario (SemEval-2013: overlap and the same type) on sequences where
+    every entity overlaps at most one entity of the other side, so that its greedy order cannot
+    matter: the same precision and recall."""
+    from nervaluate import Evaluator
+
+    rng = random.Random(32)
+    checked = 0
+    for _ in range(300):
+        corpus, tags, weights = random_corpus(rng, "BIO", types=("A", "B"))
+        pred = perturb(rng, corpus, tags, weights, 0.3)
+        gold_e = [metrics.strict_entities(s) for s in corpus]
+        pred_e = [metrics.strict_entities(s) for s in pred]
+        overlaps = lambda a, b: a[1] < b[2] and b[1] < a[2]
+        if any(sum(overlaps(p, g) for g in G) > 1 for G, P in zip(gold_e, pred_e) for p in P) or \
+           any(sum(overlaps(p, g) for p in P) > 1 for G, P in zip(gold_e, pred_e) for g in G):
+            continue
+        to_dicts = lambda E: [[{"label": t, "start": a, "end": b - 1} for t, a, b in e] for e in E]
+        results = Evaluator(to_dicts(gold_e), to_dicts(pred_e), tags=["A", "B"], loader="dict").evaluate()
+        ref = results["overall"]["ent_type"]
+        tp, fp, fn = metrics.lenient_counts(corpus, pred).sum(0)
+        if tp + fp:
+            assert tp / (tp + fp) == pytest.approx(ref.precision)
+        if tp + fn:
+            assert tp / (tp + fn) == pytest.approx(ref.recall)
+        checked += 1
+    assert checked > 100
+
+
+def test_lenient_f1_on_a_worked_example():
+    """Gold: Sign at words 1-3, Dose at 5. Predicted: Sign at 2-3 (overlaps), Sign at 5 (wrong type),
+    Dose at 6 (no overlap). Strict: 0 of 3 predictions exact. Lenient: 1 match, P = 1/3, R = 1/2."""
+    gold = [["O", "B-Sign", "I-Sign", "I-Sign", "O", "B-Dose", "O"]]
+    pred = [["O", "O", "B-Sign", "I-Sign", "O", "B-Sign", "B-Dose"]]
+    assert metrics.entity_counts(gold, pred)[0].tolist() == [0, 3, 2]
+    assert metrics.lenient_counts(gold, pred)[0].tolist() == [1, 2, 1]
+    assert metrics.micro_f1(metrics.lenient_counts(gold, pred)) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+
+
+def test_invalid_transitions_are_the_entities_conlleval_starts_at_an_i_tag():
+    """Reference: seqeval's conlleval reading starts an entity at an I-X exactly where the transition
+    into it is invalid (after O, at the sentence start, or after another type)."""
+    rng = random.Random(33)
+    total = 0
+    for _ in range(300):
+        corpus, _, _ = random_corpus(rng, "BIO")
+        for seq in corpus:
+            starts = seqeval_get_entities(list(seq))
+            expected = sum(1 for _, a, _ in starts if seq[a].startswith("I-"))
+            assert metrics.invalid_transitions(seq) == expected, seq
+            total += expected
+    assert total > 100
+    assert metrics.invalid_transitions(["I-A", "B-A", "I-A", "I-B", "O", "I-B"]) == 3
