@@ -50,7 +50,7 @@ import numpy as np
 from bertlab import stats
 from bertlab.families import by_construction, comparison_families, construction_rules
 from bertlab.files import write_text
-from bertlab.metrics import strict_entities
+from bertlab.metrics import conlleval_entities, invalid_transitions, overlap_matches, strict_entities
 
 METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy": "unweighted acc."}
 DEFAULTS = {
@@ -116,11 +116,16 @@ def document_counts(pred_file: str | os.PathLike) -> dict:
 
     Returns ``{"docs": [doc ids in order], "entities": {type: int [D, 3]}`` (true positives,
     predicted, gold; strict IOB2 as seqeval's strict mode), ``"tokens": {label: int [D, 2]}``
-    (correct, gold) for the unweighted accuracy}``."""
+    (correct, gold) for the unweighted accuracy, and ``"conventions": {name: int [D, k]}``: the
+    other scoring conventions, summed over types — ``conlleval`` and ``lenient`` (tp, predicted,
+    gold; ``metrics.conlleval_entities``, ``metrics.lenient_counts``), ``tokens`` (correct tags,
+    tags), ``invalid`` (invalid IOB2 transitions the predictions make, predicted ``I-`` tags;
+    ``metrics.invalid_transitions``)}``."""
     docs: dict[str, int] = {}
     ent: dict[str, list] = defaultdict(list)
     tok: dict[str, list] = defaultdict(list)
     per_doc_ent, per_doc_tok = [], []
+    conventions = {"conlleval": [], "lenient": [], "tokens": [], "invalid": []}
     with open(pred_file, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -130,9 +135,18 @@ def document_counts(pred_file: str | os.PathLike) -> dict:
             if d == len(per_doc_ent):
                 per_doc_ent.append(defaultdict(lambda: [0, 0, 0]))
                 per_doc_tok.append(defaultdict(lambda: [0, 0]))
+                for rows in conventions.values():
+                    rows.append([0, 0, 0])
             tags = s["tags"] if "tags" in s else s["gold"]
             gold = {(t, a, b) for t, a, b in strict_entities(tags)}
             pred = {(t, a, b) for t, a, b in strict_entities(s["pred"])}
+            loose_gold, loose_pred = set(conlleval_entities(tags)), set(conlleval_entities(s["pred"]))
+            for name, row in (("conlleval", (len(loose_gold & loose_pred), len(loose_pred), len(loose_gold))),
+                              ("lenient", (overlap_matches(list(gold), list(pred)), len(pred), len(gold))),
+                              ("tokens", (sum(g == p for g, p in zip(tags, s["pred"])), len(tags), 0)),
+                              ("invalid", (invalid_transitions(s["pred"]),
+                                           sum(p.startswith("I-") for p in s["pred"]), 0))):
+                conventions[name][d] = [x + y for x, y in zip(conventions[name][d], row)]
             for t, *_ in gold & pred:
                 per_doc_ent[d][t][0] += 1
             for t, *_ in pred:
@@ -151,7 +165,8 @@ def document_counts(pred_file: str | os.PathLike) -> dict:
     for l in labels:
         tok[l] = np.array([per_doc_tok[d][l] if l in per_doc_tok[d] else [0, 0] for d in range(D)],
                           dtype=np.int64)
-    return {"docs": list(docs), "entities": dict(ent), "tokens": dict(tok)}
+    return {"docs": list(docs), "entities": dict(ent), "tokens": dict(tok),
+            "conventions": {k: np.array(v, dtype=np.int64).reshape(D, 3) for k, v in conventions.items()}}
 
 
 @dataclass
@@ -792,6 +807,7 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     md += _environment_section(rows)
     md += _main_section(variants, runs, labels, opts, data, earlier)
     md += _band_section(variants, labels, opts, data)
+    md += _conventions_section(variants, runs, labels, data)
     md += _significance_section(variants, runs, labels, study, opts, data, earlier)
     md += _compute_section(variants, labels, short, data)
     md += _learning_curve_section(study_dir, variants, labels, opts)
@@ -1011,6 +1027,53 @@ def _band_section(variants: dict, labels: dict, opts: dict, data: dict) -> list[
                 + [_f(per_class[k][1].get(t, math.nan), 3) for k in keys] for t in types]
         md += _table(["class", "train mentions", "band"] + [f"({i + 1})" for i in range(len(keys))], body)
         md += ["Columns: " + "; ".join(f"({i + 1}) {labels[k]}" for i, k in enumerate(keys)), "", "</details>", ""]
+    return md
+
+
+def convention_scores(counts: dict) -> dict:
+    """One run's scores under each scoring convention, from its ``document_counts``: micro F1
+    strict / conlleval / lenient, token accuracy, and the invalid IOB2 transitions its predictions
+    make (count, and share of its predicted ``I-`` tags)."""
+    def f1(x):
+        tp, pred, gold = x.sum(0)
+        return 2 * tp / (pred + gold) if tp > 0 else 0.0
+
+    strict = sum(e.sum(0) for e in counts["entities"].values())
+    c = counts["conventions"]
+    bad, inside = c["invalid"].sum(0)[:2]
+    return {"strict": float(2 * strict[0] / (strict[1] + strict[2])) if strict[0] > 0 else 0.0,
+            "conlleval": float(f1(c["conlleval"])), "lenient": float(f1(c["lenient"])),
+            "token_accuracy": float(c["tokens"][:, 0].sum() / max(c["tokens"][:, 1].sum(), 1)),
+            "invalid": int(bad), "invalid_share": float(bad / inside) if inside else 0.0}
+
+
+def _conventions_section(variants: dict, runs: dict, labels: dict, data: dict) -> list[str]:
+    """Every scoring convention side by side (seed means), with the invalid transitions each
+    decoder emits: strict IOB2 drops an entity that starts with a stray ``I-`` silently."""
+    rows, body = {}, []
+    for key in variants:
+        v = runs[key]
+        if v.counts is None or any("conventions" not in c for c in v.counts):
+            continue
+        per_run = [convention_scores(c) for c in v.counts]
+        mean = {k: float(np.mean([r[k] for r in per_run])) for k in per_run[0]}
+        rows[labels[key]] = {**mean, "runs": len(per_run)}
+        body.append([labels[key], _f(mean["strict"]), _f(mean["conlleval"]), _f(mean["lenient"]),
+                     _f(mean["token_accuracy"]), f"{mean['invalid']:.0f}", f"{mean['invalid_share']:.1%}"])
+    if not body:
+        return []
+    data["conventions"] = rows
+    md = ["## Scoring conventions side by side (test set, seed means)", "",
+          "Micro F1 under **strict** IOB2 (the tables above; an entity must start with `B-`), **conlleval** "
+          "(seqeval's default: a stray `I-X` starts an entity), **lenient** (i2b2-style inexact match: a "
+          "predicted entity of the right type that overlaps a gold one by a word counts, each entity once), "
+          "and token accuracy (every word's tag; the per-class mean of token recall is the unweighted "
+          "accuracy above). **Invalid transitions**: `I-X` tags that follow neither `B-X` nor `I-X`, per "
+          "run, and their share of the predicted `I-` tags; strict scoring drops their entities without a "
+          "trace, so a decoder with many of them looks better strict than it reads. See "
+          "docs/evaluation.md, \"Strict versus conlleval\".", ""]
+    md += _table(["variant", "strict F1", "conlleval F1", "lenient F1", "token acc.", "invalid transitions",
+                  "of predicted I-"], body)
     return md
 
 

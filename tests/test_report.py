@@ -1820,3 +1820,36 @@ def test_a_class_predicted_but_without_gold_has_no_f1_in_that_resample():
     assert f1[0] == pytest.approx(6 / 9) and np.isnan(f1[1])
     recall = per_class_scores(x, layout, "unweighted_accuracy")
     assert recall[0] == pytest.approx(3 / 5) and np.isnan(recall[1])
+
+
+def test_scoring_conventions_side_by_side_against_seqeval_and_sklearn(study):
+    """Each variant's seed means: strict and conlleval micro F1 by seqeval (strict IOB2 / its default
+    mode), lenient F1 from metrics.lenient_counts (brute-force checked in test_metrics.py), token
+    accuracy by scikit-learn, and invalid transitions as the entities seqeval's conlleval reader
+    starts at an I- tag. The fixture's noisy predictions make stray I- tags, so the conventions differ."""
+    from seqeval.metrics.sequence_labeling import get_entities
+    from sklearn.metrics import accuracy_score
+
+    from bertlab.metrics import lenient_counts, micro_f1
+
+    sdir, md, rows = study
+    data = json.loads((sdir / "report.json").read_text())["conventions"]
+    table = {r[0]: r for r in table_rows(md, "## Scoring conventions")}
+    differ = 0
+    for name, group in by_variant(rows).items():
+        per_run = []
+        for r in group:
+            sents = [s for d in read_docs(sdir, r) for s in d]
+            gold, pred = [s["tags"] for s in sents], [s["pred"] for s in sents]
+            loose = classification_report(gold, pred, output_dict=True, zero_division=0)
+            per_run.append({
+                "strict": seqeval_scores(sents)["f1_micro"],
+                "conlleval": loose["micro avg"]["f1-score"],
+                "lenient": micro_f1(lenient_counts(gold, pred)),
+                "token_accuracy": accuracy_score([t for s in gold for t in s], [t for s in pred for t in s]),
+                "invalid": sum(1 for p in pred for _, a, _ in get_entities(list(p)) if p[a].startswith("I-"))})
+        for key in per_run[0]:
+            assert data[name][key] == pytest.approx(np.mean([r[key] for r in per_run]), abs=1e-12), (name, key)
+        assert table[name][1] == f"{data[name]['strict']:.4f}" and table[name][5] == f"{data[name]['invalid']:.0f}"
+        differ += data[name]["conlleval"] != data[name]["strict"]
+    assert differ > 0
