@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # the keys of a study's [report] table (bertlab.report.DEFAULTS holds their defaults)
 REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha",
-                  "permutation_resamples", "permutation_seed", "bands", "anova", "figures", "confusion",
+                  "permutation_resamples", "permutation_seed", "bands", "min_support", "anova", "figures", "confusion",
                   "type_shares", "plateau")
 
 

@@ -210,6 +210,35 @@ def mean_probabilities(logits: list[np.ndarray], labels: list[str]) -> dict[str,
     return dict(zip(labels, softmax(np.concatenate(rows)).mean(axis=0).tolist()))
 
 
+def calibration_error(logits: list[np.ndarray], gold: list[list[str]], labels: list[str], n_bins: int = 15) -> dict:
+    """How well the softmax's confidence matches its accuracy, over all words: each word's
+    confidence is its largest softmax probability (float64), correct when that label is the gold
+    one. The words are binned by confidence into ``n_bins`` equal-width bins on [0, 1] (a
+    confidence of exactly 1 in the last bin); the expected calibration error is
+    ``ECE = Σ_b (n_b / N) · |accuracy_b − confidence_b|`` (Guo et al. 2017), and ``bins`` are the
+    reliability diagram's points: ``{"count", "confidence", "accuracy"}`` per bin (NaN where
+    empty). A property of the model, not of a decoder: the same for every decode of one model;
+    for a CRF head it is that of the softmaxed emissions."""
+    rows = [(np.asarray(l, dtype=np.float64), g) for l, g in zip(logits, gold) if len(l)]
+    if not rows:
+        return {"ece": float("nan"), "words": 0, "bins": []}
+    probs = softmax(np.concatenate([l for l, _ in rows]))
+    index = {label: i for i, label in enumerate(labels)}
+    gold_ids = np.array([index.get(t, -1) for _, g in rows for t in g])
+    confidence, correct = probs.max(-1), probs.argmax(-1) == gold_ids
+    which = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        mask = which == b
+        n = int(mask.sum())
+        conf = float(confidence[mask].mean()) if n else float("nan")
+        acc = float(correct[mask].mean()) if n else float("nan")
+        bins.append({"count": n, "confidence": conf, "accuracy": acc})
+        if n:
+            ece += n / len(confidence) * abs(acc - conf)
+    return {"ece": float(ece), "words": int(len(confidence)), "bins": bins}
+
+
 def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrator=None) -> list[list[str]]:
     """Tags per sentence from word logits with one decode (see the module docstring)."""
     if decode not in DECODES:
@@ -237,7 +266,9 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
     mode="strict")`` (seqeval's dict layout), ``entity_conlleval`` the tolerant conlleval reading,
     ``token`` the token-level report, ``unweighted_accuracy`` the mean per-label recall (its four
     readings in ``unweighted_accuracy_variants``), ``mean_probability`` each label's mean softmax
-    probability over the words (``mean_probabilities``: the same for every decode), and
+    probability over the words (``mean_probabilities``: the same for every decode),
+    ``calibration`` the softmax's expected calibration error and reliability bins
+    (``calibration_error``: also the same for every decode), and
     ``predictions`` one ``{"doc_id", "sentence", "tokens", "tags" (gold), "pred"}`` per sentence (sentence =
     index within its document), for bootstrapping over documents. ``decode="knn"`` needs ``knn``
     (see ``fit_knn_on_train``), ``decode="calibrated"`` a fitted ``calibrator``; ``logits`` reuses
@@ -269,5 +300,6 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
         "unweighted_accuracy": unweighted_accuracy(gold, pred),
         "unweighted_accuracy_variants": unweighted_accuracy_variants(gold, pred),
         "mean_probability": mean_probabilities(logits, model.labels),
+        "calibration": calibration_error(logits, gold, model.labels),
         "predictions": predictions,
     }

@@ -61,6 +61,7 @@ DEFAULTS = {
     "permutation_resamples": 9999,
     "permutation_seed": 0,
     "bands": {"head": 500, "tail": 50},  # head: >= head training mentions; tail: < tail
+    "min_support": 5,  # per-class rows with fewer test mentions are flagged; macro F1 also over the rest
     "anova": None,  # {a = "optim.lr", b = "sampler.batch_size", metric = "dev_f1_micro", decode = "argmax",
     #                  block = "train.seed"}, or a list of such tables (one section each)
     "figures": True,
@@ -807,6 +808,8 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     md += _environment_section(rows)
     md += _main_section(variants, runs, labels, opts, data, earlier)
     md += _band_section(variants, labels, opts, data)
+    md += _per_class_section(variants, runs, labels, opts, data)
+    md += _calibration_section(study_dir, variants, labels, opts, data)
     md += _conventions_section(variants, runs, labels, data)
     md += _significance_section(variants, runs, labels, study, opts, data, earlier)
     md += _compute_section(variants, labels, short, data)
@@ -1045,6 +1048,139 @@ def convention_scores(counts: dict) -> dict:
             "conlleval": float(f1(c["conlleval"])), "lenient": float(f1(c["lenient"])),
             "token_accuracy": float(c["tokens"][:, 0].sum() / max(c["tokens"][:, 1].sum(), 1)),
             "invalid": int(bad), "invalid_share": float(bad / inside) if inside else 0.0}
+
+
+def per_class_table(x: np.ndarray, layout: CountLayout, min_support: int) -> dict:
+    """Per-class precision, recall, F1 (seed means) with a 95% interval of F1 over seeds and
+    documents, from one variant's counts ``x [S, D, K]``; and macro F1 over the classes with at
+    least ``min_support`` test mentions, with its interval.
+
+    Per-class intervals: ``stats.crossed_t`` on the class's leave-one-document-out pseudo-values
+    (a document without the class's gold mentions leaves its F1 as on the full test set, as the
+    fixed class set does for macro F1). The restricted macro F1 is the mean of those classes' F1,
+    its pseudo-values the mean of theirs."""
+    S, D, _ = x.shape
+    ent, _ = layout.split(x)  # [S, D, T, 3]
+    full = ent.sum(1)  # [S, T, 3]
+    loo = full[:, None] - ent  # [S, D, T, 3]
+
+    def f1(e):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)
+
+    f1_full = f1(full)  # [S, T]
+    f1_loo = np.where(np.isnan(f1(loo)), f1_full[:, None], f1(loo))  # [S, D, T]
+    pseudo = stats.jackknife_pseudovalues(f1_full, np.moveaxis(f1_loo, 1, -1))  # [S, T, D]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(full[..., 1] > 0, full[..., 0] / full[..., 1], 0.0).mean(0)
+        recall = np.where(full[..., 2] > 0, full[..., 0] / full[..., 2], np.nan).mean(0)
+    rows = {}
+    kept = []
+    for c in layout.classes:
+        support = int(full[0, c, 2])
+        ci = stats.crossed_t(pseudo[:, c], estimate=float(f1_full[:, c].mean())).ci if D >= 2 else None
+        rows[layout.types[c]] = {"support": support, "precision": float(precision[c]), "recall": float(recall[c]),
+                                 "f1": float(f1_full[:, c].mean()),
+                                 "ci": None if ci is None or math.isnan(ci.low) else [float(ci.low), float(ci.high)],
+                                 "few": support < min_support}
+        if support >= min_support:
+            kept.append(c)
+    macro = {"classes": len(kept), "min_support": min_support, "f1": math.nan, "ci": None}
+    if kept:
+        estimate = float(f1_full[:, kept].mean(1).mean())
+        macro["f1"] = estimate
+        if D >= 2:
+            ci = stats.crossed_t(pseudo[:, kept].mean(1), estimate=estimate).ci
+            macro["ci"] = None if math.isnan(ci.low) else [float(ci.low), float(ci.high)]
+    return {"classes": rows, "macro_supported": macro}
+
+
+def _per_class_section(variants: dict, runs: dict, labels: dict, opts: dict, data: dict) -> list[str]:
+    k = int(opts["min_support"])
+    tables = {}
+    for key in variants:
+        v = runs[key]
+        if v.counts is None:
+            continue
+        x, layout = stack_counts(v.counts)
+        tables[key] = per_class_table(x, layout, k)
+        data["variants"][labels[key]]["per_class"] = tables[key]
+    if not tables:
+        return []
+    md = ["## Per-class scores with intervals (test set)", "",
+          f"Precision, recall and F1 per entity type (seed means; strict IOB2), the 95% interval of F1 over "
+          f"seeds and documents (`stats.crossed_t` on the class's per-document pseudo-values), and the "
+          f"class's test mentions; a class with fewer than {k} (`[report] min_support`) is flagged †: its "
+          f"F1 rests on a handful of mentions. Macro F1 over the classes with at least {k} test mentions, "
+          f"beside the macro F1 over every class with support (main table):", ""]
+    body = []
+    for key, t in tables.items():
+        m = t["macro_supported"]
+        ci = f"[{_f(m['ci'][0])}, {_f(m['ci'][1])}]" if m["ci"] else "none"
+        body.append([labels[key], str(m["classes"]), _f(m["f1"]), ci])
+    md += _table(["variant", f"classes with ≥ {k} mentions", "macro F1 over them", "95% CI"], body)
+    for key, t in tables.items():
+        md += [f"<details><summary>{labels[key]}: per class</summary>", ""]
+        rows = sorted(t["classes"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
+        md += _table(["class", "test mentions", "precision", "recall", "F1", "95% CI"],
+                     [[name + (" †" if r["few"] else ""), str(r["support"]), _f(r["precision"]), _f(r["recall"]),
+                       _f(r["f1"]), f"[{_f(r['ci'][0])}, {_f(r['ci'][1])}]" if r["ci"] else "none"]
+                      for name, r in rows])
+        md += ["</details>", ""]
+    return md
+
+
+def _calibration_section(study_dir: Path, variants: dict, labels: dict, opts: dict, data: dict) -> list[str]:
+    """The softmax's expected calibration error on test per variant (seed mean ± std; a property
+    of the trained model, so the decodes of one model repeat it) and, with figures on, the
+    reliability diagram of each trained model (bins pooled over seeds)."""
+    rows = {key: [r["calibration"] for r in group if r.get("calibration")] for key, group in variants.items()}
+    rows = {key: cal for key, cal in rows.items() if cal and len(cal) == len(variants[key])}
+    if not rows:
+        return []
+    md = ["## Calibration of the softmax (test set)", "",
+          "Expected calibration error over the test words: each word's largest softmax probability "
+          "(its confidence) against whether that label is the gold one, in 15 equal-width bins, "
+          "ECE = Σ_b (n_b / N) · |accuracy_b − confidence_b| (`bertlab.inference.calibration_error`). "
+          "A property of the trained model before any decoder: the decodes of one model repeat it. "
+          "Mean ± std over seeds.", ""]
+    body, models = [], {}
+    for key, cal in rows.items():
+        mean, std = _mean_std(c["ece"] for c in cal)
+        data["variants"][labels[key]]["ece"] = {"mean": mean, "std": std, "values": [c["ece"] for c in cal]}
+        body.append([labels[key], f"{_f(mean)} ± {_f(std)}", str(cal[0]["words"])])
+        model = labels[key].rsplit(", decode=", 1)[0]
+        models.setdefault(model, cal)  # one curve per trained model
+    md += _table(["variant", "ECE", "test words"], body)
+    if not opts.get("figures", True):
+        return md
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return md
+    fig_dir = study_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    cmap = plt.get_cmap("tab20" if len(models) > 10 else "tab10")
+    for i, (model, cal) in enumerate(models.items()):
+        counts = np.array([[b["count"] for b in c["bins"]] for c in cal], float)  # [seeds, bins]
+        conf = np.array([[b["confidence"] for b in c["bins"]] for c in cal], float)
+        acc = np.array([[b["accuracy"] for b in c["bins"]] for c in cal], float)
+        n = counts.sum(0)
+        keep = n > 0
+        pooled_conf = np.nansum(counts * np.nan_to_num(conf), 0)[keep] / n[keep]
+        pooled_acc = np.nansum(counts * np.nan_to_num(acc), 0)[keep] / n[keep]
+        ax.plot(pooled_conf, pooled_acc, marker="o", ms=3, lw=1, color=cmap(i % cmap.N), label=model)
+    ax.set_xlabel("confidence (largest softmax probability), bin mean")
+    ax.set_ylabel("accuracy of the words in the bin")
+    ax.set_title("Reliability diagram (test words, bins pooled over seeds)", fontsize=10)
+    fig.legend(**_legend_below(len(models) + 1, bbox_to_anchor=(0.5, -0.02)))
+    fig.savefig(fig_dir / "reliability.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return md + ["![reliability diagram](figures/reliability.png)", ""]
 
 
 def _conventions_section(variants: dict, runs: dict, labels: dict, data: dict) -> list[str]:

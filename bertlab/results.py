@@ -103,6 +103,7 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
         "params": metrics.get("params"), "train_mentions": metrics.get("train_mentions", {}),
         # decoder-free: each label's mean softmax probability on test, and the training words per tag
         "mean_probability": m.get("mean_probability"), "train_tags": metrics.get("train_tags"),
+        "calibration": m.get("calibration"),  # the softmax's ECE and reliability bins on test
         "wall_seconds": timing.get("wall_seconds"), "resumed": timing.get("resumed", False),
         "reused_from": meta.get("reused_from"),  # copied from a finished run of the same config (--reuse)
         "time_split": metrics.get("time_split"),  # where the run's seconds went (selection.TIME_PARTS)

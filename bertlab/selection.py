@@ -238,16 +238,16 @@ def clean_json(obj):
 # ---- filling in what an older run did not record ---------------------------------------------------
 
 def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> bool:
-    """Add the decoder-free test measurements (``mean_probability`` per decode, ``train_tags``) to a
-    finished run's ``metrics.json`` from its saved best checkpoints, for runs trained by code that did
-    not record them yet. The same data, windows, batch size and precision as the run's own final
+    """Add the decoder-free test measurements (``mean_probability`` and ``calibration`` per decode,
+    ``train_tags``) to a finished run's ``metrics.json`` from its saved best checkpoints, for runs
+    trained by code that did not record them yet. The same data, windows, batch size and precision as the run's own final
     scoring; nothing else in metrics.json changes (written atomically). Returns whether it wrote."""
     import json
 
     from bertlab.config import config_from_dict
     from bertlab.datasets.prepare import load_splits, tag_counts
     from bertlab.checkpoint import load_pretrained
-    from bertlab.inference import mean_probabilities, word_logits
+    from bertlab.inference import calibration_error, mean_probabilities, word_logits
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     try:
@@ -255,7 +255,8 @@ def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> b
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     test = metrics.get("test") or {}
-    if not force and "train_tags" in metrics and all("mean_probability" in m for m in test.values()):
+    if not force and "train_tags" in metrics and all("mean_probability" in m and "calibration" in m
+                                                      for m in test.values()):
         return False
     cfg = config_from_dict(metrics["config"], where=f"{path}: config")
     splits = load_splits(cfg.data)
@@ -272,11 +273,13 @@ def rescore_run(run_dir: str | os.PathLike, log=print, force: bool = False) -> b
                              cfg.train.eval_batch_size, metrics.get("precision") or "fp32",
                              pad_to_multiple_of=cfg.train.pad_to_multiple_of)
         probabilities = mean_probabilities(logits, model.labels)
+        calibration = calibration_error(logits, [list(s.tags) for s in splits.test.sentences], model.labels)
         for decode in decodes:
             test[decode]["mean_probability"] = probabilities
+            test[decode]["calibration"] = calibration
     metrics["train_tags"] = tag_counts(splits.train.sentences)
     write_json(path, clean_json(metrics))
-    log(f"{run_dir.name}: mean test probabilities of {', '.join(test)} recorded")
+    log(f"{run_dir.name}: mean test probabilities and calibration of {', '.join(test)} recorded")
     return True
 
 

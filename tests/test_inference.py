@@ -234,3 +234,43 @@ def test_unweighted_accuracy_variants_equal_sklearn():
         classes = sorted(set(y) - {"O"})
         assert got[f"{unit}_without_o"] == pytest.approx(
             float(np.mean(recall_score(y, p, labels=classes, average=None, zero_division=0))), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_error_equals_sklearn_reliability_bins_and_the_ece_formula(seed):
+    """Bins: sklearn's calibration_curve (uniform bins) on "is the top label correct" against the top
+    probability, for the non-empty bins; ECE from those bins by the formula, in float64."""
+    from sklearn.calibration import calibration_curve
+
+    from bertlab.inference import calibration_error, softmax
+
+    rng = np.random.default_rng(seed)
+    labels = ["O", "B-A", "I-A", "B-B"]
+    logits = [rng.normal(0, 1 + 2 * rng.random(), (int(rng.integers(1, 9)), 4)) for _ in range(40)]
+    gold = [[labels[i] for i in rng.integers(0, 4, len(l))] for l in logits]
+    logits[0][0] = [40.0, 0, 0, 0]  # a confidence of 1.0: the last bin
+    ours = calibration_error(logits, gold, labels, n_bins=10)
+    p = softmax(np.concatenate(logits).astype(np.float64))
+    conf = p.max(-1)
+    correct = (p.argmax(-1) == np.array([labels.index(t) for g in gold for t in g])).astype(float)
+    acc_ref, conf_ref = calibration_curve(correct, conf, n_bins=10, strategy="uniform")
+    filled = [b for b in ours["bins"] if b["count"]]
+    np.testing.assert_allclose([b["accuracy"] for b in filled], acc_ref, rtol=1e-12)
+    np.testing.assert_allclose([b["confidence"] for b in filled], conf_ref, rtol=1e-12)
+    n = np.array([b["count"] for b in filled])
+    assert n.sum() == ours["words"] == len(conf)
+    ece = float((n / n.sum() * np.abs(acc_ref - conf_ref)).sum())
+    assert ours["ece"] == pytest.approx(ece, rel=1e-12)
+    assert ours["bins"][-1]["count"] >= 1
+
+
+def test_a_perfectly_calibrated_case_has_zero_ece_and_a_confident_wrong_one_has_ece_near_one():
+    from bertlab.inference import calibration_error
+
+    labels = ["O", "B-A"]
+    # two words at confidence 0.75 (log 3 apart), three of four such words right: accuracy 0.75
+    z = np.log(3.0)
+    logits = [np.array([[z, 0.0], [z, 0.0]]), np.array([[z, 0.0], [z, 0.0]])]
+    assert calibration_error(logits, [["O", "O"], ["O", "B-A"]], labels)["ece"] == pytest.approx(0.0, abs=1e-12)
+    wrong = calibration_error([np.array([[50.0, 0.0]] * 3)], [["B-A"] * 3], labels)
+    assert wrong["ece"] == pytest.approx(1.0, abs=1e-12)

@@ -1853,3 +1853,85 @@ def test_scoring_conventions_side_by_side_against_seqeval_and_sklearn(study):
         assert table[name][1] == f"{data[name]['strict']:.4f}" and table[name][5] == f"{data[name]['invalid']:.0f}"
         differ += data[name]["conlleval"] != data[name]["strict"]
     assert differ > 0
+
+
+def doc_counts_of(sdir, row):
+    from bertlab.report import document_counts
+
+    return document_counts(sdir / row["predictions"])
+
+
+def test_per_class_table_against_seqeval_with_intervals_and_the_supported_macro(study):
+    """Per class: precision, recall and F1 are seqeval's (strict) seed means, support the gold test
+    mentions, the F1 interval the seed × document t of the class's leave-one-document-out seqeval F1
+    (a document without the class keeps the full-test-set F1); classes under min_support (5) are
+    flagged, and the supported macro F1 averages the others."""
+    sdir, md, rows = study
+    data = json.loads((sdir / "report.json").read_text())
+    name = "sampler=atl, loss=focal, decode=knn"
+    per_seed = [read_docs(sdir, r) for r in by_variant(rows)[name]]
+    D = len(per_seed[0])
+    table = data["variants"][name]["per_class"]
+
+    def scores(sents):
+        rep = classification_report([s["tags"] for s in sents], [s["pred"] for s in sents], mode="strict",
+                                    scheme=IOB2, output_dict=True, zero_division=0)
+        return {t: v for t, v in rep.items() if " avg" not in t and v["support"] > 0}
+
+    full = [scores([s for d in docs for s in d]) for docs in per_seed]
+    types = sorted(full[0])
+    assert sorted(table["classes"]) == types
+    pseudo = {t: [] for t in types}
+    for docs, f in zip(per_seed, full):
+        loo = [scores([s for k, d in enumerate(docs) if k != j for s in d]) for j in range(D)]
+        for t in types:
+            pseudo[t].append([D * f[t]["f1-score"] - (D - 1) * l.get(t, f[t])["f1-score"] for l in loo])
+    for t in types:
+        row = table["classes"][t]
+        for key, ref in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            assert row[key] == pytest.approx(np.mean([f[t][ref] for f in full]), abs=1e-12), (t, key)
+        assert row["support"] == full[0][t]["support"] and row["few"] == (row["support"] < 5)
+        lo, hi, _ = crossed_interval(np.array(pseudo[t]), row["f1"])
+        assert row["ci"] == pytest.approx([lo, hi], abs=1e-9), t
+    # a threshold between the classes' supports, so that the flag and the restriction both bite
+    from bertlab.report import per_class_table
+
+    k = sorted(full[0][t]["support"] for t in types)[1]
+    kept = [t for t in types if full[0][t]["support"] >= k]
+    assert 0 < len(kept) < len(types)
+    x, layout = stack_counts([doc_counts_of(sdir, r) for r in by_variant(rows)[name]])
+    restricted = per_class_table(x, layout, k)
+    assert [t for t, r in restricted["classes"].items() if r["few"]] == sorted(set(types) - set(kept))
+    macro = restricted["macro_supported"]
+    assert macro["classes"] == len(kept)
+    assert macro["f1"] == pytest.approx(np.mean([[f[t]["f1-score"] for t in kept] for f in full]), abs=1e-12)
+    lo, hi, _ = crossed_interval(np.mean([pseudo[t] for t in kept], axis=0), macro["f1"])
+    assert macro["ci"] == pytest.approx([lo, hi], abs=1e-9)
+    assert table["macro_supported"]["classes"] == sum(full[0][t]["support"] >= 5 for t in types)
+    assert "## Per-class scores with intervals" in md
+
+
+def test_calibration_section_means_each_variants_ece_over_seeds(tmp_path):
+    """Runs that recorded the softmax's calibration: the section's ECE is the seed mean ± std of the
+    recorded values, one row per variant; runs without it (older code) leave the section out."""
+    sdir = make_study(tmp_path, NOISE, report={"figures": True})
+    assert "## Calibration of the softmax" not in build_report(sdir).read_text()
+    rng = np.random.default_rng(5)
+    recorded = {}
+    for metrics_file in sorted(sdir.glob("*/metrics.json")):
+        m = json.loads(metrics_file.read_text())
+        ece = float(rng.uniform(0.01, 0.2))
+        bins = [{"count": 10, "confidence": (b + 0.5) / 15, "accuracy": (b + 0.5) / 15 - ece} for b in range(15)]
+        for decode in m["test"]:
+            m["test"][decode]["calibration"] = {"ece": ece, "words": 150, "bins": bins}
+            recorded.setdefault(metrics_file.parent.name.rsplit("__seed=", 1)[0], []).append(ece)
+        metrics_file.write_text(json.dumps(m))
+    write_results(sdir)
+    md = build_report(sdir).read_text()
+    table = {r[0]: r for r in table_rows(md, "## Calibration of the softmax")}
+    assert len(table) == 8  # 4 trained variants x 2 decodes
+    for name, row in table.items():
+        s, l = (part.split("=")[1] for part in name.split(", ")[:2])
+        values = recorded[f"sampler={s}__loss={l}"][::2]  # each run recorded once per decode
+        assert row[1] == f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+    assert (sdir / "figures" / "reliability.png").exists() and "figures/reliability.png" in md
