@@ -71,19 +71,21 @@ def build_model_and_tokenizer(cfg: ModelConfig, labels: list[str], train_corpus)
     from bertlab.tokenization import Tokenizer
     if cfg.arch:
         return build_bilstm(cfg, labels, train_corpus)
-    if cfg.preset:
-        model = checkpoint.build_model(cfg.preset, labels, **cfg.overrides)
-        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or checkpoint.builtin_path(cfg.builtin))
-    else:  # the config checked that overrides are only given with preset or arch
-        model, tokenizer = checkpoint.load_pretrained(cfg.path or checkpoint.builtin_path(cfg.builtin),
-                                                      labels=labels)
-        if cfg.num_layers:
-            try:
+    # a damaged checkpoint (truncated safetensors, a vocab.txt without [CLS]) names its file in a
+    # ValueError: a config problem, one line, not a traceback
+    try:
+        if cfg.preset:
+            model = checkpoint.build_model(cfg.preset, labels, **cfg.overrides)
+            tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or checkpoint.builtin_path(cfg.builtin))
+        else:  # the config checked that overrides are only given with preset or arch
+            model, tokenizer = checkpoint.load_pretrained(cfg.path or checkpoint.builtin_path(cfg.builtin),
+                                                          labels=labels)
+            if cfg.num_layers:
                 checkpoint.keep_first_layers(model, cfg.num_layers)
-            except ValueError as e:
-                raise ConfigError(f"[model] {e}") from None
-        if cfg.tokenizer:
-            tokenizer = Tokenizer.from_pretrained(cfg.tokenizer)
+            if cfg.tokenizer:
+                tokenizer = Tokenizer.from_pretrained(cfg.tokenizer)
+    except ValueError as e:
+        raise ConfigError(f"[model] {e}") from None
         if tokenizer is None:
             raise ConfigError(f"[model] {cfg.path or cfg.builtin}: the checkpoint has no tokenizer files; "
                               f"set [model] tokenizer to a folder with vocab.txt or tokenizer.json")

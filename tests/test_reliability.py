@@ -123,11 +123,35 @@ def test_config_problems_are_found_before_anything_is_written(tmp_path, capsys):
         ("model", {"preset": "minlm"}, "[model] preset: expected one of"),
         ("model", {"overrides": {"hidden_sise": 8}}, "[model] overrides: 'hidden_sise' is not a BertConfig field"),
         ("data", {"dev_file": str(tmp_path / "missing.tsv")}, "[data] dev_file: "),
+        # issue #41: each of these was a traceback from numpy, torch or the corpus loader
+        ("data", {"name": "nope", "train_file": "", "dev_file": "", "test_file": ""},
+         "[data] name: expected a bundled corpus (maccrobat, "),
+        ("model", {"overrides": {"hidden_size": 16, "num_attention_heads": 3}},
+         "[model] overrides: num_attention_heads = 3 does not divide hidden_size = 16"),
+        ("model", {"overrides": {"hidden_size": -16}}, "[model] overrides: hidden_size = -16: expected a positive integer"),
+        ("train", {"seed": 10**20}, "[train] seed: expected a value from 0 to 4294967295, got 100000000000000000000"),
+        ("train", {"seed": -5}, "[train] seed: expected a value from 0 to 4294967295, got -5"),
+        ("optim", {"betas": [0.9]}, "[optim] betas: expected two numbers in [0, 1)"),
     ]:
         bad = json.loads(json.dumps(cfg))
         bad[key].update(value)
-        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                           .replace(")", r"\)")):
             load_config(bad)
+    with pytest.raises(ConfigError, match=r"^--set optim.betas=\[2.0,-1\]: \[optim\] betas: expected two numbers in "):
+        load_config(cfg, ["optim.betas=[2.0,-1]"])
+
+
+def test_a_config_that_is_not_text_is_one_line_naming_it(tmp_path, capsys):
+    """`bertlab train --config model.safetensors` (a binary file): one line naming the file, not
+    a UnicodeDecodeError about "position 40"."""
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\x80\x04\x95" + bytes(range(256)))
+    assert main(["--config", str(binary), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bertlab train: {binary}: not a text file (byte 0x80 at offset 0 is not UTF-8); "
+                   f"expected a TOML config"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
@@ -173,3 +197,44 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_survives
     assert not any("Traceback" in line or "enforce fail" in line for line in err)
     monkeypatch.setattr(bertlab.resume, "write_with", real)
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def write_toml(cfg: dict, path: Path) -> Path:
+    """A config dict as a TOML file (sections of plain values, ``[model.overrides]`` a sub-table)."""
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for k, v in values.items():
+            if isinstance(v, dict):
+                lines += [f"[{section}.{k}]"] + [f"{a} = {json.dumps(b)}" for a, b in v.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_damaged_checkpoint_or_vocabulary_is_one_line_naming_the_file(tmp_path, capsys, minilm_path):
+    """A truncated model.safetensors in [model] path, and a vocab.txt without [CLS] in [model]
+    tokenizer: one line naming the file (was: a ValueError traceback, and a KeyError '[CLS]')."""
+    from bertlab.checkpoint import build_model, save_pretrained
+    from bertlab.tokenization import Tokenizer
+    cfg = tiny_config(tmp_path / "data")
+    folder = tmp_path / "model"
+    save_pretrained(build_model("minilm", ["O", "B-Sign", "I-Sign", "B-Drug"], **{
+        k: v for k, v in cfg["model"]["overrides"].items()}), Tokenizer.from_pretrained(minilm_path), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    config = write_toml(cfg, tmp_path / "tiny.toml")
+    out = tmp_path / "run"
+    assert main(["--config", str(config), "--out", str(out), "--set", f"model.path={json.dumps(str(folder))}",
+                 "--set", 'model.preset=""', "--set", "model.overrides={}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bertlab train: [model] {weights}: cannot read safetensors file")
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    (vocab / "vocab.txt").write_text("".join(line + "\n" for line in (minilm_path / "vocab.txt").read_text().split("\n")[:-1]
+                                             if line != "[CLS]"))
+    assert main(["--config", str(config), "--out", str(out), "--set", f"model.tokenizer={json.dumps(str(vocab))}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bertlab train: [model] {vocab / 'vocab.txt'}: the classification token '[CLS]' is not in "
+                   f"the vocabulary"]
+    assert not out.exists()
