@@ -194,6 +194,15 @@ def load_config(source: str | os.PathLike | dict | TrainConfig, overrides: list[
     return config_from_dict(raw, where)
 
 
+def is_folder_name(name) -> bool:
+    """Whether ``name`` is one folder name, so ``parent / name`` stays inside ``parent``: a
+    non-empty string without ``/`` or ``\\``, not ``.`` or ``..`` (an absolute path has a ``/``).
+    Names from a config (a study's name, a sweep axis, ``[gradflow] out``) become folders under
+    the folder the user chose with ``--out`` / ``--runs``; a path there would write elsewhere."""
+    return isinstance(name, str) and name.strip() != "" and not any(c in name for c in "/\\") \
+        and name not in (".", "..")
+
+
 # fields that name files or folders: in a config file they are relative to the file's folder
 PATH_FIELDS = (("data", "train_file"), ("data", "dev_file"), ("data", "test_file"), ("model", "path"),
                ("model", "tokenizer"))

@@ -188,6 +188,10 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         raise StudyError(f"unknown scale {scale!r}; expected one of {SCALES}")
     head = raw.get("study", {})
     study_name = head.get("name", path.stem)
+    from bertlab.config import is_folder_name
+    if not is_folder_name(study_name):
+        raise StudyError(f"{where}: [study] name = {study_name!r}: expected a folder name (no '/', '\\' "
+                         f"or '..'); the study's folder is RUNS/NAME, inside --runs")
     base = copy.deepcopy(raw.get("base", {}))
     if not isinstance(base, dict) or not base:
         raise StudyError(f"{where}: [base] is missing; it holds the TrainConfig sections "
@@ -235,6 +239,10 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         if axis == "eval.decode":
             raise StudyError(f"{where}: [sweep] 'eval.decode' is not a training axis: list the "
                              f"decodes in [base.eval] decode = [...]; every run is scored with each")
+    for axis, short in short_names(axes).items():  # a run folder is RUNS/NAME/<short>=<value>__...
+        if not is_folder_name(short):
+            raise StudyError(f"{where}: [sweep] {axis!r}: an axis name becomes part of each run's folder "
+                             f"name; expected a name without '/', '\\' or '..', not a path")
     # seeds last: a run id reads as the variant, then the seed
     axes = {k: v for k, v in axes.items() if k != "train.seed"} | (
         {"train.seed": axes["train.seed"]} if "train.seed" in axes else {})

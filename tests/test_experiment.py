@@ -89,6 +89,25 @@ def test_bad_study_files_name_file_and_key(tmp_path, change, message):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.json"))
 
 
+def test_names_that_are_paths_never_write_outside_the_runs_folder(tmp_path):
+    """Issue #41: `[study] name = "../escaped"` (or an absolute path) made the study folder outside
+    --runs, and a bundle axis named with an absolute path made each run folder there. Both are
+    refused when the study is read, naming the file and the key; nothing is written anywhere."""
+    runs = tmp_path / "runs"
+    cases = [(('name = "tiny"', 'name = "../escaped"'), "[study] name = '../escaped': expected a folder name"),
+             (('name = "tiny"', f'name = "{tmp_path / "absolute"}"'), "[study] name = "),
+             (('"train.seed" = [0, 1]', f'"train.seed" = [0, 1]\n"{tmp_path / "axis"}" = [{{ label = "a", '
+                                        f'"optim.lr" = 1e-3 }}]'),
+              f"[sweep] '{tmp_path / 'axis'}': an axis name becomes part of each run's folder name")]
+    for change, message in cases:
+        d = write_study(tmp_path, TINY.replace(*change))
+        with pytest.raises(StudyError) as e:
+            run_experiment("tiny", out=runs, experiments_dir=d, progress=lambda s: None, only=["loss=ce", "seed=0"],
+                           report=False)
+        assert message in str(e.value) and str(d / "tiny.toml") in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments"]  # not even --runs
+
+
 def test_a_construction_rule_may_name_a_level_that_only_a_smaller_scale_leaves_out(tmp_path):
     rule = '[[report.by_construction]]\nwhere = { "loss.name" = "focal" }\nwhy = "is focal"\n'
     d = write_study(tmp_path, TINY.replace("[scale.smoke]", rule + '[scale.smoke]\nsweep = { "loss.name" = ["ce"] }'))

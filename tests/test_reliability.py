@@ -238,3 +238,17 @@ def test_a_damaged_checkpoint_or_vocabulary_is_one_line_naming_the_file(tmp_path
     assert err == [f"bertlab train: [model] {vocab / 'vocab.txt'}: the classification token '[CLS]' is not in "
                    f"the vocabulary"]
     assert not out.exists()
+
+
+def test_a_gradflow_folder_outside_the_run_folder_is_refused(tmp_path, capsys):
+    """`[gradflow] out = "../../gf"` wrote the gradient-flow files two folders above --out; now one
+    line naming the config, status 2, nothing written."""
+    cfg = tiny_config(tmp_path / "data")
+    config = write_toml(cfg, tmp_path / "tiny.toml")
+    config.write_text(config.read_text() + '[gradflow]\nout = "../../gf"\n')
+    out = tmp_path / "a" / "run"
+    assert main(["--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bertlab train: {config}: [gradflow] out = '../../gf': expected a folder name inside the run "
+                   f"folder (no '/', '\\' or '..'), e.g. \"gradflow\""]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "tiny.toml"]
