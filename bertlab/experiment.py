@@ -676,6 +676,9 @@ def write_study_json(sdir: Path, study: Study, command: str, trains: bool = True
     command that made the results."""
     old = _read_json(sdir / "study.json", {})
     commands = old.get("commands", [])
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        raise StudyError(f"{sdir / 'study.json'}: \"commands\" is not a list of command lines; the file is "
+                         f"damaged: delete it and re-run the study (it is rewritten from the study file)")
     if trains or not commands:
         commands = [c for c in commands if c != command] + [command]
     _write_json(sdir / "study.json", {
@@ -1144,6 +1147,15 @@ def work_together(job: Job, progress=print) -> None:
 
 
 def _one_line(e: BaseException) -> str:
+    """The error as one line. A failed write (an OSError anywhere in the chain: torch reports a full
+    disk as "[enforce fail at inline_container.cc] unexpected pos") is ``file: reason``."""
+    if not isinstance(e, (StudyError, RunError)):
+        x, seen = e, []
+        while x is not None and x not in seen:
+            if isinstance(x, OSError) and x.filename and x.strerror:
+                return f"{x.filename}: {x.strerror}"
+            seen.append(x)
+            x = x.__cause__ or x.__context__
     text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
     return text if isinstance(e, (StudyError, RunError)) else f"{type(e).__name__}: {text}"
 

@@ -78,13 +78,13 @@ DEFAULTS = {
 
 def load_study_results(study_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
     """``(study.json, rows of results.jsonl)`` of a study folder, with clear errors."""
-    from bertlab.results import read_results
+    from bertlab.results import read_json, read_results
     study_dir = Path(study_dir)
     meta_file, results = study_dir / "study.json", study_dir / "results.jsonl"
     if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file}: not found; is {study_dir} a study folder made by "
                                 f"`bertlab experiment`?")
-    study = json.loads(meta_file.read_text(encoding="utf-8"))
+    study = read_json(meta_file)
     rows = read_results(results) if results.exists() else []
     return study, rows
 

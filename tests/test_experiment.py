@@ -321,6 +321,60 @@ def test_errors_are_one_line_naming_the_run_folder(tmp_path, capsys, monkeypatch
     assert err.startswith(f"bertlab experiment: ValueError: {metrics}: not valid JSON (") and err.count("\n") == 1
 
 
+def test_a_full_disk_during_a_study_is_one_line_naming_the_checkpoint(tmp_path, capsys, monkeypatch):
+    """ENOSPC while torch.save writes checkpoint.pt: torch raises "[enforce fail at
+    inline_container.cc:672] unexpected pos" while handling an OSError that names no file. The
+    study says "No space left on device" and names the run's checkpoint.pt, in one line."""
+    import errno
+    import io
+
+    import bertlab.resume
+
+    class FullDisk(io.RawIOBase):  # a file on a disk that fills up after 1 kB
+        written = 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.written += len(b)
+            if self.written > 1024:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(b)
+
+    monkeypatch.setattr(bertlab.resume, "write_with", lambda path, write: write(FullDisk()))
+    d = write_study(tmp_path)
+    args = ["tiny", "--experiments", str(d), "--runs", str(tmp_path / "runs"), "--only", "loss=ce", "--only",
+            "seed=0", "--no-report"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    rdir = tmp_path / "runs" / "tiny" / "loss=ce__seed=0"
+    assert err[-1] == (f"bertlab experiment: {rdir}: {rdir / 'checkpoint.pt'}: No space left on device "
+                       f"(--debug or BERTLAB_DEBUG=1 for the traceback)")
+    assert not any("Traceback" in line or "enforce fail" in line for line in err)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a text file (byte 0x89 at offset 0 is not UTF-8)"),
+    (b"null\n", "expected a JSON object, found NoneType"),
+    (b"[1, 2]\n", "expected a JSON object, found list"),
+    (b'{"commands": 5}\n', '"commands" is not a list of command lines'),
+    (b'{"name": "tiny", "comm', "not valid JSON"),
+])
+def test_a_damaged_study_json_is_one_line_naming_it(tmp_path, capsys, content, message):
+    """Issue #41: a study.json that is binary, or JSON of the wrong shape, was a UnicodeDecodeError,
+    AttributeError or TypeError without the file's name."""
+    d = write_study(tmp_path)
+    sdir = tmp_path / "runs" / "tiny"
+    sdir.mkdir(parents=True)
+    (sdir / "study.json").write_bytes(content)
+    assert main(["tiny", "--experiments", str(d), "--runs", str(tmp_path / "runs"), "--only", "loss=ce",
+                 "--only", "seed=0", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{sdir / 'study.json'}: " in err and message in err and "damaged" in err, err
+    assert not any(sdir.rglob("checkpoint.pt"))
+
+
 # ---- every shipped study, at smoke scale --------------------------------------------------
 
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in (REPO / "docs" / "results").glob("*/results.jsonl")))
