@@ -582,10 +582,15 @@ RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.csv", "log.jsonl", "predi
 
 def remove_run_files(out_dir: Path) -> None:
     """Delete what a previous run wrote in ``out_dir`` (``RUN_FILES``): called only once a new run
-    has loaded its data and model, so a failed start leaves the old run whole."""
+    has loaded its data and model, so a failed start leaves the old run whole. A symbolic link
+    (``best`` pointing at a model kept elsewhere) is removed as a link: what it points at is not
+    this run's to delete."""
     for pattern in RUN_FILES:
         for path in out_dir.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def input_fingerprint(splits: Splits, windows: list) -> dict:

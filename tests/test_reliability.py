@@ -69,6 +69,21 @@ def test_starting_over_leaves_no_file_of_the_old_run(tmp_path):
     assert events.count("start") == 1  # the old run's log lines are gone too
 
 
+def test_starting_over_with_best_a_symlink_removes_the_link_not_its_target(tmp_path, capsys):
+    """Issue #41: `best` a symlink to a model kept elsewhere; `--no-resume` died with "Cannot call
+    rmtree on a symbolic link" (no file named) after deleting half the old run. The link goes, the
+    model it pointed at stays, the new run trains."""
+    cfg, out = finished_run(tmp_path)
+    kept = tmp_path / "kept_model"
+    (out / "best").rename(kept)
+    (out / "best").symlink_to(kept, target_is_directory=True)
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    assert main(["--config", str(write_toml(cfg, tmp_path / "tiny.toml")), "--out", str(out), "--no-resume"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    assert (out / "best").is_dir() and not (out / "best").is_symlink() and (out / "metrics.json").exists()
+
+
 class PoisonAtEpochEnd(Callback):
     """NaN in one weight after the last step of epoch 1 (the epoch's losses are already read)."""
 
