@@ -1567,8 +1567,10 @@ def main(argv: list[str] | None = None) -> int:
                        experiments_dir=args.experiments, report=not args.no_report, shard=shard,
                        workers=args.workers, threads=args.threads, stale_after=args.stale_after,
                        reuse=args.reuse)
-    except KeyboardInterrupt:
-        print("bertlab experiment: interrupted; re-run the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a run trained here says where it stopped (bertlab.train.TrainingInterrupted)
+        from bertlab.train import TrainingInterrupted
+        said = str(e) if isinstance(e, TrainingInterrupted) else "interrupted; re-run the same command to resume"
+        print(f"bertlab experiment: {said}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `bertlab experiment NAME --list | head`: the reader left; bertlab.cli exits quietly
         raise

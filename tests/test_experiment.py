@@ -354,6 +354,25 @@ def test_a_full_disk_during_a_study_is_one_line_naming_the_checkpoint(tmp_path, 
     assert not any("Traceback" in line or "enforce fail" in line for line in err)
 
 
+def test_ctrl_c_in_a_study_names_the_run_and_its_checkpoint(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a study trains a run: one line with the step reached and the checkpoint a
+    re-run resumes from (bertlab.train.TrainingInterrupted), status 130, no traceback."""
+    from bertlab.callbacks import CallbackList
+
+    def ctrl_c(self, step, model, optimizer):
+        if step == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(CallbackList, "after_optimizer_step", ctrl_c)
+    d = write_study(tmp_path)
+    assert main(["tiny", "--experiments", str(d), "--runs", str(tmp_path / "runs"), "--only", "loss=ce",
+                 "--only", "seed=0", "--no-report"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    rdir = tmp_path / "runs" / "tiny" / "loss=ce__seed=0"
+    assert err[-1] == (f"bertlab experiment: interrupted after step 2 of 3; checkpoint at step 2 "
+                       f"({rdir / 'checkpoint.pt'}); re-run the same command to resume")
+    assert not any("Traceback" in line for line in err)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"\x89PNG\r\n\x1a\n\x00\x00", "not a text file (byte 0x89 at offset 0 is not UTF-8)"),
     (b"null\n", "expected a JSON object, found NoneType"),

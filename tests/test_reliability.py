@@ -267,3 +267,41 @@ def test_a_gradflow_folder_outside_the_run_folder_is_refused(tmp_path, capsys):
     assert err == [f"bertlab train: {config}: [gradflow] out = '../../gf': expected a folder name inside the run "
                    f"folder (no '/', '\\' or '..'), e.g. \"gradflow\""]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "tiny.toml"]
+
+
+class CtrlCAt(Callback):
+    """Ctrl-C after optimisation step ``step`` (SIGINT arrives as a KeyboardInterrupt)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def after_optimizer_step(self, step, model, optimizer):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_where_training_stopped_and_how_to_go_on(tmp_path, capsys, monkeypatch):
+    """Issue #41: Ctrl-C was a 20-line KeyboardInterrupt traceback. Now one line: the step reached,
+    the step of the checkpoint a re-run resumes from, and that re-running resumes; status 130.
+    The library raises TrainingInterrupted, still a KeyboardInterrupt."""
+    from bertlab.callbacks import CallbackList
+    from bertlab.train import TrainingInterrupted
+    cfg = tiny_config(tmp_path / "data", train={"checkpoint_every": 2})
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt) as e:  # during step 2: one step done, no checkpoint yet
+        train(load_config(cfg), out, callbacks=[CtrlCAt(2)], resume=False, log=quiet)
+    assert isinstance(e.value, TrainingInterrupted) and (e.value.step, e.value.checkpoint_step) == (1, None)
+    assert str(e.value) == f"interrupted after step 1 of 8 in {out}; no checkpoint was written yet, so " \
+                           f"re-running the same command starts over"
+    config = write_toml(cfg, tmp_path / "tiny.toml")
+    real = CallbackList.after_optimizer_step
+    monkeypatch.setattr(CallbackList, "after_optimizer_step", lambda self, step, model, optimizer: (
+        CtrlCAt(6).after_optimizer_step(step, model, optimizer), real(self, step, model, optimizer)))
+    assert main(["--config", str(config), "--out", str(out), "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"bertlab train: interrupted after step 5 of 8; checkpoint at step 4 "
+                       f"({out / 'checkpoint.pt'}); re-run the same command to resume")
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in err)
+    monkeypatch.setattr(CallbackList, "after_optimizer_step", real)
+    assert main(["--config", str(config), "--out", str(out)]) == 0  # and it does resume
+    assert "resuming" in capsys.readouterr().err and (out / "metrics.json").exists()
