@@ -1187,7 +1187,9 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
     import multiprocessing
     from multiprocessing.connection import wait
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or CUDA state
-    stop = ctx.Event()
+    # "stop after your current run", as one shared byte: an Event is five named semaphores, which
+    # the resource tracker reports as leaked when this process is killed (SIGKILL, OOM killer)
+    stop = ctx.RawValue("b", 0)
     procs, readers, current, skipped = [], {}, {}, set()
     failures: list[str] = []
     spent: list[float] = []
@@ -1215,7 +1217,7 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
                                else f"exited with status {code}")
                         failures.append(f"[w{i}] pid {procs[i].pid} {how}"
                                         + (f" while training {current[i]}" if i in current else ""))
-                        stop.set()
+                        stop.value = 1
                     continue
                 if kind == "line":
                     if msg[0].endswith("skipped"):  # every worker passes every run: say it once
@@ -1235,9 +1237,9 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
                              f"with {busy} worker(s)")
                 elif kind == "failed":
                     failures.append(f"[w{i}] {msg[0]}")
-                    stop.set()
+                    stop.value = 1
     except BaseException:  # Ctrl-C (the workers get it too) or an error here: let them stop cleanly
-        stop.set()
+        stop.value = 1
         for proc in procs:
             proc.join(timeout=60)
             if proc.is_alive():
@@ -1290,21 +1292,38 @@ def _environ(**values):
                 os.environ[k] = v
 
 
+class ParentGone(Exception):
+    """The study process a worker reports to has gone (killed): the worker stops quietly."""
+
+
 def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
     """One worker of ``run_workers``: pin to its place, then ``work`` on the shared job, sending
-    progress to the parent through ``conn``."""
+    progress to the parent through ``conn``. ``stop``: a shared byte the parent sets to 1. When
+    the parent is gone (its end of ``conn`` closed), the worker stops at its next message without
+    a BrokenPipeError traceback; its run keeps its checkpoint, and the claim is released."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, place["cores"])
     import torch
     torch.set_num_threads(place["threads"])
+
+    def send(*message) -> None:
+        try:
+            conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            raise ParentGone from None
+
     try:
-        work(job, progress=lambda line: conn.send(("line", line)), stop=stop.is_set,
-             event=lambda *event: conn.send(event))
+        work(job, progress=lambda line: send("line", line), stop=lambda: bool(stop.value), event=send)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ParentGone:
+        sys.exit(1)
     except Exception as e:
-        conn.send(("failed", _one_line(e)))
+        try:
+            send("failed", _one_line(e))
+        except ParentGone:
+            pass
         sys.exit(2)
 
 
