@@ -106,9 +106,9 @@ def build_model_and_tokenizer(cfg: ModelConfig, labels: list[str], train_corpus)
                 tokenizer = Tokenizer.from_pretrained(cfg.tokenizer)
     except ValueError as e:
         raise ConfigError(f"[model] {e}") from None
-        if tokenizer is None:
-            raise ConfigError(f"[model] {cfg.path or cfg.builtin}: the checkpoint has no tokenizer files; "
-                              f"set [model] tokenizer to a folder with vocab.txt or tokenizer.json")
+    if tokenizer is None:  # a pretrained folder without tokenizer files, and no [model] tokenizer
+        raise ConfigError(f"[model] {cfg.path or cfg.builtin}: the checkpoint has no tokenizer files; "
+                          f"set [model] tokenizer to a folder with vocab.txt or tokenizer.json")
     if cfg.head == "crf" and getattr(model, "head", "softmax") != "crf":
         crf_model = TokenClassifier(model.encoder, labels, head="crf")
         crf_model.classifier.load_state_dict(model.classifier.state_dict())

@@ -236,12 +236,22 @@ def test_a_damaged_checkpoint_or_vocabulary_is_one_line_naming_the_file(tmp_path
     folder = tmp_path / "model"
     save_pretrained(build_model("minilm", ["O", "B-Sign", "I-Sign", "B-Drug"], **{
         k: v for k, v in cfg["model"]["overrides"].items()}), Tokenizer.from_pretrained(minilm_path), folder)
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
     config = write_toml(cfg, tmp_path / "tiny.toml")
     out = tmp_path / "run"
+    pretrained = ["--set", 'model.preset=""', "--set", "model.overrides={}"]
+    for name in ("tokenizer.json", "vocab.txt"):  # a folder without tokenizer files: as before, one line
+        (folder / name).rename(tmp_path / name)
     assert main(["--config", str(config), "--out", str(out), "--set", f"model.path={json.dumps(str(folder))}",
-                 "--set", 'model.preset=""', "--set", "model.overrides={}"]) == 2
+                 *pretrained]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"bertlab train: [model] {folder}: the checkpoint has no tokenizer files; set [model] tokenizer to a "
+        f"folder with vocab.txt or tokenizer.json")
+    for name in ("tokenizer.json", "vocab.txt"):
+        (tmp_path / name).rename(folder / name)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["--config", str(config), "--out", str(out), "--set", f"model.path={json.dumps(str(folder))}",
+                 *pretrained]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"bertlab train: [model] {weights}: cannot read safetensors file")
     vocab = tmp_path / "vocab"
