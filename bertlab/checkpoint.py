@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -401,35 +402,32 @@ def builtin_path(name: str = "minilm") -> Path:
 
 # ---- bertlab convert ----------------------------------------------------------------------
 
-def convert_main(argv: list[str] | None = None) -> int:
-    """``bertlab convert IN OUT``: a pytorch_model.bin folder -> the same folder with model.safetensors.
-
-    The pickle is read with ``torch.load(weights_only=True)``, which refuses anything but tensors.
-    Keys are kept as they are (load_pretrained handles legacy names); other files are copied.
-    """
-    ap = argparse.ArgumentParser(
-        prog="bertlab convert",
-        description="Copy a Hugging Face folder with pytorch_model.bin weights to one with model.safetensors "
-                    "(the only weights bertlab reads). The pickle is read with torch.load(weights_only=True).")
-    ap.add_argument("src", type=Path, help="folder with config.json and pytorch_model.bin (or its shards)")
-    ap.add_argument("dst", type=Path, help="output folder (written atomically)")
-    args = ap.parse_args(argv)
-    src = args.src
+def convert(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, int]:
+    """A pytorch_model.bin folder ``src`` -> the same folder with model.safetensors at ``dst``;
+    returns ``(dst, number of tensors)``. The pickle is read with ``torch.load(weights_only=True)``,
+    which refuses anything but tensors. Keys are kept as they are (load_pretrained handles legacy
+    names); other files are copied. A ValueError or OSError names the file at fault."""
+    src = Path(src)
     if (src / "pytorch_model.bin").exists():
         bins = [src / "pytorch_model.bin"]
     elif (src / "pytorch_model.bin.index.json").exists():
-        idx = json.loads((src / "pytorch_model.bin.index.json").read_text(encoding="utf-8"))
-        bins = [src / f for f in sorted(set(idx["weight_map"].values()))]
+        index = src / "pytorch_model.bin.index.json"
+        try:
+            bins = [src / f for f in sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: expected a JSON object with a \"weight_map\" of file names "
+                             f"({type(e).__name__}: {e})") from None
     else:
-        raise SystemExit(f"bertlab convert: {src}: no pytorch_model.bin or pytorch_model.bin.index.json")
+        raise FileNotFoundError(f"{src}: no pytorch_model.bin or pytorch_model.bin.index.json")
     state = {}
     for b in bins:
         try:
             part = torch.load(b, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise SystemExit(f"bertlab convert: {b}: cannot load with weights_only=True ({type(e).__name__}: {e})")
+            raise ValueError(f"{b}: cannot load with weights_only=True ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())})") from None
         if not isinstance(part, dict):
-            raise SystemExit(f"bertlab convert: {b}: expected a state dict, found {type(part).__name__}")
+            raise ValueError(f"{b}: expected a state dict, found {type(part).__name__}")
         state.update({k: v.contiguous().clone() for k, v in part.items() if isinstance(v, torch.Tensor)})
 
     from safetensors.torch import save_file
@@ -440,6 +438,24 @@ def convert_main(argv: list[str] | None = None) -> int:
                 shutil.copy2(f, tmp / f.name)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
 
-    out = write_folder(args.dst, write)
-    print(f"wrote {out / WEIGHTS} ({len(state)} tensors)")
+    return write_folder(dst, write), len(state)
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    """``bertlab convert IN OUT`` (``convert``); an expected failure is one line, exit status 2,
+    as for every other command."""
+    ap = argparse.ArgumentParser(
+        prog="bertlab convert",
+        description="Copy a Hugging Face folder with pytorch_model.bin weights to one with model.safetensors "
+                    "(the only weights bertlab reads). The pickle is read with torch.load(weights_only=True).")
+    ap.add_argument("src", type=Path, help="folder with config.json and pytorch_model.bin (or its shards)")
+    ap.add_argument("dst", type=Path, help="output folder (written atomically)")
+    args = ap.parse_args(argv)
+    try:
+        out, n = convert(args.src, args.dst)
+    except (OSError, ValueError) as e:
+        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+        print(f"bertlab convert: {reason}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / WEIGHTS} ({n} tensors)")
     return 0

@@ -1,8 +1,9 @@
 """``bertlab <command> ...``: one explicit table from command to the module that owns it.
 
 Each module parses its own arguments (``main(argv)``), so commands stay next to the code they run
-and importing the CLI stays cheap. What every command shares lives here: ``--version``, and a
-quiet exit when the reader of stdout goes away (``bertlab data stats maccrobat | head``).
+and importing the CLI stays cheap. What every command shares lives here: ``--version``, a quiet
+exit when the reader of stdout goes away (``bertlab data stats maccrobat | head``), and one line
+with exit status 130 on Ctrl-C (``bertlab train`` and ``experiment`` say where training stopped).
 """
 from __future__ import annotations
 
@@ -48,7 +49,13 @@ def run(argv: list[str]) -> int:
         print(f"bertlab: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[cmd]
-    return getattr(importlib.import_module(module), func)(rest) or 0
+    try:
+        return getattr(importlib.import_module(module), func)(rest) or 0
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for SIGINT, not a traceback
+        if "--debug" in rest or os.environ.get("BERTLAB_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"bertlab {cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,7 +154,23 @@ MINIMUM = {
     ("optim", "clip_grad_norm"): 0.0, ("optim", "grad_accum"): 1, ("optim", "crf_lr"): 0.0, ("train", "epochs"): 1,
     ("train", "max_steps"): 0, ("train", "early_stopping_patience"): 0, ("train", "checkpoint_every"): 0,
     ("train", "log_every"): 1, ("train", "eval_batch_size"): 1, ("train", "pad_to_multiple_of"): 0, ("eval", "knn_k"): 1,
+    ("train", "seed"): 0,
 }
+# fields that must be <= the given maximum: a seed seeds numpy's legacy generator and torch, which
+# take 0 .. 2**32 - 1 (numpy) and refuse larger or negative numbers with a traceback
+MAXIMUM = {("train", "seed"): 2**32 - 1}
+
+
+def _betas_problem(betas: list) -> str | None:
+    """What is wrong with ``[optim] betas`` (AdamW's decay rates), or None."""
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        return "two numbers in [0, 1), e.g. [0.9, 0.999]"
+    return None
+
+
+# per-field checks beyond type, choices and range: (section, key) -> a function returning what
+# was expected, or None when the value is fine
+FIELD_CHECKS = {("optim", "betas"): _betas_problem}
 
 
 def load_config(source: str | os.PathLike | dict | TrainConfig, overrides: list[str] | tuple = (),
@@ -176,6 +192,15 @@ def load_config(source: str | os.PathLike | dict | TrainConfig, overrides: list[
     for item in overrides:
         apply_override(raw, item, where)
     return config_from_dict(raw, where)
+
+
+def is_folder_name(name) -> bool:
+    """Whether ``name`` is one folder name, so ``parent / name`` stays inside ``parent``: a
+    non-empty string without ``/`` or ``\\``, not ``.`` or ``..`` (an absolute path has a ``/``).
+    Names from a config (a study's name, a sweep axis, ``[gradflow] out``) become folders under
+    the folder the user chose with ``--out`` / ``--runs``; a path there would write elsewhere."""
+    return isinstance(name, str) and name.strip() != "" and not any(c in name for c in "/\\") \
+        and name not in (".", "..")
 
 
 # fields that name files or folders: in a config file they are relative to the file's folder
@@ -203,6 +228,9 @@ def read_toml(path: str | os.PathLike) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is "
+                          f"not UTF-8); expected a TOML config") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
@@ -280,9 +308,16 @@ def build_section(cls, section: str, values: dict, where: str, from_set: dict | 
             raise ConfigError(f"{where_}: [{section}] {key}: expected one of {list(choices)}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where_}: [{section}] {key}: expected a finite number, got {value!r}")
-        minimum = MINIMUM.get((section, key))
+        minimum, maximum = MINIMUM.get((section, key)), MAXIMUM.get((section, key))
+        if maximum is not None and not minimum <= value <= maximum:
+            raise ConfigError(f"{where_}: [{section}] {key}: expected a value from {minimum} to {maximum}, "
+                              f"got {value!r}")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{where_}: [{section}] {key}: expected a value >= {minimum}, got {value!r}")
+        check = FIELD_CHECKS.get((section, key))
+        expected = check(value) if check is not None else None
+        if expected:
+            raise ConfigError(f"{where_}: [{section}] {key}: expected {expected}, got {value!r}")
         out[key] = value
     try:
         return cls(**out)
@@ -378,11 +413,14 @@ def check_config(cfg: TrainConfig, where: str) -> None:
     if cfg.sampler.name == "btl" and cfg.loss.reduction == "weighted_mean":
         raise ConfigError(f"{where}: [loss] reduction: 'weighted_mean' is for ATL only; BTL copies are "
                           f"normalised by the labelled-token count (\"mean\") or not at all (\"sum\")")
-    if len(cfg.optim.betas) != 2:
-        raise ConfigError(f"{where}: [optim] betas: expected two numbers, got {cfg.optim.betas!r}")
     if cfg.data.stride >= cfg.data.max_length - 2:
         raise ConfigError(f"{where}: [data] stride: expected < max_length - 2 = {cfg.data.max_length - 2}, "
                           f"got {cfg.data.stride}")
+    if not cfg.data.train_file:
+        from bertlab.datasets.bundled import CORPORA
+        if cfg.data.name not in CORPORA:
+            raise ConfigError(f"{where}: [data] name: expected a bundled corpus ({', '.join(CORPORA)}) or "
+                              f"train_file = a CoNLL file, got {cfg.data.name!r}")
     if (cfg.data.dev_file or cfg.data.test_file) and not cfg.data.train_file:
         raise ConfigError(f"{where}: [data] dev_file/test_file need train_file as well")
     if cfg.data.train_file and not cfg.data.dev_file and cfg.train.early_stopping_patience:
@@ -434,6 +472,11 @@ def check_model_section(m: ModelConfig, where: str) -> None:
                 coerce(value, hints[key])
             except TypeError as e:
                 raise ConfigError(f"{where}: [model] overrides: {key}: expected {e}, got {value!r}") from None
+        shape = {**BERT_PRESETS, **DISTILBERT_PRESETS}[m.preset]
+        try:  # the whole shape: a width the heads do not divide fails here, not as a torch traceback
+            presets[m.preset](**{**shape, **m.overrides})
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: [model] overrides: {e}") from None
     elif m.arch:
         unknown = sorted(set(m.overrides) - set(BILSTM_OPTIONS))
         if unknown:

@@ -190,6 +190,10 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         raise StudyError(f"unknown scale {scale!r}; expected one of {SCALES}")
     head = raw.get("study", {})
     study_name = head.get("name", path.stem)
+    from bertlab.config import is_folder_name
+    if not is_folder_name(study_name):
+        raise StudyError(f"{where}: [study] name = {study_name!r}: expected a folder name (no '/', '\\' "
+                         f"or '..'); the study's folder is RUNS/NAME, inside --runs")
     base = copy.deepcopy(raw.get("base", {}))
     if not isinstance(base, dict) or not base:
         raise StudyError(f"{where}: [base] is missing; it holds the TrainConfig sections "
@@ -237,6 +241,10 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         if axis == "eval.decode":
             raise StudyError(f"{where}: [sweep] 'eval.decode' is not a training axis: list the "
                              f"decodes in [base.eval] decode = [...]; every run is scored with each")
+    for axis, short in short_names(axes).items():  # a run folder is RUNS/NAME/<short>=<value>__...
+        if not is_folder_name(short):
+            raise StudyError(f"{where}: [sweep] {axis!r}: an axis name becomes part of each run's folder "
+                             f"name; expected a name without '/', '\\' or '..', not a path")
     # seeds last: a run id reads as the variant, then the seed
     axes = {k: v for k, v in axes.items() if k != "train.seed"} | (
         {"train.seed": axes["train.seed"]} if "train.seed" in axes else {})
@@ -671,6 +679,9 @@ def write_study_json(sdir: Path, study: Study, command: str, trains: bool = True
     command that made the results."""
     old = _read_json(sdir / "study.json", {})
     commands = old.get("commands", [])
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        raise StudyError(f"{sdir / 'study.json'}: \"commands\" is not a list of command lines; the file is "
+                         f"damaged: delete it and re-run the study (it is rewritten from the study file)")
     if trains or not commands:
         commands = [c for c in commands if c != command] + [command]
     _write_json(sdir / "study.json", {
@@ -1142,6 +1153,15 @@ def work_together(job: Job, progress=print) -> None:
 
 
 def _one_line(e: BaseException) -> str:
+    """The error as one line. A failed write (an OSError anywhere in the chain: torch reports a full
+    disk as "[enforce fail at inline_container.cc] unexpected pos") is ``file: reason``."""
+    if not isinstance(e, (StudyError, RunError)):
+        x, seen = e, []
+        while x is not None and x not in seen:
+            if isinstance(x, OSError) and x.filename and x.strerror:
+                return f"{x.filename}: {x.strerror}"
+            seen.append(x)
+            x = x.__cause__ or x.__context__
     text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
     return text if isinstance(e, (StudyError, RunError)) else f"{type(e).__name__}: {text}"
 
@@ -1173,7 +1193,9 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
     import multiprocessing
     from multiprocessing.connection import wait
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited torch threads or CUDA state
-    stop = ctx.Event()
+    # "stop after your current run", as one shared byte: an Event is five named semaphores, which
+    # the resource tracker reports as leaked when this process is killed (SIGKILL, OOM killer)
+    stop = ctx.RawValue("b", 0)
     procs, readers, current, skipped = [], {}, {}, set()
     failures: list[str] = []
     spent: list[float] = []
@@ -1201,7 +1223,7 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
                                else f"exited with status {code}")
                         failures.append(f"[w{i}] pid {procs[i].pid} {how}"
                                         + (f" while training {current[i]}" if i in current else ""))
-                        stop.set()
+                        stop.value = 1
                     continue
                 if kind == "line":
                     if msg[0].endswith("skipped"):  # every worker passes every run: say it once
@@ -1221,9 +1243,9 @@ def run_workers(job: Job, n: int, threads: int = 0, progress=print) -> None:
                              f"with {busy} worker(s)")
                 elif kind == "failed":
                     failures.append(f"[w{i}] {msg[0]}")
-                    stop.set()
+                    stop.value = 1
     except BaseException:  # Ctrl-C (the workers get it too) or an error here: let them stop cleanly
-        stop.set()
+        stop.value = 1
         for proc in procs:
             proc.join(timeout=60)
             if proc.is_alive():
@@ -1276,22 +1298,39 @@ def _environ(**values):
                 os.environ[k] = v
 
 
+class ParentGone(Exception):
+    """The study process a worker reports to has gone (killed): the worker stops quietly."""
+
+
 def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
     """One worker of ``run_workers``: pin to its place, then ``work`` on the shared job, sending
-    progress to the parent through ``conn``."""
+    progress to the parent through ``conn``. ``stop``: a shared byte the parent sets to 1. When
+    the parent is gone (its end of ``conn`` closed), the worker stops at its next message without
+    a BrokenPipeError traceback; its run keeps its checkpoint, and the claim is released."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _die_with_parent()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, place["cores"])
     import torch
     torch.set_num_threads(place["threads"])
+
+    def send(*message) -> None:
+        try:
+            conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            raise ParentGone from None
+
     try:
-        work(job, progress=lambda line: conn.send(("line", line)), stop=stop.is_set,
-             event=lambda *event: conn.send(event))
+        work(job, progress=lambda line: send("line", line), stop=lambda: bool(stop.value), event=send)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ParentGone:
+        sys.exit(1)
     except Exception as e:
-        conn.send(("failed", _one_line(e)))
+        try:
+            send("failed", _one_line(e))
+        except ParentGone:
+            pass
         sys.exit(2)
 
 
@@ -1584,8 +1623,10 @@ def main(argv: list[str] | None = None) -> int:
                        experiments_dir=args.experiments, report=not args.no_report, shard=shard,
                        workers=args.workers, threads=args.threads, stale_after=args.stale_after,
                        reuse=args.reuse)
-    except KeyboardInterrupt:
-        print("bertlab experiment: interrupted; re-run the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a run trained here says where it stopped (bertlab.train.TrainingInterrupted)
+        from bertlab.train import TrainingInterrupted
+        said = str(e) if isinstance(e, TrainingInterrupted) else "interrupted; re-run the same command to resume"
+        print(f"bertlab experiment: {said}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `bertlab experiment NAME --list | head`: the reader left; bertlab.cli exits quietly
         raise

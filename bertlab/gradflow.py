@@ -226,6 +226,10 @@ class GradFlowConfig:
             raise ValueError(f"{source}: [gradflow] stats {bad} unknown; expected a subset of {list(ALL_STATS)}")
         if cfg.every < 0 or cfg.per_class_every < 0:
             raise ValueError(f"{source}: [gradflow] every / per_class_every must be >= 0")
+        from bertlab.config import is_folder_name
+        if not is_folder_name(cfg.out):
+            raise ValueError(f"{source}: [gradflow] out = {cfg.out!r}: expected a folder name inside the run "
+                             f"folder (no '/', '\\' or '..'), e.g. \"gradflow\"")
         return cfg
 
 

@@ -23,7 +23,13 @@ def split_config(path) -> tuple[dict, GradFlowConfig]:
 
 
 def _run_name(overrides: str) -> str:
-    return "_".join(o.split("=", 1)[1].strip().strip('"') for o in overrides.split(";") if "=" in o) or "run"
+    """The folder name of a ``[gradflow] compare`` entry: its override values joined by ``_``, with
+    any character but letters, digits and ``._+-`` as ``-`` (a value may be a path, e.g.
+    ``data.train_file=/data/x.tsv``, which must not become a folder outside ``--out``)."""
+    import re
+    name = "_".join(o.split("=", 1)[1].strip().strip('"') for o in overrides.split(";") if "=" in o) or "run"
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", name)
+    return "run" if name in (".", "..") else name
 
 
 def run_gradflow(config_path, out_dir, overrides=(), gradflow_overrides: dict | None = None,

@@ -216,7 +216,7 @@ def calibration_error(logits: list[np.ndarray], gold: list[list[str]], labels: l
     one. The words are binned by confidence into ``n_bins`` equal-width bins on [0, 1] (a
     confidence of exactly 1 in the last bin); the expected calibration error is
     ``ECE = Σ_b (n_b / N) · |accuracy_b − confidence_b|`` (Guo et al. 2017), and ``bins`` are the
-    reliability diagram's points: ``{"count", "confidence", "accuracy"}`` per bin (NaN where
+    reliability diagram's points: ``{"count", "confidence", "accuracy"}`` per bin (None where
     empty). A property of the model, not of a decoder: the same for every decode of one model;
     for a CRF head it is that of the softmaxed emissions."""
     rows = [(np.asarray(l, dtype=np.float64), g) for l, g in zip(logits, gold) if len(l)]
@@ -231,8 +231,8 @@ def calibration_error(logits: list[np.ndarray], gold: list[list[str]], labels: l
     for b in range(n_bins):
         mask = which == b
         n = int(mask.sum())
-        conf = float(confidence[mask].mean()) if n else float("nan")
-        acc = float(correct[mask].mean()) if n else float("nan")
+        conf = float(confidence[mask].mean()) if n else None  # None, not NaN: the dict goes to JSON as is
+        acc = float(correct[mask].mean()) if n else None
         bins.append({"count": n, "confidence": conf, "accuracy": acc})
         if n:
             ece += n / len(confidence) * abs(acc - conf)

@@ -73,8 +73,20 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu"):
     model, tokenizer = load_pretrained(model_dir)
     if tokenizer is None:
         raise FileNotFoundError(f"{model_dir}: no tokenizer files (tokenizer.json or vocab.txt)")
+    check_finite_weights(model, model_dir)
     model.to(pick_device(device)).eval()
     return model, tokenizer
+
+
+def check_finite_weights(model, model_dir) -> None:
+    """UsageError when a weight holds NaN or inf: such a model tags every word with the same
+    arbitrary label (argmax of NaN), so its "no entities" would pass for a result."""
+    import torch
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise UsageError(f"{model_dir}: {len(bad)} weight tensor(s) hold NaN or infinite values ({bad[0]}"
+                         f"{', ...' if len(bad) > 1 else ''}); the model diverged and cannot tag. Use a "
+                         f"checkpoint saved before that (bertlab train never saves one as best/)")
 
 
 def run_config(model_dir: str | os.PathLike) -> tuple[dict | None, Path | None]:
@@ -117,50 +129,65 @@ def scoring_precision(model_dir, precision: str | None = None) -> tuple[str, str
 
 def window_settings(model_dir, max_length: int | None = None, stride: int | None = None) -> tuple[int, int, str]:
     """``(max_length, stride, where they came from)``: the explicit values where given, else the
-    ``[data]`` settings the model was trained with (``run_config``), else 128 / 32."""
+    ``[data]`` settings the model was trained with (``run_config``), else 128 / 32. Windows that
+    cannot be cut (fewer than 3 subwords, a stride that does not move on) are a UsageError naming
+    the option, or the file the value came from."""
     if max_length is not None and stride is not None:
-        return max_length, stride, "--max-length/--stride"
-    cfg, source = run_config(model_dir)
-    if cfg is None:
-        where = (f"bertlab's defaults: no {TRAIN_SETTINGS} in the model folder, no metrics.json beside it; "
-                 f"--max-length/--stride set them")
-        saved = DEFAULT_WINDOW
+        saved, where = (max_length, stride), "--max-length/--stride"
     else:
-        data = cfg.get("data", {})
-        saved = (int(data.get("max_length", DEFAULT_WINDOW[0])), int(data.get("stride", DEFAULT_WINDOW[1])))
-        where = f"as trained, from {source}"
-    if max_length is not None or stride is not None:
-        where = f"--max-length/--stride, the rest {where}"
-    return (saved[0] if max_length is None else max_length), (saved[1] if stride is None else stride), where
+        cfg, source = run_config(model_dir)
+        if cfg is None:
+            where = (f"bertlab's defaults: no {TRAIN_SETTINGS} in the model folder, no metrics.json beside it; "
+                     f"--max-length/--stride set them")
+            saved = DEFAULT_WINDOW
+        else:
+            data = cfg.get("data", {})
+            saved = (int(data.get("max_length", DEFAULT_WINDOW[0])), int(data.get("stride", DEFAULT_WINDOW[1])))
+            where = f"as trained, from {source}"
+        if max_length is not None or stride is not None:
+            where = f"--max-length/--stride, the rest {where}"
+    length, overlap = (saved[0] if max_length is None else max_length), (saved[1] if stride is None else stride)
+    length_name = f"--max-length {length}" if max_length is not None else f"max_length {length} ({where})"
+    stride_name = f"--stride {overlap}" if stride is not None else f"stride {overlap} ({where})"
+    if length < 3:
+        raise UsageError(f"{length_name}: expected at least 3 (a window holds [CLS], [SEP] and at least "
+                         f"one subword)")
+    if not 0 <= overlap < length - 2:
+        raise UsageError(f"{stride_name}: expected 0 <= stride < max_length - 2 = {length - 2} "
+                         f"(consecutive windows overlap by stride subwords and must move on)")
+    return length, overlap, where
 
 
 def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress: bool = False,
-             precision: str = "fp32"):
+             precision: str = "fp32", cache: str | os.PathLike | None = None):
     """The KNN decoder of a saved model: ``model_dir/knn.npz`` (training-word logits ``X``,
     labels ``y``, ``k``, ``metric``; training writes it into ``best/`` when ``[eval] decode`` has
     "knn") if present; otherwise refitted on the training split named by the run's config (the
-    logits of every training word, as at training time) and cached there.
+    logits of every training word, as at training time).
+
+    The model folder is only read, never written (it may be read-only, e.g. a shared or
+    downloaded copy). A refit is kept only where ``cache`` (a folder) says: as
+    ``cache/knn-<fingerprint>.npz``, the fingerprint covering the model folder, its weights file
+    (size and modification time), the run's config and the precision, so a retrained model or
+    another run never picks up a stale reference; without ``cache`` it is refitted every call.
 
     A reference that does not fit the model (other labels, other logit width) is a ``ValueError``
     naming the file or the training data."""
     from bertlab.knn import KNN_FILE, KNNClassifier
     model_dir = Path(model_dir)
-    cached = model_dir / KNN_FILE
+    saved = model_dir / KNN_FILE
     n_labels = len(model.labels)
-    if cached.exists():
-        knn = KNNClassifier.load(cached, progress=progress)
-        width = knn._X.shape[1]
-        if width != n_labels or int(np.max(knn.classes_)) >= n_labels or int(np.min(knn.classes_)) < 0:
-            raise ValueError(f"{cached}: a KNN reference of {width}-wide logits with label ids up to "
-                             f"{int(np.max(knn.classes_))}, but the model has {n_labels} labels; it belongs "
-                             f"to another model: delete it to refit from the run's config")
-        return knn
+    if saved.exists():
+        return _fitting_knn(KNNClassifier.load(saved, progress=progress), saved, n_labels)
     cfg, source = run_config(model_dir)
     if cfg is None:
         raise FileNotFoundError(
-            f"{model_dir}: --knn needs the training words' logits: {cached} is missing and the folder "
+            f"{model_dir}: --knn needs the training words' logits: {saved} is missing and the folder "
             f"is not inside a run folder (no {TRAIN_SETTINGS}, ../metrics.json or ../config.toml naming "
             f"the training data)")
+    cached = Path(cache) / knn_cache_name(model_dir, cfg, precision) if cache is not None else None
+    if cached is not None and cached.exists():
+        return _fitting_knn(KNNClassifier.load(cached, progress=progress), cached, n_labels)
     from bertlab.inference import word_logits
     from bertlab.config import config_from_dict
     from bertlab.datasets.prepare import load_splits
@@ -178,14 +205,38 @@ def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress
                          f"{len(unknown)} of its tags, {sum(unknown.values())} words, are not among the "
                          f"model's {n_labels} labels: {shown}{', ...' if len(unknown) > 5 else ''}")
     log(f"fitting KNN (k={tc.eval.knn_k}, {tc.eval.knn_metric}) on {train.name} train "
-        f"({len(train.sentences)} sentences); cached in {cached}")
+        f"({len(train.sentences)} sentences); "
+        + (f"cached in {cached}" if cached is not None else "not cached (--knn-cache DIR keeps it)"))
     logits = word_logits(model, tokenizer, train.sentences, tc.data.max_length, tc.data.stride,
                          precision=precision, progress=progress)
     X = np.concatenate([l for l in logits if len(l)], axis=0)
     y = np.array([label2id[t] for s in train.sentences for t in s.tags], dtype=np.int64)
     knn = KNNClassifier(k=tc.eval.knn_k, metric=tc.eval.knn_metric, progress=progress).fit(X, y)
-    knn.save(cached)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        knn.save(cached)
     return knn
+
+
+def _fitting_knn(knn, path: Path, n_labels: int):
+    """``knn`` if its reference fits a model with ``n_labels`` labels, else a ValueError naming ``path``."""
+    width = knn._X.shape[1]
+    if width != n_labels or int(np.max(knn.classes_)) >= n_labels or int(np.min(knn.classes_)) < 0:
+        raise ValueError(f"{path}: a KNN reference of {width}-wide logits with label ids up to "
+                         f"{int(np.max(knn.classes_))}, but the model has {n_labels} labels; it belongs "
+                         f"to another model: delete it to refit from the run's config")
+    return knn
+
+
+def knn_cache_name(model_dir, cfg: dict, precision: str) -> str:
+    """``knn-<16 hex digits>.npz``: a refitted KNN reference's file name in a ``--knn-cache`` folder,
+    a hash of what the reference depends on (the model folder, its weights file's size and
+    modification time, the run's config, the precision)."""
+    import hashlib
+    model_dir = Path(model_dir).resolve()
+    weights = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.glob("*.safetensors"))]
+    key = json.dumps([str(model_dir), weights, cfg, precision], sort_keys=True, default=str)
+    return f"knn-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
 # ---- tagging text -------------------------------------------------------------------------
@@ -332,6 +383,15 @@ def check_writable(path: str | os.PathLike) -> None:
         raise UsageError(f"{path}: cannot write: folder {folder} is not writable")
 
 
+def check_not_input(output: str | os.PathLike, inputs: list[str]) -> None:
+    """UsageError when ``output`` is one of the ``inputs`` (the same file, by any name): writing
+    the results would overwrite what was read."""
+    for path in inputs:
+        if path != "-" and Path(path).is_file() and Path(output).is_file() and os.path.samefile(path, output):
+            raise UsageError(f"--output {output}: is the input file {path}; writing would overwrite it. "
+                             f"Choose another --output")
+
+
 def _failure(e: BaseException) -> str:
     """One line for an expected failure: OSErrors as ``path: reason``."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
@@ -360,6 +420,15 @@ def _window_options(ap: argparse.ArgumentParser) -> None:
                          "on another device than the run scored on, scores may differ in the last bits")
 
 
+def _knn_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--knn", action="store_true",
+                    help="KNN decoding over the training words' logits (DIR/knn.npz as training saved it, "
+                         "else refitted from the run's config; the model folder is never written)")
+    ap.add_argument("--knn-cache", metavar="CACHE_DIR",
+                    help="keep a refitted KNN reference in this folder (one file per model and settings) "
+                         "and reuse it next time (default: none, refit on every call)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Tag new text with a trained model: entities as JSONL (or word/tag lines as CoNLL) on stdout."""
     ap = argparse.ArgumentParser(
@@ -371,8 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", required=True, nargs="+", metavar="FILE",
                     help="UTF-8 text files (one document each), .jsonl files (a \"text\" field per line, "
                          "\"id\" optional), or - for stdin")
-    ap.add_argument("--knn", action="store_true",
-                    help="KNN decoding over the training words' logits (DIR/knn.npz, else refitted from the run)")
+    _knn_options(ap)
     _window_options(ap)
     ap.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
                     help="jsonl: one entity a line {doc, type, text, start, end, score}, a null-type line for a "
@@ -387,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.output != "-":
             check_writable(args.output)
+            check_not_input(args.output, args.input)
         ids, texts = read_inputs(args.input)
         model, tokenizer = load_model(args.model, args.device)
         max_length, stride, where = window_settings(args.model, args.max_length, args.stride)
@@ -397,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         progress = show_progress()
         precision, _ = scoring_precision(args.model, args.precision)
         knn = (load_knn(model, tokenizer, args.model, log=lambda s: print(s, file=sys.stderr), progress=progress,
-                        precision=precision) if args.knn else None)
+                        precision=precision, cache=args.knn_cache) if args.knn else None)
     except (OSError, ValueError) as e:
         print(f"bertlab predict: {_failure(e)}", file=sys.stderr)
         return 2
@@ -446,7 +515,7 @@ def label_coverage(model_labels: list[str], corpus) -> dict:
 def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = False, max_documents: int = 0,
                    max_length: int | None = None, stride: int | None = None, scheme: str | None = None,
                    progress: bool = False, log=lambda s: None, precision: str | None = None,
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", knn_cache: str | os.PathLike | None = None) -> dict:
     """Re-score a saved model on a bundled corpus or a CoNLL file: ``bertlab.inference.evaluate``'s
     dict plus the entity- and token-level confusion matrices, the window settings
     (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks)."""
@@ -469,7 +538,8 @@ def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = F
     for w in warnings:
         log(f"warning: {w}")
     precision, precision_source = scoring_precision(model_dir, precision)
-    knn_model = load_knn(model, tokenizer, model_dir, log=log, progress=progress, precision=precision) if knn else None
+    knn_model = (load_knn(model, tokenizer, model_dir, log=log, progress=progress, precision=precision,
+                          cache=knn_cache) if knn else None)
     decode = "knn" if knn else ("viterbi" if getattr(model, "crf", None) is not None else "argmax")
     logits = word_logits(model, tokenizer, corpus.sentences, max_length, stride, precision=precision,
                          progress=progress)
@@ -526,7 +596,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                     help="split of a bundled corpus (default: test)")
     ap.add_argument("--scheme", choices=("IOB1", "IOB2", "IOBES", "BILOU"),
                     help="tag scheme of a CoNLL file, converted to IOB2 (default: IOB2)")
-    ap.add_argument("--knn", action="store_true", help="KNN decoding (see bertlab predict --knn)")
+    _knn_options(ap)
     ap.add_argument("--max-documents", type=int, default=0, metavar="N",
                     help="only the first N documents (default: 0, all)")
     _window_options(ap)
@@ -539,10 +609,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         if args.output:
             check_writable(args.output)
+            check_not_input(args.output, [args.data])
         r = evaluate_model(args.model, args.data, args.split, args.knn, args.max_documents, args.max_length,
                            args.stride, args.scheme, progress=show_progress(),
                            log=lambda s: print(s, file=sys.stderr), precision=args.precision,
-                           device=args.device)
+                           device=args.device, knn_cache=args.knn_cache)
     except (OSError, ValueError) as e:
         print(f"bertlab evaluate: {_failure(e)}", file=sys.stderr)
         return 2

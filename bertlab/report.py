@@ -75,13 +75,13 @@ DEFAULTS = {
 
 def load_study_results(study_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
     """``(study.json, rows of results.jsonl)`` of a study folder, with clear errors."""
-    from bertlab.results import read_results
+    from bertlab.results import read_json, read_results
     study_dir = Path(study_dir)
     meta_file, results = study_dir / "study.json", study_dir / "results.jsonl"
     if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file}: not found; is {study_dir} a study folder made by "
                                 f"`bertlab experiment`?")
-    study = json.loads(meta_file.read_text(encoding="utf-8"))
+    study = read_json(meta_file)
     rows = read_results(results) if results.exists() else []
     return study, rows
 
@@ -1167,12 +1167,12 @@ def _calibration_section(study_dir: Path, variants: dict, labels: dict, opts: di
     cmap = plt.get_cmap("tab20" if len(models) > 10 else "tab10")
     for i, (model, cal) in enumerate(models.items()):
         counts = np.array([[b["count"] for b in c["bins"]] for c in cal], float)  # [seeds, bins]
-        conf = np.array([[b["confidence"] for b in c["bins"]] for c in cal], float)
-        acc = np.array([[b["accuracy"] for b in c["bins"]] for c in cal], float)
+        conf = np.array([[b["confidence"] or 0.0 for b in c["bins"]] for c in cal], float)  # empty bins: None
+        acc = np.array([[b["accuracy"] or 0.0 for b in c["bins"]] for c in cal], float)
         n = counts.sum(0)
         keep = n > 0
-        pooled_conf = np.nansum(counts * np.nan_to_num(conf), 0)[keep] / n[keep]
-        pooled_acc = np.nansum(counts * np.nan_to_num(acc), 0)[keep] / n[keep]
+        pooled_conf = (counts * conf).sum(0)[keep] / n[keep]
+        pooled_acc = (counts * acc).sum(0)[keep] / n[keep]
         ax.plot(pooled_conf, pooled_acc, marker="o", ms=3, lw=1, color=cmap(i % cmap.N), label=model)
     ax.set_xlabel("confidence (largest softmax probability), bin mean")
     ax.set_ylabel("accuracy of the words in the bin")

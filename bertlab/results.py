@@ -160,9 +160,15 @@ def read_json(path: str | os.PathLike, default=None):
         if default is not None:
             return default
         raise FileNotFoundError(f"{path}: not found")
+    damaged = ("the file is damaged: delete it and re-run the study (a run whose metrics.json is deleted is "
+               "trained or scored again)")
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); the "
-                         f"file is damaged: delete it and re-run the study (a run whose metrics.json is "
-                         f"deleted is trained or scored again)") from None
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {damaged}") from None
+    except UnicodeDecodeError as e:  # binary garbage, e.g. a disk error or another program's file
+        raise ValueError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not "
+                         f"UTF-8); {damaged}") from None
+    if not isinstance(obj, dict):  # every JSON file of a study or run folder is one object
+        raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}; {damaged}")
+    return obj

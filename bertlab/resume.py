@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,19 @@ def save_checkpoint(path: Path, model, optimizer, progress: Progress, config: di
            "inputs": json.dumps(inputs or {})}
     if scaler is not None:  # fp16's GradScaler: its scale and growth tracker (plain numbers)
         obj["scaler"] = scaler
-    write_with(path, lambda f: torch.save(obj, f))
+    try:
+        write_with(path, lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as e:
+        # torch reports a failed write (a full disk) as "[enforce fail at inline_container.cc:672]
+        # unexpected pos", raised while handling the OSError, whose file name is None: say what
+        # failed and name the checkpoint
+        x, seen = e, []
+        while x is not None and x not in seen and not (isinstance(x, OSError) and x.errno):
+            seen.append(x)
+            x = x.__cause__ or x.__context__
+        if x is None or x in seen:
+            raise
+        raise OSError(x.errno, x.strerror or os.strerror(x.errno), str(path)) from e
 
 
 def load_checkpoint(path: Path) -> dict:

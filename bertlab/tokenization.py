@@ -117,7 +117,10 @@ class Tokenizer:
                 raise ValueError(f"{path / 'tokenizer.json'}: cannot read tokenizer ({e})") from None
             norm = json.loads(tok.to_str()).get("normalizer") or {}
             lower = cfg.get("do_lower_case", norm.get("lowercase", True))
-            return cls(tok, lower, max_len, specials, cfg)
+            try:
+                return cls(tok, lower, max_len, specials, cfg)
+            except ValueError as e:  # a special token the vocabulary lacks: name the file
+                raise ValueError(f"{path / 'tokenizer.json'}: {e}") from None
         if (path / "vocab.txt").exists():
             lower = cfg.get("do_lower_case", True)
             tok = bert_wordpiece(path / "vocab.txt", lowercase=lower,
@@ -125,7 +128,10 @@ class Tokenizer:
                                  tokenize_chinese_chars=cfg.get("tokenize_chinese_chars", True),
                                  cls_token=specials["cls_token"], sep_token=specials["sep_token"],
                                  unk_token=specials["unk_token"])
-            return cls(tok, lower, max_len, specials, cfg)
+            try:
+                return cls(tok, lower, max_len, specials, cfg)
+            except ValueError as e:
+                raise ValueError(f"{path / 'vocab.txt'}: {e}") from None
         raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt; a BERT checkpoint folder "
                                 f"needs one of them")
 
@@ -316,8 +322,9 @@ def bert_wordpiece(vocab_file: str | os.PathLike, lowercase: bool = True, strip_
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last token, it does not start another
     vocab = {tok: i for i, tok in enumerate(lines)}  # a repeated token keeps its last id, as in HF
-    if unk_token not in vocab:
-        raise ValueError(f"{vocab_file}: the unknown token {unk_token!r} is not in the vocabulary")
+    for name, token in (("unknown", unk_token), ("classification", cls_token), ("separator", sep_token)):
+        if token not in vocab:  # every window starts with [CLS] and ends with [SEP]
+            raise ValueError(f"{vocab_file}: the {name} token {token!r} is not in the vocabulary")
     tok = _RustTokenizer(WordPiece(vocab, unk_token=unk_token))
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
                                                 strip_accents=strip_accents, lowercase=lowercase)

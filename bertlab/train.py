@@ -53,6 +53,26 @@ class NonFiniteLossError(RuntimeError):
     The last good checkpoint and the best model so far are left untouched."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training, saying where it stood: ``step``, the optimisation steps
+    completed (None while still setting up), of ``total_steps``, and ``checkpoint_step``, the step
+    of the checkpoint a re-run resumes from (None when there is none). Still a KeyboardInterrupt,
+    so whatever stops on Ctrl-C (a study, a notebook cell) stops."""
+
+    def __init__(self, out_dir: Path, step: int | None = None, total_steps: int | None = None,
+                 checkpoint_step: int | None = None):
+        self.out_dir, self.step, self.total_steps, self.checkpoint_step = out_dir, step, total_steps, checkpoint_step
+        if step is None:
+            message = f"interrupted while setting up {out_dir}, before any step; re-run the same command"
+        elif checkpoint_step is None:
+            message = (f"interrupted after step {step} of {total_steps} in {out_dir}; no checkpoint was written "
+                       f"yet, so re-running the same command starts over")
+        else:
+            message = (f"interrupted after step {step} of {total_steps}; checkpoint at step {checkpoint_step} "
+                       f"({out_dir / CHECKPOINT}); re-run the same command to resume")
+        super().__init__(message)
+
+
 # =============================================================================================
 # 1. The model
 
@@ -70,22 +90,24 @@ def build_model_and_tokenizer(cfg: ModelConfig, labels: list[str], train_corpus)
     from bertlab.tokenization import Tokenizer
     if cfg.arch:
         return build_bilstm(cfg, labels, train_corpus)
-    if cfg.preset:
-        model = checkpoint.build_model(cfg.preset, labels, **cfg.overrides)
-        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or checkpoint.builtin_path(cfg.builtin))
-    else:  # the config checked that overrides are only given with preset or arch
-        model, tokenizer = checkpoint.load_pretrained(cfg.path or checkpoint.builtin_path(cfg.builtin),
-                                                      labels=labels)
-        if cfg.num_layers:
-            try:
+    # a damaged checkpoint (truncated safetensors, a vocab.txt without [CLS]) names its file in a
+    # ValueError: a config problem, one line, not a traceback
+    try:
+        if cfg.preset:
+            model = checkpoint.build_model(cfg.preset, labels, **cfg.overrides)
+            tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or checkpoint.builtin_path(cfg.builtin))
+        else:  # the config checked that overrides are only given with preset or arch
+            model, tokenizer = checkpoint.load_pretrained(cfg.path or checkpoint.builtin_path(cfg.builtin),
+                                                          labels=labels)
+            if cfg.num_layers:
                 checkpoint.keep_first_layers(model, cfg.num_layers)
-            except ValueError as e:
-                raise ConfigError(f"[model] {e}") from None
-        if cfg.tokenizer:
-            tokenizer = Tokenizer.from_pretrained(cfg.tokenizer)
-        if tokenizer is None:
-            raise ConfigError(f"[model] {cfg.path or cfg.builtin}: the checkpoint has no tokenizer files; "
-                              f"set [model] tokenizer to a folder with vocab.txt or tokenizer.json")
+            if cfg.tokenizer:
+                tokenizer = Tokenizer.from_pretrained(cfg.tokenizer)
+    except ValueError as e:
+        raise ConfigError(f"[model] {e}") from None
+    if tokenizer is None:  # a pretrained folder without tokenizer files, and no [model] tokenizer
+        raise ConfigError(f"[model] {cfg.path or cfg.builtin}: the checkpoint has no tokenizer files; "
+                          f"set [model] tokenizer to a folder with vocab.txt or tokenizer.json")
     if cfg.head == "crf" and getattr(model, "head", "softmax") != "crf":
         crf_model = TokenClassifier(model.encoder, labels, head="crf")
         crf_model.classifier.load_state_dict(model.classifier.state_dict())
@@ -421,9 +443,17 @@ def train(config: TrainConfig | str | os.PathLike | dict, out_dir: str | os.Path
     """
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     d = setup_distributed(cfg.train.device)
+    reached: dict = {}  # where the loop stands, for the message of a Ctrl-C
     try:
         with run_folder_lock(Path(out_dir), d):
-            return _train(cfg, Path(out_dir), CallbackList(callbacks), resume, log, d, loss)
+            return _train(cfg, Path(out_dir), CallbackList(callbacks), resume, log, d, loss, reached)
+    except KeyboardInterrupt:
+        if "progress" not in reached:  # still setting up
+            raise TrainingInterrupted(Path(out_dir)) from None
+        losses = reached["losses"]  # the checkpoint written last in this session, else the one resumed from
+        checkpoint_step = losses.last_good_step if losses.last_good_step is not None else reached["resumed_at"]
+        raise TrainingInterrupted(Path(out_dir), reached["progress"].step, reached["total_steps"],
+                                  checkpoint_step) from None
     finally:
         if d.initialised_here:
             torch.distributed.destroy_process_group()
@@ -449,10 +479,11 @@ def run_folder_lock(out_dir: Path, d: Dist):
 
 
 def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: bool, log, d: Dist,
-           loss_fn: TokenLoss | None) -> dict:
+           loss_fn: TokenLoss | None, reached: dict) -> dict:
     """The loop, top to bottom: per step the forward pass, the loss, backward, clipping, the
     learning rate and the optimizer step; per epoch dev scores, the best model per decode and a
-    checkpoint; at the end the chosen models scored on dev and test."""
+    checkpoint; at the end the chosen models scored on dev and test. ``reached`` is filled with
+    the loop's progress and step losses (``train`` reads them to say where a Ctrl-C stopped it)."""
     from tqdm import tqdm
     if log is None:
         log = (lambda line: tqdm.write(line, file=sys.stderr)) if d.main else (lambda line: None)
@@ -471,6 +502,8 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                total_steps=s.total_steps, warmup_steps=s.warmup_steps, time=time.time(),
                **({"epochs_from": s.epochs_from} if s.epochs_from is not None else {}))
     losses = StepLosses(progress, s.ckpt_path)
+    reached.update(progress=progress, losses=losses, total_steps=s.total_steps,
+                   resumed_at=progress.step if s.resumed else None)
     clock = _clocks()  # start of the stretch of training time not yet added to progress
 
     while not progress.training_done:
@@ -599,7 +632,9 @@ RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.csv", "log.jsonl", "predi
 
 def remove_run_files(out_dir: Path) -> None:
     """Delete what a previous run wrote in ``out_dir`` (``RUN_FILES``): called only once a new run
-    has loaded its data and model, so a failed start leaves the old run whole."""
+    has loaded its data and model, so a failed start leaves the old run whole. A symbolic link
+    (``best`` pointing at a model kept elsewhere) is removed as a link: what it points at is not
+    this run's to delete."""
     for pattern in RUN_FILES:
         for path in out_dir.glob(pattern):
             remove_path(path)  # a linked best/ loses the link, not what it points to
@@ -1013,6 +1048,12 @@ def main(argv: list[str] | None = None) -> int:
             folder = callbacks[0].out_dir
             written = write_figures(read_rows(folder / "gradflow.csv"), folder)
             print(f"gradient flow: {folder / 'gradflow.csv'}" + (f" and {len(written)} figures" if written else ""))
+    except KeyboardInterrupt as e:  # Ctrl-C: where training stood and how to go on, not a traceback
+        if args.debug or os.environ.get("BERTLAB_DEBUG"):
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"bertlab train: {e if isinstance(e, TrainingInterrupted) else 'interrupted'}", file=sys.stderr)
+        return 130
     except Exception as e:  # expected failures are one line naming the file/key; --debug shows the rest
         if args.debug or os.environ.get("BERTLAB_DEBUG") or not is_expected(e):
             raise

@@ -335,9 +335,29 @@ class Payload:  # stands for arbitrary code in a pickle
 def test_convert_refuses_arbitrary_pickles(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     torch.save({"w": torch.zeros(2), "evil": Payload()}, tmp_path / "in" / "pytorch_model.bin")
-    with pytest.raises(SystemExit, match="weights_only=True"):
-        convert_main([str(tmp_path / "in"), str(tmp_path / "out")])
-    assert "pwned" not in capsys.readouterr().out and not (tmp_path / "out").exists()
+    assert convert_main([str(tmp_path / "in"), str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert "pwned" not in out and not (tmp_path / "out").exists()
+    assert err.startswith(f"bertlab convert: {tmp_path / 'in' / 'pytorch_model.bin'}: cannot load with "
+                          f"weights_only=True") and err.count("\n") == 1
+
+
+def test_convert_failures_are_one_line_with_status_2(tmp_path, capsys):
+    """Like every other command (issue #41: convert exited 1 through SystemExit): a folder without
+    weights, a damaged shard index, a file that is no state dict."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "pytorch_model.bin.index.json").write_text("{")
+    (tmp_path / "list").mkdir()
+    torch.save([torch.zeros(2)], tmp_path / "list" / "pytorch_model.bin")
+    for folder, message in [("empty", "no pytorch_model.bin or pytorch_model.bin.index.json"),
+                            ("index", "pytorch_model.bin.index.json: expected a JSON object with a \"weight_map\""),
+                            ("list", "pytorch_model.bin: expected a state dict, found list"),
+                            ("missing", "no pytorch_model.bin")]:
+        assert convert_main([str(tmp_path / folder), str(tmp_path / "out")]) == 2, folder
+        err = capsys.readouterr().err
+        assert err.startswith(f"bertlab convert: {tmp_path / folder}") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_runtime_does_not_import_reference_libraries():

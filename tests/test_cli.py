@@ -43,6 +43,18 @@ def test_closed_pipe_is_a_quiet_exit(argv):
     assert p.wait(timeout=120) == (0 if "-h" in argv[1:] else 1) and err == ""
 
 
+def test_ctrl_c_is_one_line_with_status_130(monkeypatch, capsys):
+    """Ctrl-C in any command (here predict, reading its input) is one line and the shell's status
+    for SIGINT, not a KeyboardInterrupt traceback; --debug keeps the traceback."""
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("bertlab.predict.main", interrupted)
+    assert main(["predict", "--model", "m", "--input", "-"]) == 130
+    assert capsys.readouterr().err == "bertlab predict: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):
+        main(["predict", "--debug"])
+
+
 def parser_of(func, monkeypatch) -> argparse.ArgumentParser:
     """The ArgumentParser a command's main builds, caught as it parses."""
     class Caught(Exception):

@@ -361,6 +361,31 @@ def test_nbme_bad_input_names_file_line_and_id(tmp_path, column, value, message)
         read_nbme(tmp_path)
 
 
+def test_nbme_short_rows_long_notes_and_bad_csv(tmp_path):
+    """Issue #41: a short row of patient_notes.csv was a TypeError, a note over csv's default field
+    limit (131,072 characters) a _csv.Error. The first names the file and line; the long note is read.
+    (Python 3.11's csv module raises on little else; what it does raise is a DataError naming the line.)"""
+    import csv
+    for name in ("features.csv", "train.csv"):
+        (tmp_path / name).write_bytes((NBME_SAMPLE / name).read_bytes())
+    notes = (NBME_SAMPLE / "patient_notes.csv").read_text()
+    with open(NBME_SAMPLE / "patient_notes.csv", newline="") as f:
+        n_lines = f.read().count("\n")
+    (tmp_path / "patient_notes.csv").write_text(notes + "999,0\n")
+    with open(tmp_path / "train.csv", "a") as f:
+        f.write("999_000,0,999,0,[],[]\n")
+    with pytest.raises(DataError, match=rf"patient_notes.csv:{n_lines + 1}: 2 field\(s\), the header has 3: "
+                                         r"no value for pn_history"):
+        read_nbme(tmp_path)
+    long_note = "Palpitations. " + "Denies chest pain. " * 8000  # 152,014 characters
+    with open(tmp_path / "patient_notes.csv", "w", newline="") as f:
+        f.write(notes)
+        csv.writer(f).writerow(["999", "0", long_note])
+    pair = {p.id: p for p in read_nbme(tmp_path)}["999_000"]
+    assert pair.note_text == long_note and len(pair.tokens) == 2 + 4 * 8000
+    assert csv.field_size_limit() == 131072  # the csv module's global is put back
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def test_cli_list_and_stats(capsys):
     assert data_main(["list"]) == 0

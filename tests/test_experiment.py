@@ -89,6 +89,25 @@ def test_bad_study_files_name_file_and_key(tmp_path, change, message):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.json"))
 
 
+def test_names_that_are_paths_never_write_outside_the_runs_folder(tmp_path):
+    """Issue #41: `[study] name = "../escaped"` (or an absolute path) made the study folder outside
+    --runs, and a bundle axis named with an absolute path made each run folder there. Both are
+    refused when the study is read, naming the file and the key; nothing is written anywhere."""
+    runs = tmp_path / "runs"
+    cases = [(('name = "tiny"', 'name = "../escaped"'), "[study] name = '../escaped': expected a folder name"),
+             (('name = "tiny"', f'name = "{tmp_path / "absolute"}"'), "[study] name = "),
+             (('"train.seed" = [0, 1]', f'"train.seed" = [0, 1]\n"{tmp_path / "axis"}" = [{{ label = "a", '
+                                        f'"optim.lr" = 1e-3 }}]'),
+              f"[sweep] '{tmp_path / 'axis'}': an axis name becomes part of each run's folder name")]
+    for change, message in cases:
+        d = write_study(tmp_path, TINY.replace(*change))
+        with pytest.raises(StudyError) as e:
+            run_experiment("tiny", out=runs, experiments_dir=d, progress=lambda s: None, only=["loss=ce", "seed=0"],
+                           report=False)
+        assert message in str(e.value) and str(d / "tiny.toml") in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments"]  # not even --runs
+
+
 def test_a_construction_rule_may_name_a_level_that_only_a_smaller_scale_leaves_out(tmp_path):
     rule = '[[report.by_construction]]\nwhere = { "loss.name" = "focal" }\nwhy = "is focal"\n'
     d = write_study(tmp_path, TINY.replace("[scale.smoke]", rule + '[scale.smoke]\nsweep = { "loss.name" = ["ce"] }'))
@@ -300,6 +319,79 @@ def test_errors_are_one_line_naming_the_run_folder(tmp_path, capsys, monkeypatch
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bertlab experiment: ValueError: {metrics}: not valid JSON (") and err.count("\n") == 1
+
+
+def test_a_full_disk_during_a_study_is_one_line_naming_the_checkpoint(tmp_path, capsys, monkeypatch):
+    """ENOSPC while torch.save writes checkpoint.pt: torch raises "[enforce fail at
+    inline_container.cc:672] unexpected pos" while handling an OSError that names no file. The
+    study says "No space left on device" and names the run's checkpoint.pt, in one line."""
+    import errno
+    import io
+
+    import bertlab.resume
+
+    class FullDisk(io.RawIOBase):  # a file on a disk that fills up after 1 kB
+        written = 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.written += len(b)
+            if self.written > 1024:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(b)
+
+    monkeypatch.setattr(bertlab.resume, "write_with", lambda path, write: write(FullDisk()))
+    d = write_study(tmp_path)
+    args = ["tiny", "--experiments", str(d), "--runs", str(tmp_path / "runs"), "--only", "loss=ce", "--only",
+            "seed=0", "--no-report"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    rdir = tmp_path / "runs" / "tiny" / "loss=ce__seed=0"
+    assert err[-1] == (f"bertlab experiment: {rdir}: {rdir / 'checkpoint.pt'}: No space left on device "
+                       f"(--debug or BERTLAB_DEBUG=1 for the traceback)")
+    assert not any("Traceback" in line or "enforce fail" in line for line in err)
+
+
+def test_ctrl_c_in_a_study_names_the_run_and_its_checkpoint(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a study trains a run: one line with the step reached and the checkpoint a
+    re-run resumes from (bertlab.train.TrainingInterrupted), status 130, no traceback."""
+    from bertlab.callbacks import CallbackList
+
+    def ctrl_c(self, step, model, optimizer):
+        if step == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(CallbackList, "after_optimizer_step", ctrl_c)
+    d = write_study(tmp_path)
+    assert main(["tiny", "--experiments", str(d), "--runs", str(tmp_path / "runs"), "--only", "loss=ce",
+                 "--only", "seed=0", "--no-report"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    rdir = tmp_path / "runs" / "tiny" / "loss=ce__seed=0"
+    assert err[-1] == (f"bertlab experiment: interrupted after step 2 of 3; checkpoint at step 2 "
+                       f"({rdir / 'checkpoint.pt'}); re-run the same command to resume")
+    assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a text file (byte 0x89 at offset 0 is not UTF-8)"),
+    (b"null\n", "expected a JSON object, found NoneType"),
+    (b"[1, 2]\n", "expected a JSON object, found list"),
+    (b'{"commands": 5}\n', '"commands" is not a list of command lines'),
+    (b'{"name": "tiny", "comm', "not valid JSON"),
+])
+def test_a_damaged_study_json_is_one_line_naming_it(tmp_path, capsys, content, message):
+    """Issue #41: a study.json that is binary, or JSON of the wrong shape, was a UnicodeDecodeError,
+    AttributeError or TypeError without the file's name."""
+    d = write_study(tmp_path)
+    sdir = tmp_path / "runs" / "tiny"
+    sdir.mkdir(parents=True)
+    (sdir / "study.json").write_bytes(content)
+    assert main(["tiny", "--experiments", str(d), "--runs", str(tmp_path / "runs"), "--only", "loss=ce",
+                 "--only", "seed=0", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{sdir / 'study.json'}: " in err and message in err and "damaged" in err, err
+    assert not any(sdir.rglob("checkpoint.pt"))
 
 
 # ---- every shipped study, at smoke scale --------------------------------------------------

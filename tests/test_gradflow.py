@@ -457,6 +457,12 @@ def test_gradflow_config_errors_name_the_key():
         gradflow.GradFlowConfig.from_dict({"evry": 3}, source="x.toml")
     with pytest.raises(ValueError, match="stats"):
         gradflow.GradFlowConfig.from_dict({"stats": ["grad_nrm"]}, source="x.toml")
+    for out in ("../../gf", "/tmp/gf", "..", ""):  # issue #41: these wrote outside the run folder
+        with pytest.raises(ValueError, match=r"x.toml: \[gradflow\] out = .*: expected a folder name inside the run"):
+            gradflow.GradFlowConfig.from_dict({"out": out}, source="x.toml")
+    # a compare entry's folder is named after its values, which may be paths
+    assert gradflow_cli._run_name("data.train_file=/data/x.tsv;optim.lr=1e-3") == "-data-x.tsv_1e-3"
+    assert gradflow_cli._run_name("sampler.name=btl") == "btl" and gradflow_cli._run_name('model.path=".."') == "run"
 
 
 def test_train_with_the_recorder_is_bit_identical_to_train_without(tmp_path):

@@ -3,6 +3,7 @@ BertForTokenClassification would give them on the same saved folder, offsets ind
 text, KNN decoding equals the KNN classifier's vote, and the CLI reads text, JSONL and stdin."""
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,6 +177,26 @@ def test_evaluate_on_a_conll_file_equals_the_bundled_corpus(model_dir, tmp_path)
         assert [p["pred"] for p in r["predictions"]] == [p["pred"] for p in bundled["predictions"]]
 
 
+def damaged_copies(model_dir, tmp_path) -> tuple[Path, Path]:
+    """Two copies of the model: one whose vocab.txt lacks [CLS] (and no tokenizer.json), one with a
+    NaN in a weight (a diverged run's)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    no_cls = tmp_path / "no_cls"
+    shutil.copytree(model_dir, no_cls)
+    (no_cls / "tokenizer.json").unlink()
+    vocab = (no_cls / "vocab.txt").read_text().split("\n")
+    (no_cls / "vocab.txt").write_text("\n".join(t for t in vocab if t != "[CLS]"))
+    nan = tmp_path / "nan"
+    shutil.copytree(model_dir, nan)
+    weights = load_file(str(nan / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, str(nan / "model.safetensors"), metadata={"format": "pt"})
+    return no_cls, nan
+
+
 def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsys, monkeypatch):
     """Missing files, bad folders, non-UTF-8 input, unknown corpora, wrong flag combinations,
     unwritable outputs: one line on stderr, exit status 2; an unwritable output fails first."""
@@ -183,6 +204,7 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
     (tmp_path / "note.txt").write_text(TEXT)
     (tmp_path / "test.conll").write_text("Fever\tB-Sign_symptom\n")
     note, model = str(tmp_path / "note.txt"), str(model_dir)
+    no_cls, nan = damaged_copies(model_dir, tmp_path)
     cases = [
         (main, ["--model", model, "--input", str(tmp_path / "latin1.txt")],
          f"{tmp_path / 'latin1.txt'}:2: cannot decode byte 0xe9"),
@@ -204,6 +226,23 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
          "max_length = 600 is more than the model's 512 positions"),
         (main, ["--model", model, "--input", note, "--device", "banana"], "--device banana: expected cpu, cuda"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--device", "banana"], "--device banana: expected"),
+        # issue #41: tracebacks from the windowing, a KeyError '[CLS]'; NaN weights and an output
+        # that is the input exited 0
+        (main, ["--model", model, "--input", note, "--max-length", "0"], "--max-length 0: expected at least 3"),
+        (main, ["--model", model, "--input", note, "--max-length", "2"], "--max-length 2: expected at least 3"),
+        (main, ["--model", model, "--input", note, "--stride", "-1"],
+         "--stride -1: expected 0 <= stride < max_length - 2 = 126"),
+        (main, ["--model", model, "--input", note, "--max-length", "16", "--stride", "14"],
+         "--stride 14: expected 0 <= stride < max_length - 2 = 14"),
+        (evaluate_main, ["--model", model, "--data", "maccrobat", "--max-length", "16", "--stride", "20"],
+         "--stride 20: expected 0 <= stride < max_length - 2 = 14"),
+        (main, ["--model", str(no_cls), "--input", note],
+         f"{no_cls / 'vocab.txt'}: the classification token '[CLS]' is not in the vocabulary"),
+        (main, ["--model", str(nan), "--input", note], f"{nan}: 1 weight tensor(s) hold NaN or infinite values"),
+        (evaluate_main, ["--model", str(nan), "--data", "maccrobat"], "hold NaN or infinite values"),
+        (main, ["--model", model, "--input", note, "--output", note], f"--output {note}: is the input file {note}"),
+        (evaluate_main, ["--model", model, "--data", str(tmp_path / "test.conll"), "--output", str(tmp_path / "test.conll")],
+         "is the input file"),
     ]
     if not torch.cuda.is_available():
         cases.append((main, ["--model", model, "--input", note, "--device", "cuda"],
@@ -212,6 +251,7 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
         assert func(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert (tmp_path / "note.txt").read_text() == TEXT and (tmp_path / "test.conll").read_text() == "Fever\tB-Sign_symptom\n"
 
     def fail(*a, **k):
         raise AssertionError("the model was loaded before the output was checked")
@@ -305,12 +345,46 @@ def test_knn_refit_reproduces_training_time_knn(tmp_path):
     r = evaluate_model(best, "maccrobat", "test", knn=True, max_documents=2, max_length=48, stride=8)
     assert [p["pred"] for p in r["predictions"]] == [p["pred"] for p in trained]
     (best / "knn.npz").unlink()  # an older run folder: refit from the run's config
-    r = evaluate_model(best, "maccrobat", "test", knn=True, max_documents=2, max_length=48, stride=8)
-    assert (best / "knn.npz").exists()  # cached for the next call
+    r = evaluate_model(best, "maccrobat", "test", knn=True, max_documents=2, max_length=48, stride=8,
+                       knn_cache=tmp_path / "cache")
+    assert not (best / "knn.npz").exists()  # the model folder is only read
+    cached = list((tmp_path / "cache").glob("knn-*.npz"))  # kept where --knn-cache says
+    assert len(cached) == 1
     assert [p["pred"] for p in r["predictions"]] == [p["pred"] for p in trained]
-    z_saved, z_refit = np.load(io.BytesIO(saved)), np.load(best / "knn.npz")
+    z_saved, z_refit = np.load(io.BytesIO(saved)), np.load(cached[0])
     np.testing.assert_allclose(z_refit["X"], z_saved["X"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(z_refit["y"], z_saved["y"])
+
+
+def test_predict_knn_never_writes_the_model_folder(model_dir, tmp_path, capsys):
+    """`predict --knn` on a folder without knn.npz refits in memory and leaves the (possibly
+    read-only) model folder as it was; --knn-cache DIR keeps the refit there for the next call,
+    under a name that changes with the model (a retrained model never reads a stale reference)."""
+    (tmp_path / "note.txt").write_text(TEXT)
+    best = saved_run(model_dir, tmp_path, "best/bertlab_train.json",
+                     {"data": {"name": "maccrobat", "max_documents": 2, "max_length": 48, "stride": 8},
+                      "eval": {"knn_k": 3}})
+    before = {p.name: p.stat().st_mtime_ns for p in best.iterdir()}
+    best.chmod(0o555)  # read-only (root ignores this; the listing below is the real check)
+    try:
+        assert main(["--model", str(best), "--input", str(tmp_path / "note.txt"), "--knn"]) == 0
+        assert {p.name: p.stat().st_mtime_ns for p in best.iterdir()} == before  # was: knn.npz written there
+        out, err = capsys.readouterr()
+        assert "not cached (--knn-cache DIR keeps it)" in err and out
+        from bertlab.predict import knn_cache_name, run_config
+        cache = tmp_path / "cache"
+        argv = ["--model", str(best), "--input", str(tmp_path / "note.txt"), "--knn", "--knn-cache", str(cache)]
+        assert main(argv) == 0
+        assert capsys.readouterr().out == out and [p.name for p in cache.iterdir()] == [
+            knn_cache_name(best, run_config(best)[0], "fp32")]
+        assert main(argv) == 0
+        again, err = capsys.readouterr()
+        assert again == out and "fitting KNN" not in err  # read from the cache
+    finally:
+        best.chmod(0o755)
+    assert {p.name: p.stat().st_mtime_ns for p in best.iterdir()} == before
+    (best / "model.safetensors").touch()  # "retrained": another cache entry
+    assert knn_cache_name(best, run_config(best)[0], "fp32") not in [p.name for p in cache.iterdir()]
 
 
 def test_lenient_reading_is_transformers_pipeline_first(model_dir):

@@ -73,6 +73,21 @@ def test_starting_over_leaves_no_file_of_the_old_run(tmp_path):
     assert events.count("start") == 1  # the old run's log lines are gone too
 
 
+def test_starting_over_with_best_a_symlink_removes_the_link_not_its_target(tmp_path, capsys):
+    """Issue #41: `best` a symlink to a model kept elsewhere; `--no-resume` died with "Cannot call
+    rmtree on a symbolic link" (no file named) after deleting half the old run. The link goes, the
+    model it pointed at stays, the new run trains."""
+    cfg, out = finished_run(tmp_path)
+    kept = tmp_path / "kept_model"
+    (out / "best").rename(kept)
+    (out / "best").symlink_to(kept, target_is_directory=True)
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    assert main(["--config", str(write_toml(cfg, tmp_path / "tiny.toml")), "--out", str(out), "--no-resume"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    assert (out / "best").is_dir() and not (out / "best").is_symlink() and (out / "metrics.json").exists()
+
+
 class PoisonAtEpochEnd(Callback):
     """NaN in one weight after the last step of epoch 1 (the epoch's losses are already read)."""
 
@@ -127,11 +142,35 @@ def test_config_problems_are_found_before_anything_is_written(tmp_path, capsys):
         ("model", {"preset": "minlm"}, "[model] preset: expected one of"),
         ("model", {"overrides": {"hidden_sise": 8}}, "[model] overrides: 'hidden_sise' is not a BertConfig field"),
         ("data", {"dev_file": str(tmp_path / "missing.tsv")}, "[data] dev_file: "),
+        # issue #41: each of these was a traceback from numpy, torch or the corpus loader
+        ("data", {"name": "nope", "train_file": "", "dev_file": "", "test_file": ""},
+         "[data] name: expected a bundled corpus (maccrobat, "),
+        ("model", {"overrides": {"hidden_size": 16, "num_attention_heads": 3}},
+         "[model] overrides: num_attention_heads = 3 does not divide hidden_size = 16"),
+        ("model", {"overrides": {"hidden_size": -16}}, "[model] overrides: hidden_size = -16: expected a positive integer"),
+        ("train", {"seed": 10**20}, "[train] seed: expected a value from 0 to 4294967295, got 100000000000000000000"),
+        ("train", {"seed": -5}, "[train] seed: expected a value from 0 to 4294967295, got -5"),
+        ("optim", {"betas": [0.9]}, "[optim] betas: expected two numbers in [0, 1)"),
     ]:
         bad = json.loads(json.dumps(cfg))
         bad[key].update(value)
-        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                           .replace(")", r"\)")):
             load_config(bad)
+    with pytest.raises(ConfigError, match=r"^--set optim.betas=\[2.0,-1\]: \[optim\] betas: expected two numbers in "):
+        load_config(cfg, ["optim.betas=[2.0,-1]"])
+
+
+def test_a_config_that_is_not_text_is_one_line_naming_it(tmp_path, capsys):
+    """`bertlab train --config model.safetensors` (a binary file): one line naming the file, not
+    a UnicodeDecodeError about "position 40"."""
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\x80\x04\x95" + bytes(range(256)))
+    assert main(["--config", str(binary), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bertlab train: {binary}: not a text file (byte 0x80 at offset 0 is not UTF-8); "
+                   f"expected a TOML config"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
@@ -282,3 +321,105 @@ def test_a_linked_best_folder_is_replaced_not_its_target(tmp_path):
         assert sorted(p.name for p in victim.iterdir()) == ["thesis.tex"], resume
         assert (victim / "thesis.tex").read_text() == "\\chapter{Results}\n"
         assert not (out / "best").is_symlink() and (out / "best" / "model.safetensors").exists()
+
+def write_toml(cfg: dict, path: Path) -> Path:
+    """A config dict as a TOML file (sections of plain values, ``[model.overrides]`` a sub-table)."""
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for k, v in values.items():
+            if isinstance(v, dict):
+                lines += [f"[{section}.{k}]"] + [f"{a} = {json.dumps(b)}" for a, b in v.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_damaged_checkpoint_or_vocabulary_is_one_line_naming_the_file(tmp_path, capsys, minilm_path):
+    """A truncated model.safetensors in [model] path, and a vocab.txt without [CLS] in [model]
+    tokenizer: one line naming the file (was: a ValueError traceback, and a KeyError '[CLS]')."""
+    from bertlab.checkpoint import build_model, save_pretrained
+    from bertlab.tokenization import Tokenizer
+    cfg = tiny_config(tmp_path / "data")
+    folder = tmp_path / "model"
+    save_pretrained(build_model("minilm", ["O", "B-Sign", "I-Sign", "B-Drug"], **{
+        k: v for k, v in cfg["model"]["overrides"].items()}), Tokenizer.from_pretrained(minilm_path), folder)
+    config = write_toml(cfg, tmp_path / "tiny.toml")
+    out = tmp_path / "run"
+    pretrained = ["--set", 'model.preset=""', "--set", "model.overrides={}"]
+    for name in ("tokenizer.json", "vocab.txt"):  # a folder without tokenizer files: as before, one line
+        (folder / name).rename(tmp_path / name)
+    assert main(["--config", str(config), "--out", str(out), "--set", f"model.path={json.dumps(str(folder))}",
+                 *pretrained]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"bertlab train: [model] {folder}: the checkpoint has no tokenizer files; set [model] tokenizer to a "
+        f"folder with vocab.txt or tokenizer.json")
+    for name in ("tokenizer.json", "vocab.txt"):
+        (tmp_path / name).rename(folder / name)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["--config", str(config), "--out", str(out), "--set", f"model.path={json.dumps(str(folder))}",
+                 *pretrained]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bertlab train: [model] {weights}: cannot read safetensors file")
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    (vocab / "vocab.txt").write_text("".join(line + "\n" for line in (minilm_path / "vocab.txt").read_text().split("\n")[:-1]
+                                             if line != "[CLS]"))
+    assert main(["--config", str(config), "--out", str(out), "--set", f"model.tokenizer={json.dumps(str(vocab))}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bertlab train: [model] {vocab / 'vocab.txt'}: the classification token '[CLS]' is not in "
+                   f"the vocabulary"]
+    assert not out.exists()
+
+
+def test_a_gradflow_folder_outside_the_run_folder_is_refused(tmp_path, capsys):
+    """`[gradflow] out = "../../gf"` wrote the gradient-flow files two folders above --out; now one
+    line naming the config, status 2, nothing written."""
+    cfg = tiny_config(tmp_path / "data")
+    config = write_toml(cfg, tmp_path / "tiny.toml")
+    config.write_text(config.read_text() + '[gradflow]\nout = "../../gf"\n')
+    out = tmp_path / "a" / "run"
+    assert main(["--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bertlab train: {config}: [gradflow] out = '../../gf': expected a folder name inside the run "
+                   f"folder (no '/', '\\' or '..'), e.g. \"gradflow\""]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "tiny.toml"]
+
+
+class CtrlCAt(Callback):
+    """Ctrl-C after optimisation step ``step`` (SIGINT arrives as a KeyboardInterrupt)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def after_optimizer_step(self, step, model, optimizer):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_where_training_stopped_and_how_to_go_on(tmp_path, capsys, monkeypatch):
+    """Issue #41: Ctrl-C was a 20-line KeyboardInterrupt traceback. Now one line: the step reached,
+    the step of the checkpoint a re-run resumes from, and that re-running resumes; status 130.
+    The library raises TrainingInterrupted, still a KeyboardInterrupt."""
+    from bertlab.callbacks import CallbackList
+    from bertlab.train import TrainingInterrupted
+    cfg = tiny_config(tmp_path / "data", train={"checkpoint_every": 2})
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt) as e:  # during step 2: one step done, no checkpoint yet
+        train(load_config(cfg), out, callbacks=[CtrlCAt(2)], resume=False, log=quiet)
+    assert isinstance(e.value, TrainingInterrupted) and (e.value.step, e.value.checkpoint_step) == (1, None)
+    assert str(e.value) == f"interrupted after step 1 of 8 in {out}; no checkpoint was written yet, so " \
+                           f"re-running the same command starts over"
+    config = write_toml(cfg, tmp_path / "tiny.toml")
+    real = CallbackList.after_optimizer_step
+    monkeypatch.setattr(CallbackList, "after_optimizer_step", lambda self, step, model, optimizer: (
+        CtrlCAt(6).after_optimizer_step(step, model, optimizer), real(self, step, model, optimizer)))
+    assert main(["--config", str(config), "--out", str(out), "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"bertlab train: interrupted after step 5 of 8; checkpoint at step 4 "
+                       f"({out / 'checkpoint.pt'}); re-run the same command to resume")
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in err)
+    monkeypatch.setattr(CallbackList, "after_optimizer_step", real)
+    assert main(["--config", str(config), "--out", str(out)]) == 0  # and it does resume
+    assert "resuming" in capsys.readouterr().err and (out / "metrics.json").exists()

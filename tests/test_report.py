@@ -1231,6 +1231,19 @@ def test_missing_study_folder_points_to_the_committed_result(tmp_path, capsys):
     assert "docs/results" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\xff", b"[]"])
+def test_a_damaged_study_json_is_one_line_naming_it(tmp_path, capsys, content):
+    """Issue #41: an empty, binary or non-object study.json was "Expecting value: line 1 column 1"
+    or a traceback, without the file's name."""
+    from bertlab.report import main
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.json").write_bytes(content)
+    assert main([str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"bertlab report: {tmp_path / 's' / 'study.json'}: ") \
+        and "damaged" in err
+
+
 def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
     """A committed folder (results.jsonl and report.json, no prediction files) rebuilt in place:
     the main-table intervals and the comparisons' document-level results of the earlier build are

@@ -291,6 +291,41 @@ def test_workers_die_with_a_killed_study_and_a_rerun_finishes_it(tiny, tmp_path)
     assert comparable(read_results(sdir / "results.jsonl")) == ref
     assert (sdir / "report.md").exists()
 
+def test_a_killed_study_leaves_no_traceback_and_no_leaked_semaphores(tiny, tmp_path):
+    """Issue #41: SIGKILL the study process while its 2 workers train. Each worker used to print a
+    BrokenPipeError traceback at its next message to the dead parent, and the resource tracker
+    "5 leaked semaphore objects" (the stop Event's). Now the workers stop quietly at that message,
+    releasing their claims, and there is nothing to leak."""
+    d, _ = tiny
+    out, err = open(tmp_path / "out.txt", "w"), open(tmp_path / "err.txt", "w")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bertlab", "experiment", "tiny", "--experiments", str(d),
+                             "--runs", str(tmp_path / "runs"), "--workers", "2", "--threads", "1", "--no-report"],
+                            stdout=out, stderr=err, cwd=repo, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    deadline = time.time() + 240
+    while ": training" not in (tmp_path / "out.txt").read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [int(w.split()[2].rstrip(":")) for w in (tmp_path / "out.txt").read_text().splitlines()
+               if w.startswith("[w") and " pid " in w]
+    assert len(workers) == 2, (tmp_path / "out.txt").read_text()
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    while any(alive(pid) for pid in workers) and time.time() < deadline:  # orphans: end of their current run
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)
+    time.sleep(1)  # the resource tracker speaks once its last client is gone
+    text = (tmp_path / "err.txt").read_text()
+    assert "Traceback" not in text and "BrokenPipeError" not in text and "leaked" not in text, text
+    assert not list((tmp_path / "runs").rglob("claim-*.json"))
+
 
 def test_command_line_shard_list_and_errors(tiny, capsys):
     from bertlab.experiment import main

@@ -40,19 +40,36 @@ class FeaturePair:
     locations: list[list[tuple[int, int]]]  # per annotation, its fragments (character offsets)
 
 
-def _rows(path: Path, columns: tuple[str, ...]):
-    """(line number, row dict) for each record of a CSV file that must have ``columns``."""
+def _rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, row dict) for each record of a CSV file that must have ``columns``. A record
+    with fewer fields than the header, or malformed CSV, is a DataError naming the file and line."""
     if not path.exists():
         raise DataError(f"{path}: file not found; expected the NBME layout (patient_notes.csv, "
                         f"features.csv, train.csv)")
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise DataError(f"{path}:1: header lacks column(s) {missing}; expected {', '.join(columns)}")
-    line = 2
-    for row in reader:
-        yield line, row
-        line = reader.line_num + 1  # line_num counts physical lines, notes span several
+    text = read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    limit = csv.field_size_limit()
+    # a field may be as long as the file (a note over csv's default 131,072 characters is a note);
+    # the limit is the csv module's global, so it is put back at once
+    csv.field_size_limit(max(limit, len(text) + 1))
+    out, line = [], 2
+    try:
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}:1: header lacks column(s) {missing}; expected {', '.join(columns)}")
+        for row in reader:
+            short = [c for c in columns if row.get(c) is None]  # DictReader fills a short record with None
+            if short:
+                given = sum(v is not None for k, v in row.items() if k is not None)
+                raise DataError(f"{path}:{line}: {given} field(s), the header has {len(reader.fieldnames)}: "
+                                f"no value for {', '.join(short)}")
+            out.append((line, row))
+            line = reader.line_num + 1  # line_num counts physical lines, notes span several
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
+    return out
 
 
 def parse_location(value: str, where: str) -> list[list[tuple[int, int]]]:

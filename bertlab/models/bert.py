@@ -29,6 +29,28 @@ class HFConfig:
     """What BERT's and DistilBERT's configs share: read from and written to a Hugging Face
     config.json dict. A subclass is a dataclass naming its ``required`` fields."""
     required = ()  # (no annotation: not a dataclass field)
+    sizes = ()     # integer fields that must be >= 1
+    heads = ()     # (width field, heads field): the width must split evenly into heads
+    dropouts = ()  # probabilities, in [0, 1]
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """ValueError naming the field when the shapes cannot make a model (a negative width,
+        a width the heads do not divide, a dropout outside [0, 1]), before any tensor is made."""
+        for name in self.sizes:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} = {value!r}: expected a positive integer")
+        width, heads = self.heads
+        if getattr(self, width) % getattr(self, heads):
+            raise ValueError(f"{heads} = {getattr(self, heads)} does not divide {width} = {getattr(self, width)}; "
+                             f"each head gets {width} / {heads} dimensions")
+        for name in self.dropouts:
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} = {value!r}: expected a probability in [0, 1]")
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config"):
@@ -37,7 +59,10 @@ class HFConfig:
         if missing:
             raise ValueError(f"{source}: missing config field(s) {missing} for a {cls.__name__}")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{source}: {e}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +104,10 @@ class BertConfig(HFConfig):
 
     # fields without which no checkpoint can be read: a config.json must name them
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size")
+    heads = ("hidden_size", "num_attention_heads")
+    dropouts = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 
     @property
     def head_dim(self) -> int:

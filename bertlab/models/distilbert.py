@@ -48,6 +48,9 @@ class DistilBertConfig(HFConfig):
 
     # fields without which no checkpoint can be read: a config.json must name them
     required = ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim")
+    sizes = ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings")
+    heads = ("dim", "n_heads")
+    dropouts = ("dropout", "attention_dropout", "qa_dropout", "seq_classif_dropout")
 
     # BERT's names for the same numbers (transformers' attribute_map), so code can read either
     @property
