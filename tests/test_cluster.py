@@ -33,8 +33,6 @@ STUDY, SCALE, SHARDS = "ce_vs_focal", "smoke", 4
 FOLDER = f"{STUDY}-{SCALE}"  # the study folder under RUNS
 ARGS = "--set train.epochs=10 --set train.max_steps=40"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-         "BOOT_FAIL", "DEADLINE"}
 cluster = pytest.mark.cluster
 
 
@@ -207,7 +205,8 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             if state == "idle":
                 return None
             if time.time() > deadline:
-                return f"the node is {state or 'unknown to slurmctld'} after 60 s: {_last_line(self.log / 'slurmd.log')}"
+                why = _last_line(self.log / "slurmd.log")
+                return f"the node is {state or 'unknown to slurmctld'} after 60 s: {why}"
             time.sleep(0.5)
 
     def _daemon(self, name, command):
