@@ -1,7 +1,8 @@
 """Dev scores per epoch and checkpoint selection per decode; the final scoring of the chosen models.
 
 At the end of every epoch ``evaluate_dev`` scores the model as it is on dev with every decode of
-``[eval] decode`` (argmax, viterbi, knn, calibrated) from one forward pass, plus the dev loss;
+``[eval] decode`` (argmax, viterbi, knn, calibrated, and the ``+bio`` forms) from one forward
+pass, plus the dev loss;
 ``update_best`` keeps, per decode, the epoch with the best ``[eval] select`` score (ties go to the
 later epoch), and ``save_best_folders`` saves the model for each decode whose best it became
 (``best/`` for the first decode, ``best-<decode>/`` for the others, hard links when they agree),
@@ -22,6 +23,7 @@ import numpy as np
 
 from bertlab.checkpoint import BEST_META, best_folder, link_folder, load_best_into, save_best
 from bertlab.config import EvalConfig, TrainConfig
+from bertlab.constrained import base_decode
 from bertlab.datasets.prepare import Splits
 from bertlab.files import write_json, write_jsonl, write_text
 
@@ -49,7 +51,8 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
         if folder.exists():
             load_best_into(model, folder)
         knn = calibrator = None
-        if "knn" in decodes:
+        bases = {base_decode(d) for d in decodes}
+        if "knn" in bases:
             if (folder / KNN_FILE).exists():
                 knn = KNNClassifier.load(folder / KNN_FILE)
             else:  # no dev set at epoch end: fit it now, and keep it for `bertlab predict --knn`
@@ -57,7 +60,7 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
                                        metric=cfg.eval.knn_metric, **options)
                 if folder.exists():
                     knn.save(folder / KNN_FILE)
-        if "calibrated" in decodes and (folder / CALIBRATION_FILE).exists():
+        if "calibrated" in bases and (folder / CALIBRATION_FILE).exists():
             calibrator = BiasCalibrator.load(folder / CALIBRATION_FILE)
         for split in ("dev", "test"):
             corpus = getattr(splits, split)
@@ -66,7 +69,7 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
             t0 = time.perf_counter()
             logits = word_logits(model, tokenizer, corpus.sentences, **options)
             forward_seconds = time.perf_counter() - t0
-            if "calibrated" in decodes and calibrator is None and split == "dev":
+            if "calibrated" in bases and calibrator is None and split == "dev":
                 calibrator = BiasCalibrator(model.labels).fit(logits, [s.tags for s in corpus.sentences])
                 if folder.exists():
                     calibrator.save(folder / CALIBRATION_FILE)
@@ -111,12 +114,12 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
     logits = word_logits(model, tokenizer, sentences, **options)
     gold = [list(s.tags) for s in sentences]
     lap("dev_forward")
-    fitted = {}
-    if "knn" in cfg.eval.decode:  # a forward pass over the whole training split, then the index
+    fitted, bases = {}, {base_decode(d) for d in cfg.eval.decode}
+    if "knn" in bases:  # a forward pass over the whole training split, then the index
         fitted["knn"] = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
                                          metric=cfg.eval.knn_metric, **options)
         lap("knn_fit")
-    if "calibrated" in cfg.eval.decode:
+    if "calibrated" in bases:
         fitted["calibrated"] = BiasCalibrator(model.labels).fit(logits, gold)
         lap("calibration_fit")
     scores = {}
@@ -182,9 +185,9 @@ def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitte
         write_json(folder / BEST_META, {"config": config_dict, "decode": decode, "epoch": epoch,
                                         "select": cfg.eval.select, "labels": list(model.labels),
                                         "precision": precision})
-        if decode == "knn" and "knn" in fitted:
+        if base_decode(decode) == "knn" and "knn" in fitted:
             fitted["knn"].save(folder / KNN_FILE)
-        if decode == "calibrated" and "calibrated" in fitted:
+        if base_decode(decode) == "calibrated" and "calibrated" in fitted:
             fitted["calibrated"].save(folder / CALIBRATION_FILE)
 
 
