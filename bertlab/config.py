@@ -114,6 +114,10 @@ class EvalConfig:
     # "f1_micro" | "f1_macro" | "unweighted_accuracy" (higher wins, ties to the later epoch),
     # "loss" (lowest dev loss, shared by all decodes) | "last" (the last epoch)
     select: str = "f1_micro"
+    # where the calibrated decoder's dev score (which selects its epoch) comes from: "dev" (offsets
+    # fitted on all of dev, scored in-sample: the committed studies) | "crossfit" (dev documents in
+    # two halves, each scored with the other half's offsets); test always uses offsets fitted on dev
+    calibration_fit: str = "dev"
 
 
 @dataclass
@@ -146,6 +150,7 @@ CHOICES = {
     ("train", "progress"): ("auto", "on", "off"),
     ("eval", "knn_metric"): ("euclidean", "cosine"),
     ("eval", "select"): ("f1_micro", "f1_macro", "unweighted_accuracy", "loss", "last"),
+    ("eval", "calibration_fit"): ("dev", "crossfit"),
 }
 # every decode name, the one list ([eval] decode, bertlab predict/evaluate --decode, inference)
 DECODES = ("argmax", "viterbi", "knn", "calibrated") + tuple(d + BIO for d in CONSTRAINABLE)
