@@ -21,6 +21,19 @@ calibrated the same way, so every sampler is compared under every decoder.
 
     cal = BiasCalibrator(labels).fit(dev_logits, dev_tags)   # lists of [n_words, C] / tag lists
     tags = cal.predict(test_logits)
+
+Selecting on held-out offsets (``[eval] calibration_fit = "crossfit"``). Dev also chooses the
+epoch (and with it the checkpoint) of the calibrated decoder. Offsets fitted on all of dev and
+scored on all of dev give an in-sample score, which favours the epoch whose offsets overfit dev
+most. ``CrossFitCalibrator`` splits the dev documents in two halves (``document_halves``: the
+documents alternate, in corpus order), fits offsets on each, and decodes every sentence with the
+*other* half's offsets, so no dev document's gold tags enter the offsets it is scored with. Test
+is decoded with offsets fitted on all of dev (a ``BiasCalibrator``, saved as calibration.json):
+that fit uses twice the data of either half, and the dev score was meant to choose the epoch, not
+the offsets. ``"dev"`` (the default) keeps the in-sample score the committed studies selected with.
+
+    cross = CrossFitCalibrator(labels).fit(dev_logits, dev_tags, [s.doc_id for s in dev_sentences])
+    dev_tags_out_of_sample = cross.predict(dev_logits)
 """
 from __future__ import annotations
 
@@ -203,3 +216,55 @@ class BiasCalibrator:
                              f"evaluation, or decode without 'calibrated'") from None
         cal.dev_f1, cal.argmax_f1 = d.get("dev_f1"), d.get("argmax_f1")
         return cal
+
+
+# ---- cross-fitting: dev scores from offsets fitted on the other half of dev ------------------------
+
+def document_halves(doc_ids: list[str]) -> np.ndarray:
+    """Each sentence's half (0 or 1) for cross-fitting, from its document id: documents in
+    first-seen order alternate between the halves (the 1st, 3rd, ... in half 0), so a document's
+    sentences stay together and the halves differ by at most one document."""
+    first_seen: dict[str, int] = {}
+    for d in doc_ids:
+        first_seen.setdefault(d, len(first_seen))
+    return np.array([first_seen[d] % 2 for d in doc_ids], dtype=np.int64)
+
+
+class CrossFitCalibrator:
+    """Out-of-sample calibrated tags for the very sentences the offsets are fitted on.
+
+    ``fit(logits, gold_tags, doc_ids)`` fits one ``BiasCalibrator`` per half of the documents
+    (``fits[h]`` on half h, ``document_halves``); ``adjust`` / ``predict`` of the same sentences
+    (same order) decode each with the offsets of the half it is *not* in. A half with no
+    documents (a dev set of one document) fits offsets 0, so the other half is decoded by argmax.
+    For new sentences (test) use a ``BiasCalibrator`` fitted on all of dev.
+    """
+
+    def __init__(self, labels: list[str], grid=DEFAULT_GRID, rounds: int = 2):
+        self.labels, self.grid, self.rounds = list(labels), grid, rounds
+        self.half: np.ndarray | None = None
+        self.fits: list[BiasCalibrator] = []
+
+    def fit(self, logits: list[np.ndarray], gold_tags: list[list[str]], doc_ids: list[str]) -> "CrossFitCalibrator":
+        if not len(logits) == len(gold_tags) == len(doc_ids):
+            raise ValueError(f"{len(logits)} sentences of logits, {len(gold_tags)} of gold tags and "
+                             f"{len(doc_ids)} document ids: expected one of each per sentence")
+        self.half = document_halves(doc_ids)
+        self.fits = [BiasCalibrator(self.labels, self.grid, self.rounds).fit(
+            [l for l, h in zip(logits, self.half) if h == side], [g for g, h in zip(gold_tags, self.half) if h == side])
+            for side in (0, 1)]
+        return self
+
+    def adjust(self, logits: list[np.ndarray]) -> list[np.ndarray]:
+        """The fitted sentences' logits (float64), each plus the other half's offsets."""
+        if self.half is None:
+            raise RuntimeError("CrossFitCalibrator is not fitted yet: call fit(logits, gold_tags, doc_ids) first")
+        if len(logits) != len(self.half):
+            raise ValueError(f"{len(logits)} sentences, but the cross-fit was fitted on {len(self.half)}: "
+                             f"it decodes only the sentences it was fitted on")
+        other = [self.fits[1].column_bias(), self.fits[0].column_bias()]
+        return [np.asarray(l, dtype=np.float64) + other[h] for l, h in zip(logits, self.half)]
+
+    def predict(self, logits: list[np.ndarray]) -> list[list[str]]:
+        """IOB2 tags per fitted sentence: argmax of its out-of-sample adjusted logits."""
+        return [[self.labels[i] for i in z.argmax(-1)] if len(z) else [] for z in self.adjust(logits)]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bertlab.constrained import BIO, CONSTRAINABLE, base_decode
 from bertlab.losses import LOSS_NAMES, REDUCTIONS, WEIGHT_SCHEMES, LossConfig, build_loss
 
 class ConfigError(ValueError):
@@ -104,7 +105,8 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    # "argmax" | "viterbi" (CRF) | "knn" | "calibrated"; the first names the model saved in best/
+    # "argmax" | "viterbi" (CRF) | "knn" | "calibrated", or "argmax+bio" | "knn+bio" |
+    # "calibrated+bio" (IOB2-constrained, bertlab.constrained); the first names the model in best/
     decode: list = field(default_factory=lambda: ["argmax"])
     knn_k: int = 17
     knn_metric: str = "euclidean"
@@ -112,6 +114,10 @@ class EvalConfig:
     # "f1_micro" | "f1_macro" | "unweighted_accuracy" (higher wins, ties to the later epoch),
     # "loss" (lowest dev loss, shared by all decodes) | "last" (the last epoch)
     select: str = "f1_micro"
+    # where the calibrated decoder's dev score (which selects its epoch) comes from: "dev" (offsets
+    # fitted on all of dev, scored in-sample: the committed studies) | "crossfit" (dev documents in
+    # two halves, each scored with the other half's offsets); test always uses offsets fitted on dev
+    calibration_fit: str = "dev"
 
 
 @dataclass
@@ -144,8 +150,10 @@ CHOICES = {
     ("train", "progress"): ("auto", "on", "off"),
     ("eval", "knn_metric"): ("euclidean", "cosine"),
     ("eval", "select"): ("f1_micro", "f1_macro", "unweighted_accuracy", "loss", "last"),
+    ("eval", "calibration_fit"): ("dev", "crossfit"),
 }
-DECODES = ("argmax", "viterbi", "knn", "calibrated")
+# every decode name, the one list ([eval] decode, bertlab predict/evaluate --decode, inference)
+DECODES = ("argmax", "viterbi", "knn", "calibrated") + tuple(d + BIO for d in CONSTRAINABLE)
 # fields that must be >= the given minimum
 MINIMUM = {
     ("model", "num_layers"): 0, ("data", "max_documents"): 0, ("data", "max_length"): 3, ("data", "stride"): 0,
@@ -425,7 +433,7 @@ def check_config(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: [data] dev_file/test_file need train_file as well")
     if cfg.data.train_file and not cfg.data.dev_file and cfg.train.early_stopping_patience:
         raise ConfigError(f"{where}: [train] early_stopping_patience: needs a dev set ([data] dev_file)")
-    if cfg.data.train_file and not cfg.data.dev_file and "calibrated" in cfg.eval.decode:
+    if cfg.data.train_file and not cfg.data.dev_file and "calibrated" in map(base_decode, cfg.eval.decode):
         raise ConfigError(f"{where}: [eval] decode: 'calibrated' is fitted on dev and needs a dev set "
                           f"([data] dev_file)")
     if cfg.eval.select == "last" and cfg.train.early_stopping_patience:

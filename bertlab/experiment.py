@@ -74,6 +74,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertlab.constrained import base_decode
 from bertlab.files import FolderBusy, remove_path, write_bytes, write_text
 from bertlab.results import read_json, read_results, result_rows, write_predictions, write_results  # noqa: F401
 
@@ -738,7 +739,7 @@ def run_cost(run: Run) -> float:
     of the corpus is not in it."""
     cfg = run.config
     epochs = int(cfg.get("train", {}).get("epochs", 3))
-    knn = 1.5 if "knn" in cfg.get("eval", {}).get("decode", []) else 1.0
+    knn = 1.5 if "knn" in map(base_decode, cfg.get("eval", {}).get("decode", [])) else 1.0
     return epochs * _encoder_size(cfg.get("model", {})) * knn
 
 

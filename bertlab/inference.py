@@ -11,9 +11,12 @@ Decodes (all read the same word logits, so they come from one forward pass):
   (``fit_knn_on_train``, ``bertlab.knn.KNNClassifier``, k = 17 as in the BTL paper).
 - ``"calibrated"``: argmax after per-entity-type logit offsets fitted on dev
   (``bertlab.calibration.BiasCalibrator``): the decoder a BTL objective calls for.
+- ``"argmax+bio"``, ``"knn+bio"``, ``"calibrated+bio"``: the same decoder's per-word scores
+  (``decoder_scores``), read by a Viterbi over IOB2's allowed transitions (``bertlab.constrained``):
+  the best valid tag sequence; a sentence whose unconstrained tags are valid keeps them.
 
-Argmax and KNN predict one label per word independently, so they can produce sequences that are
-not valid IOB2 (``O I-X``). Scoring is strict IOB2 (seqeval ``mode="strict"``): such an orphan
+Argmax, KNN and calibrated predict one label per word independently, so they can produce sequences
+that are not valid IOB2 (``O I-X``). Scoring is strict IOB2 (seqeval ``mode="strict"``): such an orphan
 ``I-X`` is simply not an entity, which is the conservative reading; the tolerant conlleval reading
 (an orphan ``I-X`` starts an entity) is reported next to it (``micro_f1_conlleval``).
 """
@@ -24,11 +27,11 @@ import contextlib
 import numpy as np
 import torch
 
+from bertlab.config import DECODES
+from bertlab.constrained import base_decode, constrain, is_constrained
 from bertlab.metrics import entity_report, token_report, unweighted_accuracy
 from bertlab.sampling import collate, pad_multiple, padded_width
 from bertlab.tokenization import word_predictions
-
-DECODES = ("argmax", "viterbi", "knn", "calibrated")
 
 
 def _words(sentences) -> list[list[str]]:
@@ -168,17 +171,21 @@ def fit_knn_on_train(model, tokenizer, train_sentences, k: int = 17, metric: str
     return KNNClassifier(k=k, metric=metric).fit(X, y)
 
 
-def decode_knn(knn, logits: list[np.ndarray], labels: list[str]) -> list[list[str]]:
-    """Each word's label by a vote of its k nearest training words (may be invalid IOB2)."""
+def knn_vote_shares(knn, logits: list[np.ndarray], n_labels: int) -> list[np.ndarray]:
+    """Per sentence ``[n_words, n_labels]`` float64: the share of each word's k nearest training
+    words that vote for each label (``knn.predict_proba``; 0 for a label no training word has)."""
     lengths = [len(l) for l in logits]
-    if sum(lengths) == 0:
-        return [[] for _ in logits]
-    ids = np.asarray(knn.predict(np.concatenate([l for l in logits if len(l)], axis=0)))
-    out, k = [], 0
-    for n in lengths:
-        out.append([labels[i] for i in ids[k:k + n]])
-        k += n
-    return out
+    shares = np.zeros((sum(lengths), n_labels))
+    if len(shares):
+        proba = knn.predict_proba(np.concatenate([l for l in logits if len(l)], axis=0))
+        shares[:, np.asarray(knn.classes_)] = proba
+    return np.split(shares, np.cumsum(lengths)[:-1]) if logits else []
+
+
+def decode_knn(knn, logits: list[np.ndarray], labels: list[str]) -> list[list[str]]:
+    """Each word's label by a vote of its k nearest training words (may be invalid IOB2): the
+    largest vote share, the lower label id on a tie (``knn.predict``'s rule, as ``classes_`` is sorted)."""
+    return [[labels[i] for i in s.argmax(-1)] for s in knn_vote_shares(knn, logits, len(labels))]
 
 
 def unweighted_accuracy_variants(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
@@ -239,21 +246,55 @@ def calibration_error(logits: list[np.ndarray], gold: list[list[str]], labels: l
     return {"ece": float(ece), "words": int(len(confidence)), "bins": bins}
 
 
-def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrator=None) -> list[list[str]]:
-    """Tags per sentence from word logits with one decode (see the module docstring)."""
+def check_decode(decode: str, knn=None, calibrator=None) -> None:
+    """ValueError unless ``decode`` is a decode name with what it needs (``knn`` / ``calibrator``)."""
     if decode not in DECODES:
         raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
-    if decode == "argmax":
-        return decode_argmax(logits, model.labels)
-    if decode == "viterbi":
-        return decode_viterbi(model, logits)
-    if decode == "knn":
-        if knn is None:
-            raise ValueError("decode='knn' needs knn= (a classifier from fit_knn_on_train)")
-        return decode_knn(knn, logits, model.labels)
-    if calibrator is None:
-        raise ValueError("decode='calibrated' needs calibrator= (a BiasCalibrator fitted on dev)")
-    return calibrator.predict(logits)
+    if base_decode(decode) == "knn" and knn is None:
+        raise ValueError(f"decode={decode!r} needs knn= (a classifier from fit_knn_on_train)")
+    if base_decode(decode) == "calibrated" and calibrator is None:
+        raise ValueError(f"decode={decode!r} needs calibrator= (a BiasCalibrator fitted on dev)")
+
+
+def decode_words(decode: str, logits: list[np.ndarray], model, knn=None,
+                 calibrator=None) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Tags per sentence from word logits with one decode (see the module docstring), and per
+    sentence the ``[n_words, C]`` probabilities the decoder read: the softmax of the logits
+    (argmax; viterbi: of the CRF's emissions), of the offset logits (calibrated), the neighbour
+    vote shares (knn). ``+bio`` decodes constrain the tags (``bertlab.constrained.constrain``) over
+    the scores of ``decoder_scores``; their probabilities are the unconstrained decoder's."""
+    check_decode(decode, knn, calibrator)
+    labels, base = model.labels, base_decode(decode)
+    if base == "knn":
+        probabilities = knn_vote_shares(knn, logits, len(labels))
+        tags = [[labels[i] for i in p.argmax(-1)] for p in probabilities]
+    elif base == "calibrated":
+        tags = calibrator.predict(logits)
+        probabilities = [softmax(z) for z in calibrator.adjust(logits)]
+    else:
+        tags = decode_viterbi(model, logits) if base == "viterbi" else decode_argmax(logits, labels)
+        probabilities = [softmax(l) for l in logits]
+    if is_constrained(decode):
+        tags = constrain(decoder_scores(base, logits, probabilities, knn, calibrator), tags, labels)
+    return tags, probabilities
+
+
+def decoder_scores(base: str, logits: list[np.ndarray], probabilities: list[np.ndarray], knn=None,
+                   calibrator=None) -> list[np.ndarray]:
+    """The per-word scores ``[n_words, C]`` (float64) a ``+bio`` decode maximises the sum of
+    (``bertlab.constrained``): the logits (argmax; their log-softmax differs by a constant per
+    word, so it picks the same path), the logits plus the calibrated offsets (calibrated), and
+    log(k · share + 1), the add-one smoothed neighbour votes (knn; ``probabilities`` are its shares)."""
+    if base == "knn":
+        return [np.log(knn.k * p + 1.0) for p in probabilities]
+    if base == "calibrated":
+        return calibrator.adjust(logits)
+    return [np.asarray(l, dtype=np.float64) for l in logits]
+
+
+def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrator=None) -> list[list[str]]:
+    """Tags per sentence from word logits with one decode (see the module docstring)."""
+    return decode_words(decode, logits, model, knn, calibrator)[0]
 
 
 def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_length: int = 128,
@@ -271,15 +312,11 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
     (``calibration_error``: also the same for every decode), and
     ``predictions`` one ``{"doc_id", "sentence", "tokens", "tags" (gold), "pred"}`` per sentence (sentence =
     index within its document), for bootstrapping over documents. ``decode="knn"`` needs ``knn``
-    (see ``fit_knn_on_train``), ``decode="calibrated"`` a fitted ``calibrator``; ``logits`` reuses
+    (see ``fit_knn_on_train``), ``decode="calibrated"`` a fitted ``calibrator`` (so do their
+    ``+bio`` forms); ``logits`` reuses
     word logits computed earlier for these sentences.
     """
-    if decode not in DECODES:
-        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
-    if decode == "knn" and knn is None:
-        raise ValueError("decode='knn' needs knn= (a classifier from fit_knn_on_train)")
-    if decode == "calibrated" and calibrator is None:
-        raise ValueError("decode='calibrated' needs calibrator= (a BiasCalibrator fitted on dev)")
+    check_decode(decode, knn, calibrator)
     sentences = corpus.sentences if hasattr(corpus, "sentences") else list(corpus)
     if logits is None:
         logits = word_logits(model, tokenizer, sentences, max_length, stride, batch_size, precision,

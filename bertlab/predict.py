@@ -2,7 +2,7 @@
 saved model on a bundled corpus or a CoNLL file.
 
     text --sentence_spans / word_tokenize--> words with character offsets
-         --word_logits (sliding windows, one row per word)--> argmax | viterbi | knn --> IOB2 tags
+         --word_logits (sliding windows, one row per word)--> a decode (--decode) --> IOB2 tags
          --strict_entities (or conlleval_entities)--> {doc, type, text, start, end, score}
 
 Windows are cut as the model was trained: ``max_length`` and ``stride`` come from the settings saved
@@ -11,7 +11,13 @@ and only fall back to 128 / 32 when there are none; ``--max-length`` / ``--strid
 
 Offsets are character offsets into the input text (``text[start:end] == entity["text"]``). The
 score of an entity is the mean, over its words, of the softmax probability of the predicted tag
-(for a CRF head, of its emissions; for KNN, the share of the k neighbours that voted for it).
+(for a CRF head, of its emissions; for KNN, the share of the k neighbours that voted for it; for
+the calibrated decoder, of the offset logits).
+
+The decode is ``--decode`` (any of ``bertlab.config.DECODES``; ``--knn`` is ``--decode knn``), by
+default Viterbi for a CRF head and argmax otherwise. KNN decodes read ``DIR/knn.npz`` (refitted
+when missing), calibrated ones ``DIR/calibration.json`` (written by training); ``+bio`` decodes
+return IOB2-valid tags (``bertlab.constrained``), so the strict and lenient readings agree.
 
 Entities are read from the tags in strict IOB2 by default: an ``I-X`` with no ``B-X`` before it is
 no entity, the reading ``bertlab evaluate`` and the study reports score as ``micro_f1``. Argmax and
@@ -158,6 +164,53 @@ def window_settings(model_dir, max_length: int | None = None, stride: int | None
     return length, overlap, where
 
 
+def load_calibration(model, model_dir: str | os.PathLike):
+    """The calibrated decoder of a saved model: ``model_dir/calibration.json`` (the per-type offsets
+    training fitted on dev for this checkpoint). A missing file, or one for other labels, is a
+    ``ValueError`` naming it."""
+    from bertlab.calibration import CALIBRATION_FILE, BiasCalibrator
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; training writes it into the best folder of a "
+                                f"'calibrated' decode ([eval] decode), e.g. <run>/best-calibrated")
+    calibrator = BiasCalibrator.load(path)
+    if calibrator.labels != list(model.labels):
+        raise ValueError(f"{path}: offsets for the labels {calibrator.labels[:4]}..., but the model has "
+                         f"{list(model.labels)[:4]}...; it belongs to another model")
+    return calibrator
+
+
+def choose_decode(model, decode: str | None = None, knn: bool = False) -> str:
+    """The decode to tag with: ``decode`` (``--decode``), ``"knn"`` for ``--knn``, else Viterbi
+    for a CRF head and argmax otherwise. A ``ValueError`` for an unknown name or a clash."""
+    from bertlab.config import DECODES
+    if decode is not None and decode not in DECODES:
+        raise ValueError(f"--decode {decode}: expected one of {', '.join(DECODES)}")
+    if knn and decode not in (None, "knn"):
+        raise ValueError(f"--knn is --decode knn; it cannot go with --decode {decode}")
+    crf = getattr(model, "crf", None) is not None
+    if decode is None:
+        decode = "knn" if knn else ("viterbi" if crf else "argmax")
+    if decode == "viterbi" and not crf:
+        raise ValueError("--decode viterbi needs a model with a CRF head; this one has a softmax head "
+                         "(argmax+bio gives IOB2-valid tags from its logits)")
+    return decode
+
+
+def load_decoders(model, tokenizer, model_dir, decode: str, log=print, progress: bool = False,
+                  precision: str = "fp32", knn_cache: str | os.PathLike | None = None) -> tuple:
+    """``(knn, calibrator)`` a decode needs from the model folder (``None`` for what it does not);
+    a refitted KNN reference is kept in ``knn_cache`` (``load_knn``)."""
+    from bertlab.constrained import base_decode
+    knn = calibrator = None
+    if base_decode(decode) == "knn":
+        knn = load_knn(model, tokenizer, model_dir, log=log, progress=progress, precision=precision,
+                       cache=knn_cache)
+    if base_decode(decode) == "calibrated":
+        calibrator = load_calibration(model, model_dir)
+    return knn, calibrator
+
+
 def load_knn(model, tokenizer, model_dir: str | os.PathLike, log=print, progress: bool = False,
              precision: str = "fp32", cache: str | os.PathLike | None = None):
     """The KNN decoder of a saved model: ``model_dir/knn.npz`` (training-word logits ``X``,
@@ -254,13 +307,16 @@ def split_words(text: str) -> list[tuple[list[str], list[tuple[int, int]]]]:
 
 
 def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 128, stride: int = 32,
-              batch_size: int = 64, progress: bool = False, precision: str = "fp32") -> list[list[dict]]:
+              batch_size: int = 64, progress: bool = False, precision: str = "fp32", decode: str | None = None,
+              calibrator=None) -> list[list[dict]]:
     """Per text, per sentence: ``{"words", "offsets", "tags", "scores"}`` (``scores[i]``: the
-    probability of word i's tag, see the module docstring). Decoding: KNN when ``knn`` is given,
-    Viterbi for a CRF head, else argmax."""
+    probability of word i's tag, see the module docstring). ``decode``: any decode name (with
+    ``knn`` / ``calibrator`` as it needs); by default KNN when ``knn`` is given, Viterbi for a CRF
+    head, else argmax."""
     from tqdm import tqdm
 
-    from bertlab.inference import decode_argmax, decode_viterbi, softmax, word_logits
+    from bertlab.inference import decode_words, word_logits
+    decode = choose_decode(model, decode, knn=knn is not None and decode is None)
     label2id = {l: i for i, l in enumerate(model.labels)}
     out = []
     for text in tqdm(texts, desc="predict", unit="doc", disable=not progress):
@@ -269,16 +325,8 @@ def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 12
             out.append([])
             continue
         logits = word_logits(model, tokenizer, [w for w, _ in sents], max_length, stride, batch_size, precision)
-        if knn is not None:
-            proba = np.asarray(knn.predict_proba(np.concatenate(logits, axis=0)))
-            ids, conf = np.asarray(knn.classes_)[proba.argmax(-1)], proba.max(-1)
-            bounds = np.cumsum([0] + [len(l) for l in logits])
-            tags = [[model.labels[i] for i in ids[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
-            probs = [conf[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        else:
-            tags = (decode_viterbi(model, logits) if getattr(model, "crf", None) is not None
-                    else decode_argmax(logits, model.labels))
-            probs = [softmax(l)[np.arange(len(t)), [label2id[x] for x in t]] for l, t in zip(logits, tags)]
+        tags, probabilities = decode_words(decode, logits, model, knn, calibrator)
+        probs = [p[np.arange(len(t)), [label2id[x] for x in t]] for p, t in zip(probabilities, tags)]
         out.append([{"words": words, "offsets": offsets, "tags": t, "scores": p}
                     for (words, offsets), t, p in zip(sents, tags, probs)])
     return out
@@ -300,11 +348,13 @@ def entities_of(text: str, sentences: list[dict], doc: str, reading: str = "stri
 
 def predict_text(model, tokenizer, texts: list[str], doc_ids: list[str] | None = None, knn=None,
                  max_length: int = 128, stride: int = 32, batch_size: int = 64, reading: str = "strict",
-                 progress: bool = False) -> list[dict]:
+                 progress: bool = False, decode: str | None = None, calibrator=None) -> list[dict]:
     """Entities of each text: a list of ``{doc, type, text, start, end, score}`` dicts, offsets
-    into that text, read from the tags in ``reading`` (``"strict"`` IOB2 or ``"lenient"``)."""
+    into that text, read from the tags in ``reading`` (``"strict"`` IOB2 or ``"lenient"``);
+    ``decode``, ``knn``, ``calibrator`` as in ``tag_texts``."""
     doc_ids = [str(i) for i in range(len(texts))] if doc_ids is None else list(doc_ids)
-    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, batch_size, progress)
+    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, batch_size, progress,
+                       decode=decode, calibrator=calibrator)
     return [e for doc, text, sents in zip(doc_ids, texts, tagged) for e in entities_of(text, sents, doc, reading)]
 
 
@@ -405,6 +455,20 @@ def show_progress() -> bool:
     return train_show_progress("auto")
 
 
+def _decode_options(ap: argparse.ArgumentParser) -> None:
+    from bertlab.config import DECODES
+    ap.add_argument("--decode", choices=DECODES, metavar="DECODE",
+                    help=f"how words get their tags: {', '.join(DECODES)} (default: viterbi for a CRF head, "
+                         f"else argmax). knn votes with the training words' logits (DIR/knn.npz, else refitted "
+                         f"from the run); calibrated adds the per-type offsets of DIR/calibration.json; "
+                         f"+bio keeps only IOB2-valid tag sequences (a Viterbi over the decoder's scores)")
+    ap.add_argument("--knn", action="store_true", help="the same as --decode knn")
+    ap.add_argument("--knn-cache", metavar="CACHE_DIR",
+                    help="keep a refitted KNN reference in this folder (one file per model and settings) "
+                         "and reuse it next time (default: none, refit on every call; the model folder is "
+                         "never written)")
+
+
 def _window_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-length", type=int, metavar="N",
                     help="subwords per window, [CLS]/[SEP] included (default: as the model was trained, "
@@ -420,15 +484,6 @@ def _window_options(ap: argparse.ArgumentParser) -> None:
                          "on another device than the run scored on, scores may differ in the last bits")
 
 
-def _knn_options(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--knn", action="store_true",
-                    help="KNN decoding over the training words' logits (DIR/knn.npz as training saved it, "
-                         "else refitted from the run's config; the model folder is never written)")
-    ap.add_argument("--knn-cache", metavar="CACHE_DIR",
-                    help="keep a refitted KNN reference in this folder (one file per model and settings) "
-                         "and reuse it next time (default: none, refit on every call)")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Tag new text with a trained model: entities as JSONL (or word/tag lines as CoNLL) on stdout."""
     ap = argparse.ArgumentParser(
@@ -440,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", required=True, nargs="+", metavar="FILE",
                     help="UTF-8 text files (one document each), .jsonl files (a \"text\" field per line, "
                          "\"id\" optional), or - for stdin")
-    _knn_options(ap)
+    _decode_options(ap)
     _window_options(ap)
     ap.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
                     help="jsonl: one entity a line {doc, type, text, start, end, score}, a null-type line for a "
@@ -465,12 +520,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bertlab predict: note: windows of {max_length} subwords, stride {stride} ({where})", file=sys.stderr)
         progress = show_progress()
         precision, _ = scoring_precision(args.model, args.precision)
-        knn = (load_knn(model, tokenizer, args.model, log=lambda s: print(s, file=sys.stderr), progress=progress,
-                        precision=precision, cache=args.knn_cache) if args.knn else None)
+        decode = choose_decode(model, args.decode, args.knn)
+        knn, calibrator = load_decoders(model, tokenizer, args.model, decode, progress=progress, precision=precision,
+                                        log=lambda s: print(s, file=sys.stderr), knn_cache=args.knn_cache)
     except (OSError, ValueError) as e:
         print(f"bertlab predict: {_failure(e)}", file=sys.stderr)
         return 2
-    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, progress=progress, precision=precision)
+    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, progress=progress, precision=precision,
+                       decode=decode, calibrator=calibrator)
     text = (format_conll(tagged) if args.format == "conll"
             else format_entities(ids, texts, tagged, "lenient" if args.lenient else "strict"))
     if args.output == "-":
@@ -515,10 +572,12 @@ def label_coverage(model_labels: list[str], corpus) -> dict:
 def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = False, max_documents: int = 0,
                    max_length: int | None = None, stride: int | None = None, scheme: str | None = None,
                    progress: bool = False, log=lambda s: None, precision: str | None = None,
-                   device: str = "cpu", knn_cache: str | os.PathLike | None = None) -> dict:
+                   device: str = "cpu", decode: str | None = None,
+                   knn_cache: str | os.PathLike | None = None) -> dict:
     """Re-score a saved model on a bundled corpus or a CoNLL file: ``bertlab.inference.evaluate``'s
     dict plus the entity- and token-level confusion matrices, the window settings
-    (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks)."""
+    (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks).
+    ``decode`` as ``choose_decode`` (``knn=True`` is ``decode="knn"``)."""
     from bertlab.inference import evaluate, word_logits
     from bertlab.metrics import confusion_matrix
     if max_documents < 0:  # a slice [:-1] would silently score all but the last document
@@ -538,12 +597,12 @@ def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = F
     for w in warnings:
         log(f"warning: {w}")
     precision, precision_source = scoring_precision(model_dir, precision)
-    knn_model = (load_knn(model, tokenizer, model_dir, log=log, progress=progress, precision=precision,
-                          cache=knn_cache) if knn else None)
-    decode = "knn" if knn else ("viterbi" if getattr(model, "crf", None) is not None else "argmax")
+    decode = choose_decode(model, decode, knn)
+    knn_model, calibrator = load_decoders(model, tokenizer, model_dir, decode, log=log, progress=progress,
+                                          precision=precision, knn_cache=knn_cache)
     logits = word_logits(model, tokenizer, corpus.sentences, max_length, stride, precision=precision,
                          progress=progress)
-    result = evaluate(model, tokenizer, corpus, decode=decode, knn=knn_model, logits=logits)
+    result = evaluate(model, tokenizer, corpus, decode=decode, knn=knn_model, logits=logits, calibrator=calibrator)
     gold = [p["tags"] for p in result["predictions"]]
     pred = [p["pred"] for p in result["predictions"]]
     result["confusion_entity"] = confusion_matrix(gold, pred, level="entity")
@@ -596,7 +655,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                     help="split of a bundled corpus (default: test)")
     ap.add_argument("--scheme", choices=("IOB1", "IOB2", "IOBES", "BILOU"),
                     help="tag scheme of a CoNLL file, converted to IOB2 (default: IOB2)")
-    _knn_options(ap)
+    _decode_options(ap)
     ap.add_argument("--max-documents", type=int, default=0, metavar="N",
                     help="only the first N documents (default: 0, all)")
     _window_options(ap)
@@ -613,7 +672,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         r = evaluate_model(args.model, args.data, args.split, args.knn, args.max_documents, args.max_length,
                            args.stride, args.scheme, progress=show_progress(),
                            log=lambda s: print(s, file=sys.stderr), precision=args.precision,
-                           device=args.device, knn_cache=args.knn_cache)
+                           device=args.device, decode=args.decode, knn_cache=args.knn_cache)
     except (OSError, ValueError) as e:
         print(f"bertlab evaluate: {_failure(e)}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """Dev scores per epoch and checkpoint selection per decode; the final scoring of the chosen models.
 
 At the end of every epoch ``evaluate_dev`` scores the model as it is on dev with every decode of
-``[eval] decode`` (argmax, viterbi, knn, calibrated) from one forward pass, plus the dev loss;
+``[eval] decode`` (argmax, viterbi, knn, calibrated, and the ``+bio`` forms) from one forward
+pass, plus the dev loss;
 ``update_best`` keeps, per decode, the epoch with the best ``[eval] select`` score (ties go to the
 later epoch), and ``save_best_folders`` saves the model for each decode whose best it became
 (``best/`` for the first decode, ``best-<decode>/`` for the others, hard links when they agree),
@@ -22,6 +23,7 @@ import numpy as np
 
 from bertlab.checkpoint import BEST_META, best_folder, link_folder, load_best_into, save_best
 from bertlab.config import EvalConfig, TrainConfig
+from bertlab.constrained import base_decode
 from bertlab.datasets.prepare import Splits
 from bertlab.files import write_json, write_jsonl, write_text
 
@@ -35,9 +37,11 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
                      best_epochs: dict | None = None) -> dict:
     """Score dev and test with every decode of ``[eval] decode``, each on the checkpoint chosen
     for it (``best_folder``), with the KNN reference / calibration saved beside that checkpoint;
-    decodes that share a checkpoint share its forward pass. Writes
+    decodes that share a checkpoint share its forward pass. With ``[eval] calibration_fit =
+    "crossfit"`` the calibrated decodes score dev out of sample (``CrossFitCalibrator``, as at
+    selection) and test with the offsets fitted on all of dev. Writes
     ``predictions_<split>_<decode>.jsonl``; returns ``{"dev": {decode: ...}, "test": {...}}``."""
-    from bertlab.calibration import CALIBRATION_FILE, BiasCalibrator
+    from bertlab.calibration import CALIBRATION_FILE, BiasCalibrator, CrossFitCalibrator
     from bertlab.inference import fit_knn_on_train, word_logits
     from bertlab.knn import KNN_FILE, KNNClassifier
     best_epochs = best_epochs or {}
@@ -49,7 +53,8 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
         if folder.exists():
             load_best_into(model, folder)
         knn = calibrator = None
-        if "knn" in decodes:
+        bases = {base_decode(d) for d in decodes}
+        if "knn" in bases:
             if (folder / KNN_FILE).exists():
                 knn = KNNClassifier.load(folder / KNN_FILE)
             else:  # no dev set at epoch end: fit it now, and keep it for `bertlab predict --knn`
@@ -57,7 +62,7 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
                                        metric=cfg.eval.knn_metric, **options)
                 if folder.exists():
                     knn.save(folder / KNN_FILE)
-        if "calibrated" in decodes and (folder / CALIBRATION_FILE).exists():
+        if "calibrated" in bases and (folder / CALIBRATION_FILE).exists():
             calibrator = BiasCalibrator.load(folder / CALIBRATION_FILE)
         for split in ("dev", "test"):
             corpus = getattr(splits, split)
@@ -66,15 +71,19 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
             t0 = time.perf_counter()
             logits = word_logits(model, tokenizer, corpus.sentences, **options)
             forward_seconds = time.perf_counter() - t0
-            if "calibrated" in decodes and calibrator is None and split == "dev":
+            if "calibrated" in bases and calibrator is None and split == "dev":
                 calibrator = BiasCalibrator(model.labels).fit(logits, [s.tags for s in corpus.sentences])
                 if folder.exists():
                     calibrator.save(folder / CALIBRATION_FILE)
+            split_calibrator = calibrator
+            if "calibrated" in bases and split == "dev" and cfg.eval.calibration_fit == "crossfit":
+                split_calibrator = CrossFitCalibrator(model.labels).fit(
+                    logits, [s.tags for s in corpus.sentences], [s.doc_id for s in corpus.sentences])
             n_words = sum(len(s.tokens) for s in corpus.sentences)
             for decode in decodes:
                 t0 = time.perf_counter()
                 result = evaluate_split(model, tokenizer, corpus, decode, knn, options, logits=logits,
-                                        calibrator=calibrator)
+                                        calibrator=split_calibrator)
                 seconds = forward_seconds + time.perf_counter() - t0
                 write_jsonl(out_dir / f"predictions_{split}_{decode}.jsonl", clean_json(result.pop("predictions")))
                 result["tokens_per_second"] = n_words / max(seconds, 1e-9)
@@ -94,8 +103,13 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
     made for this epoch, saved beside the checkpoint if this epoch becomes that decode's best.
     The dev loss is plain cross entropy at each word's first subword, averaged over dev words
     (the same for every loss and sampler, so curves compare across them). No dev set: ``(None, {})``.
+
+    The calibrated decodes are scored with offsets fitted on all of dev (``[eval] calibration_fit
+    = "dev"``), or out of sample (``"crossfit"``: each half of the dev documents with offsets
+    fitted on the other, ``CrossFitCalibrator``); ``fitted["calibrated"]``, what test will use,
+    is fitted on all of dev either way.
     """
-    from bertlab.calibration import BiasCalibrator
+    from bertlab.calibration import BiasCalibrator, CrossFitCalibrator
     from bertlab.inference import decode_tags, fit_knn_on_train, word_logits
     from bertlab.metrics import entity_report, unweighted_accuracy
     if splits.dev is None:
@@ -111,17 +125,20 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
     logits = word_logits(model, tokenizer, sentences, **options)
     gold = [list(s.tags) for s in sentences]
     lap("dev_forward")
-    fitted = {}
-    if "knn" in cfg.eval.decode:  # a forward pass over the whole training split, then the index
+    fitted, bases = {}, {base_decode(d) for d in cfg.eval.decode}
+    dev_calibrator = None
+    if "knn" in bases:  # a forward pass over the whole training split, then the index
         fitted["knn"] = fit_knn_on_train(model, tokenizer, splits.train.sentences, k=cfg.eval.knn_k,
                                          metric=cfg.eval.knn_metric, **options)
         lap("knn_fit")
-    if "calibrated" in cfg.eval.decode:
-        fitted["calibrated"] = BiasCalibrator(model.labels).fit(logits, gold)
+    if "calibrated" in bases:
+        fitted["calibrated"] = dev_calibrator = BiasCalibrator(model.labels).fit(logits, gold)
+        if cfg.eval.calibration_fit == "crossfit":
+            dev_calibrator = CrossFitCalibrator(model.labels).fit(logits, gold, [s.doc_id for s in sentences])
         lap("calibration_fit")
     scores = {}
     for decode in cfg.eval.decode:
-        pred = decode_tags(decode, logits, model, fitted.get("knn"), fitted.get("calibrated"))
+        pred = decode_tags(decode, logits, model, fitted.get("knn"), dev_calibrator)
         report = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
         scores[decode] = {"f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
                           "unweighted_accuracy": unweighted_accuracy(gold, pred)}
@@ -182,9 +199,9 @@ def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitte
         write_json(folder / BEST_META, {"config": config_dict, "decode": decode, "epoch": epoch,
                                         "select": cfg.eval.select, "labels": list(model.labels),
                                         "precision": precision})
-        if decode == "knn" and "knn" in fitted:
+        if base_decode(decode) == "knn" and "knn" in fitted:
             fitted["knn"].save(folder / KNN_FILE)
-        if decode == "calibrated" and "calibrated" in fitted:
+        if base_decode(decode) == "calibrated" and "calibrated" in fitted:
             fitted["calibrated"].save(folder / CALIBRATION_FILE)
 
 

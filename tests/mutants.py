@@ -1,6 +1,6 @@
 """Mutation testing: plant one plausible bug at a time and check that the tests notice it.
 
-    python tests/mutants.py                     # every mutant: 34, about 20 minutes on 2 busy cores
+    python tests/mutants.py                     # every mutant: 41, about 21 minutes on 2 busy cores
     python tests/mutants.py --area stats knn    # only some areas
     python tests/mutants.py --list              # the mutants, nothing run
     python tests/mutants.py --check             # does every snippet still apply? (no tests run)
@@ -65,6 +65,7 @@ STATS_AND_REPORT = ("tests/test_stats.py", "tests/test_report.py")  # report.py 
 REPORT = ("tests/test_report.py",)
 KNN = ("tests/test_knn.py",)
 CALIBRATION = ("tests/test_calibration.py",)
+CONSTRAINED = ("tests/test_constrained.py",)
 # test_gradflow.py without its figure and training-run tests, which these mutants do not reach
 GRADFLOW = ("tests/test_gradflow.py", "-k", "not (figure or train or cli)")
 RESUME = ("tests/test_train.py", "-k", "resume or interrupted or sigkill or batch_order")
@@ -190,6 +191,34 @@ MUTANTS = [
     Mutant("entities-cross-sentences", "calibration", "bertlab/calibration.py",
            "& (typ[1:] == typ[:-1]) & ~sentence_start[1:]", "& (typ[1:] == typ[:-1])", CALIBRATION,
            "an I- at a sentence start continues the previous sentence's entity"),
+    Mutant("crossfit-own-half", "calibration", "bertlab/calibration.py",
+           "other = [self.fits[1].column_bias(), self.fits[0].column_bias()]",
+           "other = [self.fits[0].column_bias(), self.fits[1].column_bias()]", CALIBRATION,
+           "cross-fitting decodes each half with the offsets fitted on its own tags (in sample)"),
+    Mutant("halves-by-sentence", "calibration", "bertlab/calibration.py",
+           "return np.array([first_seen[d] % 2 for d in doc_ids], dtype=np.int64)",
+           "return np.arange(len(doc_ids), dtype=np.int64) % 2", CALIBRATION,
+           "the dev halves alternate sentences, splitting documents between fit and score"),
+    Mutant("crossfit-selects-in-sample", "calibration", "bertlab/selection.py",
+           'pred = decode_tags(decode, logits, model, fitted.get("knn"), dev_calibrator)',
+           'pred = decode_tags(decode, logits, model, fitted.get("knn"), fitted.get("calibrated"))',
+           ("tests/test_selection.py", "-k", "cross_fitted"),
+           'calibration_fit = "crossfit" still selects the epoch by the in-sample dev score'),
+    # -- BIO-constrained decoding ------------------------------------------------------------------
+    Mutant("bio-opens-with-inside", "constrained", "bertlab/constrained.py",
+           "return ~inside, allowed", "return np.ones(len(labels), dtype=bool), allowed", CONSTRAINED,
+           "a sentence may open with I-X"),
+    Mutant("bio-any-type-continues", "constrained", "bertlab/constrained.py",
+           "allowed = ~inside[None, :] | same_type", 'allowed = ~inside[None, :] | (types[:, None] != "")',
+           CONSTRAINED, "I-Y may follow B-X (any entity continues any other)"),
+    Mutant("bio-ties-higher", "constrained", "bertlab/constrained.py",
+           "path[t] = np.argmax(trans[path[t - 1]] + (scores[t] + after[t]))",
+           "path[t] = C - 1 - np.argmax((trans[path[t - 1]] + (scores[t] + after[t]))[::-1])", CONSTRAINED,
+           "after the first word, a tie goes to the higher label id"),
+    Mutant("knn-bio-unsmoothed", "constrained", "bertlab/inference.py",
+           "return [np.log(knn.k * p + 1.0) for p in probabilities]",
+           "return [np.log(knn.k * p) for p in probabilities]", CONSTRAINED,
+           "knn+bio on raw log votes: -inf for every label no neighbour voted for"),
     # -- gradflow --------------------------------------------------------------------------------
     Mutant("#44.8", "gradflow", "bertlab/gradflow.py",
            'if r["step"] < step]', 'if r["step"] <= step]', GRADFLOW,

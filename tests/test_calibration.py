@@ -170,3 +170,112 @@ def test_bad_inputs_are_named():
         cal.fit([np.zeros((2, 3))], [["O", "O"]])
     with pytest.raises(ValueError, match="not labels of the model"):
         cal.fit([np.zeros((1, 7))], [["B-Z"]])
+
+
+# ---- cross-fitting: the dev score that selects the epoch is out of sample ----------------------------
+
+def dev_documents(seed, n_docs=6):
+    """Sentences of ``n_docs`` documents: gold tags, logits that know something, document ids."""
+    rng = np.random.default_rng(seed)
+    gold = random_tags(rng, 5 * n_docs, labels=["O", "O", "O", "B-A", "I-A", "B-B", "I-B", "B-C", "I-C"])
+    logits = [rng.normal(size=(len(s), len(LABELS))) for s in gold]
+    for z, s in zip(logits, gold):
+        z[np.arange(len(s)), [LABELS.index(t) for t in s]] += 1.5
+        z[:, 0] += rng.uniform(0, 3)
+    doc_ids = [f"doc{i % n_docs}" for i in range(len(gold))]  # a document's sentences need not be adjacent
+    return logits, gold, doc_ids
+
+
+def test_document_halves_alternate_documents_in_first_seen_order():
+    from bertlab.calibration import document_halves
+    assert document_halves(["a", "a", "b", "c", "b", "d", "e"]).tolist() == [0, 0, 1, 0, 1, 1, 0]
+    assert document_halves([]).tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_cross_fit_offsets_are_the_brute_force_fit_of_each_half(seed):
+    from bertlab.calibration import CrossFitCalibrator, document_halves
+    logits, gold, doc_ids = dev_documents(400 + seed)
+    grid = np.round(np.arange(-2, 4.01, 0.5), 2)
+    cross = CrossFitCalibrator(LABELS, grid=grid).fit(logits, gold, doc_ids)
+    half = document_halves(doc_ids)
+    for side in (0, 1):
+        mine = [i for i in range(len(gold)) if half[i] == side]
+        bias, _ = brute_force_fit([logits[i] for i in mine], [gold[i] for i in mine], LABELS, grid, 2)
+        np.testing.assert_array_equal(cross.fits[side].bias, bias)
+        # the other half is decoded with these offsets, exactly as a calibrator fitted on this half
+        other = [i for i in range(len(gold)) if half[i] != side]
+        alone = BiasCalibrator(LABELS, grid=grid).fit([logits[i] for i in mine], [gold[i] for i in mine])
+        predicted = cross.predict(logits)
+        assert [predicted[i] for i in other] == alone.predict([logits[i] for i in other])
+    assert not np.array_equal(cross.fits[0].bias, cross.fits[1].bias)  # the halves do fit differently
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_no_dev_document_is_scored_with_offsets_fitted_on_its_own_tags(seed):
+    """Rewrite one document's gold tags at a time: its own cross-fitted tags never move (the
+    offsets it is decoded with never saw them), while the in-sample fit's tags do for some."""
+    from bertlab.calibration import CrossFitCalibrator
+    logits, gold, doc_ids = dev_documents(500 + seed)
+    rng = np.random.default_rng(seed)
+    before = CrossFitCalibrator(LABELS).fit(logits, gold, doc_ids).predict(logits)
+    in_sample_before = BiasCalibrator(LABELS).fit(logits, gold).predict(logits)
+    leaks = 0
+    for doc in sorted(set(doc_ids)):
+        rewritten = [[LABELS[i] for i in rng.integers(len(LABELS), size=len(s))] if d == doc else s
+                     for s, d in zip(gold, doc_ids)]
+        after = CrossFitCalibrator(LABELS).fit(logits, rewritten, doc_ids).predict(logits)
+        own = [i for i, d in enumerate(doc_ids) if d == doc]
+        assert [after[i] for i in own] == [before[i] for i in own], doc
+        in_sample = BiasCalibrator(LABELS).fit(logits, rewritten).predict(logits)
+        leaks += [in_sample[i] for i in own] != [in_sample_before[i] for i in own]
+    assert leaks > 0  # the check has teeth: an in-sample fit moves with the document's own tags
+
+
+def test_a_case_where_in_sample_offsets_would_leak():
+    """One entity type, single-word entities; a word's A logit sits ``shift`` below O. Document 0
+    (half 0) marks every shift-3 word an entity; the half-1 documents mark shift-1 words only.
+    In sample, document 0's six entities pull the offset past 3 and document 0 is decoded
+    perfectly, by its own tags; cross-fitted, it is decoded with half 1's offset (between 1 and
+    3) and its shift-3 words stay O, whatever its own tags say."""
+    from bertlab.calibration import CrossFitCalibrator
+
+    def sentence(shifts):
+        z = np.full((len(shifts), len(LABELS)), -5.0)
+        z[:, 0] = 2.0
+        z[:, 1] = 2.0 - np.asarray(shifts, dtype=np.float64)
+        return z
+    shifts = [[3] * 6, [1, 1, 3, 3], [1, 3], [1, 1, 3]]
+    gold = [["B-A"] * 6, ["B-A", "B-A", "O", "O"], ["B-A", "O"], ["B-A", "B-A", "O"]]
+    logits, doc_ids = [sentence(s) for s in shifts], ["d0", "d1", "d2", "d3"]
+    in_sample = BiasCalibrator(LABELS).fit(logits, gold)
+    assert in_sample.bias[0] > 3 and in_sample.predict(logits)[0] == gold[0]
+    cross = CrossFitCalibrator(LABELS).fit(logits, gold, doc_ids)
+    assert 1 < cross.fits[1].bias[0] < 3 and cross.predict(logits)[0] == ["O"] * 6
+    quiet = [["O"] * 6] + gold[1:]  # document 0's own tags no longer matter
+    assert CrossFitCalibrator(LABELS).fit(logits, quiet, doc_ids).predict(logits)[0] == ["O"] * 6
+    assert BiasCalibrator(LABELS).fit(logits, quiet).predict(logits)[0] == ["O"] * 6  # in sample it follows
+
+
+def test_cross_fit_decodes_only_the_sentences_it_was_fitted_on():
+    from bertlab.calibration import CrossFitCalibrator
+    logits, gold, doc_ids = dev_documents(600)
+    cross = CrossFitCalibrator(LABELS)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        cross.predict(logits)
+    cross.fit(logits, gold, doc_ids)
+    with pytest.raises(ValueError, match="it decodes only the sentences it was fitted on"):
+        cross.predict(logits[:-1])
+    with pytest.raises(ValueError, match="expected one of each per sentence"):
+        cross.fit(logits, gold, doc_ids[:-1])
+    # one document: the empty half fits offsets 0, so that document is decoded by argmax
+    one = CrossFitCalibrator(LABELS).fit(logits[:3], gold[:3], ["d"] * 3)
+    assert one.predict(logits[:3]) == [[LABELS[i] for i in z.argmax(1)] for z in logits[:3]]
+
+
+def test_calibration_fit_is_a_checked_field_and_older_configs_read_as_dev():
+    from bertlab.config import ConfigError, config_from_dict
+    assert config_from_dict({"eval": {"decode": ["calibrated"]}}).eval.calibration_fit == "dev"
+    assert config_from_dict({"eval": {"calibration_fit": "crossfit"}}).eval.calibration_fit == "crossfit"
+    with pytest.raises(ConfigError, match="calibration_fit"):
+        config_from_dict({"eval": {"calibration_fit": "test"}}, "study.toml")

@@ -504,3 +504,39 @@ def test_evaluate_reproduces_the_runs_own_test_predictions_in_its_precision(tmp_
         assert r["precision"] == precision
         trained = [json.loads(l)["pred"] for l in (run / f"predictions_test_{decode}.jsonl").read_text().splitlines()]
         assert [p["pred"] for p in r["predictions"]] == trained
+
+
+def test_decode_reproduces_each_decode_of_a_run_and_bio_tags_are_valid(tmp_path, capsys, monkeypatch):
+    """`bertlab evaluate --decode D` on the best folder of decode D gives that run's own test
+    predictions for every decode, the +bio and calibrated ones included (their knn.npz /
+    calibration.json come from the folder); `bertlab predict --decode D` writes those decoders'
+    tags, IOB2-valid for +bio; a decode the folder cannot serve is one line and status 2."""
+    from _train_script import tiny_config
+
+    from bertlab.checkpoint import best_folder
+    from bertlab.datasets.tags import tag_problems
+    from bertlab.predict import evaluate_model
+    from bertlab.train import load_config, train
+    decodes = ["argmax", "argmax+bio", "knn+bio", "calibrated", "calibrated+bio"]
+    cfg = tiny_config(tmp_path / "data", train={"epochs": 1}, eval={"decode": decodes, "knn_k": 3})
+    run = tmp_path / "run"
+    train(load_config(cfg), run, resume=False, log=lambda *a, **k: None)
+    for decode in decodes:
+        r = evaluate_model(best_folder(run, decode, decodes), cfg["data"]["test_file"], decode=decode)
+        assert r["decode"] == decode
+        trained = [json.loads(l)["pred"] for l in (run / f"predictions_test_{decode}.jsonl").read_text().splitlines()]
+        assert [p["pred"] for p in r["predictions"]] == trained, decode
+    monkeypatch.setattr("bertlab.predict.show_progress", lambda: False)
+    (tmp_path / "note.txt").write_text(TEXT)
+    for decode in ("calibrated", "calibrated+bio"):
+        folder = best_folder(run, decode, decodes)
+        assert main(["--model", str(folder), "--input", str(tmp_path / "note.txt"), "--decode", decode,
+                     "--format", "conll"]) == 0
+        tags = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()[1:] if line]
+        assert tags and (decode == "calibrated" or not tag_problems(tags, "IOB2"))
+    for argv, message in ((["--decode", "calibrated"], "calibration.json: missing"),
+                          (["--decode", "viterbi"], "--decode viterbi needs a model with a CRF head"),
+                          (["--decode", "argmax", "--knn"], "--knn is --decode knn")):
+        assert main(["--model", str(run / "best"), "--input", str(tmp_path / "note.txt"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bertlab predict: ") and message in err and err.count("\n") == 1, err

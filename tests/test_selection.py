@@ -182,3 +182,59 @@ def test_rescore_bad_input_is_one_line_naming_the_folder_or_file(tmp_path, capsy
     assert rescore_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bertlab rescore: {tmp_path / 'run' / 'metrics.json'}: not valid JSON (") and err.count("\n") == 1
+
+
+def test_bio_decodes_and_cross_fitted_calibration_select_and_score_as_documented(tmp_path):
+    """Every ``+bio`` decode is its own decode (own dev curve, own best folder with the KNN
+    reference / calibration it needs); with ``calibration_fit = "crossfit"`` each epoch's
+    calibrated dev scores are those of a fresh cross-fit on that epoch's weights, the saved
+    calibration is the fit on all of dev, and test predictions use it."""
+    import numpy as np
+
+    from bertlab.calibration import BiasCalibrator, CrossFitCalibrator
+    from bertlab.checkpoint import best_folder, load_pretrained
+    from bertlab.datasets.tags import tag_problems
+    from bertlab.inference import decode_tags, word_logits
+    from bertlab.knn import KNNClassifier
+    from bertlab.metrics import entity_report
+    decodes = ["argmax", "argmax+bio", "knn+bio", "calibrated", "calibrated+bio"]
+    cfg = load_config(tiny_config(tmp_path / "data", train={"epochs": 2, "seed": 1},
+                                  eval={"decode": decodes, "knn_k": 3, "calibration_fit": "crossfit"}))
+    snaps = Snapshots()
+    run = tmp_path / "run"
+    metrics = train(cfg, run, callbacks=[snaps], resume=False, log=quiet)
+    assert metrics["config"]["eval"]["calibration_fit"] == "crossfit"
+    splits = train_module.load_splits(cfg.data)
+    dev, test = splits.dev.sentences, splits.test.sentences
+    gold = [list(s.tags) for s in dev]
+    model, tokenizer = load_pretrained(run / "best", labels=splits.labels)
+    options = dict(max_length=cfg.data.max_length, stride=cfg.data.stride)
+
+    def f1(tags, pred):
+        return entity_report(tags, pred, scheme="IOB2", mode="strict", zero_division=0)["micro avg"]["f1-score"]
+    for epoch, state in snaps.states.items():
+        model.load_state_dict(state)
+        logits = word_logits(model, tokenizer, dev, **options)
+        cross = CrossFitCalibrator(model.labels).fit(logits, gold, [s.doc_id for s in dev])
+        for d in ("calibrated", "calibrated+bio"):
+            recorded = metrics["history"][epoch]["dev"][d]["f1_micro"]
+            assert f1(gold, decode_tags(d, logits, model, calibrator=cross)) == pytest.approx(recorded, abs=1e-12)
+    for d in decodes:
+        folder = best_folder(run, d, decodes)
+        assert json.loads((folder / "bertlab_train.json").read_text())["decode"] == d
+        model.load_state_dict(snaps.states[metrics["best_epochs"][d]])
+        dev_logits = word_logits(model, tokenizer, dev, **options)
+        knn = KNNClassifier.load(folder / "knn.npz") if d == "knn+bio" else None
+        calibrator = None
+        if d.startswith("calibrated"):
+            calibrator = BiasCalibrator.load(folder / "calibration.json")
+            np.testing.assert_array_equal(calibrator.bias, BiasCalibrator(model.labels).fit(dev_logits, gold).bias)
+        expected = decode_tags(d, word_logits(model, tokenizer, test, **options), model, knn=knn, calibrator=calibrator)
+        rows = [json.loads(line) for line in (run / f"predictions_test_{d}.jsonl").read_text().splitlines()]
+        assert [r["pred"] for r in rows] == expected, d
+        if d.endswith("+bio"):
+            assert all(not tag_problems(r["pred"], "IOB2") for r in rows)
+    # the final dev score of a calibrated decode is its selection score: out of sample too
+    for d in ("calibrated", "calibrated+bio"):
+        best = metrics["history"][metrics["best_epochs"][d]]["dev"][d]["f1_micro"]
+        assert metrics["dev"][d]["micro_f1"] == pytest.approx(best, abs=1e-12)
