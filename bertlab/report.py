@@ -215,6 +215,13 @@ def stack_counts(counts: list[dict], docs: list[str] | None = None,
     return x, layout
 
 
+def class_f1(e: np.ndarray) -> np.ndarray:
+    """Per-class F1 from entity counts ``[..., 3]`` (tp, predicted, gold): 2 TP / (predicted +
+    gold); NaN where the class has no gold mention (undefined there, not 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)
+
+
 def per_class_scores(x: np.ndarray, layout: CountLayout, metric: str) -> np.ndarray:
     """Per-class F1 (``f1_macro``: 2 TP / (predicted + gold)) or recall (``unweighted_accuracy``:
     correct / gold) of the fixed class set, from summed counts ``x [..., K]``; NaN for a class with
@@ -222,8 +229,7 @@ def per_class_scores(x: np.ndarray, layout: CountLayout, metric: str) -> np.ndar
     ent, tok = layout.split(x)
     with np.errstate(invalid="ignore", divide="ignore"):
         if metric == "f1_macro":
-            e = ent[..., layout.classes, :]
-            return np.where(e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)
+            return class_f1(ent[..., layout.classes, :])
         t = tok[..., layout.tag_classes, :]
         return np.where(t[..., 1] > 0, t[..., 0] / t[..., 1], np.nan)
 
@@ -1064,12 +1070,8 @@ def per_class_table(x: np.ndarray, layout: CountLayout, min_support: int) -> dic
     full = ent.sum(1)  # [S, T, 3]
     loo = full[:, None] - ent  # [S, D, T, 3]
 
-    def f1(e):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)
-
-    f1_full = f1(full)  # [S, T]
-    f1_loo = np.where(np.isnan(f1(loo)), f1_full[:, None], f1(loo))  # [S, D, T]
+    f1_full = class_f1(full)  # [S, T]
+    f1_loo = np.where(np.isnan(class_f1(loo)), f1_full[:, None], class_f1(loo))  # [S, D, T]
     pseudo = stats.jackknife_pseudovalues(f1_full, np.moveaxis(f1_loo, 1, -1))  # [S, T, D]
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(full[..., 1] > 0, full[..., 0] / full[..., 1], 0.0).mean(0)
