@@ -91,7 +91,7 @@ def reference(tmp_path_factory):
     ("[train]\npad_to_multiple_of = -8\n", "[train] pad_to_multiple_of: expected a value >= 0"),
     ("[eval]\ndecode = [\"argmax\", \"beam\"]\n", "[eval] decode: expected entries from"),
     ("[eval]\ndecode = [\"viterbi\"]\n", "[eval] decode: 'viterbi' needs a CRF"),
-    ("[loss]\nname = \"dice\"\n", "[loss] name: expected one of"),
+    ("[loss]\nname = \"tversky\"\n", "[loss] name: expected one of"),
     ("[loss]\nname = \"ce\"\ngamma = 2.0\n", "[loss] LossConfig.gamma=2.0 is only used by name='focal'"),
     ("[model]\npreset = \"tinybert\"\npath = \"/x\"\n", "[model] path and preset are both set"),
     ("[sampler]\nname = \"btl\"\n[model]\nhead = \"crf\"\n", "[sampler] name: 'btl' cannot train a CRF"),
