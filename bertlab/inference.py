@@ -11,6 +11,8 @@ Decodes (all read the same word logits, so they come from one forward pass):
   (``fit_knn_on_train``, ``bertlab.knn.KNNClassifier``, k = 17 as in the BTL paper).
 - ``"calibrated"``: argmax after per-entity-type logit offsets fitted on dev
   (``bertlab.calibration.BiasCalibrator``): the decoder a BTL objective calls for.
+- ``"logit_adjusted"``: argmax of ``z - τ log π`` (training label priors π, τ chosen on dev;
+  ``bertlab.logit_adjustment.LogitAdjustedDecoder``): post-hoc logit adjustment, Menon et al. 2021.
 
 Argmax and KNN predict one label per word independently, so they can produce sequences that are
 not valid IOB2 (``O I-X``). Scoring is strict IOB2 (seqeval ``mode="strict"``): such an orphan
@@ -28,7 +30,9 @@ from bertlab.metrics import entity_report, token_report, unweighted_accuracy
 from bertlab.sampling import collate, pad_multiple, padded_width
 from bertlab.tokenization import word_predictions
 
-DECODES = ("argmax", "viterbi", "knn", "calibrated")
+DECODES = ("argmax", "viterbi", "knn", "calibrated", "logit_adjusted")
+# decodes fitted on dev, passed as ``calibrator`` (an object with ``predict(logits)``)
+DEV_FITTED = {"calibrated": "a BiasCalibrator", "logit_adjusted": "a LogitAdjustedDecoder"}
 
 
 def _words(sentences) -> list[list[str]]:
@@ -223,7 +227,7 @@ def decode_tags(decode: str, logits: list[np.ndarray], model, knn=None, calibrat
             raise ValueError("decode='knn' needs knn= (a classifier from fit_knn_on_train)")
         return decode_knn(knn, logits, model.labels)
     if calibrator is None:
-        raise ValueError("decode='calibrated' needs calibrator= (a BiasCalibrator fitted on dev)")
+        raise ValueError(f"decode={decode!r} needs calibrator= ({DEV_FITTED[decode]} fitted on dev)")
     return calibrator.predict(logits)
 
 
@@ -247,8 +251,8 @@ def evaluate(model, tokenizer, corpus, decode: str = "argmax", knn=None, max_len
         raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
     if decode == "knn" and knn is None:
         raise ValueError("decode='knn' needs knn= (a classifier from fit_knn_on_train)")
-    if decode == "calibrated" and calibrator is None:
-        raise ValueError("decode='calibrated' needs calibrator= (a BiasCalibrator fitted on dev)")
+    if decode in DEV_FITTED and calibrator is None:
+        raise ValueError(f"decode={decode!r} needs calibrator= ({DEV_FITTED[decode]} fitted on dev)")
     sentences = corpus.sentences if hasattr(corpus, "sentences") else list(corpus)
     if logits is None:
         logits = word_logits(model, tokenizer, sentences, max_length, stride, batch_size, precision,
