@@ -292,12 +292,14 @@ def offset_token_losses(logits: torch.Tensor, targets: torch.Tensor, offset: tor
                         label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross entropy of additively adjusted logits, ``-w_t log softmax(z + o)_t``.
 
-    offset ``o``: ``[C]`` or ``[..., C]`` (``τ log π`` for logit adjustment, ``log N`` for the
-    balanced softmax). Shapes, weight, label smoothing and the result as in ``token_losses``.
+    offset ``o``: ``[C]``, or ``[..., C]`` per row of targets like alpha (``τ log π`` for logit
+    adjustment, ``log N`` for the balanced softmax). Shapes, weight, label smoothing and the result
+    as in ``token_losses``.
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         dtype = _loss_dtype(logits)
-        z = logits.to(dtype) + torch.as_tensor(offset, device=logits.device, dtype=dtype)
+        o = torch.as_tensor(offset, device=logits.device, dtype=dtype)
+        z = logits.to(dtype) + (o if o.dim() == 1 else o.unsqueeze(-2))  # [..., 1, C]: every token of the row
         return token_losses(z, targets, 0.0, weight, ignore_index, label_smoothing)
 
 
