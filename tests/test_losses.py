@@ -825,3 +825,41 @@ def test_count_based_losses_need_counts(name):
         build_loss(LossConfig(name))
     with pytest.raises(ValueError, match="LossConfig.drw_epoch needs the class counts"):
         build_loss(LossConfig("ce", drw_epoch=1))
+
+
+def test_imbalance_worked_example_in_docs():
+    """Recompute every number of docs/losses.md § "The worked example, continued"."""
+    text = DOC.read_text()
+    block = text.split("<!-- worked-example-imbalance:start -->")[1].split("<!-- worked-example-imbalance:end -->")[0]
+    values = {}
+    for line in block.splitlines():
+        m = re.match(r"\|\s*`([^`]+)`\s*\|\s*(-?\d+\.\d{4})\s*\|", line)
+        if m:
+            values[m.group(1)] = float(m.group(2))
+    assert len(values) >= 30, f"parsed only {sorted(values)}"
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.3, 1.2, -0.4]], requires_grad=True)
+    targets = torch.tensor([0, 2])
+    counts = torch.tensor([90, 8, 2])
+    log_pi = class_priors(counts).log()
+    computed = {f"logpi_{c}": log_pi[c] for c in range(3)}
+    p_tilde = (logits.detach() + log_pi).softmax(-1)
+    computed.update(ptilde_00=p_tilde[0, 0], ptilde_12=p_tilde[1, 2])
+    computed.update({f"Delta_{c}": ldam_margins(counts)[c] for c in range(3)})
+    p = logits.detach().softmax(-1)
+    p_t = p[[0, 1], [0, 2]]
+    computed.update({f"q_{i}": (1 - p_t[i]) * p_t[i] for i in range(2)})
+    for name, fn in [("LA", lambda z, **k: logit_adjusted_loss(z, targets, counts, 1.0, **k)),
+                     ("BS", lambda z, **k: balanced_softmax_loss(z, targets, counts, **k)),
+                     ("LDAM", lambda z, **k: ldam_loss(z, targets, counts, 0.5, 1.0, **k)),
+                     ("DSC", lambda z, **k: dice_loss(z, targets, 1.0, 1.0, **k)),
+                     ("LS", lambda z, **k: cross_entropy(z, targets, label_smoothing=0.1, **k))]:
+        per_token = fn(logits, reduction="none")
+        computed.update({f"{name}_{i}": per_token[i] for i in range(2)})
+        logits.grad = None
+        per_token.sum().backward()
+        computed.update({f"d{name}_{i}{j}": logits.grad[i, j] for i in range(2) for j in range(3)})
+        computed[f"{name}_mean"] = fn(logits)
+    unknown = sorted(set(values) - set(computed))
+    assert not unknown, f"docs/losses.md shows quantities the test does not compute: {unknown}"
+    for name, value in values.items():
+        assert round(float(computed[name].detach()), 4) == pytest.approx(value, abs=1e-12), name

@@ -449,3 +449,17 @@ def test_resampling_ceiling_is_not_fooled_by_float_error(monkeypatch):
     tags = [["B-A", "O"], ["B-A"], ["O"]]
     monkeypatch.setattr(bertlab.sampling, "resampling_scores", lambda t, m: [3.0000000000000004, 2.0000001, 0.3])
     assert sentence_repeats(tags, "sC") == [3, 3, 1]
+
+
+def test_resampling_example_in_docs():
+    """docs/losses.md § "Sentence-level resampling": its table's tags and final counts."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "losses.md").read_text(encoding="utf-8")
+    block = text.split("<!-- resampling-example:start -->")[1].split("<!-- resampling-example:end -->")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    tags = [r[1].split() for r in rows]
+    assert tags == RESAMPLING_CORPUS
+    for k, method in enumerate(("sC", "sCR", "sCRD", "nsCRD")):
+        shown = [int(r[2 + k].rsplit("→", 1)[1]) for r in rows]
+        assert shown == sentence_repeats(tags, method) == RESAMPLING_TABLE[method], method
