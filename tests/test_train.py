@@ -86,7 +86,7 @@ def reference(tmp_path_factory):
     ("[train]\nepochs = \"3\"\n", "[train] epochs: expected an integer, got '3'"),
     ("[train]\nepochs = 2.5\n", "[train] epochs: expected an integer"),
     ("[optim]\nlr = true\n", "[optim] lr: expected a number, got True"),
-    ("[sampler]\nname = \"bTL\"\n", "[sampler] name: expected one of ['atl', 'btl'], got 'bTL'"),
+    ("[sampler]\nname = \"bTL\"\n", "[sampler] name: expected one of ['atl', 'btl', 'resample'], got 'bTL'"),
     ("[sampler]\nbatch_size = 0\n", "[sampler] batch_size: expected a value >= 1"),
     ("[train]\npad_to_multiple_of = -8\n", "[train] pad_to_multiple_of: expected a value >= 0"),
     ("[eval]\ndecode = [\"argmax\", \"beam\"]\n", "[eval] decode: expected entries from"),
