@@ -616,7 +616,8 @@ class LossConfig:
         if self.reduction not in REDUCTIONS or self.reduction == "none":
             raise ValueError(f"LossConfig.reduction={self.reduction!r}, expected 'mean', 'weighted_mean' or 'sum'")
         if self.name not in ("focal", "dice") and self.gamma is not None:
-            raise ValueError(f"LossConfig.gamma={self.gamma} is only used by name='focal' or 'dice' (name={self.name!r})")
+            raise ValueError(f"LossConfig.gamma={self.gamma} is only used by name='focal' or 'dice' "
+                             f"(name={self.name!r})")
         if self.gamma is not None and self.gamma < 0:
             raise ValueError(f"LossConfig.gamma={self.gamma} must be >= 0")
         if self.name not in ("focal", "dice") and self.alpha is not None:

@@ -145,7 +145,8 @@ def test_deferred_reweighting_switches_on_at_its_epoch_in_the_loop(tmp_path):
     """Epoch 0 trains exactly as LDAM without DRW; at the start of epoch 1 the weights switch on
     (logged, with the effective-number weights of the training counts) and the run diverges."""
     out = {}
-    for name, loss in (("plain", {"name": "ldam", "scale": 2.0}), ("drw", {"name": "ldam", "scale": 2.0, "drw_epoch": 1})):
+    for name, loss in (("plain", {"name": "ldam", "scale": 2.0}),
+                       ("drw", {"name": "ldam", "scale": 2.0, "drw_epoch": 1})):
         cfg = no_eval(tiny_config(tmp_path / name / "data", loss=loss, train={"epochs": 2}))
         out[name] = train(load_config(cfg), tmp_path / name / "run", resume=False, log=quiet)
     plain, drw = out["plain"]["history"], out["drw"]["history"]
@@ -248,5 +249,6 @@ def test_the_logit_adjusted_decode_is_fitted_on_dev_and_scores_test_with_it(tmp_
     train_tags = [t for s in splits.train.sentences for t in s.tags]
     assert decoder.counts.tolist() == [train_tags.count(label) for label in splits.labels]
     logits = word_logits(model, tok, splits.test.sentences, c.data.max_length, c.data.stride)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions_test_logit_adjusted.jsonl").read_text().splitlines()]
+    predictions = tmp_path / "run" / "predictions_test_logit_adjusted.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [r["pred"] for r in rows] == decoder.predict(logits)

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def dice(alpha, gamma):
         return lambda z, t: dice_loss(z, t, alpha, gamma, reduction="none")
-    method_figure(p_t, [("dice α = 1, γ = 1 (default)", dice(1.0, 1.0), 1), ("dice α = 0.5, γ = 1", dice(0.5, 1.0), 1),
+    method_figure(p_t, [("dice α = 1, γ = 1 (default)", dice(1.0, 1.0), 1),
+                        ("dice α = 0.5, γ = 1", dice(0.5, 1.0), 1),
                         ("dice α = 0 (plain soft dice), γ = 1", dice(0.0, 1.0), 1),
                         ("dice α = 1, γ = 0.1", dice(1.0, 0.1), 1)],
                   "Self-adjusting dice: (1 - q)/(q + 1 + γ), q = (1-p_t)^α p_t", out / "dice_vs_pt.png")
