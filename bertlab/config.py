@@ -22,6 +22,7 @@ import torch
 
 from bertlab.constrained import BIO, CONSTRAINABLE, base_decode
 from bertlab.losses import LOSS_NAMES, REDUCTIONS, WEIGHT_SCHEMES, LossConfig, build_loss
+from bertlab.sampling import RESAMPLING_METHODS
 
 class ConfigError(ValueError):
     """A bad training config. The message names the file, ``[section] key`` and what was expected."""
@@ -59,7 +60,9 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "atl"            # "atl" (all token labels) | "btl" (binary token labels)
+    name: str = "atl"            # "atl" (all token labels) | "btl" (binary token labels) | "resample"
+                                 # (ATL, each training sentence repeated by its rarity score)
+    method: str = ""             # resample only: "sC" | "sCR" | "sCRD" | "nsCRD" (Wang & Wang 2022)
     btl_impl: str = "fused"      # "fused" | "naive"
     btl_mode: str = "other_to_o"  # "other_to_o" | "ignore" | "binary"
     btl_classes: str = "present"  # "present" | "all"
@@ -105,8 +108,9 @@ class RunConfig:
 
 @dataclass
 class EvalConfig:
-    # "argmax" | "viterbi" (CRF) | "knn" | "calibrated", or "argmax+bio" | "knn+bio" |
-    # "calibrated+bio" (IOB2-constrained, bertlab.constrained); the first names the model in best/
+    # "argmax" | "viterbi" (CRF) | "knn" | "calibrated" | "logit_adjusted" (argmax of z - τ log π, τ
+    # chosen on dev), or "argmax+bio" | "knn+bio" | "calibrated+bio" (IOB2-constrained,
+    # bertlab.constrained); the first names the model in best/
     decode: list = field(default_factory=lambda: ["argmax"])
     knn_k: int = 17
     knn_metric: str = "euclidean"
@@ -139,7 +143,8 @@ CHOICES = {
     ("loss", "reduction"): tuple(r for r in REDUCTIONS if r != "none"),
     ("model", "head"): ("softmax", "crf"),
     ("model", "arch"): ("", "bilstm", "bilstm_crf"),
-    ("sampler", "name"): ("atl", "btl"),
+    ("sampler", "name"): ("atl", "btl", "resample"),
+    ("sampler", "method"): ("",) + RESAMPLING_METHODS,
     ("sampler", "btl_impl"): ("fused", "naive"),
     ("sampler", "btl_mode"): ("other_to_o", "ignore", "binary"),
     ("sampler", "btl_classes"): ("present", "all"),
@@ -153,7 +158,7 @@ CHOICES = {
     ("eval", "calibration_fit"): ("dev", "crossfit"),
 }
 # every decode name, the one list ([eval] decode, bertlab predict/evaluate --decode, inference)
-DECODES = ("argmax", "viterbi", "knn", "calibrated") + tuple(d + BIO for d in CONSTRAINABLE)
+DECODES = ("argmax", "viterbi", "knn", "calibrated", "logit_adjusted") + tuple(d + BIO for d in CONSTRAINABLE)
 # fields that must be >= the given minimum
 MINIMUM = {
     ("model", "num_layers"): 0, ("data", "max_documents"): 0, ("data", "max_length"): 3, ("data", "stride"): 0,
@@ -418,6 +423,19 @@ def check_config(cfg: TrainConfig, where: str) -> None:
     if has_crf(cfg) and (cfg.loss.name != "ce" or cfg.loss.reduction == "weighted_mean"):
         raise ConfigError(f"{where}: [loss] name/reduction: a CRF head trains on its own sequence NLL; "
                           f"use name = \"ce\" with reduction \"mean\" or \"sum\"")
+    for key, unset in (("label_smoothing", 0.0), ("drw_epoch", None)):
+        if has_crf(cfg) and getattr(cfg.loss, key) != unset:
+            raise ConfigError(f"{where}: [loss] {key}: a CRF head trains on its own sequence NLL, which has "
+                              f"no per-token {key.replace('_', ' ')}; leave it out")
+    if cfg.loss.drw_epoch is not None and cfg.loss.drw_epoch >= cfg.train.epochs:
+        raise ConfigError(f"{where}: [loss] drw_epoch: the re-weighting would start at epoch {cfg.loss.drw_epoch} "
+                          f"(0-based) of {cfg.train.epochs}, i.e. never; expected < [train] epochs")
+    if cfg.sampler.name == "resample" and not cfg.sampler.method:
+        raise ConfigError(f"{where}: [sampler] method: name = \"resample\" needs a method, one of "
+                          f"{list(RESAMPLING_METHODS)}")
+    if cfg.sampler.method and cfg.sampler.name != "resample":
+        raise ConfigError(f"{where}: [sampler] method: only used with name = \"resample\" "
+                          f"(name = {cfg.sampler.name!r})")
     if cfg.sampler.name == "btl" and cfg.loss.reduction == "weighted_mean":
         raise ConfigError(f"{where}: [loss] reduction: 'weighted_mean' is for ATL only; BTL copies are "
                           f"normalised by the labelled-token count (\"mean\") or not at all (\"sum\")")
@@ -433,9 +451,10 @@ def check_config(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: [data] dev_file/test_file need train_file as well")
     if cfg.data.train_file and not cfg.data.dev_file and cfg.train.early_stopping_patience:
         raise ConfigError(f"{where}: [train] early_stopping_patience: needs a dev set ([data] dev_file)")
-    if cfg.data.train_file and not cfg.data.dev_file and "calibrated" in map(base_decode, cfg.eval.decode):
-        raise ConfigError(f"{where}: [eval] decode: 'calibrated' is fitted on dev and needs a dev set "
-                          f"([data] dev_file)")
+    for decode in ("calibrated", "logit_adjusted"):
+        if cfg.data.train_file and not cfg.data.dev_file and decode in map(base_decode, cfg.eval.decode):
+            raise ConfigError(f"{where}: [eval] decode: {decode!r} is fitted on dev and needs a dev set "
+                              f"([data] dev_file)")
     if cfg.eval.select == "last" and cfg.train.early_stopping_patience:
         raise ConfigError(f"{where}: [train] early_stopping_patience: with [eval] select = \"last\" nothing "
                           f"is compared across epochs; set patience to 0 or select by a dev score")

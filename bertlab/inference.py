@@ -14,6 +14,8 @@ Decodes (all read the same word logits, so they come from one forward pass):
 - ``"argmax+bio"``, ``"knn+bio"``, ``"calibrated+bio"``: the same decoder's per-word scores
   (``decoder_scores``), read by a Viterbi over IOB2's allowed transitions (``bertlab.constrained``):
   the best valid tag sequence; a sentence whose unconstrained tags are valid keeps them.
+- ``"logit_adjusted"``: argmax of ``z - τ log π`` (training label priors π, τ chosen on dev;
+  ``bertlab.logit_adjustment.LogitAdjustedDecoder``): post-hoc logit adjustment, Menon et al. 2021.
 
 Argmax, KNN and calibrated predict one label per word independently, so they can produce sequences
 that are not valid IOB2 (``O I-X``). Scoring is strict IOB2 (seqeval ``mode="strict"``): such an orphan
@@ -32,6 +34,9 @@ from bertlab.constrained import base_decode, constrain, is_constrained
 from bertlab.metrics import entity_report, token_report, unweighted_accuracy
 from bertlab.sampling import collate, pad_multiple, padded_width
 from bertlab.tokenization import word_predictions
+
+# decodes fitted on dev, passed as ``calibrator`` (an object with ``predict(logits)`` and ``adjust(logits)``)
+DEV_FITTED = {"calibrated": "a BiasCalibrator", "logit_adjusted": "a LogitAdjustedDecoder"}
 
 
 def _words(sentences) -> list[list[str]]:
@@ -252,15 +257,15 @@ def check_decode(decode: str, knn=None, calibrator=None) -> None:
         raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
     if base_decode(decode) == "knn" and knn is None:
         raise ValueError(f"decode={decode!r} needs knn= (a classifier from fit_knn_on_train)")
-    if base_decode(decode) == "calibrated" and calibrator is None:
-        raise ValueError(f"decode={decode!r} needs calibrator= (a BiasCalibrator fitted on dev)")
+    if base_decode(decode) in DEV_FITTED and calibrator is None:
+        raise ValueError(f"decode={decode!r} needs calibrator= ({DEV_FITTED[base_decode(decode)]} fitted on dev)")
 
 
 def decode_words(decode: str, logits: list[np.ndarray], model, knn=None,
                  calibrator=None) -> tuple[list[list[str]], list[np.ndarray]]:
     """Tags per sentence from word logits with one decode (see the module docstring), and per
     sentence the ``[n_words, C]`` probabilities the decoder read: the softmax of the logits
-    (argmax; viterbi: of the CRF's emissions), of the offset logits (calibrated), the neighbour
+    (argmax; viterbi: of the CRF's emissions), of the offset logits (calibrated, logit_adjusted), the neighbour
     vote shares (knn). ``+bio`` decodes constrain the tags (``bertlab.constrained.constrain``) over
     the scores of ``decoder_scores``; their probabilities are the unconstrained decoder's."""
     check_decode(decode, knn, calibrator)
@@ -268,7 +273,7 @@ def decode_words(decode: str, logits: list[np.ndarray], model, knn=None,
     if base == "knn":
         probabilities = knn_vote_shares(knn, logits, len(labels))
         tags = [[labels[i] for i in p.argmax(-1)] for p in probabilities]
-    elif base == "calibrated":
+    elif base in DEV_FITTED:  # calibrated offsets, or logit adjustment z - τ log π
         tags = calibrator.predict(logits)
         probabilities = [softmax(z) for z in calibrator.adjust(logits)]
     else:

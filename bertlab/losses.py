@@ -10,6 +10,18 @@ Notation (used in every docstring here and in docs/losses.md):
     cross entropy     CE_i = -w_t log p_t
     focal loss        FL_i = -α_t (1 - p_t)^γ log p_t          (γ = 0, α = w gives CE)
 
+and, for class imbalance (N_c = training tokens of class c, π_c = N_c / Σ_k N_k):
+
+    logit adjusted    LA_i  = CE of z + τ log π                  (Menon et al. 2021)
+    balanced softmax  BS_i  = CE of z + log N                    (Ren et al. 2020; LA with τ = 1)
+    LDAM              LDAM_i = CE of s (z - Δ_t e_t), Δ_c ∝ N_c^{-1/4}     (Cao et al. 2019)
+    self-adj. dice    DSC_i = 1 - (2 q + γ) / (q + 1 + γ), q = (1 - p_t)^α p_t   (Li et al. 2020)
+    label smoothing   LS_i  = (1 - ε) CE_i + ε/C Σ_j -w_j log p_j     (any CE-based loss above)
+
+A class with no training token (N_c = 0, e.g. the I- tag of a type whose mentions are all one
+word) would get log 0 = -∞ in LA/BS and an infinite margin in LDAM. Every count-based quantity
+here treats it as exactly as rare as the rarest class that occurs (``seen_counts``); see there why.
+
 Every loss takes logits ``[N, C]`` and targets ``[N]`` (or ``[B, T, C]`` and ``[B, T]``, which are
 flattened to ``[B*T, C]`` / ``[B*T]`` first) and is computed from ``log_softmax`` in float32 even
 under autocast: half-precision logits are cast up, float64 logits stay float64.
@@ -40,7 +52,10 @@ import torch
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
 WEIGHT_SCHEMES = ("paper", "inverse", "effective")
-LOSS_NAMES = ("ce", "weighted_ce", "focal")
+LOSS_NAMES = ("ce", "weighted_ce", "focal", "logit_adjusted", "balanced_softmax", "ldam", "dice")
+# the losses that are cross entropy of (transformed) logits: label smoothing applies to them
+CE_BASED = ("ce", "weighted_ce", "logit_adjusted", "balanced_softmax", "ldam")
+DRW_BETA = 0.9999  # Cao et al.'s β for the deferred re-weighting (their code, all experiments)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +128,51 @@ def class_weights(counts, scheme: str = "paper", beta: float = 0.999,
     return w.to(torch.float32)
 
 
+def seen_counts(counts) -> torch.Tensor:
+    """Training counts ``N_c`` (float64 ``[C]``) with each 0 replaced by the smallest non-zero count.
+
+    The count-based methods (logit adjustment, balanced softmax, LDAM) need ``log N_c`` or
+    ``N_c^{-1/4}``, which are -∞ and +∞ for a class with no training token. Such classes are
+    common in NER: the ``I-`` tag of a type whose training mentions are all one word. Taking the
+    formula's limit (an offset of -∞) would drop the class from the softmax: its logit would get
+    no gradient at all, and the raw-logit argmax (how a logit-adjusted model predicts) could pick
+    a label that was never trained. A pseudo-count (1, or 1/2) would add a free constant whose
+    effect grows with the corpus. Here the class is taken to be exactly as rare as the rarest class
+    that occurs: the largest offset / margin the data support, no new constant, and every logit
+    keeps a gradient. (LDAM's own normalisation already caps margins at ``max_margin``; this is the
+    same cap.) Class weights (``class_weights``) keep their own rule: ``w_c = 0``.
+
+    Also accepts priors (any non-negative vector); raises if every entry is 0 or one is negative.
+    """
+    n = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+    if (n < 0).any() or not torch.isfinite(n).all():
+        raise ValueError(f"class counts must be finite and >= 0, got {n.tolist()}")
+    if not (n > 0).any():
+        raise ValueError("class counts are all 0 (no training tokens?)")
+    return torch.where(n > 0, n, n[n > 0].min())
+
+
+def class_priors(counts) -> torch.Tensor:
+    """Training class priors ``π_c = N_c / Σ_k N_k`` (float64 ``[C]``), from counts or priors;
+    a class with no training token counts as the rarest class that occurs (``seen_counts``)."""
+    n = seen_counts(counts)
+    return n / n.sum()
+
+
+def ldam_margins(counts, max_margin: float = 0.5) -> torch.Tensor:
+    """LDAM's per-class margins (Cao et al. 2019), float64 ``[C]``:
+
+        Δ_c = max_margin · N_c^{-1/4} / max_k N_k^{-1/4}         (the rarest class gets max_margin)
+
+    as in the authors' code (``m_list = 1/sqrt(sqrt(N)); m_list *= max_m / max(m_list)``). A class
+    with no training token gets ``max_margin`` (``seen_counts``).
+    """
+    if max_margin < 0:
+        raise ValueError(f"LDAM needs max_margin >= 0, got {max_margin}")
+    m = seen_counts(counts) ** -0.25
+    return max_margin * m / m.max()
+
+
 # ---------------------------------------------------------------------------------------------
 # the per-token kernel shared by every loss (and by the fused BTL loss in bertlab.sampling)
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +219,7 @@ def _focal_log_probs(log_p: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0, alpha=None,
-                 ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+                 ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token focal loss ``l_i = -α_t (1 - p_t)^γ log p_t`` (CE when γ = 0), unreduced.
 
     logits ``[..., N, C]``; targets ``[..., N]``; the leading dims broadcast, so one ``[N, C]`` logit
@@ -167,13 +227,22 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0
     single log_softmax. alpha: None (all 1), a float, per-class ``[C]``, or ``[..., C]`` per row of
     targets (e.g. weights restricted to each copy's columns).
 
+    label_smoothing ε (γ = 0 only) gives PyTorch's label-smoothed cross entropy,
+    ``l_i = (1 - ε) α_t (-log p_t) + (ε / C) Σ_j α_j (-log p_j)``, the sum over the columns that
+    take part in the softmax: a column whose logit is -∞ (the padding of a 2-column BTL copy) has
+    p_j = 0 and is left out of the sum and of C, where ``F.cross_entropy`` would return inf.
+
     Returns ``(losses, alpha_t)``, both shaped like the broadcast targets, float32 (float64 if the
     logits are float64), zero at ignored tokens. ``alpha_t`` is the α of each token's target, used by
-    the "weighted_mean" reduction.
+    the "weighted_mean" reduction (also with label smoothing, as ``F.cross_entropy`` does).
     """
     if gamma < 0:
         raise ValueError(f"focal loss needs gamma >= 0, got gamma={gamma}")
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing and gamma:
+        raise ValueError("label smoothing is defined for cross entropy (gamma = 0) only")
+    dtype = _loss_dtype(logits)
     # autocast would run some of these ops in bf16/fp16; the loss must see full-precision log-probs
     with torch.autocast(device_type=logits.device.type, enabled=False):
         z = logits.to(dtype)
@@ -193,9 +262,97 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0
             alpha_t = a[safe_targets]
         else:
             alpha_t = a.expand(*batch_shape[:-1], a.shape[-1]).gather(-1, safe_targets)
+        losses = alpha_t * losses
+        if label_smoothing:
+            present = torch.isfinite(z)                                  # columns in the softmax
+            each = torch.where(present, -log_p, torch.zeros((), device=z.device, dtype=dtype))
+            if a is not None:
+                each = each * (a if a.dim() == 1 else a.unsqueeze(-2))  # α_j (-log p_j)
+            spread = each.sum(-1) / present.sum(-1).clamp(min=1)         # (1/C) Σ_j α_j (-log p_j)
+            losses = (1 - label_smoothing) * losses + label_smoothing * spread.expand(batch_shape)
         valid = valid.expand(batch_shape)
         zero = torch.zeros((), device=z.device, dtype=dtype)
-        return torch.where(valid, alpha_t * losses, zero), torch.where(valid, alpha_t, zero)
+        return torch.where(valid, losses, zero), torch.where(valid, alpha_t, zero)
+
+
+def _loss_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float32 for every loss computation, float64 if the logits are float64."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _per_column(values, columns: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """A per-class vector ``[C]`` as a tensor on the logits' device, in the loss dtype, looked up
+    by label id when the logit columns are a subset (``columns [..., C']``, a binary BTL copy)."""
+    v = torch.as_tensor(values, device=logits.device, dtype=_loss_dtype(logits))
+    return v if columns is None else v[columns.to(logits.device)]
+
+
+def offset_token_losses(logits: torch.Tensor, targets: torch.Tensor, offset: torch.Tensor, weight=None,
+                        ignore_index: int = IGNORE_INDEX,
+                        label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross entropy of additively adjusted logits, ``-w_t log softmax(z + o)_t``.
+
+    offset ``o``: ``[C]``, or ``[..., C]`` per row of targets like alpha (``τ log π`` for logit
+    adjustment, ``log N`` for the balanced softmax). Shapes, weight, label smoothing and the result
+    as in ``token_losses``.
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        dtype = _loss_dtype(logits)
+        o = torch.as_tensor(offset, device=logits.device, dtype=dtype)
+        z = logits.to(dtype) + (o if o.dim() == 1 else o.unsqueeze(-2))  # [..., 1, C]: every token of the row
+        return token_losses(z, targets, 0.0, weight, ignore_index, label_smoothing)
+
+
+def ldam_token_losses(logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor, scale: float = 30.0,
+                      weight=None, ignore_index: int = IGNORE_INDEX,
+                      label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token LDAM loss, ``-w_t log softmax(s (z - Δ_t e_t))_t``: the target's logit lowered by
+    its class margin, then every logit scaled by s.
+
+    margins ``Δ``: ``[C]`` or ``[..., C]`` per column (``ldam_margins``). Shapes, weight, label
+    smoothing and the result as in ``token_losses``; the margin depends on the target, so each
+    target row gets its own ``[N, C]`` logits (fused BTL: 2 rows, not one per copy).
+    """
+    if scale <= 0:
+        raise ValueError(f"LDAM needs scale > 0, got {scale}")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        dtype = _loss_dtype(logits)
+        z = logits.to(dtype)
+        m = torch.as_tensor(margins, device=logits.device, dtype=dtype)
+        batch_shape = torch.broadcast_shapes(z.shape[:-1], targets.shape)
+        safe = torch.where(targets != ignore_index, targets, torch.zeros_like(targets)).expand(batch_shape)
+        delta_t = m[safe] if m.dim() == 1 else m.expand(*batch_shape[:-1], m.shape[-1]).gather(-1, safe)
+        # Δ_t e_t: the margin in the target's column only (no arithmetic on the others, so a
+        # padding column's -∞ stays -∞)
+        shifted = z - (delta_t.unsqueeze(-1) * torch.nn.functional.one_hot(safe, z.shape[-1]).to(dtype))
+        return token_losses(scale * shifted, targets, 0.0, weight, ignore_index, label_smoothing)
+
+
+def dice_token_losses(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, gamma: float = 1.0,
+                      ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token self-adjusting dice loss (Li et al. 2020), unreduced:
+
+        DSC_i = 1 - (2 q + γ) / (q + 1 + γ) = (1 - q) / (q + 1 + γ),      q = (1 - p_t)^α p_t
+
+    Shapes and the result as in ``token_losses`` (the weights are 1). q is computed as
+    ``exp(α log(1 - p_t) + log p_t)`` with the accurate ``log(1 - p_t)`` of the focal loss, so the
+    loss and its gradient stay finite at p_t = 1 for every α >= 0 (at α < 1 a direct
+    ``(1 - p_t)^α`` has an infinite derivative there).
+    """
+    if alpha < 0 or gamma < 0:
+        raise ValueError(f"dice loss needs alpha >= 0 and gamma >= 0, got alpha={alpha}, gamma={gamma}")
+    dtype = _loss_dtype(logits)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        z = logits.to(dtype)
+        batch_shape = torch.broadcast_shapes(z.shape[:-1], targets.shape)
+        valid = targets != ignore_index
+        safe = torch.where(valid, targets, torch.zeros_like(targets)).expand(batch_shape)
+        log_p_t, log_q_t = _focal_log_probs(torch.log_softmax(z, dim=-1), safe)
+        q = torch.exp(log_p_t) if alpha == 0 else torch.exp(alpha * log_q_t + log_p_t)
+        losses = (1 - q) / (q + 1 + gamma)
+        valid = valid.expand(batch_shape)
+        zero = torch.zeros((), device=z.device, dtype=dtype)
+        return torch.where(valid, losses, zero), valid.to(dtype)
 
 
 def reduce_token_losses(losses: torch.Tensor, alpha_t: torch.Tensor, valid: torch.Tensor,
@@ -241,7 +398,8 @@ def _check_targets(targets: torch.Tensor, num_classes: int, ignore_index: int, n
 # ---------------------------------------------------------------------------------------------
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight=None,
-                  ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
+                  ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross entropy, optionally class-weighted: ``CE_i = -w_t log p_t``, ``p = softmax(z)``.
 
     logits ``[N, C]`` (or ``[B, T, C]``, flattened); targets ``[N]`` (or ``[B, T]``) class ids, with
@@ -260,8 +418,18 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight=None,
     normaliser, so a comparison changes only the per-token term. The price: the loss scale moves
     with the weights' scale (e.g. "paper" weights with 90% `O` shrink the loss about 5x); pick
     ``normalize`` or the learning rate accordingly, or ask for "weighted_mean" to match PyTorch.
+
+    label_smoothing ε in [0, 1): the target distribution becomes ``(1 - ε) e_t + ε/C``, i.e.
+
+        LS_i = (1 - ε) w_t (-log p_t) + (ε / C) Σ_j w_j (-log p_j)
+
+    exactly ``F.cross_entropy(..., label_smoothing=ε)`` (with its weights: each -log p_j weighted by
+    its own class's w_j), per token and under every reduction. Unweighted gradient:
+    ``∂LS_i/∂z_j = p_j - (1 - ε) δ_{jt} - ε/C``, zero at ``p = (1 - ε) e_t + ε/C``: a token stops
+    being pushed once p_t reaches 1 - ε + ε/C, and is pushed back if it goes beyond.
     """
-    return _reduce(logits, targets, 0.0, weight, ignore_index, reduction, "cross_entropy")
+    return _functional(lambda z, t: token_losses(z, t, 0.0, weight, ignore_index, label_smoothing),
+                       logits, targets, ignore_index, reduction, "cross_entropy")
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha=None,
@@ -287,15 +455,115 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, 
     return _reduce(logits, targets, gamma, alpha, ignore_index, reduction, "focal_loss")
 
 
-def _reduce(logits, targets, gamma, alpha, ignore_index, reduction, name) -> torch.Tensor:
+def logit_adjusted_loss(logits: torch.Tensor, targets: torch.Tensor, priors, tau: float = 1.0,
+                        ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """Logit-adjusted cross entropy (Menon et al. 2021): CE of the logits shifted by the log priors,
+
+        LA_i = -log softmax(z + τ log π)_t = -log [ π_t^τ e^{z_t} / Σ_j π_j^τ e^{z_j} ]
+
+    priors ``π [C]``: the training class priors (``class_priors(counts)``; counts work too, as the
+    normaliser Σ N_k only shifts every logit by the same τ log Σ N_k). tau τ >= 0: τ = 0 is CE.
+    Shapes, reduction (default "mean" over non-ignored tokens) and label_smoothing as in
+    ``cross_entropy``. A class with π_c = 0 counts as the rarest class that occurs (``seen_counts``).
+
+    Gradient: ``∂LA_i/∂z_j = p̃_j - δ_{jt}`` with ``p̃ = softmax(z + τ log π)``. A rare target
+    (small π_t) gets a small p̃_t for the same z, so it keeps being pushed after plain CE would
+    stop: the loss asks for a larger margin ``z_t - z_j > τ log(π_j / π_t)`` for rarer classes.
+    At test time the model predicts ``argmax_j z_j`` (the raw logits); the post-hoc variant
+    instead trains with CE and predicts ``argmax_j z_j - τ log π_j`` (``bertlab.logit_adjustment``).
+    """
+    if tau < 0:
+        raise ValueError(f"logit adjustment needs tau >= 0, got tau={tau}")
+    offset = tau * class_priors(priors).log()
+    return _functional(lambda z, t: offset_token_losses(z, t, offset, None, ignore_index, label_smoothing),
+                       logits, targets, ignore_index, reduction, "logit_adjusted_loss")
+
+
+def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, counts,
+                          ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
+                          label_smoothing: float = 0.0) -> torch.Tensor:
+    """Balanced softmax cross entropy (Ren et al. 2020): CE of the logits shifted by the log counts,
+
+        BS_i = -log softmax(z + log N)_t = -log [ N_t e^{z_t} / Σ_j N_j e^{z_j} ]
+
+    counts ``N [C]``: training tokens per class (``label_counts``). This is ``logit_adjusted_loss``
+    with τ = 1: ``log N_c = log π_c + log Σ_k N_k`` and the constant cancels in the softmax. Shapes,
+    reduction and label_smoothing as in ``cross_entropy``; N_c = 0 counts as the smallest non-zero
+    count (``seen_counts``). Gradient: ``∂BS_i/∂z_j = p̃_j - δ_{jt}``, ``p̃ = softmax(z + log N)``.
+    """
+    offset = seen_counts(counts).log()
+    return _functional(lambda z, t: offset_token_losses(z, t, offset, None, ignore_index, label_smoothing),
+                       logits, targets, ignore_index, reduction, "balanced_softmax_loss")
+
+
+def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, counts, max_margin: float = 0.5, scale: float = 30.0,
+              weight=None, ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
+              label_smoothing: float = 0.0) -> torch.Tensor:
+    """Label-distribution-aware margin loss (Cao et al. 2019):
+
+        LDAM_i = -w_t log softmax(s (z - Δ_t e_t))_t,        Δ_c = max_margin · N_c^{-1/4} / max_k N_k^{-1/4}
+
+    counts ``N [C]``: training tokens per class; the rarest class gets the margin ``max_margin``
+    (``ldam_margins``; N_c = 0 counts as the rarest). scale ``s > 0``; weight: None or per-class
+    ``[C]`` (the DRW weights, ``LossConfig.drw_epoch``). Shapes, reduction (default "mean" over
+    non-ignored tokens; the authors' code uses ``F.cross_entropy(weight=w)``, i.e.
+    "weighted_mean") and label_smoothing as in ``cross_entropy``.
+
+    Gradient: ``∂LDAM_i/∂z_j = s w_t (p'_j - δ_{jt})``, ``p' = softmax(s (z - Δ_t e_t))``. The target
+    must beat every other logit by Δ_t before its gradient fades, larger margins for rarer classes.
+
+    On s: Cao et al. train LDAM with a normalised last layer (cosine logits in [-1, 1], their
+    ``NormedLinear``), where s = 30 turns cosines into usable logits. bertlab's heads are plain
+    linear layers, so s multiplies unbounded logits: with s = 30 a token's softmax is nearly
+    one-hot, the loss is close to a hinge on ``z_t - Δ_t - max_j z_j`` and the gradient is up to s
+    times CE's. The default keeps the paper's number; ``scale = 1`` is LDAM on raw logits.
+    """
+    margins = ldam_margins(counts, max_margin)
+    return _functional(lambda z, t: ldam_token_losses(z, t, margins, scale, weight, ignore_index, label_smoothing),
+                       logits, targets, ignore_index, reduction, "ldam_loss")
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, gamma: float = 1.0,
+              ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
+    """Self-adjusting dice loss (Li et al. 2020), per token:
+
+        DSC_i = 1 - (2 q + γ) / (q + 1 + γ) = (1 - q) / (q + 1 + γ),        q = (1 - p_t)^α p_t
+
+    the soft dice coefficient of the one-hot target and the token's "self-adjusted" probability q,
+    with γ smoothing numerator and denominator. alpha α >= 0 (α = 0 is plain soft dice on p_t),
+    gamma γ >= 0. Shapes and reduction as in ``cross_entropy``; "mean" is the mean of DSC_i over
+    non-ignored tokens. Li et al. apply the dice per token in their NER experiments; the choice of
+    a per-token mean (not one dice over the batch) keeps it on the same normaliser as every other
+    loss here and makes it a sum of per-token terms, which BTL copies need.
+
+    Gradient (derived in docs/losses.md):
+
+        ∂DSC_i/∂z_j = -(2 + γ)/(q + 1 + γ)² · (1 - p_t)^{α-1} (1 - (1 + α) p_t) · p_t (δ_{jt} - p_j)
+
+    With α > 0 the target's logit is pushed *down* once p_t > 1/(1 + α) (q falls again past its
+    peak): confident tokens are pulled back towards p_t = 1/(1 + α), which is how the factor
+    (1 - p_t)^α de-emphasises easy tokens. As p_t -> 0 the gradient vanishes (factor p_t).
+    """
+    return _functional(lambda z, t: dice_token_losses(z, t, alpha, gamma, ignore_index),
+                       logits, targets, ignore_index, reduction, "dice_loss")
+
+
+def _functional(kernel, logits, targets, ignore_index, reduction, name) -> torch.Tensor:
+    """The public functions' common path: check, flatten, per-token kernel, reduce."""
     _check_reduction(reduction)
     target_shape = targets.shape
     logits, targets = _flatten(logits, targets, name)
     _check_targets(targets, logits.shape[-1], ignore_index, name)
-    losses, alpha_t = token_losses(logits, targets, gamma, alpha, ignore_index)
+    losses, weights = kernel(logits, targets)
     if reduction == "none":
         return losses.reshape(target_shape)
-    return reduce_token_losses(losses, alpha_t, targets != ignore_index, reduction)
+    return reduce_token_losses(losses, weights, targets != ignore_index, reduction)
+
+
+def _reduce(logits, targets, gamma, alpha, ignore_index, reduction, name) -> torch.Tensor:
+    return _functional(lambda z, t: token_losses(z, t, gamma, alpha, ignore_index),
+                       logits, targets, ignore_index, reduction, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,10 +575,22 @@ class LossConfig:
     """Which loss to train with (the ``[loss]`` table of an experiment's TOML).
 
     name: "ce" | "weighted_ce" (CE with w = class_weights(counts, weight_scheme, beta, normalize))
-        | "focal" (FL with ``gamma`` and ``alpha``).
-    gamma: focal only; None means 2.0 (Lin et al.'s default).
-    alpha: focal only: None (α = 1), a float, or "weights" (α = the class weights, as weighted_ce).
+        | "focal" (FL with ``gamma`` and ``alpha``) | "logit_adjusted" (``tau``)
+        | "balanced_softmax" | "ldam" (``max_margin``, ``scale``, ``drw_epoch``)
+        | "dice" (``alpha``, ``gamma``: the self-adjusting dice's α and γ).
+    gamma: focal (None means 2.0, Lin et al.'s default) or dice (None means 1.0).
+    alpha: focal: None (α = 1), a float, or "weights" (α = the class weights, as weighted_ce);
+        dice: its exponent α >= 0 (None means 1.0).
     weight_scheme, beta, normalize: passed to ``class_weights`` (used by weighted_ce and alpha="weights").
+    tau: logit_adjusted only; None means 1.0 (Menon et al.'s default).
+    max_margin, scale: ldam only; None means 0.5 and 30.0 (Cao et al.'s values; see ``ldam_loss``
+        on the scale with a plain linear head).
+    drw_epoch: ldam or ce only: deferred re-weighting (Cao et al.). Epochs 0..E-1 train unweighted,
+        from epoch E (0-based, as the training log counts) on, every token is weighted by
+        ``class_weights(counts, "effective", drw_beta, normalize="mean")``. None: no re-weighting.
+    drw_beta: the effective-number β of those weights (default 0.9999, Cao et al.'s).
+    label_smoothing: ε in [0, 1) for the cross-entropy-based losses (ce, weighted_ce,
+        logit_adjusted, balanced_softmax, ldam); 0 = none.
     reduction: "mean" (default: mean over non-ignored tokens), "weighted_mean" (÷ Σ α_t, PyTorch's
         convention for weighted CE) or "sum"; see ``cross_entropy`` for why "mean" is the default.
     """
@@ -322,6 +602,12 @@ class LossConfig:
     normalize: str | None = None
     reduction: str = "mean"
     ignore_index: int = IGNORE_INDEX
+    tau: float | None = None
+    max_margin: float | None = None
+    scale: float | None = None
+    drw_epoch: int | None = None
+    drw_beta: float = DRW_BETA
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         """Checks that need no data (a bad name, reduction, gamma, or a field the loss ignores)."""
@@ -329,19 +615,46 @@ class LossConfig:
             raise ValueError(f"LossConfig.name={self.name!r}, expected one of {LOSS_NAMES}")
         if self.reduction not in REDUCTIONS or self.reduction == "none":
             raise ValueError(f"LossConfig.reduction={self.reduction!r}, expected 'mean', 'weighted_mean' or 'sum'")
-        if self.name != "focal" and self.gamma is not None:
-            raise ValueError(f"LossConfig.gamma={self.gamma} is only used by name='focal' (name={self.name!r})")
+        if self.name not in ("focal", "dice") and self.gamma is not None:
+            raise ValueError(f"LossConfig.gamma={self.gamma} is only used by name='focal' or 'dice' "
+                             f"(name={self.name!r})")
         if self.gamma is not None and self.gamma < 0:
             raise ValueError(f"LossConfig.gamma={self.gamma} must be >= 0")
-        if self.name != "focal" and self.alpha is not None:
-            raise ValueError(f"LossConfig.alpha={self.alpha!r} is only used by name='focal'; "
+        if self.name not in ("focal", "dice") and self.alpha is not None:
+            raise ValueError(f"LossConfig.alpha={self.alpha!r} is only used by name='focal' or 'dice'; "
                              f"for class weights with cross entropy use name='weighted_ce'")
+        if self.name == "dice" and self.alpha is not None and (isinstance(self.alpha, str) or self.alpha < 0):
+            raise ValueError(f"LossConfig.alpha={self.alpha!r}: the dice loss's alpha is an exponent, "
+                             f"expected a number >= 0")
         if isinstance(self.alpha, str) and self.alpha != "weights":
             raise ValueError(f"LossConfig.alpha={self.alpha!r}, expected None, a number, or 'weights'")
         if self.weight_scheme not in WEIGHT_SCHEMES:
             raise ValueError(f"LossConfig.weight_scheme={self.weight_scheme!r}, expected one of {WEIGHT_SCHEMES}")
         if self.normalize not in (None, "mean", "sum"):
             raise ValueError(f"LossConfig.normalize={self.normalize!r}, expected None, 'mean' or 'sum'")
+        for field, owners in (("tau", ("logit_adjusted",)), ("max_margin", ("ldam",)), ("scale", ("ldam",)),
+                              ("drw_epoch", ("ldam", "ce"))):
+            value = getattr(self, field)
+            if value is not None and self.name not in owners:
+                raise ValueError(f"LossConfig.{field}={value} is only used by name="
+                                 f"{' or '.join(repr(o) for o in owners)} (name={self.name!r})")
+        if self.tau is not None and self.tau < 0:
+            raise ValueError(f"LossConfig.tau={self.tau} must be >= 0")
+        if self.max_margin is not None and self.max_margin < 0:
+            raise ValueError(f"LossConfig.max_margin={self.max_margin} must be >= 0")
+        if self.scale is not None and self.scale <= 0:
+            raise ValueError(f"LossConfig.scale={self.scale} must be > 0")
+        if self.drw_epoch is not None and self.drw_epoch < 0:
+            raise ValueError(f"LossConfig.drw_epoch={self.drw_epoch} must be >= 0 (the first re-weighted epoch)")
+        if self.drw_beta != DRW_BETA and self.drw_epoch is None:
+            raise ValueError(f"LossConfig.drw_beta={self.drw_beta} is only used with drw_epoch set")
+        if not 0.0 < self.drw_beta < 1.0:
+            raise ValueError(f"LossConfig.drw_beta={self.drw_beta} must be in (0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.label_smoothing and self.name not in CE_BASED:
+            raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} is only used by the cross-entropy "
+                             f"losses {CE_BASED} (name={self.name!r})")
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "[loss]") -> "LossConfig":
@@ -358,10 +671,11 @@ class TokenLoss:
     """A configured loss: **the one object every training path scores tokens with**.
 
     ``per_token(logits, targets, columns)`` is the equation, ``FL_i = -α_t (1 - p_t)^γ log p_t``
-    (CE when γ = 0), per token and unreduced; ``reduce`` applies ``reduction``; calling the object
-    does both. ATL, naive BTL and fused BTL (``bertlab.train``, ``bertlab.sampling``) all call
-    ``per_token`` and nothing else, so a subclass that overrides it (docs/losses.md, "Adding a
-    loss") changes what every sampler trains with.
+    (CE when γ = 0, label-smoothed CE with ``label_smoothing``), per token and unreduced;
+    ``reduce`` applies ``reduction``; calling the object does both. ATL, naive BTL and fused BTL
+    (``bertlab.train``, ``bertlab.sampling``) all call ``per_token`` and nothing else, so a subclass
+    that overrides it (docs/losses.md, "Adding a loss"; ``LogitOffsetLoss``, ``LDAMLoss``,
+    ``DiceLoss`` below) changes what every sampler trains with.
 
     The contract of ``per_token``, which a new loss keeps:
 
@@ -369,7 +683,7 @@ class TokenLoss:
       one ``[N, C]`` logit matrix against ``[K, N]`` target rows with one call);
     - ``columns``: None when ``logits[..., j]`` is label j's score; otherwise label ids ``[..., C']``
       naming each logit column (a "binary" BTL copy keeps only {O, B-c, I-c}: ``C' = 3``), so
-      per-class quantities (α) are looked up by label id, not by position;
+      per-class quantities (α, offsets, margins) are looked up by label id, not by position;
     - returns ``(losses, weights)``, both shaped like the broadcast targets and **0 at ignored
       tokens**: the per-token losses and each token's weight in a "weighted_mean" (α_t here).
     """
@@ -378,14 +692,20 @@ class TokenLoss:
     alpha: torch.Tensor | float | None = None  # per-class [C] (weights), a scalar, or None
     reduction: str = "mean"
     ignore_index: int = IGNORE_INDEX
+    label_smoothing: float = 0.0              # CE only (gamma = 0)
+
+    def _alpha(self, columns: torch.Tensor | None):
+        """α (the per-class weight) as the columns see it."""
+        alpha = self.alpha
+        if columns is not None and isinstance(alpha, torch.Tensor):
+            alpha = alpha.to(columns.device)[columns]
+        return alpha
 
     def per_token(self, logits: torch.Tensor, targets: torch.Tensor,
                   columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(l_i, α_t)`` per token, unreduced; see the class docstring for shapes."""
-        alpha = self.alpha
-        if columns is not None and isinstance(alpha, torch.Tensor):
-            alpha = alpha.to(logits.device)[columns]
-        return token_losses(logits, targets, self.gamma, alpha, self.ignore_index)
+        return token_losses(logits, targets, self.gamma, self._alpha(columns), self.ignore_index,
+                            self.label_smoothing)
 
     def reduce(self, losses: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``reduction`` over the last (token) dim; ``targets`` mark the ignored tokens."""
@@ -403,25 +723,87 @@ class TokenLoss:
         return self.reduce(losses, weights, targets)
 
 
-def build_loss(cfg: LossConfig, label_counts: torch.Tensor | Sequence[int] | None = None) -> TokenLoss:
+@dataclass(frozen=True)
+class LogitOffsetLoss(TokenLoss):
+    """Cross entropy of ``z + o`` with a fixed per-class offset ``o [C]``: logit adjustment
+    (``o = τ log π``, name "logit_adjusted") and the balanced softmax (``o = log N``,
+    "balanced_softmax"). ``alpha`` stays a per-class weight (None here), as in ``TokenLoss``."""
+    offset: torch.Tensor | None = None
+
+    def per_token(self, logits, targets, columns=None):
+        return offset_token_losses(logits, targets, _per_column(self.offset, columns, logits),
+                                   self._alpha(columns), self.ignore_index, self.label_smoothing)
+
+
+@dataclass(frozen=True)
+class LDAMLoss(TokenLoss):
+    """LDAM (``ldam_token_losses``): CE of ``s (z - Δ_t e_t)``; ``alpha`` is the per-class weight
+    w (None, or the DRW weights once ``drw_epoch`` is reached)."""
+    margins: torch.Tensor | None = None
+    scale: float = 30.0
+
+    def per_token(self, logits, targets, columns=None):
+        return ldam_token_losses(logits, targets, _per_column(self.margins, columns, logits), self.scale,
+                                 self._alpha(columns), self.ignore_index, self.label_smoothing)
+
+
+@dataclass(frozen=True)
+class DiceLoss(TokenLoss):
+    """The self-adjusting dice loss (``dice_token_losses``) with exponent ``dice_alpha`` and
+    smoothing ``dice_gamma``; every token weighs 1 in a "weighted_mean"."""
+    dice_alpha: float = 1.0
+    dice_gamma: float = 1.0
+
+    def per_token(self, logits, targets, columns=None):
+        return dice_token_losses(logits, targets, self.dice_alpha, self.dice_gamma, self.ignore_index)
+
+
+def build_loss(cfg: LossConfig, label_counts: torch.Tensor | Sequence[int] | None = None,
+               epoch: int = 0) -> TokenLoss:
     """Turn a ``LossConfig`` into a callable ``loss(logits, targets) -> scalar``.
 
     label_counts: per-label-id token counts of the training set (``label_counts(...)``), needed by
-    "weighted_ce" and by "focal" with alpha="weights". Inconsistent configs raise a ValueError that
+    "weighted_ce", "focal" with alpha="weights", and the count-based losses (logit_adjusted,
+    balanced_softmax, ldam) and deferred re-weighting. epoch: the (0-based) epoch the loss is for;
+    only ``drw_epoch`` makes the loss depend on it. Inconsistent configs raise a ValueError that
     names the offending field.
     """
     cfg.__post_init__()  # the config may have been edited after construction
 
-    def weights(field: str) -> torch.Tensor:
+    def counts(field: str) -> torch.Tensor:
         if label_counts is None:
-            raise ValueError(f"LossConfig.{field} needs class weights, so build_loss needs "
+            raise ValueError(f"LossConfig.{field} needs the class counts, so build_loss needs "
                              f"label_counts (the training set's token count per label id)")
-        return class_weights(label_counts, cfg.weight_scheme, cfg.beta, cfg.normalize)
+        return torch.as_tensor(label_counts)
 
+    def weights(field: str) -> torch.Tensor:
+        return class_weights(counts(field), cfg.weight_scheme, cfg.beta, cfg.normalize)
+
+    common = dict(reduction=cfg.reduction, ignore_index=cfg.ignore_index, label_smoothing=cfg.label_smoothing)
+    drw = None
+    if cfg.drw_epoch is not None:
+        n = counts("drw_epoch")
+        drw = class_weights(n, "effective", cfg.drw_beta, "mean") if epoch >= cfg.drw_epoch else None
     if cfg.name == "ce":
-        return TokenLoss("ce", 0.0, None, cfg.reduction, cfg.ignore_index)
+        return TokenLoss("ce", 0.0, drw, **common)
     if cfg.name == "weighted_ce":
-        return TokenLoss("weighted_ce", 0.0, weights("name='weighted_ce'"), cfg.reduction, cfg.ignore_index)
+        return TokenLoss("weighted_ce", 0.0, weights("name='weighted_ce'"), **common)
+    if cfg.name == "logit_adjusted":
+        tau = 1.0 if cfg.tau is None else float(cfg.tau)
+        offset = tau * class_priors(counts("name='logit_adjusted'")).log()
+        return LogitOffsetLoss("logit_adjusted", offset=offset, **common)
+    if cfg.name == "balanced_softmax":
+        offset = seen_counts(counts("name='balanced_softmax'")).log()
+        return LogitOffsetLoss("balanced_softmax", offset=offset, **common)
+    if cfg.name == "ldam":
+        max_margin = 0.5 if cfg.max_margin is None else float(cfg.max_margin)
+        margins = ldam_margins(counts("name='ldam'"), max_margin)
+        return LDAMLoss("ldam", alpha=drw, margins=margins,
+                        scale=30.0 if cfg.scale is None else float(cfg.scale), **common)
+    if cfg.name == "dice":
+        return DiceLoss("dice", reduction=cfg.reduction, ignore_index=cfg.ignore_index,
+                        dice_alpha=1.0 if cfg.alpha is None else float(cfg.alpha),
+                        dice_gamma=1.0 if cfg.gamma is None else float(cfg.gamma))
     gamma = 2.0 if cfg.gamma is None else float(cfg.gamma)
     alpha = weights("alpha='weights'") if cfg.alpha == "weights" else cfg.alpha
     return TokenLoss("focal", gamma, alpha, cfg.reduction, cfg.ignore_index)

@@ -15,10 +15,15 @@ and the batch's loss combines the K copy losses (mean or sum). ``btl_naive_loss`
 once per copy, as the paper does (K forwards, each with its own dropout masks); ``btl_fused_loss``
 runs it once and scores all K copies on the same logits. Without dropout they are equal, loss and
 gradients; with dropout they differ only through the masks. docs/btl.md explains all of it.
+
+Sentence-level resampling (``[sampler] name = "resample"``, Wang & Wang 2022) is ATL over a
+training set in which each sentence appears ``sentence_repeats(tags, method)`` times, more often
+the more (and the rarer) entity tokens it holds; docs/losses.md, "Sentence-level resampling".
 """
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -439,3 +444,74 @@ def _fused_binary(logits, labels, copy_types, label_list, loss: TokenLoss) -> to
     copy_logits = copy_logits.masked_fill(is_pad[:, None, :], float("-inf"))
     token_loss, token_weight = loss.per_token(copy_logits, targets, index)
     return loss.reduce(token_loss, token_weight, targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# sentence-level resampling (Wang & Wang 2022)
+# ---------------------------------------------------------------------------------------------
+
+RESAMPLING_METHODS = ("sC", "sCR", "sCRD", "nsCRD")
+
+
+def entity_type_rarity(tag_sequences: Sequence[Sequence[str]]) -> dict[str, float]:
+    """``r_i = -log2 f_i`` per entity type, ``f_i`` = the fraction of all training tokens (``O``
+    included) that carry a tag of type i (its ``B-`` and ``I-`` tokens alike). Types in order of
+    first appearance; tags are IOB2 strings (``"O"``, ``"B-Drug"``, ...)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for tags in tag_sequences:
+        total += len(tags)
+        for tag in tags:
+            if tag != "O":
+                typ = tag.split("-", 1)[1]
+                counts[typ] = counts.get(typ, 0) + 1
+    return {typ: -math.log2(n / total) for typ, n in counts.items()}
+
+
+def resampling_scores(tag_sequences: Sequence[Sequence[str]], method: str) -> list[float]:
+    """Each training sentence's resampling score f(s) (Wang & Wang 2022, NAACL), from its tags.
+
+    With c_i(s) the tokens of entity type i in sentence s, r_i = ``entity_type_rarity`` and l_s
+    the sentence's length in words:
+
+        sC      f(s) = 1 + Σ_i c_i
+        sCR     f(s) = sqrt(1 + Σ_i r_i c_i)
+        sCRD    f(s) = (1 + Σ_i r_i c_i) / sqrt(l_s)
+        nsCRD   f(s) = (1 + Σ_i r_i sqrt(c_i)) / sqrt(l_s)
+
+    The sentence is then used ``ceil(f(s))`` times (``sentence_repeats``); a sentence without an
+    entity is used once, whatever its score. These are the formulas of the authors' released code
+    (``NER_Adaptive_Resampling.resamp``), which is where the choices the method names leave open
+    are settled: c_i counts entity *tokens* (B- and I-), not mentions; f_i is over all tokens of
+    the training set; the logarithm is base 2; the 1 is added before the root / division.
+    """
+    if method not in RESAMPLING_METHODS:
+        raise ValueError(f"resampling method={method!r}, expected one of {RESAMPLING_METHODS}")
+    rarity = entity_type_rarity(tag_sequences)
+    scores = []
+    for tags in tag_sequences:
+        c: dict[str, int] = {}
+        for tag in tags:
+            if tag != "O":
+                typ = tag.split("-", 1)[1]
+                c[typ] = c.get(typ, 0) + 1
+        if method == "sC":
+            score = 1 + sum(c.values())
+        elif method == "sCR":
+            score = math.sqrt(1 + sum(rarity[t] * n for t, n in c.items()))
+        elif method == "sCRD":
+            score = (1 + sum(rarity[t] * n for t, n in c.items())) / math.sqrt(max(len(tags), 1))
+        else:
+            score = (1 + sum(rarity[t] * math.sqrt(n) for t, n in c.items())) / math.sqrt(max(len(tags), 1))
+        scores.append(float(score))
+    return scores
+
+
+def sentence_repeats(tag_sequences: Sequence[Sequence[str]], method: str) -> list[int]:
+    """How many times each training sentence is used per epoch: ``ceil(f(s))`` for a sentence
+    with an entity (``resampling_scores``), 1 for one without. Deterministic: a function of the
+    tags alone (the seed only orders the copies among the epoch's batches). The score is rounded
+    to 9 decimals before the ceiling, so a float error (3.0000000000000004) cannot add a copy."""
+    scores = resampling_scores(tag_sequences, method)
+    return [math.ceil(round(score, 9)) if any(t != "O" for t in tags) else 1
+            for tags, score in zip(tag_sequences, scores)]

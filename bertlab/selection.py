@@ -34,16 +34,18 @@ def evaluate_split(model, tokenizer, corpus, decode: str, knn, options: dict, lo
 
 
 def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir: Path, options: dict, log,
-                     best_epochs: dict | None = None) -> dict:
+                     best_epochs: dict | None = None, priors=None) -> dict:
     """Score dev and test with every decode of ``[eval] decode``, each on the checkpoint chosen
     for it (``best_folder``), with the KNN reference / calibration saved beside that checkpoint;
     decodes that share a checkpoint share its forward pass. With ``[eval] calibration_fit =
     "crossfit"`` the calibrated decodes score dev out of sample (``CrossFitCalibrator``, as at
     selection) and test with the offsets fitted on all of dev. Writes
-    ``predictions_<split>_<decode>.jsonl``; returns ``{"dev": {decode: ...}, "test": {...}}``."""
+    ``predictions_<split>_<decode>.jsonl``; returns ``{"dev": {decode: ...}, "test": {...}}``.
+    ``priors``: the training label counts, for "logit_adjusted" when no decoder was saved."""
     from bertlab.calibration import CALIBRATION_FILE, BiasCalibrator, CrossFitCalibrator
     from bertlab.inference import fit_knn_on_train, word_logits
     from bertlab.knn import KNN_FILE, KNNClassifier
+    from bertlab.logit_adjustment import LOGIT_ADJUSTMENT_FILE, LogitAdjustedDecoder
     best_epochs = best_epochs or {}
     groups: dict[Path, list[str]] = {}
     for decode in cfg.eval.decode:
@@ -64,6 +66,9 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
                     knn.save(folder / KNN_FILE)
         if "calibrated" in bases and (folder / CALIBRATION_FILE).exists():
             calibrator = BiasCalibrator.load(folder / CALIBRATION_FILE)
+        adjuster = None
+        if "logit_adjusted" in decodes and (folder / LOGIT_ADJUSTMENT_FILE).exists():
+            adjuster = LogitAdjustedDecoder.load(folder / LOGIT_ADJUSTMENT_FILE)
         for split in ("dev", "test"):
             corpus = getattr(splits, split)
             if corpus is None:
@@ -79,11 +84,15 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
             if "calibrated" in bases and split == "dev" and cfg.eval.calibration_fit == "crossfit":
                 split_calibrator = CrossFitCalibrator(model.labels).fit(
                     logits, [s.tags for s in corpus.sentences], [s.doc_id for s in corpus.sentences])
+            if "logit_adjusted" in decodes and adjuster is None and split == "dev":
+                adjuster = LogitAdjustedDecoder(model.labels, priors).fit(logits, [s.tags for s in corpus.sentences])
+                if folder.exists():
+                    adjuster.save(folder / LOGIT_ADJUSTMENT_FILE)
             n_words = sum(len(s.tokens) for s in corpus.sentences)
             for decode in decodes:
                 t0 = time.perf_counter()
                 result = evaluate_split(model, tokenizer, corpus, decode, knn, options, logits=logits,
-                                        calibrator=split_calibrator)
+                                        calibrator=adjuster if decode == "logit_adjusted" else split_calibrator)
                 seconds = forward_seconds + time.perf_counter() - t0
                 write_jsonl(out_dir / f"predictions_{split}_{decode}.jsonl", clean_json(result.pop("predictions")))
                 result["tokens_per_second"] = n_words / max(seconds, 1e-9)
@@ -93,7 +102,8 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
     return {split: {d: v[d] for d in cfg.eval.decode if d in v} for split, v in out.items()}
 
 
-def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: dict) -> tuple[dict | None, dict]:
+def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: dict,
+                 priors=None) -> tuple[dict | None, dict]:
     """Dev scores of the model as it is now, for every decode of ``[eval] decode``, from one
     forward pass over dev (and one over train for ``knn``, whose reference is the training words).
 
@@ -108,6 +118,7 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
     = "dev"``), or out of sample (``"crossfit"``: each half of the dev documents with offsets
     fitted on the other, ``CrossFitCalibrator``); ``fitted["calibrated"]``, what test will use,
     is fitted on all of dev either way.
+    ``priors``: the training label counts, which the "logit_adjusted" decode divides out.
     """
     from bertlab.calibration import BiasCalibrator, CrossFitCalibrator
     from bertlab.inference import decode_tags, fit_knn_on_train, word_logits
@@ -136,9 +147,14 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
         if cfg.eval.calibration_fit == "crossfit":
             dev_calibrator = CrossFitCalibrator(model.labels).fit(logits, gold, [s.doc_id for s in sentences])
         lap("calibration_fit")
+    if "logit_adjusted" in cfg.eval.decode:  # τ of z - τ log π chosen on dev, like the calibration
+        from bertlab.logit_adjustment import LogitAdjustedDecoder
+        fitted["logit_adjusted"] = LogitAdjustedDecoder(model.labels, priors).fit(logits, gold)
+        lap("calibration_fit")
     scores = {}
     for decode in cfg.eval.decode:
-        pred = decode_tags(decode, logits, model, fitted.get("knn"), dev_calibrator)
+        pred = decode_tags(decode, logits, model, fitted.get("knn"),
+                           fitted.get("logit_adjusted") if decode == "logit_adjusted" else dev_calibrator)
         report = entity_report(gold, pred, scheme="IOB2", mode="strict", zero_division=0)
         scores[decode] = {"f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
                           "unweighted_accuracy": unweighted_accuracy(gold, pred)}
@@ -203,6 +219,9 @@ def save_best_folders(model, tokenizer, out_dir: Path, decodes: list[str], fitte
             fitted["knn"].save(folder / KNN_FILE)
         if base_decode(decode) == "calibrated" and "calibrated" in fitted:
             fitted["calibrated"].save(folder / CALIBRATION_FILE)
+        if decode == "logit_adjusted" and "logit_adjusted" in fitted:
+            from bertlab.logit_adjustment import LOGIT_ADJUSTMENT_FILE
+            fitted["logit_adjusted"].save(folder / LOGIT_ADJUSTMENT_FILE)
 
 
 TIME_PARTS = ("training", "dev_forward", "knn_fit", "calibration_fit", "dev_decoding", "best_model_saving",

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,13 @@ from bertlab.callbacks import CallbackList
 from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, config_differences,
                             config_to_dict, has_crf, load_config, read_config_file)
 from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts, tag_counts
-from bertlab.files import FolderBusy, folder_lock, remove_path, write_json
+from bertlab.files import FolderBusy, folder_lock, remove_path, write_json, write_text
 from bertlab.inference import check_window
 from bertlab.losses import TokenLoss, build_loss, label_counts
 from bertlab.resume import (CHECKPOINT, Progress, load_checkpoint, rng_state, save_checkpoint, seed_everything,
                             set_rng_state)
-from bertlab.sampling import btl_fused_loss, btl_naive_loss, collate, length_bucketed_batches, pad_multiple
+from bertlab.sampling import (btl_fused_loss, btl_naive_loss, collate, length_bucketed_batches, pad_multiple,
+                              resampling_scores, sentence_repeats)
 from bertlab.selection import (clean_json, evaluate_dev, final_evaluation, save_best_folders, time_split,
                                update_best, write_metrics_csv)
 
@@ -185,25 +187,43 @@ class Objective:
         self.sampler = cfg.sampler
         counts = label_counts([w.labels for w in train_windows], len(labels))
         self.label_counts = counts
+        self.train_windows = train_windows
+        # the [loss] section, when it is what the loss comes from (``start_epoch`` rebuilds it)
+        self.loss_config = cfg.loss if loss is None else None
         # the one loss object of every path (ATL, naive and fused BTL): a user's own TokenLoss
         # subclass, or the [loss] section's; summed here, normalised by ``normaliser`` below
-        loss = build_loss(cfg.loss, counts) if loss is None else loss
+        self.use(build_loss(cfg.loss, counts, epoch=0) if loss is None else loss)
+
+    def use(self, loss: TokenLoss) -> None:
+        """Make ``loss`` the objective's loss (summed), with the normaliser of its reduction."""
         self.reduction = loss.reduction
         self.loss = dataclasses.replace(loss, reduction="sum")
-        labelled = np.array([sum(1 for l in w.labels if l != -100) for w in train_windows], dtype=np.float64)
+        windows = self.train_windows
         if self.reduction == "mean":
-            self.window_weight = labelled
+            self.window_weight = np.array([sum(1 for l in w.labels if l != -100) for w in windows], dtype=np.float64)
         elif self.reduction == "sum":
             self.window_weight = None
         else:  # weighted_mean: Σ α_t per window
             alpha = getattr(self.loss, "alpha", None)
             if alpha is None:
-                alpha = np.ones(len(labels))
+                alpha = np.ones(len(self.labels))
             elif isinstance(alpha, (int, float)):
-                alpha = np.full(len(labels), float(alpha))
+                alpha = np.full(len(self.labels), float(alpha))
             else:
                 alpha = alpha.double().numpy()
-            self.window_weight = np.array([sum(alpha[l] for l in w.labels if l != -100) for w in train_windows])
+            self.window_weight = np.array([sum(alpha[l] for l in w.labels if l != -100) for w in windows])
+
+    def start_epoch(self, epoch: int) -> bool:
+        """Deferred re-weighting (``[loss] drw_epoch``): at the start of every epoch the [loss]
+        section's loss is the one ``build_loss`` gives for that epoch. True when it changed."""
+        cfg = self.loss_config
+        if cfg is None or cfg.drw_epoch is None:
+            return False
+        weighted = getattr(self.loss, "alpha", None) is not None
+        if weighted == (epoch >= cfg.drw_epoch):
+            return False
+        self.use(build_loss(cfg, self.label_counts, epoch=epoch))
+        return True
 
     def normaliser(self, windows: list[int]) -> float:
         if self.window_weight is None:
@@ -514,6 +534,12 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                    disable=not (d.main and show_progress(cfg.train.progress)), file=sys.stderr, dynamic_ncols=True)
         if progress.micro_batch == 0:
             losses.since_log.clear()  # a log line's mean loss never mixes two epochs
+        if objective.start_epoch(epoch):  # [loss] drw_epoch: the class weights switch on (or off)
+            weights = getattr(objective.loss, "alpha", None)
+            weights = None if weights is None else [round(float(w), 6) for w in weights]
+            jlog.write(event="reweight", epoch=epoch, step=progress.step, weights=weights)
+            log(f"epoch {epoch}: deferred re-weighting ([loss] drw_epoch = {cfg.loss.drw_epoch}): class weights "
+                f"{'on' if weights is not None else 'off'}")
         log_start, log_tokens = time.perf_counter(), 0
         for k in range(progress.micro_batch // accum, len(steps)):
             if cfg.train.max_steps and progress.step >= cfg.train.max_steps:
@@ -626,8 +652,40 @@ class Setup:
     epochs_from: int | None = None         # the checkpoint's train.epochs, where this config changed it
 
 
+RESAMPLING_FILE = "resampling.tsv"  # [sampler] name = "resample": how often each training sentence is used
 RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.csv", "log.jsonl", "predictions_*.jsonl", "best", "best-*",
+             RESAMPLING_FILE,
              "tensorboard")
+
+
+def resampling_table(sentences: list, method: str) -> list[dict]:
+    """One row per training sentence: ``doc_id``, ``sentence`` (its index in the document),
+    ``words``, ``entity_tokens`` (per type), ``score`` (``resampling_scores``) and ``repeats``
+    (``sentence_repeats``: the copies of it in every epoch)."""
+    tags = [list(s.tags) for s in sentences]
+    scores, repeats = resampling_scores(tags, method), sentence_repeats(tags, method)
+    rows, position = [], {}
+    for s, t, score, r in zip(sentences, tags, scores, repeats):
+        position[s.doc_id] = position.get(s.doc_id, -1) + 1
+        entity_tokens: dict[str, int] = {}
+        for tag in t:
+            if tag != "O":
+                entity_tokens[tag.split("-", 1)[1]] = entity_tokens.get(tag.split("-", 1)[1], 0) + 1
+        rows.append({"doc_id": s.doc_id, "sentence": position[s.doc_id], "words": len(t),
+                     "entity_tokens": entity_tokens, "score": score, "repeats": r})
+    return rows
+
+
+def format_resampling_table(rows: list[dict], method: str) -> str:
+    """``resampling.tsv``: a comment line naming the method and the totals, a header, one line per
+    training sentence (``entity_tokens`` as ``Type=count`` pairs joined by ``;``)."""
+    lines = [f"# sentence-level resampling, method {method} (Wang & Wang 2022): {len(rows)} sentences -> "
+             f"{sum(r['repeats'] for r in rows)} per epoch",
+             "doc_id\tsentence\twords\tentity_tokens\tscore\trepeats"]
+    for r in rows:
+        tokens = ";".join(f"{k}={v}" for k, v in r["entity_tokens"].items())
+        lines.append(f"{r['doc_id']}\t{r['sentence']}\t{r['words']}\t{tokens}\t{r['score']:.6f}\t{r['repeats']}")
+    return "\n".join(lines) + "\n"
 
 
 def remove_run_files(out_dir: Path) -> None:
@@ -698,7 +756,12 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
         check_window(model, cfg.data.max_length, multiple, names=("[data] max_length", "[train] pad_to_multiple_of"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    windows = encode_corpus(tokenizer, splits.train, splits.labels, cfg.data.max_length, cfg.data.stride)
+    training_sentences, resampling = splits.train, None
+    if cfg.sampler.name == "resample":  # each sentence as often as its rarity score says
+        resampling = resampling_table(splits.train.sentences, cfg.sampler.method)
+        training_sentences = types.SimpleNamespace(sentences=[
+            s for s, row in zip(splits.train.sentences, resampling) for _ in range(row["repeats"])])
+    windows = encode_corpus(tokenizer, training_sentences, splits.labels, cfg.data.max_length, cfg.data.stride)
     if not windows:
         raise ConfigError("[data] the training split has no sentences")
     lengths = [len(w) for w in windows]
@@ -719,6 +782,8 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
             remove_run_files(out_dir)
         if old_epochs is not None:  # the run is no longer finished: metrics.json comes again at its end
             metrics_path.unlink(missing_ok=True)
+        if resampling is not None:
+            write_text(out_dir / RESAMPLING_FILE, format_resampling_table(resampling, cfg.sampler.method))
         for tmp in out_dir.glob(f".{CHECKPOINT}.*.tmp"):  # left by a process killed while writing
             tmp.unlink(missing_ok=True)
     barrier(d)
@@ -901,7 +966,8 @@ def end_of_epoch(cfg: TrainConfig, s: Setup, out_dir: Path, log, d: Dist) -> dic
     progress, epoch, primary = s.progress, s.progress.epoch, cfg.eval.decode[0]
     t0 = time.perf_counter()
     check_finite(s.params, f"at the end of epoch {epoch} (step {progress.step})")  # never saved as best
-    dev, fitted = (evaluate_dev(s.model, s.tokenizer, s.splits, cfg, s.eval_options) if d.main else (None, {}))
+    dev, fitted = (evaluate_dev(s.model, s.tokenizer, s.splits, cfg, s.eval_options, s.objective.label_counts)
+                   if d.main else (None, {}))
     dev = broadcast_value(dev, d)
     improved, progressed = update_best(progress.best, cfg.eval, epoch, dev)
     t_save = time.perf_counter()
@@ -987,7 +1053,8 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
     if d.main:
         best_epochs = {k: v["epoch"] for k, v in progress.best.items()}
         t0 = time.perf_counter()
-        metrics = final_evaluation(cfg, s.model, s.tokenizer, s.splits, out_dir, s.eval_options, log, best_epochs)
+        metrics = final_evaluation(cfg, s.model, s.tokenizer, s.splits, out_dir, s.eval_options, log, best_epochs,
+                                   s.objective.label_counts)
         final_seconds = time.perf_counter() - t0
         metrics.update(config=s.config_dict, labels=s.splits.labels, params=s.n_params, device=str(s.device),
                        precision=s.precision, world_size=d.world_size, steps=progress.step,

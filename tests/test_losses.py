@@ -3,12 +3,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlab.losses import (LossConfig, TokenLoss, build_loss, class_weights, cross_entropy, focal_loss,
-                            label_counts, token_losses)
+from bertlab.losses import (LossConfig, TokenLoss, balanced_softmax_loss, build_loss, class_priors, class_weights,
+                            cross_entropy, dice_loss, focal_loss, label_counts, ldam_loss, ldam_margins,
+                            ldam_token_losses, logit_adjusted_loss, offset_token_losses, seen_counts,
+                            token_losses)
 
 GAMMAS = [0.0, 0.5, 1.0, 2.0, 5.0]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "losses.md"
@@ -325,7 +328,7 @@ def test_build_loss_matches_functions():
     (dict(name="ce", alpha=0.5), None, "LossConfig.alpha"),
     (dict(name="focal", alpha="balanced"), None, "LossConfig.alpha"),
     (dict(name="focal", gamma=-1.0), None, "LossConfig.gamma"),
-    (dict(name="dice"), None, "LossConfig.name"),
+    (dict(name="tversky"), None, "LossConfig.name"),
     (dict(name="ce", reduction="none"), None, "LossConfig.reduction"),
     (dict(name="weighted_ce", weight_scheme="sqrt"), [3, 4], "LossConfig.weight_scheme"),
     (dict(name="weighted_ce", normalize="max"), [3, 4], "LossConfig.normalize"),
@@ -388,5 +391,476 @@ def test_worked_example_in_docs():
     computed["FL_mean"] = focal_loss(logits, targets, gamma=2.0)
     missing = sorted(set(computed) - set(values))
     assert not missing, f"docs/losses.md worked example lacks {missing}"
+    for name, value in values.items():
+        assert round(float(computed[name].detach()), 4) == pytest.approx(value, abs=1e-12), name
+
+
+# --- class imbalance: logit adjustment, balanced softmax, LDAM, dice, label smoothing ------------
+# Each loss against its paper's formula written out independently in float64 (exp and sums, no
+# log_softmax), its gradient against float64 autograd of that formula and against a closed form.
+
+COUNTS = [(900, 60, 40), (5000, 3, 0, 120, 7, 0, 1), (10, 10), (2, 50, 50, 0, 9)]
+
+
+def ref_seen(counts):
+    """The documented rule, written out: a zero count becomes the smallest non-zero count."""
+    rare = min(float(c) for c in counts if c > 0)
+    return torch.tensor([float(c) if c > 0 else rare for c in counts], dtype=torch.float64)
+
+
+def case_with_counts(seed, dtype=torch.float64, n=None, scale=3.0):
+    """A random case whose class count matches one of COUNTS (cycled by seed)."""
+    counts = COUNTS[seed % len(COUNTS)]
+    logits, targets = random_case(seed, n=n, c=len(counts), dtype=dtype, scale=scale)
+    return logits, targets, counts
+
+
+def per_token_ref(fn, logits, targets):
+    """[N] float64: fn(z_i, t_i) for counted tokens, 0 for ignored ones (the autograd reference)."""
+    z = logits.double()
+    zero = torch.zeros((), dtype=torch.float64)
+    return torch.stack([fn(z[i], int(t)) if t != -100 else zero * z[i, 0] for i, t in enumerate(targets)]) \
+        if len(targets) else z.sum(-1)
+
+
+def ref_logit_adjusted(z, t, priors, tau):
+    """-log [π_t^τ e^{z_t} / Σ_j π_j^τ e^{z_j}]  (Menon et al. 2021, eq. for the LA loss)."""
+    num = priors[t] ** tau * torch.exp(z[t])
+    return -torch.log(num / (priors ** tau * torch.exp(z)).sum())
+
+
+def ref_ldam(z, t, counts, max_margin, scale, weight=None):
+    """The authors' code: m = 1/sqrt(sqrt(N)), m *= max_m / max(m); CE of s (z - m_t e_t)."""
+    m = 1.0 / np.sqrt(np.sqrt(ref_seen(counts).numpy()))
+    m = m * (max_margin / m.max())
+    shifted = z - torch.nn.functional.one_hot(torch.tensor(t), len(z)).double() * float(m[t])
+    e = torch.exp(scale * shifted - (scale * shifted).max())
+    w = 1.0 if weight is None else weight[t]
+    return -w * torch.log(e[t] / e.sum())
+
+
+def ref_dice(z, t, alpha, gamma):
+    """1 - (2q + γ) / (q + 1 + γ), q = (1 - p_t)^α p_t  (Li et al. 2020, self-adjusting DSC)."""
+    p = torch.exp(z) / torch.exp(z).sum()
+    q = (1 - p[t]) ** alpha * p[t]
+    return 1 - (2 * q + gamma) / (q + 1 + gamma)
+
+
+def check_against_reference(ours, reference, logits, targets, rtol=1e-9):
+    """Per-token values and the gradient of the sum, ours (float64) vs the reference's autograd."""
+    z1 = logits.double().clone().requires_grad_(True)
+    z2 = logits.double().clone().requires_grad_(True)
+    mine, ref = ours(z1), per_token_ref(reference, z2, targets)
+    torch.testing.assert_close(mine, ref, rtol=rtol, atol=1e-12)
+    mine.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("seed", range(6))
+def test_logit_adjusted_matches_the_formula(tau, seed):
+    logits, targets, counts = case_with_counts(seed)
+    priors = ref_seen(counts) / ref_seen(counts).sum()
+    check_against_reference(lambda z: logit_adjusted_loss(z, targets, counts, tau, reduction="none"),
+                            lambda z, t: ref_logit_adjusted(z, t, priors, tau), logits, targets)
+    # priors or counts give the same loss (the normaliser shifts every logit alike)
+    torch.testing.assert_close(logit_adjusted_loss(logits, targets, priors, tau),
+                               logit_adjusted_loss(logits, targets, counts, tau))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_balanced_softmax_matches_the_formula(seed):
+    logits, targets, counts = case_with_counts(seed)
+    n = ref_seen(counts)
+
+    def ref(z, t):  # -log [N_t e^{z_t} / Σ_j N_j e^{z_j}]  (Ren et al. 2020)
+        return -torch.log(n[t] * torch.exp(z[t]) / (n * torch.exp(z)).sum())
+    check_against_reference(lambda z: balanced_softmax_loss(z, targets, counts, reduction="none"), ref,
+                            logits, targets)
+
+
+@pytest.mark.parametrize("max_margin,scale", [(0.5, 30.0), (0.5, 1.0), (1.0, 5.0), (0.0, 2.0)])
+@pytest.mark.parametrize("seed", range(5))
+def test_ldam_matches_the_authors_formula(max_margin, scale, seed):
+    logits, targets, counts = case_with_counts(seed, scale=0.3 if scale == 30.0 else 3.0)
+    w = None if seed % 2 else torch.rand(len(counts), dtype=torch.float64) + 0.1
+    check_against_reference(
+        lambda z: ldam_loss(z, targets, counts, max_margin, scale, weight=w, reduction="none"),
+        lambda z, t: ref_ldam(z, t, counts, max_margin, scale, w), logits, targets)
+    # the authors' F.cross_entropy(s * output, target, weight=w) is our "weighted_mean"
+    if w is not None and (targets != -100).any():
+        m = ldam_margins(counts, max_margin)
+        shifted = logits.clone()
+        valid = targets != -100
+        shifted[valid.nonzero().squeeze(1), targets[valid]] -= m[targets[valid]]
+        torch.testing.assert_close(ldam_loss(logits, targets, counts, max_margin, scale, w, reduction="weighted_mean"),
+                                   F.cross_entropy(scale * shifted, targets, weight=w))
+
+
+@pytest.mark.parametrize("alpha,gamma", [(1.0, 1.0), (0.0, 1.0), (0.5, 0.1), (2.0, 0.0), (0.1, 1.0)])
+@pytest.mark.parametrize("seed", range(5))
+def test_dice_matches_the_formula(alpha, gamma, seed):
+    logits, targets, _ = case_with_counts(seed)
+    check_against_reference(lambda z: dice_loss(z, targets, alpha, gamma, reduction="none"),
+                            lambda z, t: ref_dice(z, t, alpha, gamma), logits, targets)
+    valid = targets != -100
+    expected = torch.stack([ref_dice(z, int(t), alpha, gamma) for z, t in zip(logits, targets) if t != -100]).mean() \
+        if valid.any() else torch.zeros((), dtype=torch.float64)
+    torch.testing.assert_close(dice_loss(logits, targets, alpha, gamma), expected)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.05, 0.1, 0.5])
+@pytest.mark.parametrize("seed", range(6))
+def test_label_smoothing_is_torchs(epsilon, seed):
+    logits, targets = random_case(seed, dtype=torch.float64)
+    targets[0] = 1
+    w = torch.rand(logits.shape[1], dtype=torch.float64) + 0.1
+    for weight, reductions in ((None, ("none", "mean", "sum")), (w, ("none", "sum"))):
+        for reduction in reductions:
+            z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+            ours = cross_entropy(z1, targets, weight=weight, reduction=reduction, label_smoothing=epsilon)
+            ref = F.cross_entropy(z2, targets, weight=weight, reduction=reduction, label_smoothing=epsilon)
+            torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+            ours.sum().backward()
+            ref.sum().backward()
+            torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-10, atol=1e-12)
+    # PyTorch's weighted mean divides by Σ w_t, also with smoothing
+    torch.testing.assert_close(cross_entropy(logits, targets, weight=w, reduction="weighted_mean",
+                                             label_smoothing=epsilon),
+                               F.cross_entropy(logits, targets, weight=w, label_smoothing=epsilon))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_label_smoothing_of_every_ce_based_loss_is_torchs_on_its_logits(seed):
+    logits, targets, counts = case_with_counts(seed)
+    targets[0] = 0
+    eps = 0.1
+    n = seen_counts(counts)
+    m = ldam_margins(counts)
+    t = targets.clamp(min=0)
+    shifted = logits - m[t][:, None] * F.one_hot(t, len(counts))
+    for ours, adjusted in [(logit_adjusted_loss(logits, targets, counts, 0.7, label_smoothing=eps),
+                            logits + 0.7 * (n / n.sum()).log()),
+                           (balanced_softmax_loss(logits, targets, counts, label_smoothing=eps), logits + n.log()),
+                           (ldam_loss(logits, targets, counts, scale=2.0, label_smoothing=eps), 2.0 * shifted)]:
+        torch.testing.assert_close(ours, F.cross_entropy(adjusted, targets, label_smoothing=eps))
+
+
+def test_label_smoothing_leaves_out_minus_infinity_columns():
+    """A 2-column BTL copy is padded to 3 with a -∞ logit (p = 0): smoothing spreads over the 2."""
+    logits = torch.tensor([[1.0, -0.5, float("-inf")], [0.2, 0.3, float("-inf")]], requires_grad=True)
+    targets = torch.tensor([1, 0])
+    ours = cross_entropy(logits, targets, label_smoothing=0.2, reduction="sum")
+    ref = F.cross_entropy(logits[:, :2], targets, label_smoothing=0.2, reduction="sum")
+    torch.testing.assert_close(ours, ref)
+    ours.backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[:, 2] == 0).all()
+
+
+# closed forms of ∂l_i/∂z_j (docs/losses.md derives them)
+
+@pytest.mark.parametrize("seed", range(6))
+def test_closed_form_gradients(seed):
+    logits, targets, counts = case_with_counts(seed)
+    valid = (targets != -100)[:, None]
+    t = targets.clamp(min=0)
+    delta = F.one_hot(t, len(counts)).double()
+    n = seen_counts(counts)
+
+    def grad(fn):
+        z = logits.clone().requires_grad_(True)
+        fn(z).backward()
+        return z.grad
+
+    def masked(g):
+        return torch.where(valid, g, torch.zeros_like(g))
+    # LA / BS: p̃ - δ, p̃ = softmax(z + offset)
+    p_la = (logits + 1.5 * (n / n.sum()).log()).softmax(-1)
+    torch.testing.assert_close(grad(lambda z: logit_adjusted_loss(z, targets, counts, 1.5, reduction="sum")),
+                               masked(p_la - delta), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad(lambda z: balanced_softmax_loss(z, targets, counts, reduction="sum")),
+                               masked((logits + n.log()).softmax(-1) - delta), rtol=1e-10, atol=1e-12)
+    # LDAM: s w_t (p' - δ), p' = softmax(s (z - Δ_t e_t))
+    w = torch.rand(len(counts), dtype=torch.float64) + 0.1
+    s = 4.0
+    p_ldam = (s * (logits - ldam_margins(counts)[t][:, None] * delta)).softmax(-1)
+    torch.testing.assert_close(grad(lambda z: ldam_loss(z, targets, counts, 0.5, s, w, reduction="sum")),
+                               masked(s * w[t][:, None] * (p_ldam - delta)), rtol=1e-10, atol=1e-12)
+    # dice: -(2+γ)/(q+1+γ)² (1-p_t)^{α-1} (1-(1+α) p_t) p_t (δ_jt - p_j)
+    alpha, gamma = 0.7, 0.5
+    p = logits.softmax(-1)
+    p_t = p.gather(1, t[:, None])
+    q = (1 - p_t) ** alpha * p_t
+    factor = -(2 + gamma) / (q + 1 + gamma) ** 2 * (1 - p_t) ** (alpha - 1) * (1 - (1 + alpha) * p_t) * p_t
+    torch.testing.assert_close(grad(lambda z: dice_loss(z, targets, alpha, gamma, reduction="sum")),
+                               masked(factor * (delta - p)), rtol=1e-9, atol=1e-12)
+    # label smoothing, weighted: (1-ε) w_t (p_j - δ_jt) + ε/C (Σ_k w_k p_j - w_j)
+    eps, C = 0.2, len(counts)
+    expected = (1 - eps) * w[t][:, None] * (p - delta) + eps / C * (w.sum() * p - w)
+    torch.testing.assert_close(grad(lambda z: cross_entropy(z, targets, w, reduction="sum", label_smoothing=eps)),
+                               masked(expected), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["logit_adjusted", "balanced_softmax", "ldam", "dice", "smoothed"])
+def test_imbalance_losses_gradcheck(name):
+    logits, targets = random_case(7, n=6, c=4, dtype=torch.float64)
+    targets[0], targets[1] = 2, -100
+    counts = [50, 5, 0, 20]
+    fn = {"logit_adjusted": lambda x: logit_adjusted_loss(x, targets, counts, 0.8),
+          "balanced_softmax": lambda x: balanced_softmax_loss(x, targets, counts, reduction="sum"),
+          "ldam": lambda x: ldam_loss(x, targets, counts, 0.5, 3.0, [0.3, 1.0, 2.0, 0.7], reduction="weighted_mean"),
+          "dice": lambda x: dice_loss(x, targets, 0.5, 1.0),
+          "smoothed": lambda x: cross_entropy(x, targets, [0.3, 1.0, 2.0, 0.7], label_smoothing=0.1)}[name]
+    assert torch.autograd.gradcheck(fn, (logits.clone().requires_grad_(True),))
+
+
+IMBALANCE_LOSSES = {
+    "logit_adjusted": lambda z, t, **k: logit_adjusted_loss(z, t, [5, 3, 0], 1.0, **k),
+    "balanced_softmax": lambda z, t, **k: balanced_softmax_loss(z, t, [5, 3, 0], **k),
+    "ldam": lambda z, t, **k: ldam_loss(z, t, [5, 3, 0], **k),
+    "ldam_weighted": lambda z, t, **k: ldam_loss(z, t, [5, 3, 0], weight=[0.5, 2.0, 0.0], **k),
+    "dice": lambda z, t, **k: dice_loss(z, t, **k),
+    "dice_alpha_half": lambda z, t, **k: dice_loss(z, t, alpha=0.5, gamma=0.0, **k),
+    "smoothed": lambda z, t, **k: cross_entropy(z, t, label_smoothing=0.1, **k),
+    "smoothed_weighted": lambda z, t, **k: cross_entropy(z, t, [0.5, 2.0, 1.0], label_smoothing=0.1, **k),
+}
+
+
+@pytest.mark.parametrize("name", IMBALANCE_LOSSES)
+def test_imbalance_losses_extreme_logits_are_finite(name):
+    # p_t = 1 exactly in fp32, p_t = 0, ±1e4 mixed, all equal, p_t = 1 - ~1e-9, a tie at the top
+    logits = torch.tensor([[1e4, 0.0, 0.0], [-1e4, 0.0, 0.0], [1e4, -1e4, 0.0], [0.0, 0.0, 0.0],
+                           [20.0, 0.0, 0.0], [5.0, 5.0, -3.0]], requires_grad=True)
+    targets = torch.tensor([0, 0, 1, 2, 0, 1])
+    for reduction in ("mean", "sum", "weighted_mean"):
+        logits.grad = None
+        loss = IMBALANCE_LOSSES[name](logits, targets, reduction=reduction)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logits.grad).all(), (name, reduction, logits.grad)
+    # the same numbers as float64 where float64 still resolves them (rows 3..5)
+    z32 = logits.detach()[3:].clone().requires_grad_(True)
+    z64 = logits.detach()[3:].double().requires_grad_(True)
+    for z in (z32, z64):
+        IMBALANCE_LOSSES[name](z, targets[3:], reduction="sum").backward()
+    torch.testing.assert_close(z32.grad.double(), z64.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", IMBALANCE_LOSSES)
+def test_imbalance_losses_on_empty_and_all_ignored_batches(name):
+    for logits in (torch.randn(5, 3, requires_grad=True), torch.zeros(0, 3, requires_grad=True)):
+        targets = torch.full((len(logits),), -100)
+        for reduction in ("mean", "sum", "weighted_mean"):
+            logits.grad = None
+            loss = IMBALANCE_LOSSES[name](logits, targets, reduction=reduction)
+            assert loss.item() == 0.0 and loss.requires_grad
+            loss.backward()
+            assert logits.grad is not None and (logits.grad == 0).all()
+        assert IMBALANCE_LOSSES[name](logits, targets, reduction="none").shape == targets.shape
+
+
+@pytest.mark.parametrize("name", IMBALANCE_LOSSES)
+def test_imbalance_losses_in_bf16_autocast_compute_in_fp32(name):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 3)
+    x, targets = torch.randn(12, 8), torch.randint(0, 3, (12,))
+    targets[3] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(x)
+        assert logits.dtype == torch.bfloat16
+        loss = IMBALANCE_LOSSES[name](logits, targets)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, IMBALANCE_LOSSES[name](logits.float(), targets))
+    assert IMBALANCE_LOSSES[name](logits.double(), targets).dtype == torch.float64
+    # [B, T, C] is flattened
+    torch.testing.assert_close(IMBALANCE_LOSSES[name](logits.float().reshape(3, 4, 3), targets.reshape(3, 4)),
+                               IMBALANCE_LOSSES[name](logits.float(), targets))
+
+
+def test_logit_adjusted_with_tau_one_is_the_balanced_softmax():
+    """τ = 1: z + log π and z + log N differ by log Σ N in every column, so the losses (and their
+    gradients) are equal; the adjusted logits are not, by exactly that normaliser."""
+    counts = torch.tensor([900, 60, 40, 0, 7])
+    logits, targets = random_case(3, n=30, c=5, dtype=torch.float64)
+    n = seen_counts(counts)
+    priors = class_priors(counts)
+    torch.testing.assert_close((logits + n.log()) - (logits + priors.log()),
+                               torch.full_like(logits, float(n.sum().log())))
+    z1, z2 = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    la = logit_adjusted_loss(z1, targets, priors, tau=1.0, reduction="none")
+    bs = balanced_softmax_loss(z2, targets, counts, reduction="none")
+    torch.testing.assert_close(la, bs, rtol=1e-12, atol=1e-12)
+    la.sum().backward()
+    bs.sum().backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-12, atol=1e-12)
+    # and with τ ≠ 1 they differ
+    assert not torch.allclose(logit_adjusted_loss(logits, targets, priors, tau=2.0),
+                              balanced_softmax_loss(logits, targets, counts))
+
+
+def test_a_class_without_training_tokens_counts_as_the_rarest():
+    """I-X of a one-word type: N = 0. Priors, offsets and margins treat it as the rarest class
+    that occurs; the DRW weights give it 0 (class_weights' rule); its tokens still get a finite
+    loss and gradient under every count-based loss."""
+    counts = torch.tensor([900, 60, 0, 40, 3])
+    assert seen_counts(counts).tolist() == [900, 60, 3, 40, 3]
+    priors = class_priors(counts)
+    assert priors[2] == priors[4] and priors.sum().item() == pytest.approx(1.0)
+    margins = ldam_margins(counts, max_margin=0.7)
+    assert margins[2] == margins[4] == pytest.approx(0.7) and margins.max() == pytest.approx(0.7)
+    assert class_weights(counts, "effective", 0.9999, "mean")[2] == 0
+    loss = build_loss(LossConfig("logit_adjusted"), counts)
+    torch.testing.assert_close(loss.offset[2], loss.offset[4])
+    assert build_loss(LossConfig("balanced_softmax"), counts).offset[2] == pytest.approx(np.log(3))
+    logits = torch.randn(4, 5, requires_grad=True)
+    targets = torch.tensor([2, 2, 0, -100])
+    for cfg in (LossConfig("logit_adjusted"), LossConfig("balanced_softmax"), LossConfig("ldam"),
+                LossConfig("ldam", drw_epoch=0)):
+        logits.grad = None
+        value = build_loss(cfg, counts)(logits, targets)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match="all 0"):
+        seen_counts([0, 0, 0])
+    with pytest.raises(ValueError, match=">= 0"):
+        class_priors([3, -1, 2])
+
+
+def test_imbalance_per_token_broadcasts_and_looks_up_columns():
+    """The TokenLoss contract: one [N, C] logit matrix against [K, N] target rows equals K calls;
+    a binary copy's [N, 3] logits with ``columns`` use the offsets/margins/weights of those label
+    ids: the formula restricted to those classes."""
+    counts = torch.tensor([700, 20, 30, 0, 5])
+    logits, _ = random_case(5, n=10, c=5)
+    rows = torch.randint(0, 5, (3, 10))
+    rows[1, :4] = -100
+    columns = torch.tensor([0, 3, 4])
+    positions = torch.tensor([0, 1, 2, 0, 2, -100, 1, 1, 0, 2])
+    sub = logits[:, columns]
+    for cfg in (LossConfig("logit_adjusted", tau=0.5, label_smoothing=0.1), LossConfig("balanced_softmax"),
+                LossConfig("ldam", scale=3.0, drw_epoch=0), LossConfig("dice", alpha=0.5, gamma=0.3)):
+        loss = build_loss(cfg, counts)
+        stacked, weights = loss.per_token(logits, rows)
+        for k in range(3):
+            one, w = loss.per_token(logits, rows[k])
+            torch.testing.assert_close(stacked[k], one)
+            torch.testing.assert_close(weights[k], w)
+        got = loss.per_token(sub, positions, columns)[0]
+        if cfg.name in ("logit_adjusted", "balanced_softmax"):
+            want = offset_token_losses(sub, positions, loss.offset[columns], label_smoothing=cfg.label_smoothing)[0]
+        elif cfg.name == "ldam":
+            want = ldam_token_losses(sub, positions, loss.margins[columns], 3.0, loss.alpha[columns])[0]
+        else:
+            want = dice_loss(sub, positions, 0.5, 0.3, reduction="none")
+        torch.testing.assert_close(got, want)
+
+
+def test_build_loss_builds_each_imbalance_loss_from_its_fields():
+    logits, targets = random_case(11, n=30, c=5)
+    counts = torch.tensor([700, 20, 30, 0, 5])
+    cases = [
+        (LossConfig("logit_adjusted"), logit_adjusted_loss(logits, targets, counts, 1.0)),
+        (LossConfig("logit_adjusted", tau=0.3, label_smoothing=0.05),
+         logit_adjusted_loss(logits, targets, counts, 0.3, label_smoothing=0.05)),
+        (LossConfig("balanced_softmax", reduction="sum"),
+         balanced_softmax_loss(logits, targets, counts, reduction="sum")),
+        (LossConfig("ldam"), ldam_loss(logits, targets, counts, 0.5, 30.0)),
+        (LossConfig("ldam", max_margin=1.0, scale=2.0), ldam_loss(logits, targets, counts, 1.0, 2.0)),
+        (LossConfig("dice"), dice_loss(logits, targets, 1.0, 1.0)),
+        (LossConfig("dice", alpha=0.3, gamma=0.5), dice_loss(logits, targets, 0.3, 0.5)),
+        (LossConfig("ce", label_smoothing=0.1), cross_entropy(logits, targets, label_smoothing=0.1)),
+        (LossConfig("weighted_ce", label_smoothing=0.1),
+         cross_entropy(logits, targets, class_weights(counts), label_smoothing=0.1)),
+    ]
+    for cfg, expected in cases:
+        loss = build_loss(cfg, counts)
+        assert isinstance(loss, TokenLoss) and loss.name == cfg.name
+        torch.testing.assert_close(loss(logits, targets), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_deferred_reweighting_switches_on_at_its_epoch():
+    """DRW (Cao et al.): epochs 0..E-1 unweighted, from E on the effective-number weights with
+    β = 0.9999, normalised to mean 1 over the classes that occur (their Σ w = C)."""
+    counts = torch.tensor([700, 20, 30, 0, 5])
+    cfg = LossConfig("ldam", drw_epoch=2)
+    drw = class_weights(counts, "effective", 0.9999, normalize="mean")
+    raw = (1 - 0.9999) / (1 - 0.9999 ** counts[counts > 0].double())
+    torch.testing.assert_close(drw[counts > 0].double(), raw / raw.mean(), rtol=1e-6, atol=0)
+    for epoch in (0, 1):
+        assert build_loss(cfg, counts, epoch=epoch).alpha is None
+    for epoch in (2, 5):
+        torch.testing.assert_close(build_loss(cfg, counts, epoch=epoch).alpha, drw)
+    logits, targets = random_case(2, n=20, c=5)
+    torch.testing.assert_close(build_loss(cfg, counts, epoch=3)(logits, targets),
+                               ldam_loss(logits, targets, counts, weight=drw))
+    torch.testing.assert_close(build_loss(LossConfig("ce", drw_epoch=1, drw_beta=0.99), counts, epoch=1).alpha,
+                               class_weights(counts, "effective", 0.99, normalize="mean"))
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(name="logit_adjusted", tau=-1.0), "LossConfig.tau"),
+    (dict(name="ce", tau=1.0), "LossConfig.tau=1.0 is only used by name='logit_adjusted'"),
+    (dict(name="focal", max_margin=0.5), "LossConfig.max_margin"),
+    (dict(name="ldam", scale=0.0), "LossConfig.scale"),
+    (dict(name="ldam", max_margin=-0.1), "LossConfig.max_margin"),
+    (dict(name="balanced_softmax", drw_epoch=3), "LossConfig.drw_epoch"),
+    (dict(name="ldam", drw_epoch=-1), "LossConfig.drw_epoch"),
+    (dict(name="ldam", drw_beta=0.99), "LossConfig.drw_beta"),
+    (dict(name="ldam", drw_epoch=1, drw_beta=1.0), "LossConfig.drw_beta"),
+    (dict(name="focal", label_smoothing=0.1), "LossConfig.label_smoothing"),
+    (dict(name="dice", label_smoothing=0.1), "LossConfig.label_smoothing"),
+    (dict(name="ce", label_smoothing=1.0), "LossConfig.label_smoothing"),
+    (dict(name="dice", alpha="weights"), "LossConfig.alpha"),
+    (dict(name="dice", alpha=-1.0), "LossConfig.alpha"),
+    (dict(name="dice", gamma=-1.0), "LossConfig.gamma"),
+    (dict(name="balanced_softmax", gamma=1.0), "LossConfig.gamma"),
+])
+def test_imbalance_configs_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_loss(LossConfig(**fields), [3, 4, 5])
+
+
+@pytest.mark.parametrize("name", ["logit_adjusted", "balanced_softmax", "ldam"])
+def test_count_based_losses_need_counts(name):
+    with pytest.raises(ValueError, match=re.escape(f"LossConfig.name='{name}' needs the class counts")):
+        build_loss(LossConfig(name))
+    with pytest.raises(ValueError, match="LossConfig.drw_epoch needs the class counts"):
+        build_loss(LossConfig("ce", drw_epoch=1))
+
+
+def test_imbalance_worked_example_in_docs():
+    """Recompute every number of docs/losses.md § "The worked example, continued"."""
+    text = DOC.read_text()
+    block = text.split("<!-- worked-example-imbalance:start -->")[1].split("<!-- worked-example-imbalance:end -->")[0]
+    values = {}
+    for line in block.splitlines():
+        m = re.match(r"\|\s*`([^`]+)`\s*\|\s*(-?\d+\.\d{4})\s*\|", line)
+        if m:
+            values[m.group(1)] = float(m.group(2))
+    assert len(values) >= 30, f"parsed only {sorted(values)}"
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.3, 1.2, -0.4]], requires_grad=True)
+    targets = torch.tensor([0, 2])
+    counts = torch.tensor([90, 8, 2])
+    log_pi = class_priors(counts).log()
+    computed = {f"logpi_{c}": log_pi[c] for c in range(3)}
+    p_tilde = (logits.detach() + log_pi).softmax(-1)
+    computed.update(ptilde_00=p_tilde[0, 0], ptilde_12=p_tilde[1, 2])
+    computed.update({f"Delta_{c}": ldam_margins(counts)[c] for c in range(3)})
+    p = logits.detach().softmax(-1)
+    p_t = p[[0, 1], [0, 2]]
+    computed.update({f"q_{i}": (1 - p_t[i]) * p_t[i] for i in range(2)})
+    for name, fn in [("LA", lambda z, **k: logit_adjusted_loss(z, targets, counts, 1.0, **k)),
+                     ("BS", lambda z, **k: balanced_softmax_loss(z, targets, counts, **k)),
+                     ("LDAM", lambda z, **k: ldam_loss(z, targets, counts, 0.5, 1.0, **k)),
+                     ("DSC", lambda z, **k: dice_loss(z, targets, 1.0, 1.0, **k)),
+                     ("LS", lambda z, **k: cross_entropy(z, targets, label_smoothing=0.1, **k))]:
+        per_token = fn(logits, reduction="none")
+        computed.update({f"{name}_{i}": per_token[i] for i in range(2)})
+        logits.grad = None
+        per_token.sum().backward()
+        computed.update({f"d{name}_{i}{j}": logits.grad[i, j] for i in range(2) for j in range(3)})
+        computed[f"{name}_mean"] = fn(logits)
+    unknown = sorted(set(values) - set(computed))
+    assert not unknown, f"docs/losses.md shows quantities the test does not compute: {unknown}"
     for name, value in values.items():
         assert round(float(computed[name].detach()), 4) == pytest.approx(value, abs=1e-12), name

@@ -2,6 +2,7 @@
 import dataclasses
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,14 +11,20 @@ from bertlab.losses import LossConfig, build_loss
 from bertlab.models import BertModel, TokenClassifier
 from bertlab.sampling import (BTL_MODES, CUDA_PAD_MULTIPLE, binary_token_label_batches, btl_columns,
                               btl_fused_loss, btl_naive_loss, btl_targets, collate, entity_types,
-                              length_bucketed_batches, pad_multiple, padding_stats, token_budget_batches)
+                              length_bucketed_batches, pad_multiple, padding_stats, token_budget_batches,
+                              RESAMPLING_METHODS, entity_type_rarity, resampling_scores, sentence_repeats)
 from conftest import tiny_bert_config
 
 # types A, B (IOB2) and C, which has only B- (to check a 2-column "binary" copy)
 LABELS = ["O", "B-A", "I-A", "B-B", "I-B", "B-C"]
 COUNTS = torch.tensor([300, 20, 25, 8, 6, 3])
 LOSS_CONFIGS = [LossConfig("ce"), LossConfig("weighted_ce", weight_scheme="inverse"),
-                LossConfig("focal", gamma=2.0, alpha="weights", normalize="mean")]
+                LossConfig("focal", gamma=2.0, alpha="weights", normalize="mean"),
+                # the class-imbalance losses (#40): per-class offsets, margins and weights looked up by column
+                LossConfig("logit_adjusted", tau=0.7, label_smoothing=0.1), LossConfig("balanced_softmax"),
+                LossConfig("ldam", scale=2.0, drw_epoch=0), LossConfig("dice", alpha=0.5, gamma=0.5),
+                LossConfig("ce", label_smoothing=0.2),
+                LossConfig("weighted_ce", weight_scheme="inverse", label_smoothing=0.1)]
 
 
 @dataclasses.dataclass
@@ -280,8 +287,9 @@ def test_fused_vectorised_equals_per_copy_loop():
                 z, loss = logits, token_loss
                 if columns is not None:
                     z = logits[..., columns]
-                    if isinstance(token_loss.alpha, torch.Tensor):
-                        loss = dataclasses.replace(token_loss, alpha=token_loss.alpha[columns])
+                    for field in ("alpha", "offset", "margins"):  # per-class vectors, by hand
+                        if isinstance(getattr(token_loss, field, None), torch.Tensor):
+                            loss = dataclasses.replace(loss, **{field: getattr(token_loss, field)[columns]})
                 looped = looped + loss(z, copy["labels"])
             torch.testing.assert_close(vectorised, looped, rtol=1e-12, atol=0)
 
@@ -392,3 +400,66 @@ def test_other_to_o_mean_of_ce_copies_is_atl_with_soft_targets():
     soft[is_entity] /= num_types
     soft[is_entity, 0] = (num_types - 1) / num_types
     torch.testing.assert_close(loss, F.cross_entropy(logits[kept], soft))
+
+
+# ---- sentence-level resampling (Wang & Wang 2022) ------------------------------------------------
+
+# 16 words: 4 of type A (f = 1/4, r = 2 bits), 1 of type B (f = 1/16, r = 4 bits)
+RESAMPLING_CORPUS = [
+    ["B-A", "I-A", "O", "O"],                    # c_A = 2,            l = 4
+    ["B-A", "O", "B-B", "O"],                    # c_A = 1, c_B = 1,   l = 4
+    ["O", "O", "O", "O", "O", "O", "O"],         # no entity,          l = 7
+    ["B-A"],                                     # c_A = 1,            l = 1
+]
+# by hand:          sC            sCR                 sCRD              nsCRD
+#  sentence 1   1+2 = 3       √(1+2·2) = 2.24     (1+4)/2 = 2.5     (1+2√2)/2 = 1.91
+#  sentence 2   1+1+1 = 3     √(1+2+4) = 2.65     (1+2+4)/2 = 3.5   (1+2+4)/2 = 3.5
+#  sentence 3   1             1                   1/√7 -> 1         1/√7 -> 1
+#  sentence 4   1+1 = 2       √(1+2) = 1.73       (1+2)/1 = 3       (1+2)/1 = 3
+RESAMPLING_TABLE = {"sC": [3, 3, 1, 2], "sCR": [3, 3, 1, 2], "sCRD": [3, 4, 1, 3], "nsCRD": [2, 4, 1, 3]}
+
+
+def test_entity_type_rarity_is_minus_log2_of_the_token_share():
+    assert entity_type_rarity(RESAMPLING_CORPUS) == {"A": 2.0, "B": 4.0}
+
+
+@pytest.mark.parametrize("method", RESAMPLING_METHODS)
+def test_resampling_repeats_equal_the_hand_computed_table(method):
+    assert sentence_repeats(RESAMPLING_CORPUS, method) == RESAMPLING_TABLE[method]
+    expected = {"sC": [3, 3, 1, 2], "sCR": [5 ** 0.5, 7 ** 0.5, 1.0, 3 ** 0.5],
+                "sCRD": [2.5, 3.5, 1 / 7 ** 0.5, 3.0], "nsCRD": [(1 + 2 * 2 ** 0.5) / 2, 3.5, 1 / 7 ** 0.5, 3.0]}
+    assert resampling_scores(RESAMPLING_CORPUS, method) == pytest.approx(expected[method], rel=1e-12)
+
+
+def test_resampling_is_deterministic_and_keeps_every_sentence():
+    g = np.random.default_rng(0)
+    tags = [[str(g.choice(["O", "O", "O", "B-X", "I-X", "B-Y"])) for _ in range(int(g.integers(1, 20)))]
+            for _ in range(200)]
+    for method in RESAMPLING_METHODS:
+        repeats = sentence_repeats(tags, method)
+        assert repeats == sentence_repeats(tags, method)
+        assert all(r >= 1 for r in repeats)
+        assert all(r == 1 for t, r in zip(tags, repeats) if set(t) == {"O"})
+    with pytest.raises(ValueError, match="method='sCRDX'"):
+        sentence_repeats(tags, "sCRDX")
+
+
+def test_resampling_ceiling_is_not_fooled_by_float_error(monkeypatch):
+    import bertlab.sampling
+    tags = [["B-A", "O"], ["B-A"], ["O"]]
+    monkeypatch.setattr(bertlab.sampling, "resampling_scores", lambda t, m: [3.0000000000000004, 2.0000001, 0.3])
+    assert sentence_repeats(tags, "sC") == [3, 3, 1]
+
+
+def test_resampling_example_in_docs():
+    """docs/losses.md § "Sentence-level resampling": its table's tags and final counts."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "losses.md").read_text(encoding="utf-8")
+    block = text.split("<!-- resampling-example:start -->")[1].split("<!-- resampling-example:end -->")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    tags = [r[1].split() for r in rows]
+    assert tags == RESAMPLING_CORPUS
+    for k, method in enumerate(("sC", "sCR", "sCRD", "nsCRD")):
+        shown = [int(r[2 + k].rsplit("→", 1)[1]) for r in rows]
+        assert shown == sentence_repeats(tags, method) == RESAMPLING_TABLE[method], method

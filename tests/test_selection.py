@@ -114,7 +114,7 @@ def test_a_flat_argmax_does_not_pin_knn_to_the_first_epoch(tmp_path, monkeypatch
     scripted = {"argmax": [0.0, 0.0, 0.0, 0.0], "knn": [0.1, 0.4, 0.3, 0.2]}
     real = train_module.evaluate_dev
 
-    def fake_evaluate_dev(model, tokenizer, splits, cfg, options):
+    def fake_evaluate_dev(model, tokenizer, splits, cfg, options, priors=None):
         dev, fitted = real(model, tokenizer, splits, cfg, options)
         epoch = len(fake_evaluate_dev.seen)
         fake_evaluate_dev.seen.append(epoch)
