@@ -200,8 +200,8 @@ MUTANTS = [
            "return np.arange(len(doc_ids), dtype=np.int64) % 2", CALIBRATION,
            "the dev halves alternate sentences, splitting documents between fit and score"),
     Mutant("crossfit-selects-in-sample", "calibration", "bertlab/selection.py",
-           'pred = decode_tags(decode, logits, model, fitted.get("knn"), dev_calibrator)',
-           'pred = decode_tags(decode, logits, model, fitted.get("knn"), fitted.get("calibrated"))',
+           'fitted.get("logit_adjusted") if decode == "logit_adjusted" else dev_calibrator)',
+           'fitted.get("logit_adjusted") if decode == "logit_adjusted" else fitted.get("calibrated"))',
            ("tests/test_selection.py", "-k", "cross_fitted"),
            'calibration_fit = "crossfit" still selects the epoch by the in-sample dev score'),
     # -- BIO-constrained decoding ------------------------------------------------------------------
