@@ -745,7 +745,7 @@ def detectable_differences(comps: list[dict], alpha: float) -> None:
     for key, group in groups.items():
         if key[0] == "cv":  # the corrected t's se from the per-fold variance pooled over the comparisons
             se, df = stats.corrected_resampled_se(float(np.mean([c["cv"]["variance"] for c in group])),
-                                                  key[2], key[3], key[4])
+                                                  key[2], key[3], float(np.mean([c["cv"]["ratio"] for c in group])))
             mdd = stats.detectable_difference_se(se, df, alpha)
         elif key[0] == "sd":
             S, D = key[2], key[3]
@@ -1824,7 +1824,7 @@ def seed_mean_curve(curves: list[dict], key: str = "dev_f1_micro") -> np.ndarray
     return values[:, :n].mean(axis=0)
 
 
-def budgets(variants: dict, spec: dict, key: str = "dev_f1_micro") -> dict:
+def budgets(variants: dict, spec: dict, dev_key: str = "dev_f1_micro") -> dict:
     """The plateau rule applied to every variant's seed-mean dev micro F1 curve, then per arm (the
     variant's axes but ``spec["choose"]``, e.g. the learning rate) the chosen value with the highest
     plateau F1 and its budget (plateau epoch + 1, an epoch count), per decode."""
@@ -1837,7 +1837,7 @@ def budgets(variants: dict, spec: dict, key: str = "dev_f1_micro") -> dict:
         curves = _curves(group)
         if not curves:
             continue
-        mean = seed_mean_curve(curves, key)
+        mean = seed_mean_curve(curves, dev_key)
         if not len(mean):
             continue
         e, found = plateau_epoch(mean, delta, window)
@@ -1853,14 +1853,14 @@ def budgets(variants: dict, spec: dict, key: str = "dev_f1_micro") -> dict:
             "delta": delta, "window": window, "choose": choose}
 
 
-def _budget_section(variants: dict, short: dict, spec: dict, data: dict, key: str = "dev_f1_micro") -> list[str]:
-    b = budgets(variants, spec, key)
+def _budget_section(variants: dict, short: dict, spec: dict, data: dict, dev_key: str = "dev_f1_micro") -> list[str]:
+    b = budgets(variants, spec, dev_key)
     if not b["variants"]:
         return []
     choose = b["choose"]
     name = short.get(choose, choose) if choose else None
     md = ["## Epoch budget (plateau rule)", "",
-          f"Rule, declared in the study file: on the seed-mean dev {'micro F1' if key == 'dev_f1_micro' else METRICS[key[4:]]} curve of a variant, the plateau "
+          f"Rule, declared in the study file: on the seed-mean dev {'micro F1' if dev_key == 'dev_f1_micro' else METRICS[dev_key[4:]]} curve of a variant, the plateau "
           f"is the first epoch whose next {b['window']} epochs each stay within {b['delta']} of it; "
           f"without one, the last epoch trained, marked *not plateaued* (the budget is then a lower bound). "
           + (f"Per arm the `{name}` with the highest F1 at its plateau is chosen; " if choose else "")
