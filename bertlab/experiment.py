@@ -227,6 +227,9 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         elif key in axes:  # --set on a swept key pins the axis to one value
             axes[key] = [value]
         else:
+            if key in ("data.folds", "data.fold_seed"):
+                raise StudyError(f"--set {item}: a study cross-validates with [study] folds and fold_seed "
+                                 f"(--set data.fold=K runs one fold)")
             _set_dotted(base, key, value, f"--set {item}")
 
     for axis, values in axes.items():
