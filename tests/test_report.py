@@ -1916,3 +1916,25 @@ def test_a_study_whose_design_cannot_detect_its_target_says_so_on_top(tmp_path):
     assert "**Warning: this design cannot detect the effect it is about.**" in top
     mdd = json.loads((sdir / "report.json").read_text())["target"]["mdd"]
     assert mdd > 0.001 and f"{mdd:.4f}" in top
+
+
+def test_a_declared_primary_metric_draws_the_learning_curves_and_the_plateau_rule(tmp_path):
+    """With [report] primary = "f1_macro" the curves and the plateau rule read dev macro F1: here micro
+    F1 is flat from epoch 0 (plateau 0) while macro F1 rises until epoch 3 (plateau 3)."""
+    micro = [0.60, 0.601, 0.602, 0.601, 0.602, 0.601, 0.602]
+    macro = [0.30, 0.40, 0.45, 0.50, 0.501, 0.502, 0.501]
+    rows = [synthetic_row({"setting": "a", "train.seed": s}, "argmax", 0.5, select="f1_macro",
+                          curve={"epoch": list(range(7)), "dev_f1_micro": micro, "dev_f1_macro": macro})
+            for s in (0, 1)]
+    axes = {"setting": ["a"], "train.seed": [0, 1]}
+    spec = {"figures": False, "plateau": {"delta": 0.005, "window": 3}}
+    write_rows(tmp_path / "micro", rows, spec, axes)
+    write_rows(tmp_path / "macro", rows, {**spec, "primary": "f1_macro", "metrics": ["f1_macro", "f1_micro"]}, axes)
+    budget = {}
+    for name in ("micro", "macro"):
+        md = build_report(tmp_path / name).read_text()
+        budget[name] = json.loads((tmp_path / name / "report.json").read_text())["budget"]["arms"][0]["budget_epochs"]
+        curve = table_rows(md, "## Learning curves")[0]
+        assert curve[3] == f"{(micro if name == 'micro' else macro)[0]:.4f}"
+    assert budget == {"micro": 1, "macro": 4}
+    assert "Dev macro F1 (primary) after each epoch" in md and "seed-mean dev macro F1 curve" in md
