@@ -1195,8 +1195,8 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
         data["variants"][labels[key]] = entry
         body.append(cells)
     header = ["variant", "seeds"]
-    for m in METRICS.values():
-        header += [m, "95% CI"]
+    for m in METRICS:
+        header += [metric_name(m, opts), "95% CI"]
     md += _table(header, body)
     if missing:
         md += ["¹ No sound interval, so none is printed:", ""] + [f"- {m}" for m in missing] + [""]

@@ -1907,6 +1907,7 @@ def test_cross_validated_report_pools_folds_and_uses_the_corrected_t(tmp_path):
     # the primary metric is tested first and named so
     assert [c["metric"] for c in data["comparisons"]] == ["f1_macro", "f1_micro", "unweighted_accuracy"]
     assert "macro F1 (primary): " in md and "micro F1 (secondary): " in md
+    assert "| variant | seeds | micro F1 (secondary) | 95% CI | macro F1 (primary) | 95% CI |" in md
 
 
 def test_a_study_whose_design_cannot_detect_its_target_says_so_on_top(tmp_path):
