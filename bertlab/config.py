@@ -43,6 +43,12 @@ class DataConfig:
     random_labels_seed: int = 0
     max_length: int = 128        # subwords per window, [CLS]/[SEP] included
     stride: int = 32             # overlap between consecutive windows of a long sentence
+    folds: int = 0               # K >= 2: K-fold cross-validation over all the corpus's documents (its
+                                 # splits pooled; bertlab.datasets.cross_validation_split): test = fold
+                                 # `fold`, dev = a stratified tenth of the rest, train = the others;
+                                 # max_documents then keeps the first N documents of the pooled corpus
+    fold: int = 0                # which fold is the test set, 0 <= fold < folds
+    fold_seed: int = 0           # the partition's seed (a study uses [study] fold_seed + train.seed)
 
 
 @dataclass
@@ -161,7 +167,7 @@ CHOICES = {
 DECODES = ("argmax", "viterbi", "knn", "calibrated", "logit_adjusted") + tuple(d + BIO for d in CONSTRAINABLE)
 # fields that must be >= the given minimum
 MINIMUM = {
-    ("model", "num_layers"): 0, ("data", "max_documents"): 0, ("data", "max_length"): 3, ("data", "stride"): 0,
+    ("model", "num_layers"): 0, ("data", "max_documents"): 0, ("data", "folds"): 0, ("data", "fold"): 0, ("data", "max_length"): 3, ("data", "stride"): 0,
     ("sampler", "batch_size"): 1, ("optim", "lr"): 0.0, ("optim", "weight_decay"): 0.0,
     ("optim", "eps"): 0.0, ("optim", "momentum"): 0.0, ("optim", "warmup_ratio"): 0.0,
     ("optim", "clip_grad_norm"): 0.0, ("optim", "grad_accum"): 1, ("optim", "crf_lr"): 0.0, ("train", "epochs"): 1,
@@ -442,6 +448,12 @@ def check_config(cfg: TrainConfig, where: str) -> None:
     if cfg.data.stride >= cfg.data.max_length - 2:
         raise ConfigError(f"{where}: [data] stride: expected < max_length - 2 = {cfg.data.max_length - 2}, "
                           f"got {cfg.data.stride}")
+    if cfg.data.folds == 1:
+        raise ConfigError(f"{where}: [data] folds: expected 0 (the corpus's own split) or K >= 2 folds, got 1")
+    if cfg.data.folds and cfg.data.fold >= cfg.data.folds:
+        raise ConfigError(f"{where}: [data] fold: expected 0 <= fold < folds = {cfg.data.folds}, got {cfg.data.fold}")
+    if not cfg.data.folds and cfg.data.fold:
+        raise ConfigError(f"{where}: [data] fold: only used with [data] folds = K (cross-validation)")
     if not cfg.data.train_file:
         from bertlab.datasets.bundled import CORPORA
         if cfg.data.name not in CORPORA:
@@ -449,10 +461,11 @@ def check_config(cfg: TrainConfig, where: str) -> None:
                               f"train_file = a CoNLL file, got {cfg.data.name!r}")
     if (cfg.data.dev_file or cfg.data.test_file) and not cfg.data.train_file:
         raise ConfigError(f"{where}: [data] dev_file/test_file need train_file as well")
-    if cfg.data.train_file and not cfg.data.dev_file and cfg.train.early_stopping_patience:
+    if cfg.data.train_file and not cfg.data.dev_file and not cfg.data.folds and cfg.train.early_stopping_patience:
         raise ConfigError(f"{where}: [train] early_stopping_patience: needs a dev set ([data] dev_file)")
     for decode in ("calibrated", "logit_adjusted"):
-        if cfg.data.train_file and not cfg.data.dev_file and decode in map(base_decode, cfg.eval.decode):
+        if (cfg.data.train_file and not cfg.data.dev_file and not cfg.data.folds
+                and decode in map(base_decode, cfg.eval.decode)):
             raise ConfigError(f"{where}: [eval] decode: {decode!r} is fitted on dev and needs a dev set "
                               f"([data] dev_file)")
     if cfg.eval.select == "last" and cfg.train.early_stopping_patience:

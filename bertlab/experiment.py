@@ -83,7 +83,11 @@ STUDY_KEYS = {"study", "base", "sweep", "scale", "report", "models", "gradflow"}
 # axis key -> short name used in run ids and tables; anything else: its last dotted component
 SHORT_NAMES = {"sampler.name": "sampler", "loss.name": "loss", "train.seed": "seed",
                "optim.lr": "lr", "sampler.batch_size": "bs", "data.name": "data",
-               "model.head": "head", "loss.gamma": "gamma", "train.epochs": "epochs"}
+               "model.head": "head", "loss.gamma": "gamma", "train.epochs": "epochs", "data.fold": "fold"}
+# the axis [study] folds = K makes: which cross-validation fold a run tests on (bertlab.datasets.cross_validation_split)
+FOLD_AXIS = "data.fold"
+# the metrics a study may declare as its claim ([report] primary): what checkpoint selection can use
+PRIMARY_METRICS = ("f1_micro", "f1_macro", "unweighted_accuracy")
 # where to get checkpoints that are not bundled, for the "missing checkpoint" message
 HUB_HINTS = {"bio_clinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
              "bert_base": "google-bert/bert-base-uncased",
@@ -128,6 +132,8 @@ class Study:
     gradflow: dict | None = None
     scale_overrides: dict = field(default_factory=dict)  # the file's [scale.SCALE] table, as applied
     overrides: list = field(default_factory=list)        # the --set items, as given
+    folds: int = 0              # [study] folds: K-fold cross-validation (the fold axis); 0 = the corpus's split
+    fold_seed: int = 0          # [study] fold_seed: seed s's partition uses fold_seed + s
 
     @property
     def decodes(self) -> list[str]:
@@ -201,12 +207,19 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
                          f"([base.data], [base.model], ...)")
     models = copy.deepcopy(raw.get("models", {}))
     axes = {k: list(v) if isinstance(v, list) else v for k, v in raw.get("sweep", {}).items()}
-
     scales = raw.get("scale", {})
     for s in scales:
         if s not in SCALES:
             raise StudyError(f"{where}: [scale.{s}]: unknown scale; expected one of {SCALES}")
+    # a scale may cross-validate with fewer folds (smoke: folds = 3)
+    folds, fold_seed = _check_folds({**head, **{k: v for k, v in scales.get(scale, {}).items()
+                                                if k in ("folds", "fold_seed")}}, base, axes, where)
+    if folds:  # the fold axis, like any other; --set data.fold=K pins it
+        axes[FOLD_AXIS] = list(range(folds))
+        base.setdefault("data", {})["folds"] = folds
     for key, value in scales.get(scale, {}).items():
+        if key in ("folds", "fold_seed"):
+            continue
         if key == "sweep":
             for axis, values in value.items():
                 axes[axis] = values
@@ -219,6 +232,9 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         elif key in axes:  # --set on a swept key pins the axis to one value
             axes[key] = [value]
         else:
+            if key in ("data.folds", "data.fold_seed"):
+                raise StudyError(f"--set {item}: a study cross-validates with [study] folds and fold_seed "
+                                 f"(--set data.fold=K runs one fold)")
             _set_dotted(base, key, value, f"--set {item}")
 
     for axis, values in axes.items():
@@ -246,9 +262,9 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
         if not is_folder_name(short):
             raise StudyError(f"{where}: [sweep] {axis!r}: an axis name becomes part of each run's folder "
                              f"name; expected a name without '/', '\\' or '..', not a path")
-    # seeds last: a run id reads as the variant, then the seed
-    axes = {k: v for k, v in axes.items() if k != "train.seed"} | (
-        {"train.seed": axes["train.seed"]} if "train.seed" in axes else {})
+    # the fold and the seed last: a run id reads as the variant, then the fold, then the seed
+    axes = {k: v for k, v in axes.items() if k not in (FOLD_AXIS, "train.seed")} | {
+        k: axes[k] for k in (FOLD_AXIS, "train.seed") if k in axes}
 
     base.setdefault("eval", {}).setdefault("decode", ["argmax"])
     decodes = base["eval"]["decode"]
@@ -274,6 +290,7 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
     for key in report:
         if key not in REPORT_OPTIONS:
             raise StudyError(f"{where}: [report] {key}: unknown key; expected one of {', '.join(REPORT_OPTIONS)}")
+    _check_primary(report, base, axes, where)
     _check_anova(report.get("anova"), axes, decodes, where)
     full_sweep = {k: [axis_value(k, v) for v in vs] for k, vs in raw.get("sweep", {}).items()
                   if k != "model" and isinstance(vs, list)}
@@ -281,7 +298,60 @@ def load_study(name: str | os.PathLike, scale: str = "default", overrides: list[
     return Study(name=study_name, path=path, scale=scale, description=head.get("description", ""),
                  base=base, axes=axes, baseline=baseline, report=report,
                  gradflow=raw.get("gradflow"), scale_overrides=dict(scales.get(scale, {})),
-                 overrides=list(overrides))
+                 overrides=list(overrides), folds=folds, fold_seed=fold_seed)
+
+
+STUDY_HEAD_KEYS = ("name", "description", "baseline", "folds", "fold_seed")
+
+
+def _check_folds(head: dict, base: dict, axes: dict, where) -> tuple[int, int]:
+    """``[study] folds`` and ``fold_seed``: an integer K >= 2 (K-fold cross-validation over the
+    corpus's documents) and a seed; the fold itself is the study's to set, not [base] or [sweep]."""
+    unknown = sorted(set(head) - set(STUDY_HEAD_KEYS))
+    if unknown:
+        raise StudyError(f"{where}: [study] {unknown[0]}: unknown key; expected one of {', '.join(STUDY_HEAD_KEYS)}")
+    folds, fold_seed = head.get("folds", 0), head.get("fold_seed", 0)
+    for key, value, least in (("folds", folds, 2), ("fold_seed", fold_seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or (value < least and not (key == "folds" and value == 0)):
+            what = ("an integer >= 2, the number of cross-validation folds" if key == "folds"
+                    else "an integer >= 0, the seed of the fold partition")
+            raise StudyError(f"{where}: [study] {key}: expected {what}, got {value!r}")
+    data = base.get("data", {}) if isinstance(base.get("data"), dict) else {}
+    for key in ("folds", "fold", "fold_seed"):
+        if key in data or f"data.{key}" in axes:
+            raise StudyError(f"{where}: {'[sweep]' if f'data.{key}' in axes else '[base.data]'} {key}: a study "
+                             f"cross-validates with [study] folds = K (and fold_seed), which makes the fold axis")
+    if fold_seed and not folds:
+        raise StudyError(f"{where}: [study] fold_seed: only used with [study] folds = K")
+    return folds, fold_seed
+
+
+def _check_primary(report: dict, base: dict, axes: dict, where) -> None:
+    """``[report] primary`` names a metric every run selects its checkpoints and stops early on:
+    it sets ``[eval] select``, which must not say otherwise (in [base.eval] or a model's recipe)."""
+    primary = report.get("primary")
+    target = report.get("target_difference")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                               or not 0 < target < 1):
+        raise StudyError(f"{where}: [report] target_difference: expected a difference between 0 and 1 "
+                         f"(e.g. 0.02), got {target!r}")
+    if primary is None:
+        return
+    if primary not in PRIMARY_METRICS:
+        raise StudyError(f"{where}: [report] primary: {primary!r} is not a metric; expected one of "
+                         f"{', '.join(PRIMARY_METRICS)} (a frequency band's F1 is reported, not selected on)")
+    metrics = report.get("metrics")
+    if metrics is not None and primary not in metrics:
+        raise StudyError(f"{where}: [report] primary: {primary!r} is not among [report] metrics = {metrics}")
+    tables = [("[base.eval]", base.get("eval", {}))] + [
+        (f"model {m.get('name')!r}: eval", m.get("eval", {})) for m in axes.get("model", [])] + [
+        (f"[sweep] {k!r}:", {"select": v.get("select", primary) if isinstance(v, dict) else v})
+        for k, vs in axes.items() if k in ("eval", "eval.select") for v in vs]
+    for table, section in tables:
+        if isinstance(section, dict) and section.get("select", primary) != primary:
+            raise StudyError(f"{where}: {table} select = {section['select']!r} contradicts [report] primary = "
+                             f"{primary!r}: the primary metric selects checkpoints and stops early; drop select")
+    base.setdefault("eval", {})["select"] = primary
 
 
 def _check_compare(spec, rules, axes: dict, decodes: list, where, full_sweep: dict) -> None:
@@ -400,7 +470,8 @@ def expand(study: Study) -> list[Run]:
         model = chosen.get("model", {})
         deterministic = model.get("arch") == "hmm" or (
             model.get("arch") == "crf" and model.get("overrides", {}).get("optimizer", "lbfgs") == "lbfgs")
-        if deterministic and chosen.get("train.seed", first_seed) != first_seed:
+        # under cross-validation every seed has its own partition, so even these train per seed
+        if deterministic and not study.folds and chosen.get("train.seed", first_seed) != first_seed:
             continue
         cfg = copy.deepcopy(study.base)
         axes = {}
@@ -430,6 +501,8 @@ def expand(study: Study) -> list[Run]:
                         _set_dotted(cfg, k, v, f"{study.path}: [sweep] {key!r}")
             else:
                 _set_dotted(cfg, key, value, f"{study.path}: [sweep] {key!r}")
+        if study.folds:  # seed s is one K-fold cross-validation with its own partition
+            cfg["data"]["fold_seed"] = study.fold_seed + int(cfg.get("train", {}).get("seed", 0))
         run_id = "__".join(f"{names[k]}={value_slug(v)}" for k, v in zip(keys, combo)) or "run"
         runs.append(Run(run_id, axes, cfg))
     if len({r.run_id for r in runs}) != len(runs):
@@ -494,6 +567,27 @@ def check_models(study: Study, runs: list[Run]) -> None:
                     f"{study.name} {target}`")
 
 
+def check_folds(study: Study, runs: list[Run]) -> None:
+    """``[study] folds`` fits every corpus the runs read (enough documents, and documents at all),
+    checked by cutting fold 0 of each: one error naming ``[study] folds`` before anything is written."""
+    if not study.folds:
+        return
+    from bertlab.config import DataConfig
+    from bertlab.datasets.prepare import load_splits
+    seen = set()
+    for r in runs:
+        data = {k: v for k, v in r.config.get("data", {}).items() if k not in ("fold", "fold_seed")}
+        key = json.dumps(data, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            load_splits(DataConfig(**data))
+        except (ValueError, OSError) as e:
+            message = str(e).removeprefix(f"[data] folds = {study.folds}: ")
+            raise StudyError(f"{study.path}: [study] folds = {study.folds}: {message}") from None
+
+
 def build_train_config(config: dict, source: str):
     """A nested config dict -> a validated ``bertlab.train.TrainConfig``; errors name ``source``
     and ``[section] key``. ``bertlab.train`` is the one validator of training configs, so a study
@@ -547,6 +641,7 @@ def run_experiment(name: str | os.PathLike, scale: str = "default", out: str | o
     for r in runs:  # every config is valid before anything trains
         if r.config.get("model", {}).get("arch") not in DIRECT_BASELINES:
             build_train_config(r.config, f"{study.path} (run {r.run_id})")
+    check_folds(study, runs)
     sdir = study_dir_for(study.name, scale, out)
     for r in runs:
         _check_snapshot(sdir / r.run_id, r, study)
@@ -692,7 +787,8 @@ def write_study_json(sdir: Path, study: Study, command: str, trains: bool = True
         "short_names": short_names(study.axes), "baseline": study.baseline,
         "decodes": study.decodes, "report": study.report, "gradflow": study.gradflow is not None,
         "runs": [r.run_id for r in expand(study)], "scale_overrides": study.scale_overrides,
-        "overrides": study.overrides, "commands": commands})
+        "overrides": study.overrides, "commands": commands,
+        **({"folds": {"k": study.folds, "fold_seed": study.fold_seed, "axis": FOLD_AXIS}} if study.folds else {})})
 
 
 # ---- sharing a study between processes and hosts ------------------------------------------------
@@ -1440,7 +1536,8 @@ def _fit_direct_baseline(config: dict, rdir: Path) -> None:
     _write_json(rdir / "metrics.json", {
         **out, "config": config, "labels": getattr(tagger, "labels", None), "params": n_params,
         "epochs": 1, "train_seconds": train_seconds, "train_mentions": mention_counts(train_sents),
-        "train_tags": tag_counts(train_sents), "best_dev_f1": out.get("dev", {}).get("viterbi", {}).get("micro_f1"), "deterministic": deterministic})
+        "train_tags": tag_counts(train_sents), "best_dev_f1": out.get("dev", {}).get("viterbi", {}).get("micro_f1"), "deterministic": deterministic,
+        **({"fold": splits.test.notes["fold"]} if splits.test is not None and "fold" in splits.test.notes else {})})
 
 
 # ---- environment ----------------------------------------------------------------------------------

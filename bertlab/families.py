@@ -4,8 +4,8 @@ from __future__ import annotations
 
 # the keys of a study's [report] table (bertlab.report.DEFAULTS holds their defaults)
 REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha",
-                  "permutation_resamples", "permutation_seed", "bands", "min_support", "anova", "figures", "confusion",
-                  "type_shares", "plateau")
+                  "permutation_resamples", "permutation_seed", "bands", "min_support", "anova", "figures",
+                  "confusion", "type_shares", "plateau", "primary", "target_difference")
 
 
 def comparison_families(study: dict, opts: dict) -> list[dict]:
@@ -22,7 +22,7 @@ def comparison_families(study: dict, opts: dict) -> list[dict]:
     expected = "{ vary = \"axis\", baseline = level } or { vary = \"axis\", pairs = [[level, baseline], ...] }"
     if not isinstance(declared, dict):
         raise ValueError(f"{where} must be a table of families, NAME = {expected}")
-    levels = {k: list(v) for k, v in study.get("axes", {}).items() if k != "train.seed"}
+    levels = {k: list(v) for k, v in study.get("axes", {}).items() if k not in ("train.seed", "data.fold")}
     levels["decode"] = list(study.get("decodes", []))
     families = []
     for name, spec in declared.items():
@@ -64,7 +64,7 @@ def construction_rules(study: dict, opts: dict, other_levels: dict | None = None
     nothing)."""
     declared = opts.get("by_construction") or []
     where = f"{study.get('source') or 'study.json'}: [[report.by_construction]]"
-    levels = {k: [str(x) for x in v] for k, v in study.get("axes", {}).items() if k != "train.seed"}
+    levels = {k: [str(x) for x in v] for k, v in study.get("axes", {}).items() if k not in ("train.seed", "data.fold")}
     levels["decode"] = [str(d) for d in study.get("decodes", [])]
     if not isinstance(declared, list):
         raise ValueError(f"{where} must be a list of tables {{ where = {{ AXIS = LEVEL, ... }}, why = \"...\" }}")

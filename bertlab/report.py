@@ -53,6 +53,7 @@ from bertlab.files import write_text
 from bertlab.metrics import conlleval_entities, invalid_transitions, overlap_matches, strict_entities
 
 METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy": "unweighted acc."}
+FOLD_AXIS = "data.fold"  # the axis [study] folds makes (bertlab.experiment); not part of a variant
 DEFAULTS = {
     "metrics": ["f1_micro", "f1_macro"],  # metrics tested for significance (Holm family each)
     "compare": None,  # {NAME = {vary = "loss.name", baseline = "ce"}, ...}; None: [study] baseline
@@ -68,7 +69,18 @@ DEFAULTS = {
     "confusion": False,  # per-type P/R/F1 and entity confusion matrices per variant (issue #7)
     "type_shares": False,  # each type's share of the predicted test mentions vs of the training mentions
     "plateau": None,  # {delta = 0.005, window = 3, choose = "optim.lr"}: the epoch budget from the curves
+    "primary": None,  # the claim metric, declared before the study ran: tested first, the others "secondary"
+    "target_difference": None,  # the effect the study is about: a warning on top when its MDD is larger
 }
+
+
+def metric_name(metric: str, opts: dict) -> str:
+    """A metric's name in tables and sentences; with a declared ``primary``, marked primary or
+    secondary."""
+    primary = opts.get("primary")
+    if not primary:
+        return METRICS[metric]
+    return f"{METRICS[metric]} ({'primary' if metric == primary else 'secondary'})"
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -90,7 +102,7 @@ def variant_key(row: dict, axes: list[str] | None = None) -> tuple:
     """The variant of a result row: every axis value but the seed (in the study's axis order),
     and the decode."""
     axes = list(row["axes"]) if axes is None else axes
-    return tuple((k, row["axes"][k]) for k in axes if k != "train.seed" and k in row["axes"]) + (
+    return tuple((k, row["axes"][k]) for k in axes if k not in ("train.seed", FOLD_AXIS) and k in row["axes"]) + (
         ("decode", row["decode"]),)
 
 
@@ -300,6 +312,21 @@ def variant_interval(x: np.ndarray, layout: CountLayout, metric: str,
     return theta, float(lo), float(hi), None
 
 
+def cv_variant_interval(x: np.ndarray, fold_of: np.ndarray, ratio: float, layout: CountLayout, metric: str,
+                        confidence_level: float = 0.95) -> tuple[float, float, float, str | None]:
+    """``variant_interval`` for runs pooled over cross-validation folds: the pooled seed mean, and the
+    corrected resampled t (``stats.corrected_resampled_t``) over the per-(seed, fold) scores."""
+    S, D, _ = x.shape
+    theta = float(score_runs(x, np.ones((1, D)), layout, metric).mean())
+    if math.isnan(theta):
+        return theta, math.nan, math.nan, "no class of this metric has a gold mention"
+    scores = fold_scores(x, fold_of, layout, metric)
+    if scores.size < 2 or math.isnan(ratio):
+        return theta, math.nan, math.nan, "fewer than 2 folds" if scores.size < 2 else "no fold sizes recorded"
+    ci = stats.corrected_resampled_t(scores, ratio, estimate=theta, confidence_level=confidence_level).ci
+    return theta, float(ci.low), float(ci.high), None
+
+
 # ---- the runs of a variant ------------------------------------------------------------------------
 
 def fixed_macro_f1(row: dict) -> float:
@@ -325,6 +352,7 @@ class VariantRuns:
     counts: list[dict] | None
     single: str | None = None
     seeds_run: int = 0
+    cv: bool = False  # rows pooled over cross-validation folds (``pool_folds``): counts carry ``fold_of``
 
 
 def _flagged_deterministic(study_dir: Path, row: dict) -> bool:
@@ -348,9 +376,15 @@ def _same_counts(a: dict, b: dict) -> bool:
             and all(np.array_equal(a["tokens"][t], b["tokens"][t]) for t in a["tokens"]))
 
 
-def variant_runs(study_dir: Path, group: list[dict]) -> VariantRuns:
+def variant_runs(study_dir: Path, group: list[dict], pooled_counts: dict | None = None) -> VariantRuns:
     """A variant's rows and per-document counts; a deterministic model, or seeds whose predictions
-    are identical (old results of a deterministic model), count as one run."""
+    are identical (old results of a deterministic model), count as one run. ``pooled_counts``
+    (``pool_folds``): the rows are pooled over cross-validation folds, their counts given by run id;
+    each seed is then its own partition, so no seed stands for another."""
+    if pooled_counts is not None:
+        counts = [pooled_counts.get((r["run_id"], r["decode"])) for r in group]
+        return VariantRuns(group, counts if group and all(c is not None for c in counts) else None, None,
+                           len(group), cv=True)
     files = [study_dir / r["predictions"] for r in group if r.get("predictions")]
     counts = ([document_counts(f) for f in files]
               if group and len(files) == len(group) and all(f.exists() for f in files) else None)
@@ -397,6 +431,123 @@ def constant_reason(v: VariantRuns, metric: str) -> str | None:
         return ("has the same recall for every tag in every document on every seed (e.g. it predicts "
                 "only O), so its unweighted accuracy is the same on every resample")
     return None
+
+
+# ---- cross-validated studies ---------------------------------------------------------------------
+# A study with [study] folds = K trains each (variant, seed) once per fold; every document is in the
+# test fold of exactly one of them. The report pools a (variant, seed)'s K test folds into one run
+# over all documents (the point estimates), and keeps which fold each document was tested in (the
+# corrected resampled t of the intervals and tests, stats.corrected_resampled_t).
+
+def concat_counts(per_fold: list[dict], folds: list[int]) -> dict:
+    """The ``document_counts`` of disjoint test folds as one, with ``fold_of`` (the fold of each
+    document, in ``docs`` order)."""
+    types = sorted({t for c in per_fold for t in c["entities"]})
+    labels = sorted({l for c in per_fold for l in c["tokens"]})
+
+    def stack(part, names, width):
+        return {n: np.concatenate([c[part][n] if n in c[part] else np.zeros((len(c["docs"]), width), np.int64)
+                                   for c in per_fold]) for n in names}
+    return {"docs": [d for c in per_fold for d in c["docs"]], "entities": stack("entities", types, 3),
+            "tokens": stack("tokens", labels, 2),
+            "fold_of": np.concatenate([np.full(len(c["docs"]), k) for c, k in zip(per_fold, folds)])}
+
+
+def scores_of_counts(counts: dict) -> dict:
+    """A results row's test scores from (pooled) per-document counts, as the training run computes them
+    (seqeval's strict entity report, zero_division 0; unweighted accuracy over the gold tags, O included)."""
+    per_type = {}
+    tp = pred = gold = 0
+    for t, e in counts["entities"].items():
+        a, p, g = (int(v) for v in e.sum(0))
+        tp, pred, gold = tp + a, pred + p, gold + g
+        precision, recall = (a / p if p else 0.0), (a / g if g else 0.0)
+        per_type[t] = {"precision": precision, "recall": recall, "support": g,
+                       "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0}
+    precision, recall = (tp / pred if pred else 0.0), (tp / gold if gold else 0.0)
+    recalls = [int(c.sum(0)[0]) / int(c.sum(0)[1]) for c in counts["tokens"].values() if c.sum(0)[1] > 0]
+    return {"per_type": per_type, "precision_micro": precision, "recall_micro": recall,
+            "f1_micro": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "f1_macro": float(np.mean([v["f1"] for v in per_type.values()])) if per_type else math.nan,
+            "unweighted_accuracy": float(np.mean(recalls)) if recalls else math.nan}
+
+
+def fold_ratio(row: dict) -> float:
+    """n_test / n_train of one fold's run (its ``fold`` record), the corrected t's correlation term."""
+    documents = (row.get("fold") or {}).get("documents") or {}
+    return documents["test"] / documents["train"] if documents.get("train") else math.nan
+
+
+def pool_folds(study_dir: Path, rows: list[dict], axes: list[str], folds: int) -> tuple[list[dict], dict, list[str]]:
+    """``(pooled rows, {(pooled run id, decode): concatenated counts}, left out)``: per (variant, seed), the rows
+    of its ``folds`` folds as one row over all documents, scored from the pooled predictions (the mean
+    over folds without prediction files). Costs are summed over the folds (what the seed's
+    cross-validation cost), training mentions averaged. A (variant, seed) with unfinished folds is
+    left out (its run ids are returned), so that every pooled run covers the same documents."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((variant_key(r, axes), r["seed"]), []).append(r)
+    pooled, counts, left_out = [], {}, []
+    for (key, seed), group in groups.items():
+        group = sorted(group, key=lambda r: r["axes"].get(FOLD_AXIS, 0))
+        have = [r["axes"].get(FOLD_AXIS) for r in group]
+        if sorted(have) != list(range(folds)):
+            left_out += [r["run_id"] for r in group]
+            continue
+        parts = [part for part in group[0]["run_id"].split("__") if not part.startswith("fold=")]
+        run_id = "__".join(parts[:-1] + ["fold=pooled"] + parts[-1:]) if parts else "fold=pooled"
+        files = [study_dir / r["predictions"] for r in group if r.get("predictions")]
+        per_fold = ([document_counts(f) for f in files]
+                    if len(files) == len(group) and all(f.exists() for f in files) else None)
+        row = {**group[0], "run_id": run_id, "axes": {k: v for k, v in group[0]["axes"].items() if k != FOLD_AXIS},
+               "predictions": None, "curve": None, "fold_runs": [r["run_id"] for r in group],
+               "fold_ratio": float(np.mean([fold_ratio(r) for r in group]))}
+        for m in ("train_seconds", "wall_seconds"):
+            values = [r.get(m) for r in group]
+            row[m] = None if any(v is None for v in values) else float(sum(values))
+        for m in ("seconds_per_epoch", "epochs", "dev_f1_micro", "inference_tokens_per_s"):
+            row[m] = median(r.get(m) for r in group) if m == "inference_tokens_per_s" else _mean_std(
+                r.get(m) for r in group)[0]
+        types = {t for r in group for t in r.get("train_mentions", {})}
+        row["train_mentions"] = {t: int(round(np.mean([r.get("train_mentions", {}).get(t, 0) for r in group])))
+                                 for t in sorted(types)}
+        if per_fold is not None:  # keyed like variant_runs reads them: a run is scored with every decode
+            counts[(run_id, row["decode"])] = concat_counts(per_fold, have)
+            row.update(scores_of_counts(counts[(run_id, row["decode"])]))
+        else:
+            for m in ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "unweighted_accuracy"):
+                row[m] = _mean_std(r.get(m) for r in group)[0]
+            row["per_type"] = {t: {k: float(np.mean([r["per_type"].get(t, {}).get(k, 0) for r in group]))
+                                   for k in ("precision", "recall", "f1", "support")}
+                               for t in sorted({t for r in group for t in r.get("per_type", {})})}
+        pooled.append(row)
+    return pooled, counts, left_out
+
+
+def stacked_folds(counts: list[dict], docs: list[str]) -> np.ndarray:
+    """``[runs, D]``: the fold each document was tested in, per run, in the order of ``docs``."""
+    out = []
+    for c in counts:
+        position = {d: i for i, d in enumerate(c["docs"])}
+        out.append(np.asarray(c["fold_of"])[[position[d] for d in docs]])
+    return np.stack(out)
+
+
+def fold_scores(x: np.ndarray, fold_of: np.ndarray, layout: CountLayout, metric: str) -> np.ndarray:
+    """``[S, K]``: each run of ``x [S, D, K]`` scored on each of its test folds (``fold_of [S, D]``);
+    a class with no gold mention in a fold keeps the run's pooled score there (the fixed class set)."""
+    folds = sorted(set(np.unique(fold_of).tolist()))
+    out = np.zeros((x.shape[0], len(folds)))
+    for s in range(x.shape[0]):
+        for k, f in enumerate(folds):
+            out[s, k] = scores_from_sums(x[s, fold_of[s] == f].sum(0), layout, metric, full=x[s].sum(0))
+    return out
+
+
+def cv_ratio(rows: list[dict]) -> float:
+    """The mean n_test / n_train of the folds the rows pool."""
+    values = [r.get("fold_ratio", math.nan) for r in rows]
+    return float(np.mean(values)) if values else math.nan
 
 
 # ---- comparison families ------------------------------------------------------------------------
@@ -562,15 +713,30 @@ def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
         out["ci_note"] = "fewer than 2 test documents"
         return out
     xa, xb = xa[[i for i, _ in pairs]], xb[[j for _, j in pairs]]
-    crossed = stats.crossed_t(pseudovalues(xa, layout, metric) - pseudovalues(xb, layout, metric),
-                              estimate=out["diff"])
-    out.update(ci=[float(crossed.ci.low), float(crossed.ci.high)], p_sd=float(crossed.pvalue),
-               df=float(crossed.df), se=float(crossed.se), seeds_crossed=len(pairs), docs=D,
-               ms={"seed": crossed.ms.seed, "doc": crossed.ms.doc, "resid": crossed.ms.resid})
-    if math.isnan(crossed.ci.low):
-        out["ci"], out["ci_note"] = None, "no variance estimate"
-    elif len(pairs) == 1 and not (a.single and b.single):
-        out["ci_note"] = "one seed: the interval covers the test documents only"
+    if a.cv:  # pooled over folds: the corrected resampled t over the per-(seed, fold) differences
+        docs = b.counts[0]["docs"]
+        fa = stacked_folds([a.counts[i] for i, _ in pairs], docs)
+        if not np.array_equal(fa, stacked_folds([b.counts[j] for _, j in pairs], docs)):
+            out["ci_note"] = "different cross-validation folds"
+            return out
+        ratio = cv_ratio([a.rows[i] for i, _ in pairs] + [b.rows[j] for _, j in pairs])
+        d = fold_scores(xa, fa, layout, metric) - fold_scores(xb, fa, layout, metric)
+        cv = stats.corrected_resampled_t(d, ratio, estimate=out["diff"])
+        out.update(ci=[float(cv.ci.low), float(cv.ci.high)], p_sd=float(cv.pvalue), df=float(cv.df),
+                   se=float(cv.se), seeds_crossed=len(pairs), docs=D, test="cv",
+                   cv={"variance": cv.variance, "folds": int(d.shape[1]), "ratio": ratio})
+        if math.isnan(cv.ci.low):
+            out["ci"], out["ci_note"] = None, "no variance estimate"
+    else:
+        crossed = stats.crossed_t(pseudovalues(xa, layout, metric) - pseudovalues(xb, layout, metric),
+                                  estimate=out["diff"])
+        out.update(ci=[float(crossed.ci.low), float(crossed.ci.high)], p_sd=float(crossed.pvalue),
+                   df=float(crossed.df), se=float(crossed.se), seeds_crossed=len(pairs), docs=D,
+                   ms={"seed": crossed.ms.seed, "doc": crossed.ms.doc, "resid": crossed.ms.resid})
+        if math.isnan(crossed.ci.low):
+            out["ci"], out["ci_note"] = None, "no variance estimate"
+        elif len(pairs) == 1 and not (a.single and b.single):
+            out["ci_note"] = "one seed: the interval covers the test documents only"
 
     def seed_mean_diff(sa, sb):
         return (scores_from_sums(sa, layout, metric).mean(-1) - scores_from_sums(sb, layout, metric).mean(-1))
@@ -592,12 +758,18 @@ def detectable_differences(comps: list[dict], alpha: float) -> None:
     for c in comps:
         if c["excluded"] or c.get("same_as"):
             continue
-        if c.get("ms") and c["ci_note"] != "no prediction files":
+        if c.get("cv") and not math.isnan(c["cv"]["variance"]):
+            groups[("cv", c["metric"], c["seeds_crossed"], c["cv"]["folds"], round(c["cv"]["ratio"], 6))].append(c)
+        elif c.get("ms") and c["ci_note"] != "no prediction files":
             groups[("sd", c["metric"], c["seeds_crossed"], c["docs"])].append(c)
         elif not math.isnan(c["sd_seeds"]):
             groups[("t", c["metric"], c["n"])].append(c)
     for key, group in groups.items():
-        if key[0] == "sd":
+        if key[0] == "cv":  # the corrected t's se from the per-fold variance pooled over the comparisons
+            se, df = stats.corrected_resampled_se(float(np.mean([c["cv"]["variance"] for c in group])),
+                                                  key[2], key[3], float(np.mean([c["cv"]["ratio"] for c in group])))
+            mdd = stats.detectable_difference_se(se, df, alpha)
+        elif key[0] == "sd":
             S, D = key[2], key[3]
             pooled = stats.pooled_crossed_variance(stats.CrossedVariance(S, D, **c["ms"]) for c in group)
             V, df = pooled.variance_of_mean()
@@ -649,7 +821,9 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                     twins.append((c, twin))
             tested = [c for c, _ in tested]
             source = "sd" if tested and all(c["ci_note"] != "no prediction files" for c in tested) else "t"
-            p = [c["p_sd"] if source == "sd" else c["p_t"] for c in tested]
+            if source == "sd" and any(c.get("test") == "cv" for c in tested):
+                source = "cv"
+            p = [c["p_sd"] if source in ("sd", "cv") else c["p_t"] for c in tested]
             for c, adjusted, raw in zip(tested, holm(p), p):
                 c.update(p=raw, p_holm=adjusted, holm_source=source,
                          family_size=sum(not math.isnan(x) for x in p))
@@ -666,14 +840,14 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
     return out
 
 
-def sentence(c: dict, alpha: float) -> str:
+def sentence(c: dict, alpha: float, opts: dict | None = None) -> str:
     """What one comparison supports, and what it doesn't, in plain words. A claim rests on the
     test of record, Holm-adjusted within its family: the seed × document t, whose 95% interval is
     the one printed (so a significant difference has an interval that excludes 0)."""
     if c.get("same_as"):
-        return (sentence({**c, "same_as": None}, alpha) + f" The same test as `{c['same_as']}`: both variants and "
+        return (sentence({**c, "same_as": None}, alpha, opts) + f" The same test as `{c['same_as']}`: both variants and "
                 f"both baselines predict the same on every test document, so Holm counts it once.")
-    head = f"{c['variant']} vs {c['baseline']}, {METRICS[c['metric']]}: {c['diff']:+.4f}"
+    head = f"{c['variant']} vs {c['baseline']}, {metric_name(c['metric'], opts or {})}: {c['diff']:+.4f}"
     if c.get("identical") and c["excluded"] in (IDENTICAL, IDENTICAL_EARLIER):
         # equal because the design makes them one function (not because both are constant)
         return (f"{head}. Identical predictions: every test document scores the same under both on every "
@@ -695,7 +869,9 @@ def sentence(c: dict, alpha: float) -> str:
                else f"{c['n']} paired seed(s)")
         return f"{head} ({interval}). No test: {why} and no prediction files for a document-level test."
     family = f"the {c['family_size']} tested comparisons of `{c['family']}`"
-    if c["holm_source"] == "sd":
+    if c["holm_source"] == "cv":
+        test = f"corrected cross-validation t p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}"
+    elif c["holm_source"] == "sd":
         test = f"seed × document t p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}"
     else:
         test = (f"seed-paired t-test p = {c['p']:.3g}, Holm-adjusted over {family}: {c['p_holm']:.3g}; "
@@ -703,7 +879,8 @@ def sentence(c: dict, alpha: float) -> str:
     direction = "higher" if c["diff"] > 0 else "lower"
     if c["p_holm"] < alpha:
         where = ("with other seeds and another test set from this corpus" if c["holm_source"] == "sd"
-                 else "across seeds on these documents")
+                 else "with other seeds and other training and test documents from this corpus"
+                 if c["holm_source"] == "cv" else "across seeds on these documents")
         return (f"{head} ({interval}): {direction}, significant ({test}). A difference that holds {where}; "
                 f"other corpora are untested.{scope}")
     if c["p"] < alpha:
@@ -783,10 +960,19 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     study_dir = Path(study_dir)
     study, rows = load_study_results(study_dir)
     opts = {**DEFAULTS, **study.get("report", {})}
+    if opts.get("primary"):  # the claim metric is tested first; the others are secondary
+        opts["metrics"] = [opts["primary"]] + [m for m in opts["metrics"] if m != opts["primary"]]
     short = dict(study.get("short_names", {}))
     short["decode"] = "decode"
-    variants = group_variants(rows, list(study.get("axes", {})))
-    labels = {k: variant_label(k, short) for k in variants}
+    axes = list(study.get("axes", {}))
+    variants = run_variants = group_variants(rows, axes)
+    pooled_counts, left_out = None, []
+    if study.get("folds"):  # one run per (variant, seed), pooled over its folds
+        opts["cv"] = dict(study["folds"])
+        pooled, pooled_counts, left_out = pool_folds(study_dir, rows, axes, int(study["folds"]["k"]))
+        variants = group_variants(pooled, axes)
+        run_variants = {k: v for k, v in run_variants.items() if k in variants}
+    labels = {k: variant_label(k, short) for k in run_variants}
     data: dict = {"study": study["name"], "scale": study["scale"], "statistics": STATISTICS, "variants": {},
                   "comparisons": []}
     md: list[str] = []
@@ -809,8 +995,10 @@ def build_report(study_dir: str | os.PathLike) -> Path:
         md += ["No finished runs yet."]
         return _write_report(study_dir, md, data)
 
-    runs = {key: variant_runs(study_dir, group) for key, group in variants.items()}
+    runs = {key: variant_runs(study_dir, group, pooled_counts) for key, group in variants.items()}
     earlier = earlier_build(study_dir)  # read before this build replaces it
+    if opts.get("cv"):
+        md += _cv_section(study, variants, left_out, data)
     md += _environment_section(rows)
     md += _main_section(variants, runs, labels, opts, data, earlier)
     md += _band_section(variants, labels, opts, data)
@@ -818,21 +1006,66 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     md += _calibration_section(study_dir, variants, labels, opts, data)
     md += _conventions_section(variants, runs, labels, data)
     md += _significance_section(variants, runs, labels, study, opts, data, earlier)
-    md += _compute_section(variants, labels, short, data)
-    md += _learning_curve_section(study_dir, variants, labels, opts)
+    warning = _target_warning(study, opts, data)
+    if warning:
+        md[2:2] = warning  # at the top, under the title
+    md += _compute_section(run_variants, labels, short, data)
+    md += _learning_curve_section(study_dir, run_variants, labels, opts)
     if opts.get("plateau"):
-        md += _budget_section(variants, short, opts["plateau"], data)
+        md += _budget_section(run_variants, short, opts["plateau"], data, curve_key(opts))
     if opts.get("confusion"):
-        md += _confusion_section(study_dir, variants, labels)
+        md += _confusion_section(study_dir, run_variants, labels)
     if opts.get("type_shares"):
-        md += _type_share_section(study_dir, variants, labels, opts, data)
+        md += _type_share_section(study_dir, run_variants, labels, opts, data)
     if opts.get("anova"):
         for spec in opts["anova"] if isinstance(opts["anova"], list) else [opts["anova"]]:
-            md += _anova_section(rows, spec, short, data)
+            md += _anova_section([r for g in variants.values() for r in g] if opts.get("cv") else rows,
+                                 spec, short, data)
     if study.get("gradflow"):
         md += _gradflow_section(study_dir, rows, study.get("baseline") or {}, short, data)
     md += _figures_section(study_dir, variants, labels, opts, short)
     return _write_report(study_dir, md, data)
+
+
+def _cv_section(study: dict, variants: dict, left_out: list[str], data: dict) -> list[str]:
+    """What a cross-validated study's report pools, in one paragraph."""
+    cv = study["folds"]
+    md = ["## Cross-validation", "",
+          f"{cv['k']}-fold document cross-validation (`[study] folds = {cv['k']}`): every document of the corpus "
+          f"is in the test fold of one run per seed, and seed s deals the documents into folds with its own "
+          f"partition (seed {cv['fold_seed']} + s, stratified by entity type: "
+          "`bertlab.datasets.cross_validation_split`); each fold's dev set is a stratified tenth of the other "
+          "documents, the rest trains. A variant's seed is its folds' test predictions pooled, scored once over "
+          "all documents; intervals and tests are the corrected resampled t over the per-(seed, fold) scores "
+          "(the seeds × documents t on pooled predictions ignores that the fold models share training data, "
+          "and undercovers in simulation: docs/evaluation.md).", ""]
+    data["cv"] = {"folds": cv["k"], "fold_seed": cv["fold_seed"], "left_out": left_out}
+    if left_out:
+        md += [f"Not pooled yet ({len(left_out)} run(s) of a seed whose folds have not all finished): "
+               + ", ".join(f"`{r}`" for r in left_out[:6]) + (", ..." if len(left_out) > 6 else "") + ".", ""]
+    return md
+
+
+def _target_warning(study: dict, opts: dict, data: dict) -> list[str]:
+    """The line on top of a study that declares ``[report] target_difference``: whether its design
+    detects that difference in its primary metric (the MDD of its test of record, 80% power)."""
+    target = opts.get("target_difference")
+    if target is None:
+        return []
+    metric = opts.get("primary") or opts["metrics"][0]
+    mdds = [c["mdd"] for c in data.get("comparisons", []) if c["metric"] == metric and not c["excluded"]
+            and not math.isnan(c["mdd"])]
+    data["target"] = {"difference": target, "metric": metric, "mdd": max(mdds) if mdds else None}
+    if not mdds:
+        return [f"The study's target difference is {target:g} in {METRICS[metric]}; no tested comparison has a "
+                "detectable difference yet, so whether this design can show it is not known.", ""]
+    if max(mdds) > target:
+        return [f"**Warning: this design cannot detect the effect it is about.** The smallest difference its test "
+                f"of record detects with 80% power in {METRICS[metric]} is {max(mdds):.4f}, above the study's target "
+                f"of {target:g} (`[report] target_difference`): a non-significant result here says nothing about "
+                f"an effect of that size. `bertlab plan {study['name']}` says how many seeds (and folds) would.", ""]
+    return [f"The design detects a difference of {max(mdds):.4f} in {METRICS[metric]} with 80% power, at or below "
+            f"the study's target of {target:g} (`[report] target_difference`).", ""]
 
 
 def _report_argument(study_dir: Path) -> str:
@@ -917,16 +1150,24 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
                   earlier: dict | None = None) -> list[str]:
     n_classes = sorted({sum(1 for v in r.get("per_type", {}).values() if v.get("support", 0) > 0)
                         for g in variants.values() for r in g})
+    interval = ("95% CI: of the mean over seeds *and* test documents (`stats.crossed_t` on per-document "
+                "jackknife pseudo-values: two-way random effects, seeds × documents, Satterthwaite df; for a "
+                "single run, documents only)" if not opts.get("cv") else
+                "95% CI: the corrected resampled t over the per-(seed, fold) scores (below)")
     md = ["## Main results (test set)", "",
-          "Mean ± std over seeds (std with ddof=1); 95% CI: of the mean over seeds *and* test documents "
-          "(`stats.crossed_t` on per-document jackknife pseudo-values: two-way random effects, seeds × "
-          "documents, Satterthwaite df; for a single run, documents only). Entity scores are strict IOB2 "
+          f"Mean ± std over seeds (std with ddof=1); {interval}. Entity scores are strict IOB2 "
           "(seqeval's strict mode). Macro F1 and "
           "unweighted accuracy average over a **fixed class set**, the classes with a gold mention in "
           f"the test set ({'/'.join(map(str, n_classes))} entity types; seqeval's macro F1, `f1_macro` in "
           "results.jsonl, also averages types that are only predicted); leaving out every document of a "
           "class, that class keeps its full-test-set score. A model without random "
           "state is one run (`1 (deterministic)`).", ""]
+    if opts.get("cv"):
+        md += [f"Cross-validated: each row pools a seed's {opts['cv']['k']} test folds, so its scores are over "
+               "every document of the corpus; std is over seeds of the pooled scores, and the 95% CI is the "
+               "corrected resampled t over the per-(seed, fold) scores (`stats.corrected_resampled_t`, "
+               "Nadeau & Bengio 2003), centred on the pooled mean: it covers other seeds and other training "
+               "and test documents (docs/evaluation.md, \"Cross-validated studies\").", ""]
     body, missing, kept, stale = [], [], 0, []
     for key, group in variants.items():
         v = runs[key]
@@ -963,7 +1204,11 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
                     cells.append("none¹²")
                     missing.append(f"{labels[key]}, {METRICS[m]}: {stored.get('ci_note') or 'unknown'}")
                 continue
-            theta, lo, hi, why = variant_interval(x, layout, m)
+            if v.cv:
+                theta, lo, hi, why = cv_variant_interval(x, stacked_folds(v.counts, v.counts[0]["docs"]),
+                                                         cv_ratio(v.rows), layout, m)
+            else:
+                theta, lo, hi, why = variant_interval(x, layout, m)
             entry[m]["point"] = theta
             if why is None:
                 entry[m]["ci"] = [lo, hi]
@@ -975,8 +1220,8 @@ def _main_section(variants: dict, runs: dict, labels: dict, opts: dict, data: di
         data["variants"][labels[key]] = entry
         body.append(cells)
     header = ["variant", "seeds"]
-    for m in METRICS.values():
-        header += [m, "95% CI"]
+    for m in METRICS:
+        header += [metric_name(m, opts), "95% CI"]
     md += _table(header, body)
     if missing:
         md += ["¹ No sound interval, so none is printed:", ""] + [f"- {m}" for m in missing] + [""]
@@ -1229,17 +1474,25 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
     if not comps:
         return md + ["No variant has a baseline run to pair with yet.", ""]
     alpha = float(opts["alpha"])
+    record = ("- **95% CI** and **p (CV t)**: the test of record for a cross-validated study, the corrected "
+              "resampled t (`stats.corrected_resampled_t`; Nadeau & Bengio 2003, Bouckaert & Frank 2004) over "
+              "the per-(seed, fold) differences, seeds paired: t = Δ / √((1/J + n_test/n_train)·s²), df = J − 1, "
+              "J = seeds × folds, centred on the pooled Δ. The n_test/n_train term accounts for the folds' "
+              "shared training documents. It answers *would the difference hold with other seeds and other "
+              "training and test documents from this corpus?* **p Holm** corrects it within one family and one "
+              "metric; the sentences below rest on it." if opts.get("cv") else None)
     md += [f"Each row is one variant against its baseline variant, which differs in the family's factor "
            f"only. α = {alpha:g}. What each column answers:", "",
            "- **Δ**: variant minus baseline, difference of the seed means on the whole test set (over the "
-           "seeds both ran).",
-           "- **95% CI** and **p (seeds × docs)**: the test of record, `stats.crossed_t`: the per-seed, "
+           "seeds both ran)." + (" Cross-validated: each seed's test folds pooled, so the whole corpus."
+                                 if opts.get("cv") else ""),
+           record or "- **95% CI** and **p (seeds × docs)**: the test of record, `stats.crossed_t`: the per-seed, "
            "per-document differences (jackknife pseudo-values, seeds paired) in a two-way random-effects "
            "model, so both *which seeds* and *which test documents* count as samples (Satterthwaite df). It "
            "answers *would the difference hold with other seeds and another test set of this size?* A "
            "deterministic model is one run; with one seed the interval covers the test documents only. "
-           "**p Holm** corrects it within one family and one metric; the sentences below rest on it.",
-           "- **p (docs, runs fixed)**: paired permutation test over documents (whole documents swapped between "
+           "**p Holm** corrects it within one family and one metric; the sentences below rest on it."]
+    md += ["- **p (docs, runs fixed)**: paired permutation test over documents (whole documents swapped between "
            "the two variants' runs, seed means compared; exact when 2^D ≤ "
            f"{opts['permutation_resamples']}, else that many random swaps): *do these trained runs differ "
            "beyond which documents are in the test set?* It holds the runs fixed, so it is no test of the "
@@ -1271,7 +1524,7 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         left_out = sum(1 for c in mine if c["excluded"])
         repeats = sum(1 for c in mine if c.get("same_as"))
         md += ["Holm correction within this family, per metric: " + ", ".join(
-            f"{METRICS[m]} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
+            f"{metric_name(m, opts)} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
             + (f"; {left_out} comparison(s) left out as following from the construction or identical" if left_out else "")
             + (f"; {repeats} the same test as another row (p Holm \"same test\"), counted once" if repeats else "")
             + ".", ""]
@@ -1284,9 +1537,9 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
             if c["excluded"]:
                 p_sd = p_docs = "–"
             seeds = "1 run" if any(c["single"]) else str(c["n"])
-            body.append([c["variant"], c["baseline"], METRICS[c["metric"]], f"{c['diff']:+.4f}", ci, p_sd,
+            body.append([c["variant"], c["baseline"], metric_name(c["metric"], opts), f"{c['diff']:+.4f}", ci, p_sd,
                          holm_cell, p_docs, _f(c["t"], 3), _p(c["p_t"]), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
-        md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (seeds × docs)", "p Holm",
+        md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (CV t)" if opts.get("cv") else "p (seeds × docs)", "p Holm",
                       "p (docs, runs fixed)", "t (seeds)", "p (t)", "d", "seeds", "MDD"], body)
         if any(c["holm_source"] == "t" and not c["excluded"] for c in mine):
             md += ["Without prediction files there is no document-level test: p Holm corrects the seed-paired "
@@ -1303,7 +1556,7 @@ def _significance_section(variants: dict, runs: dict, labels: dict, study: dict,
         for D in exact:
             md += [f"With {D} test documents the permutation test cannot reach p < {alpha:g}: its smallest "
                    f"two-sided p is 2/2^{D} = {2 / 2 ** D:.3g}.", ""]
-        md += [f"- {sentence(c, alpha)}" for c in mine] + [""]
+        md += [f"- {sentence(c, alpha, opts)}" for c in mine] + [""]
     return md
 
 
@@ -1693,6 +1946,12 @@ def _curve_matrix(curves: list[dict], key: str) -> tuple[list[int], np.ndarray]:
 CURVE_COLUMNS = 13  # at most this many epoch columns in the learning-curve table
 
 
+def curve_key(opts: dict) -> str:
+    """The dev curve the learning curves and the plateau rule read: the primary metric's, when the
+    study declares one (it also selected the checkpoints), else micro F1."""
+    return f"dev_{opts['primary']}" if opts.get("primary") else "dev_f1_micro"
+
+
 def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts: dict) -> list[str]:
     """Dev scores per epoch, from the ``curve`` of each results row (absent for old results and for
     models fitted in one go): a table per variant and ``figures/learning_curves.png``."""
@@ -1700,11 +1959,13 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
     with_curves = {k: c for k, c in with_curves.items() if c}
     if not with_curves:
         return []
+    key_ = curve_key(opts)
+    name = "micro F1" if key_ == "dev_f1_micro" else metric_name(opts["primary"], opts)
     md = ["## Learning curves (dev)", "",
-          "Dev micro F1 after each epoch (mean over seeds) with this variant's decode, and the epoch whose "
+          f"Dev {name} after each epoch (mean over seeds) with this variant's decode, and the epoch whose "
           "checkpoint was scored on the test set (`best epoch`, 0-based, per seed) under the selection "
           "rule `select`.", ""]
-    epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, "dev_f1_micro")[0]})
+    epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, key_)[0]})
     thinned = len(epochs) > CURVE_COLUMNS
     if thinned:  # e.g. BiLSTMs trained for 50 epochs: a readable table, every epoch in the figure
         every = math.ceil((len(epochs) - 1) / (CURVE_COLUMNS - 1))
@@ -1715,7 +1976,7 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
     body = []
     for key, curves in with_curves.items():
         group = variants[key]
-        ep, values = _curve_matrix(curves, "dev_f1_micro")
+        ep, values = _curve_matrix(curves, key_)
         with np.errstate(invalid="ignore"):
             mean = {e: (float(np.nanmean(values[:, i])) if not np.isnan(values[:, i]).all() else math.nan)
                     for i, e in enumerate(ep)}
@@ -1723,7 +1984,7 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
         select = sorted({str(r["select"]) for r in group if r.get("select")})
         row = [labels[key], "/".join(select) or "–", best] + [_f(mean.get(e, math.nan)) for e in epochs]
         if thinned:  # a short curve's end falls between the columns shown
-            last = [(c["epoch"][-1], c["dev_f1_micro"][-1]) for c in curves]
+            last = [(c["epoch"][-1], c[key_][-1]) for c in curves]
             known = [v for _, v in last if v is not None]
             row.append(f"{_f(float(np.mean(known)) if known else math.nan)} ({', '.join(str(e) for e, _ in last)})")
         body.append(row)
@@ -1732,11 +1993,11 @@ def _learning_curve_section(study_dir: Path, variants: dict, labels: dict, opts:
     if opts.get("figures", True):
         marks = None
         if opts.get("plateau"):  # the plateau rule's epoch on each line (report section "Epoch budget")
-            found = budgets(variants, opts["plateau"])["variants"]
+            found = budgets(variants, opts["plateau"], key_)["variants"]
             marks = {k: (v["plateau_epoch"], v["plateaued"]) for k, v in found.items() if v["f1_max"] > 0}
-        figure = _learning_curve_figure(study_dir, with_curves, variants, labels, marks)
+        figure = _learning_curve_figure(study_dir, with_curves, variants, labels, marks, key_)
         if figure:
-            md += [f"![dev micro F1 per epoch]({figure})", ""]
+            md += [f"![dev {'micro F1' if key_ == 'dev_f1_micro' else METRICS[opts['primary']]} per epoch]({figure})", ""]
             if marks:
                 md += ["A star marks each line's plateau epoch under the study's plateau rule, a cross the last "
                        "epoch of a line that never plateaued (its budget is a lower bound).", ""]
@@ -1764,7 +2025,7 @@ def seed_mean_curve(curves: list[dict], key: str = "dev_f1_micro") -> np.ndarray
     return values[:, :n].mean(axis=0)
 
 
-def budgets(variants: dict, spec: dict) -> dict:
+def budgets(variants: dict, spec: dict, dev_key: str = "dev_f1_micro") -> dict:
     """The plateau rule applied to every variant's seed-mean dev micro F1 curve, then per arm (the
     variant's axes but ``spec["choose"]``, e.g. the learning rate) the chosen value with the highest
     plateau F1 and its budget (plateau epoch + 1, an epoch count), per decode."""
@@ -1777,7 +2038,7 @@ def budgets(variants: dict, spec: dict) -> dict:
         curves = _curves(group)
         if not curves:
             continue
-        mean = seed_mean_curve(curves)
+        mean = seed_mean_curve(curves, dev_key)
         if not len(mean):
             continue
         e, found = plateau_epoch(mean, delta, window)
@@ -1793,14 +2054,14 @@ def budgets(variants: dict, spec: dict) -> dict:
             "delta": delta, "window": window, "choose": choose}
 
 
-def _budget_section(variants: dict, short: dict, spec: dict, data: dict) -> list[str]:
-    b = budgets(variants, spec)
+def _budget_section(variants: dict, short: dict, spec: dict, data: dict, dev_key: str = "dev_f1_micro") -> list[str]:
+    b = budgets(variants, spec, dev_key)
     if not b["variants"]:
         return []
     choose = b["choose"]
     name = short.get(choose, choose) if choose else None
     md = ["## Epoch budget (plateau rule)", "",
-          f"Rule, declared in the study file: on the seed-mean dev micro F1 curve of a variant, the plateau "
+          f"Rule, declared in the study file: on the seed-mean dev {'micro F1' if dev_key == 'dev_f1_micro' else METRICS[dev_key[4:]]} curve of a variant, the plateau "
           f"is the first epoch whose next {b['window']} epochs each stay within {b['delta']} of it; "
           f"without one, the last epoch trained, marked *not plateaued* (the budget is then a lower bound). "
           + (f"Per arm the `{name}` with the highest F1 at its plateau is chosen; " if choose else "")
@@ -1835,7 +2096,7 @@ def _budget_section(variants: dict, short: dict, spec: dict, data: dict) -> list
 
 
 def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, labels: dict,
-                           marks: dict | None = None) -> str | None:
+                           marks: dict | None = None, dev_key: str = "dev_f1_micro") -> str | None:
     """``figures/learning_curves.png``: one panel per decode, a line per variant (mean over seeds)
     with a band from the lowest to the highest seed; ``marks`` ``{variant: (epoch, plateaued)}``
     puts a star on the plateau epoch (a cross on the last epoch of a line that never plateaued)."""
@@ -1858,12 +2119,12 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
     panels = list(grid.flat[:len(decodes)])
     for ax in grid.flat[len(decodes):]:
         ax.set_visible(False)
-    all_epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, "dev_f1_micro")[0]})
+    all_epochs = sorted({e for cs in with_curves.values() for e in _curve_matrix(cs, dev_key)[0]})
     for ax, decode in zip(panels, decodes):
         for key, curves in with_curves.items():
             if dict(key)["decode"] != decode:
                 continue
-            epochs, values = _curve_matrix(curves, "dev_f1_micro")
+            epochs, values = _curve_matrix(curves, dev_key)
             keep = ~np.isnan(values).all(0)
             if not keep.any():
                 continue
@@ -1884,7 +2145,7 @@ def _learning_curve_figure(study_dir: Path, with_curves: dict, variants: dict, l
         else:
             ax.xaxis.get_major_locator().set_params(integer=True)
     for row in grid:
-        row[0].set_ylabel("dev micro F1\n(mean; band: min–max over seeds)")
+        row[0].set_ylabel(f"dev {'micro F1' if dev_key == 'dev_f1_micro' else METRICS[dev_key[4:]]}\n(mean; band: min–max over seeds)")
     handles = {}
     for ax in panels:  # one legend entry per trained variant, whatever panel it is drawn in
         for line in ax.get_lines():

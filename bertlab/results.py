@@ -111,6 +111,8 @@ def result_row(meta: dict, metrics: dict, timing: dict, decode: str, m: dict, rd
         # the precision the run trained in (fp32 / bf16 / fp16) is part of its environment line
         "env": {**meta.get("env", {}), **({"precision": metrics["precision"]} if metrics.get("precision") else {})},
         "precision": metrics.get("precision"), "deterministic": bool(metrics.get("deterministic", False)),
+        # a cross-validation fold: folds, fold, fold_seed and its train / dev / test document counts
+        **({"fold": metrics["fold"]} if metrics.get("fold") else {}),
     }
 
 

@@ -1068,6 +1068,8 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
                        cpu_share=run_cpu_share(progress.timing),
                        time_split=time_split(progress.timing, progress.checkpoint_seconds, final_seconds),
                        timing=progress.timing)
+        if cfg.data.folds:  # which cross-validation fold, and its document counts (the report's n_test / n_train)
+            metrics["fold"] = s.splits.test.notes["fold"]
         write_json(out_dir / "metrics.json", clean_json(metrics))
         jlog.write(event="end", step=progress.step, best_epoch=progress.best_epoch,
                    best_dev_f1=metrics["best_dev_f1"], time=time.time())

@@ -420,7 +420,8 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
     study = load_study(name, "smoke", experiments_dir=EXPERIMENTS)
     runs = expand(study)
     for r in runs:  # what keeps a smoke study small (its time is make bench's business, not a test's)
-        assert 0 < r.config["data"]["max_documents"] <= 3, r.run_id
+        # a cross-validated study caps its pooled corpus: 2 documents a fold
+        assert 0 < r.config["data"]["max_documents"] <= (2 * study.folds if study.folds else 3), r.run_id
         train, model = r.config["train"], r.config.get("model", {})
         tiny_random = "preset" in model and model.get("overrides", {}).get("num_hidden_layers", 99) <= 2
         # one epoch of at most 2 steps or, for a study of per-epoch curves, 2 epochs of a tiny random model
@@ -442,6 +443,14 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert section in md
     if study.report.get("anova"):
         assert "## Two-way ANOVA" in md
+    if study.report.get("primary"):  # declared before the study ran: it selects, and the report says which
+        assert all(r.config["eval"]["select"] == study.report["primary"] for r in runs)
+        assert "(primary)" in md and "(secondary)" in md
+    if study.folds:
+        assert "## Cross-validation" in md and "p (CV t)" in md
+        report = json.loads((sdir / "report.json").read_text())
+        assert report["cv"]["folds"] == study.folds and not report["cv"]["left_out"]
+        assert any(c.get("cv") and c["ci"] is not None for c in report["comparisons"])
     if study.report.get("type_shares"):
         assert "## Predicted type shares against training shares" in md
         shares = json.loads((sdir / "report.json").read_text())["type_shares"]
@@ -613,3 +622,52 @@ def test_check_models_asks_for_the_builtin_checkpoint_only_where_a_run_uses_it(t
         check('model.preset=""', "model.overrides={}")
     with pytest.raises(StudyError, match="checkpoint folder .*nope not found"):
         check('model.preset=""', "model.overrides={}", f'model.path="{tmp_path / "nope"}"')
+
+
+CV = TINY.replace('baseline = { "loss.name" = "ce", decode = "argmax" }',
+                  'baseline = { "loss.name" = "ce", decode = "argmax" }\nfolds = 3')
+
+
+@pytest.mark.parametrize("change, message", [
+    (("folds = 3", "folds = 1"), "[study] folds: expected an integer >= 2, the number of cross-validation folds, got 1"),
+    (("max_documents = 2", "max_documents = 2"), "[study] folds = 3: maccrobat (max_documents = 2): folds = 3 but "
+                                                 "there are only 2 documents; every fold needs one"),
+    (('name = "maccrobat"', 'name = "ncbi_disease"'), "[study] folds = 3: ncbi_disease has no document boundaries "
+                                                      "(no -DOCSTART- lines, so each sentence is its own document)"),
+    (("[scale.smoke]", '[report]\nprimary = "f1_weighted"\n[scale.smoke]'),
+     "[report] primary: 'f1_weighted' is not a metric; expected one of f1_micro, f1_macro, unweighted_accuracy"),
+    (("[scale.smoke]", '[report]\nprimary = "f1_macro"\nmetrics = ["f1_micro"]\n[scale.smoke]'),
+     "[report] primary: 'f1_macro' is not among [report] metrics = ['f1_micro']"),
+    (('[base.eval]\n', '[base.eval]\nselect = "f1_micro"\n'),
+     "[base.eval] select = 'f1_micro' contradicts [report] primary = 'f1_macro'"),
+    (("[base.data]", "[base.data]\nfold = 1"), "[base.data] fold: a study cross-validates with [study] folds = K"),
+    (("[scale.smoke]", "[report]\ntarget_difference = 2\n[scale.smoke]"), "[report] target_difference: expected a "
+                                                                          "difference between 0 and 1"),
+])
+def test_bad_folds_and_primary_are_one_line_errors_before_anything_is_written(tmp_path, capsys, change, message):
+    text = CV.replace(*change)
+    if "select" in change[1]:
+        text = text.replace("[scale.smoke]", '[report]\nprimary = "f1_macro"\n[scale.smoke]')
+    d = write_study(tmp_path, text)
+    with pytest.raises(StudyError) as e:
+        run_experiment("tiny", out=tmp_path / "runs", experiments_dir=d, progress=lambda s: None)
+    assert message in str(e.value) and str(d / "tiny.toml") in str(e.value)
+    assert not (tmp_path / "runs").exists()
+    assert main(["tiny", "--experiments", str(d), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+def test_primary_selects_every_run_and_a_scale_may_cross_validate_with_fewer_folds(tmp_path):
+    text = CV.replace("max_documents = 2", "max_documents = 9").replace("folds = 3", "folds = 4\nfold_seed = 7")
+    text = text.replace("[scale.smoke]", '[report]\nprimary = "unweighted_accuracy"\n[scale.smoke]\nfolds = 3')
+    d = write_study(tmp_path, text)
+    runs = expand(load_study("tiny", experiments_dir=d))
+    assert len(runs) == 2 * 4 * 2 and runs[0].run_id == "loss=ce__fold=0__seed=0"
+    assert {r.config["eval"]["select"] for r in runs} == {"unweighted_accuracy"}
+    # seed s is its own cross-validation: the partition's seed is fold_seed + s
+    assert {(r.axes["train.seed"], r.config["data"]["fold_seed"]) for r in runs} == {(0, 7), (1, 8)}
+    smoke = expand(load_study("tiny", "smoke", experiments_dir=d))
+    assert sorted({r.axes["data.fold"] for r in smoke}) == [0, 1, 2]
+    assert [r.run_id for r in select(runs, ["fold=2", "seed=1"], load_study("tiny", experiments_dir=d))] == [
+        "loss=ce__fold=2__seed=1", "loss=focal__fold=2__seed=1"]

@@ -1948,3 +1948,122 @@ def test_calibration_section_means_each_variants_ece_over_seeds(tmp_path):
         values = recorded[f"sampler={s}__loss={l}"][::2]  # each run recorded once per decode
         assert row[1] == f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
     assert (sdir / "figures" / "reliability.png").exists() and "figures/reliability.png" in md
+
+
+# ---- cross-validated studies -----------------------------------------------------------------------
+
+def make_cv_study(tmp_path, folds=3, seeds=(0, 1), n_docs=12, report=None):
+    """A cross-validated study folder as bertlab.experiment leaves it: samplers atl / btl, seed s's
+    partition puts document i in fold (i + s) % folds; each run predicts its test fold only."""
+    sdir = tmp_path / "cv"
+    sdir.mkdir()
+    docs = make_documents(n_docs, seed=5)
+    axes = {"sampler.name": ["atl", "btl"], "data.fold": list(range(folds)), "train.seed": list(seeds)}
+    runs = [f"sampler={s}__fold={k}__seed={r}" for s in ("atl", "btl") for k in range(folds) for r in seeds]
+    _write_json(sdir / "study.json", {
+        "name": "fake_cv", "scale": "smoke", "source": "experiments/fake_cv.toml", "description": "synthetic",
+        "axes": axes, "short_names": {"sampler.name": "sampler", "data.fold": "fold", "train.seed": "seed"},
+        "baseline": {"sampler.name": "atl", "decode": "argmax"}, "decodes": ["argmax"],
+        "report": {"figures": False, "metrics": ALL_METRICS, **(report or {})}, "gradflow": False, "runs": runs,
+        "folds": {"k": folds, "fold_seed": 0, "axis": "data.fold"}})
+    env = environment()
+    for run_id in runs:
+        s, k, r = (part.split("=")[1] for part in run_id.split("__"))
+        k, r = int(k), int(r)
+        rdir = sdir / run_id
+        rdir.mkdir()
+        _write_json(rdir / "run.json", {"study": "fake_cv", "scale": "smoke", "run_id": run_id, "env": env,
+                                        "axes": {"sampler.name": s, "data.fold": k, "train.seed": r}})
+        rng = np.random.default_rng(zlib.crc32(run_id.encode()))
+        test = [(d, sents) for i, (d, sents) in enumerate(docs) if (i + r) % folds == k]
+        gold, pred, lines = [], [], []
+        for doc_id, sents in test:
+            for i, tags in enumerate(sents):
+                p = noisy(tags, rng, 0.08 if s == "atl" else 0.15)
+                gold.append(tags)
+                pred.append(p)
+                lines.append(json.dumps({"doc_id": doc_id, "sentence": i, "tokens": ["w"] * len(tags),
+                                         "tags": tags, "pred": p}))
+        (rdir / "predictions_test_argmax.jsonl").write_text("\n".join(lines) + "\n")
+        n_test = len(test)
+        _write_json(rdir / "metrics.json", {
+            "test": {"argmax": {"entity_report": dict(entity_report(gold, pred, zero_division=0)),
+                                "unweighted_accuracy": unweighted_accuracy(gold, pred), "tokens_per_second": 1000.0}},
+            "train_seconds": 10.0, "epochs": 2, "params": 1_000_000, "train_mentions": {"Sign": 100, "Dose": 20, "Age": 3},
+            "fold": {"folds": folds, "fold": k, "fold_seed": r, "documents": {
+                "train": n_docs - n_test - 1, "dev": 1, "test": n_test}}})
+        _write_json(rdir / "timing.json", {"wall_seconds": 12.0, "sessions": 1, "resumed": False})
+    write_results(sdir)
+    return sdir, docs
+
+
+def test_cross_validated_report_pools_folds_and_uses_the_corrected_t(tmp_path):
+    """Pooled point estimates by seqeval over all documents, and the corrected resampled t over the
+    per-(seed, fold) scores written out by hand (Nadeau & Bengio's formula), for every metric."""
+    folds, seeds = 3, (0, 1)
+    sdir, docs = make_cv_study(tmp_path, folds, seeds, report={"primary": "f1_macro"})
+    md = build_report(sdir).read_text()
+    data = json.loads((sdir / "report.json").read_text())
+    rows = read_results(sdir / "results.jsonl")
+
+    def sentences(sampler, seed, fold=None):
+        out = []
+        for r in rows:
+            if r["axes"]["sampler.name"] == sampler and r["seed"] == seed and fold in (None, r["axes"]["data.fold"]):
+                out += [json.loads(l) for l in (sdir / r["predictions"]).read_text().splitlines()]
+        return out
+
+    assert "## Cross-validation" in md and "p (CV t)" in md and "macro F1 (primary)" in md
+    for metric in ALL_METRICS:
+        pooled = {s: [seqeval_scores(sentences(s, r)) for r in seeds] for s in ("atl", "btl")}
+        for s in ("atl", "btl"):
+            assert data["variants"][f"sampler={s}, decode=argmax"][metric]["mean"] == pytest.approx(
+                np.mean([p[metric] for p in pooled[s]]), abs=1e-12)
+        # per (seed, fold): the fold's documents, classes without gold there taking the pooled score
+        d = np.array([[seqeval_scores(sentences("btl", r, k), full=pooled["btl"][i])[metric]
+                       - seqeval_scores(sentences("atl", r, k), full=pooled["atl"][i])[metric]
+                       for k in range(folds)] for i, r in enumerate(seeds)]).ravel()
+        ratio = 4 / 7  # n_test / n_train of every fold: 4 test, 7 training documents
+        diff = np.mean([p[metric] for p in pooled["btl"]]) - np.mean([p[metric] for p in pooled["atl"]])
+        se = math.sqrt((1 / len(d) + ratio) * d.var(ddof=1))
+        q = sps.t.ppf(0.975, len(d) - 1)
+        c = next(c for c in data["comparisons"] if c["metric"] == metric)
+        assert c["diff"] == pytest.approx(diff, abs=1e-12)
+        assert c["ci"] == pytest.approx([diff - q * se, diff + q * se], abs=1e-10)
+        assert c["p_sd"] == pytest.approx(2 * sps.t.sf(abs(diff / se), len(d) - 1), rel=1e-8)
+        assert c["holm_source"] == "cv" and c["cv"]["folds"] == folds
+    # the primary metric is tested first and named so
+    assert [c["metric"] for c in data["comparisons"]] == ["f1_macro", "f1_micro", "unweighted_accuracy"]
+    assert "macro F1 (primary): " in md and "micro F1 (secondary): " in md
+    assert "| variant | seeds | micro F1 (secondary) | 95% CI | macro F1 (primary) | 95% CI |" in md
+
+
+def test_a_study_whose_design_cannot_detect_its_target_says_so_on_top(tmp_path):
+    sdir, _ = make_cv_study(tmp_path, report={"primary": "f1_micro", "target_difference": 0.001})
+    md = build_report(sdir).read_text()
+    top = md.split("## ")[0]
+    assert "**Warning: this design cannot detect the effect it is about.**" in top
+    mdd = json.loads((sdir / "report.json").read_text())["target"]["mdd"]
+    assert mdd > 0.001 and f"{mdd:.4f}" in top
+
+
+def test_a_declared_primary_metric_draws_the_learning_curves_and_the_plateau_rule(tmp_path):
+    """With [report] primary = "f1_macro" the curves and the plateau rule read dev macro F1: here micro
+    F1 is flat from epoch 0 (plateau 0) while macro F1 rises until epoch 3 (plateau 3)."""
+    micro = [0.60, 0.601, 0.602, 0.601, 0.602, 0.601, 0.602]
+    macro = [0.30, 0.40, 0.45, 0.50, 0.501, 0.502, 0.501]
+    rows = [synthetic_row({"setting": "a", "train.seed": s}, "argmax", 0.5, select="f1_macro",
+                          curve={"epoch": list(range(7)), "dev_f1_micro": micro, "dev_f1_macro": macro})
+            for s in (0, 1)]
+    axes = {"setting": ["a"], "train.seed": [0, 1]}
+    spec = {"figures": False, "plateau": {"delta": 0.005, "window": 3}}
+    write_rows(tmp_path / "micro", rows, spec, axes)
+    write_rows(tmp_path / "macro", rows, {**spec, "primary": "f1_macro", "metrics": ["f1_macro", "f1_micro"]}, axes)
+    budget = {}
+    for name in ("micro", "macro"):
+        md = build_report(tmp_path / name).read_text()
+        budget[name] = json.loads((tmp_path / name / "report.json").read_text())["budget"]["arms"][0]["budget_epochs"]
+        curve = table_rows(md, "## Learning curves")[0]
+        assert curve[3] == f"{(micro if name == 'micro' else macro)[0]:.4f}"
+    assert budget == {"micro": 1, "macro": 4}
+    assert "Dev macro F1 (primary) after each epoch" in md and "seed-mean dev macro F1 curve" in md

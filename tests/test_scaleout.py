@@ -386,3 +386,35 @@ def test_study_under_torchrun_equals_one_process(tmp_path):
         assert a["env"]["world_size"] == 2
     metrics = json.loads((sdir / "loss=ce__seed=0" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+
+
+CV_STUDY = TINY_STUDY.replace('baseline = { "loss.name" = "ce", decode = "argmax" }',
+                              'baseline = { "loss.name" = "ce", decode = "argmax" }\nfolds = 3').replace(
+    "max_documents = 2", "max_documents = 6").replace('"train.seed" = [0, 1]', '"train.seed" = [0]')
+
+
+def test_folds_are_an_axis_like_any_other_shards_equal_one_process(tmp_path):
+    """[study] folds = 3: the runs are (loss × fold × seed), `--shard` deals the folds like any axis,
+    and three shards leave the same results rows and the same pooled report as one process."""
+    d = write_study(tmp_path, CV_STUDY)
+    runs = expand(load_study("tiny", experiments_dir=d))
+    assert [r.run_id for r in runs] == [f"loss={l}__fold={k}__seed=0" for l in ("ce", "focal") for k in range(3)]
+    assert {r.config["data"]["fold"] for r in runs} == {0, 1, 2}
+    assert {(r.config["data"]["folds"], r.config["data"]["fold_seed"]) for r in runs} == {(3, 0)}
+    reports = []
+    with torch_threads(1):
+        one = run_experiment("tiny", out=tmp_path / "one", experiments_dir=d, progress=lambda s: None)
+        for i in range(3):
+            run_experiment("tiny", out=tmp_path / "shards", experiments_dir=d, shard=(i, 3), progress=lambda s: None)
+    shards = study_dir_for("tiny", "default", tmp_path / "shards")
+    assert comparable(read_results(shards / "results.jsonl")) == comparable(read_results(one / "results.jsonl"))
+    for sdir in (one, shards):
+        data = json.loads((sdir / "report.json").read_text())
+        reports.append(({k: {m: v[m] for m in ("f1_micro", "f1_macro")} for k, v in data["variants"].items()},
+                        [{k: c[k] for k in ("variant", "metric", "diff", "ci", "p_sd", "cv")} for c in data["comparisons"]]))
+    assert reports[0] == reports[1]
+    rows = read_results(one / "results.jsonl")
+    tested = sorted(d for r in rows if r["decode"] == "argmax" and r["axes"]["loss.name"] == "ce"
+                    for d in {json.loads(line)["doc_id"] for line in (one / r["predictions"]).read_text().splitlines()})
+    assert len(tested) == 6 == len(set(tested))  # every document tested once over the folds
+    assert all(r["fold"]["documents"] == {"train": 3, "dev": 1, "test": 2} for r in rows)

@@ -615,3 +615,34 @@ def test_pooled_crossed_variance_and_the_detectable_difference_of_its_t():
         ref = TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8) * sd
         assert np.isclose(stats.detectable_difference_se(se, n - 1), ref, rtol=1e-6)
     assert stats.detectable_difference_se(0.0, 4) == 0.0 and np.isnan(stats.detectable_difference_se(0.1, 0))
+
+
+def test_corrected_resampled_t_by_hand_and_against_scipy():
+    """Nadeau & Bengio's corrected t on 2 repetitions × 3 folds, n_test/n_train = 0.5, by hand:
+    d̄ = 0.085/6 = 0.0141667; Σ(d − d̄)² = 9.2083e-4, s² = 1.84167e-4; se = √((1/6 + 0.5)·s²) =
+    0.0110805; t = 1.2785 on df 5, two-sided p = 0.2572; 95% CI d̄ ± 2.5706·se. Without the
+    correction (ratio 0) it is scipy's one-sample t, and the correction divides that t by
+    √(1 + J·ratio)."""
+    import scipy.stats as ss
+    d = [0.02, 0.01, 0.03, -0.01, 0.02, 0.015]
+    r = stats.corrected_resampled_t(d, 0.5)
+    assert r.df == 5 and r.variance == pytest.approx(1.84167e-4, rel=1e-5)
+    assert r.se == pytest.approx(0.0110805, rel=1e-5)
+    assert r.statistic == pytest.approx(1.2785208, rel=1e-6) and r.pvalue == pytest.approx(0.2571943, rel=1e-5)
+    assert r.ci.low == pytest.approx(0.0141667 - 2.5705818 * 0.0110805, abs=1e-6)
+    plain = ss.ttest_1samp(d, 0.0)
+    r0 = stats.corrected_resampled_t(d, 0.0)
+    assert r0.statistic == pytest.approx(plain.statistic, rel=1e-12) and r0.pvalue == pytest.approx(plain.pvalue, rel=1e-10)
+    for ratio in (0.25, 1 / 9):
+        assert stats.corrected_resampled_t(d, ratio).statistic == pytest.approx(
+            plain.statistic / np.sqrt(1 + len(d) * ratio), rel=1e-12)
+    low, high = ss.ttest_1samp(d, 0.0).confidence_interval()
+    assert (r0.ci.low, r0.ci.high) == pytest.approx((low, high), rel=1e-10)
+    # the report centres it on the pooled difference; a constant difference has no test
+    assert stats.corrected_resampled_t(d, 0.5, estimate=0.02).statistic == pytest.approx(0.02 / r.se)
+    same = stats.corrected_resampled_t([0.01] * 4, 0.5)
+    assert np.isnan(same.pvalue) and (same.ci.low, same.ci.high) == (0.01, 0.01)
+    assert np.isnan(stats.corrected_resampled_t([0.01], 0.5).pvalue)
+    assert stats.corrected_resampled_se(r.variance, 2, 3, 0.5) == pytest.approx((r.se, 5.0))
+    with pytest.raises(ValueError, match="test_train_ratio must be >= 0"):
+        stats.corrected_resampled_t(d, -0.1)

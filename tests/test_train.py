@@ -96,6 +96,10 @@ def reference(tmp_path_factory):
     ("[model]\npreset = \"tinybert\"\npath = \"/x\"\n", "[model] path and preset are both set"),
     ("[sampler]\nname = \"btl\"\n[model]\nhead = \"crf\"\n", "[sampler] name: 'btl' cannot train a CRF"),
     ("[train\n", "not valid TOML"),
+    ("[data]\nfolds = 1\n", "[data] folds: expected 0 (the corpus's own split) or K >= 2 folds, got 1"),
+    ("[data]\nfolds = 3\nfold = 3\n", "[data] fold: expected 0 <= fold < folds = 3, got 3"),
+    ("[data]\nfold = 1\n", "[data] fold: only used with [data] folds = K"),
+    ("[data]\nfolds = -2\n", "[data] folds: expected a value >= 0"),
 ])
 def test_config_errors_name_file_section_and_key(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

@@ -9,11 +9,13 @@ from bertlab.datasets.bundled import corpus_dir, entity_types, list_corpora, loa
 from bertlab.datasets.conll import read_conll, write_conll
 from bertlab.datasets.corpus import Corpus, DataError, Document, Sentence, label_list
 from bertlab.datasets.nbme import read_nbme
-from bertlab.datasets.splits import make_split, read_split, write_split
+from bertlab.datasets.splits import (cross_validation_folds, cross_validation_split, make_split, read_split,
+                                     write_split)
 from bertlab.datasets.stats import corpus_stats
 
 __all__ = [
-    "Corpus", "DataError", "Document", "Sentence", "corpus_dir", "corpus_stats", "entity_types",
+    "Corpus", "DataError", "Document", "Sentence", "corpus_dir", "corpus_stats", "cross_validation_folds",
+    "cross_validation_split", "entity_types",
     "label_list", "list_corpora", "load", "make_split", "read_brat", "read_brat_document", "read_conll",
     "read_nbme", "read_split", "word_tokenize", "write_conll", "write_split",
 ]

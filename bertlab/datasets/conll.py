@@ -120,6 +120,8 @@ def read_conll(path, *, split: str = "train", name: str | None = None, scheme: s
             sentences.append(Sentence(tokens=tokens, tags=tags, doc_id=doc_id, offsets=None))
         out.append(Document(doc_id=doc_id, sentences=sentences))
     notes = {"source": str(path)}
+    if not has_markers:  # no -DOCSTART- lines: the documents are sentences (cross-validation refuses them)
+        notes["sentence_documents"] = True
     if repair:
         notes["repairs"] = repairs
     return Corpus(name=name or path.stem, split=split, documents=out, notes=notes)

@@ -29,6 +29,8 @@ def load_splits(cfg: DataConfig) -> Splits:
     A bundled corpus takes its label list from all of its splits (``entity_types(name)``), so a
     type that is rare in train still gets a label; CoNLL files from the union of the given files.
     ``max_documents`` keeps the first N documents of each split (after the labels are fixed).
+    With ``folds`` = K the splits are pooled and cut again by ``cross_validation_split`` (fold
+    ``fold``, seed ``fold_seed``); ``max_documents`` then keeps the first N pooled documents.
     """
     from bertlab.datasets import entity_types, label_list, load, read_conll
     if cfg.train_file:
@@ -40,11 +42,46 @@ def load_splits(cfg: DataConfig) -> Splits:
     else:
         train, dev, test = (load(cfg.name, split) for split in ("train", "dev", "test"))
         types = entity_types(cfg.name)
-    if cfg.max_documents:
+    if cfg.folds:
+        train, dev, test = cross_validation_corpora(cfg, [c for c in (train, dev, test) if c is not None])
+    elif cfg.max_documents:
         train, dev, test = (c.subset(cfg.max_documents) if c is not None else None for c in (train, dev, test))
     if cfg.random_labels:
         train = permute_mention_types(train, cfg.random_labels_seed)
     return Splits(train, dev, test, label_list(types))
+
+
+def pooled_documents(cfg: DataConfig, corpora) -> list:
+    """The documents cross-validation deals into folds: every split of the corpus, in split order,
+    the first ``max_documents`` of them when that is set. A corpus whose documents are sentences (CoNLL
+    files without ``-DOCSTART-`` lines) is refused: folds of sentences would put sentences of one
+    document in training and test."""
+    from bertlab.datasets.corpus import DataError
+    name = cfg.train_file or cfg.name
+    if any(c.notes.get("sentence_documents") for c in corpora):
+        raise DataError(f"[data] folds = {cfg.folds}: {name} has no document boundaries (no -DOCSTART- lines, so "
+                        f"each sentence is its own document); cross-validation splits documents")
+    documents = [d for c in corpora for d in c.documents]
+    return documents[:cfg.max_documents] if cfg.max_documents else documents
+
+
+def cross_validation_corpora(cfg: DataConfig, corpora) -> tuple:
+    """``(train, dev, test)`` corpora of fold ``cfg.fold`` of ``cfg.folds`` (``cross_validation_split``
+    over ``pooled_documents``), each in pooled order; ``notes["fold"]`` says which documents."""
+    from bertlab.datasets.corpus import Corpus, DataError
+    from bertlab.datasets.splits import cross_validation_split
+    documents = pooled_documents(cfg, corpora)
+    try:
+        split = cross_validation_split(documents, cfg.folds, cfg.fold, cfg.fold_seed)
+    except ValueError as e:
+        what = f"{cfg.train_file or cfg.name}" + (f" (max_documents = {cfg.max_documents})" if cfg.max_documents else "")
+        raise DataError(f"[data] folds = {cfg.folds}: {what}: {e}") from None
+    note = {"folds": cfg.folds, "fold": cfg.fold, "fold_seed": cfg.fold_seed,
+            "documents": {k: len(v) for k, v in split.items()}}
+    name = corpora[0].name
+    part_of = {d: part for part, ids in split.items() for d in ids}
+    return tuple(Corpus(name, part, [d for d in documents if part_of[d.doc_id] == part], {"fold": note})
+                 for part in ("train", "dev", "test"))
 
 
 def permute_mention_types(corpus, seed: int = 0):
