@@ -13,7 +13,7 @@ setup:
 	$(PY) -m pip install --quiet --upgrade pip
 	# pinned on purpose: this version resolves to a local CPU wheel; an unpinned torch pulls CUDA wheels
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,plot,models]"
+	$(PY) -m pip install --quiet -e ".[dev,plot,models,docs]"
 
 test:
 	$(PY) -m pytest -q

