@@ -91,7 +91,8 @@ def entity_keys(pred: np.ndarray, sentence_start: np.ndarray, type_of: np.ndarra
     return (first.astype(np.int64) * n + last) * n_types + typ[first]
 
 
-def _micro_f1(pred_keys: np.ndarray, gold_keys: np.ndarray) -> float:
+def micro_f1_of_keys(pred_keys: np.ndarray, gold_keys: np.ndarray) -> float:
+    """Strict entity micro F1 from the entity keys of ``entity_keys`` (each key one typed span)."""
     denominator = len(pred_keys) + len(gold_keys)
     if denominator == 0:
         return 0.0
@@ -142,7 +143,7 @@ class BiasCalibrator:
             raise ValueError(f"gold tags {unknown[:5]} are not labels of the model")
         gold = entity_keys(np.asarray(gold_ids, dtype=np.int64), starts, self.type_of, self.kind_of)
         bias = np.zeros(len(self.types), dtype=np.float64)
-        self.argmax_f1 = best = _micro_f1(self._keys(z, starts, bias), gold)
+        self.argmax_f1 = best = micro_f1_of_keys(self._keys(z, starts, bias), gold)
         columns = [np.flatnonzero(self.type_of == t) for t in range(len(self.types))]
         for _ in range(self.rounds):
             for t, cols in enumerate(columns):
@@ -157,7 +158,7 @@ class BiasCalibrator:
                     # ties go to the lower column index, as np.argmax does over the full row
                     take = (own_best + b > other_best) | ((own_best + b == other_best) & (own_arg < other_arg))
                     pred = np.where(take, own_arg, other_arg)
-                    scores.append(_micro_f1(entity_keys(pred, starts, self.type_of, self.kind_of), gold))
+                    scores.append(micro_f1_of_keys(entity_keys(pred, starts, self.type_of, self.kind_of), gold))
                 scores = np.asarray(scores)
                 candidates = np.flatnonzero(scores == scores.max())
                 # ties: the offset closest to the current one, then the smaller offset

@@ -30,19 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bertlab.calibration import entity_columns, entity_keys
+from bertlab.calibration import entity_columns, entity_keys, micro_f1_of_keys
 from bertlab.files import write_text
 from bertlab.losses import class_priors
 
 LOGIT_ADJUSTMENT_FILE = "logit_adjustment.json"
 TAU_GRID = tuple(np.round(np.arange(0.0, 2.0001, 0.05), 2).tolist())  # 41 values
-
-
-def _micro_f1(pred_keys: np.ndarray, gold_keys: np.ndarray) -> float:
-    denominator = len(pred_keys) + len(gold_keys)
-    if denominator == 0:
-        return 0.0
-    return 2.0 * len(np.intersect1d(pred_keys, gold_keys, assume_unique=True)) / denominator
 
 
 class LogitAdjustedDecoder:
@@ -98,12 +91,12 @@ class LogitAdjustedDecoder:
         scores = []
         for tau in self.grid:
             pred = (z - tau * self.log_priors).argmax(1) if len(z) else np.zeros(0, dtype=np.int64)
-            scores.append(_micro_f1(entity_keys(pred, starts, self.type_of, self.kind_of), gold))
+            scores.append(micro_f1_of_keys(entity_keys(pred, starts, self.type_of, self.kind_of), gold))
         candidates = np.flatnonzero(np.asarray(scores) == max(scores))
         best = int(candidates[np.argmin(self.grid[candidates])])  # ties: the smallest τ
         self.tau, self.dev_f1, self.scores = float(self.grid[best]), float(scores[best]), scores
         pred = z.argmax(1) if len(z) else np.zeros(0, dtype=np.int64)
-        self.argmax_f1 = _micro_f1(entity_keys(pred, starts, self.type_of, self.kind_of), gold)
+        self.argmax_f1 = micro_f1_of_keys(entity_keys(pred, starts, self.type_of, self.kind_of), gold)
         return self
 
     # -- saving next to a model ----------------------------------------------------------------------
