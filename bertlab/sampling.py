@@ -265,7 +265,8 @@ def btl_targets(labels: torch.Tensor, class_index: int | str, label_list: Sequen
                 mode: str = "other_to_o", ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """The targets of the BTL copy that keeps entity type c against O. Same shape as ``labels``.
 
-    labels: ``[B, T]`` or ``[N]`` label ids (``ignore_index`` stays ignored). Labels of type c and O
+    labels: ``[B, T]`` or ``[N]`` label ids, a tensor or a list (``ignore_index`` stays ignored); the
+    result is a tensor. Labels of type c and O
     are kept; labels of every other type become, by mode:
       "other_to_o"  O (the paper's copies; the default)
       "ignore"      ignore_index (the copy says nothing about those tokens)
@@ -274,6 +275,7 @@ def btl_targets(labels: torch.Tensor, class_index: int | str, label_list: Sequen
     """
     if mode not in BTL_MODES:
         raise ValueError(f"BTL mode={mode!r}, expected one of {BTL_MODES}")
+    labels = torch.as_tensor(labels)
     c = _type_index(class_index, label_list)
     type_of = _type_of_label(label_list).to(labels.device)
     valid = labels != ignore_index

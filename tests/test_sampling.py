@@ -463,3 +463,23 @@ def test_resampling_example_in_docs():
     for k, method in enumerate(("sC", "sCR", "sCRD", "nsCRD")):
         shown = [int(r[2 + k].rsplit("→", 1)[1]) for r in rows]
         assert shown == sentence_repeats(tags, method) == RESAMPLING_TABLE[method], method
+
+
+def test_the_btl_snippet_of_the_docs_runs_as_written():
+    """docs/btl.md's Python block, executed as a reader pastes it (labels as a plain list): each
+    `# -> value` comment is what the line returns."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "btl.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(from bertlab.sampling import btl_targets.*?)```", text, re.S).group(1)
+    scope: dict = {}
+    checked = 0
+    for line in block.splitlines():
+        code, _, expected = line.partition("# ->")
+        if expected:
+            assert eval(code.strip(), scope) == eval(expected.strip()), line
+            checked += 1
+        else:
+            exec(code, scope)
+    assert checked == 2
