@@ -1023,7 +1023,7 @@ def build_report(study_dir: str | os.PathLike) -> Path:
                                  spec, short, data)
     if study.get("gradflow"):
         md += _gradflow_section(study_dir, rows, study.get("baseline") or {}, short, data)
-    md += _figures_section(study_dir, variants, labels, opts, short)
+    md += _figures_section(study_dir, variants, labels, opts, short, scale=study.get("scale", "default"))
     return _write_report(study_dir, md, data)
 
 
@@ -1070,10 +1070,18 @@ def _target_warning(study: dict, opts: dict, data: dict) -> list[str]:
 
 def _report_argument(study_dir: Path) -> str:
     """What to type after ``bertlab report`` to rebuild this folder: the study name for a folder under
-    runs/, ``docs/results/NAME`` for a committed result (its name alone would look under runs/)."""
+    runs/, ``docs/results/NAME`` for a committed result (its name alone would look under runs/), and
+    ``NAME --runs DIR`` for a study written elsewhere (``bertlab experiment ... --runs DIR``)."""
     if study_dir.parent.name == "results" and study_dir.parent.parent.name == "docs":
         return f"docs/results/{study_dir.name}"
-    return study_dir.name
+    if study_dir.parent.name == "runs":
+        return study_dir.name
+    parent = study_dir.parent
+    try:
+        parent = parent.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return f"{study_dir.name} --runs {parent}"
 
 
 def _write_report(study_dir: Path, md: list[str], data: dict) -> Path:
@@ -2278,7 +2286,8 @@ def spread_coincident(x, y, step: float = 0.02, max_half: float = 0.1) -> np.nda
     return out
 
 
-def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, short: dict | None = None) -> list[str]:
+def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, short: dict | None = None,
+                     scale: str = "default") -> list[str]:
     """``figures/f1_vs_frequency.png`` (test F1 of every class against its training mentions) and
     ``figures/accuracy_vs_time.png`` (micro F1 against training seconds): colour = trained
     variant, marker = decode, legends below the plot."""
@@ -2348,8 +2357,16 @@ def _figures_section(study_dir: Path, variants: dict, labels: dict, opts: dict, 
     legends(fig, ax)
     fig.savefig(fig_dir / "accuracy_vs_time.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
+    # training seconds are wall-clock on a machine shared with whatever else ran (other workers,
+    # other studies): runs of a few seconds differ by that load, not by what they cost
+    caveat = ("Training time is wall-clock seconds on the machine that ran the study, shared with whatever "
+              "else ran there (other workers, other jobs); ")
+    caveat += ("at `smoke` scale a run takes seconds, so the horizontal differences are that load's noise, not "
+               "the variants' cost: read the time axis of a `default` or `full` study." if scale == "smoke" else
+               "compare times of runs made on one machine under one load (\"Environment and wall time\" "
+               "says which machine ran each).")
     return md + ["![F1 per class vs class frequency](figures/f1_vs_frequency.png)", "",
-                 "![accuracy vs training time](figures/accuracy_vs_time.png)", ""]
+                 "![accuracy vs training time](figures/accuracy_vs_time.png)", "", caveat, ""]
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -2437,12 +2454,25 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:  # OSError: also a full or read-only disk, named by its file
         hint = ""
         committed = committed_results(args.name)
-        if isinstance(e, FileNotFoundError) and not (folder / "study.json").exists() and committed:
+        scaled = scale_folders(args.out, args.name)
+        if isinstance(e, FileNotFoundError) and not (folder / "study.json").exists() and scaled:
+            # runs/NAME is the default scale's folder; a smoke run wrote runs/NAME-smoke
+            hint = (f" Other scales of this study are in {', '.join(str(f) + '/' for f in scaled)}; e.g. "
+                    f"`bertlab report {scaled[0].name}` (`make report NAME={scaled[0].name}`).")
+        elif isinstance(e, FileNotFoundError) and not (folder / "study.json").exists() and committed:
             hint = f" The committed result is in {committed}/; rebuild it with `bertlab report {committed}`."
         text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
         print(f"bertlab report: {text}{hint}", file=sys.stderr)
         return 2
     return 0
+
+
+def scale_folders(runs: str | Path, name: str) -> list[Path]:
+    """The study folders ``runs/NAME-SCALE`` (e.g. ``btl_focal-smoke``) of a study name, smoke first."""
+    from bertlab.experiment import SCALES
+    if not name or Path(name).name != name:  # a path, not a study name
+        return []
+    return [Path(runs) / f"{name}-{s}" for s in SCALES if (Path(runs) / f"{name}-{s}" / "study.json").exists()]
 
 
 def committed_results(name: str) -> str | None:

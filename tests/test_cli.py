@@ -178,6 +178,50 @@ def test_train_example_is_a_small_minilm_run():
     assert 0 < cfg.data.max_documents <= 40 and cfg.train.epochs <= 5
 
 
+def test_train_example_header_states_the_epochs_the_file_sets():
+    """The header said 2 epochs while the file set 4 (issue #41, item 11)."""
+    import re
+
+    from bertlab.train import load_config
+    path = REPO / "experiments" / "train_example.toml"
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    stated = re.findall(r"(\d+) epochs?\b", header)
+    assert stated == [str(load_config(path).train.epochs)], stated
+
+
+def test_experiments_md_describes_the_smoke_scale_the_studies_set():
+    """experiments.md said smoke is "one epoch and two steps" while btl_focal's smoke sets 2 epochs."""
+    import tomllib
+    text = " ".join((REPO / "docs" / "experiments.md").read_text().split())
+    epochs = set()
+    for path in (REPO / "experiments").glob("*.toml"):
+        smoke = tomllib.loads(path.read_text()).get("scale", {}).get("smoke", {})
+        if "train.epochs" in smoke:
+            epochs.add(smoke["train.epochs"])
+    assert epochs == {1, 2}
+    assert "one epoch and two optimisation steps, on" not in text
+    assert "one or two short epochs" in text and "`btl_focal`, 2 epochs" in text
+
+
+def test_evaluation_md_documents_predict_text_with_its_real_arguments():
+    """`bertlab.predict.predict_text` had no documentation: its snippet in docs/evaluation.md calls
+    functions that exist with keyword arguments they take."""
+    import ast
+    import inspect
+    import re
+
+    import bertlab.predict as predict
+    text = (REPO / "docs" / "evaluation.md").read_text()
+    block = re.search(r"From Python: `bertlab.predict.predict_text`.*?```python\n(.*?)```", text, re.S)
+    assert block, "docs/evaluation.md: no Python example of predict_text"
+    calls = [n for n in ast.walk(ast.parse(block.group(1))) if isinstance(n, ast.Call)]
+    names = {n.func.id for n in calls}
+    assert "predict_text" in names
+    for call in calls:
+        params = inspect.signature(getattr(predict, call.func.id)).parameters
+        assert {k.arg for k in call.keywords} <= set(params), call.func.id
+
+
 # ---- bench ------------------------------------------------------------------------------------
 
 def test_bench_flags_efficiency_above_the_measured_peak(monkeypatch, tmp_path, capsys):

@@ -2067,3 +2067,39 @@ def test_a_declared_primary_metric_draws_the_learning_curves_and_the_plateau_rul
         assert curve[3] == f"{(micro if name == 'micro' else macro)[0]:.4f}"
     assert budget == {"micro": 1, "macro": 4}
     assert "Dev macro F1 (primary) after each epoch" in md and "seed-mean dev macro F1 curve" in md
+
+
+# ---- what a report tells its reader to type (issue #41, item 11) ----------------------------------
+
+def test_report_of_a_study_outside_runs_names_its_runs_folder(tmp_path):
+    """A study written with `--runs DIR` rebuilds with `bertlab report NAME --runs DIR`; the report
+    used to say `bertlab report NAME`, which looks under runs/ and fails."""
+    from bertlab.report import main as report_main
+    (tmp_path / "mine").mkdir()
+    sdir = make_study(tmp_path / "mine", {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2},
+                      seeds=(0, 1), decodes=("argmax",), name="my_study")
+    md = build_report(sdir).read_text()
+    command = f"bertlab report my_study --runs {tmp_path / 'mine'}"
+    assert f"rebuild with `{command}`" in md
+    assert report_main(command.split()[2:]) == 0
+
+
+def test_smoke_report_says_its_time_axis_is_load_noise(tmp_path):
+    sdir = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2},
+                      seeds=(0, 1), decodes=("argmax",))
+    md = build_report(sdir).read_text()
+    if "![accuracy vs training time]" not in md:
+        pytest.skip("matplotlib is not installed: no figures")
+    assert "at `smoke` scale a run takes seconds" in md and "noise" in md
+
+
+def test_report_of_a_missing_default_scale_points_to_the_smoke_folder(tmp_path, capsys):
+    """`make report NAME=btl_focal` after `make experiment NAME=btl_focal SCALE=smoke`: the error
+    used to point to docs/results/btl_focal (committed), not to the runs/btl_focal-smoke just made."""
+    from bertlab.report import main as report_main
+    make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2},
+               seeds=(0,), decodes=("argmax",), name="btl_focal-smoke")
+    assert report_main(["btl_focal", "--runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "`bertlab report btl_focal-smoke`" in err and "make report NAME=btl_focal-smoke" in err
+    assert "docs/results" not in err
