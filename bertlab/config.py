@@ -524,7 +524,7 @@ def check_model_section(m: ModelConfig, where: str) -> None:
                               f"{list(BILSTM_OPTIONS)}")
     elif m.overrides:
         raise ConfigError(f"{where}: [model] overrides: only used with preset or arch (a pretrained model "
-                          f"keeps its config)")
+                          f"keeps its config); to keep only its first N layers set [model] num_layers = N")
     if m.num_layers and (m.preset or m.arch):
         raise ConfigError(f"{where}: [model] num_layers: drops layers of a pretrained checkpoint (path or "
                           f"builtin); for a preset set overrides.num_hidden_layers")

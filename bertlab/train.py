@@ -38,7 +38,8 @@ import torch
 from bertlab.callbacks import CallbackList
 from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, config_differences,
                             config_to_dict, has_crf, load_config, read_config_file)
-from bertlab.datasets.prepare import Splits, encode_corpus, load_splits, mention_counts, tag_counts
+from bertlab.datasets.prepare import (Splits, data_repairs, encode_corpus, load_splits, mention_counts, tag_counts,
+                                      untrained_types)
 from bertlab.files import FolderBusy, folder_lock, remove_path, write_json, write_text
 from bertlab.inference import check_window
 from bertlab.losses import TokenLoss, build_loss, label_counts
@@ -718,6 +719,23 @@ def input_fingerprint(splits: Splits, windows: list) -> dict:
     return out
 
 
+def report_data_changes(cfg: TrainConfig, splits: Splits, log) -> None:
+    """Say what the data will not show in the scores: each tag ``[data] repair = true`` changed (all
+    of them also go to metrics.json's ``data_repairs``), and the types of dev or test that training
+    never sees."""
+    repairs = data_repairs(splits)
+    if repairs:
+        log(f"[data] repair = true: {len(repairs)} tag(s) changed (listed in metrics.json's data_repairs):")
+        for line in repairs[:20]:
+            log(f"  {line}")
+        if len(repairs) > 20:
+            log(f"  ... and {len(repairs) - 20} more")
+    for split, missing in untrained_types(splits).items():
+        log(f"warning: {len(missing)} entity type(s) of the {split} split have no training mention, so the model "
+            f"never learns them and scores 0 on them: "
+            + ", ".join(f"{t} ({n} mention{'s' * (n != 1)})" for t, n in missing.items()))
+
+
 def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn: TokenLoss | None):
     """Resume or start over, then data, model, objective, optimizer and schedule: a ``Setup``, or
     the metrics of a run that had already finished."""
@@ -749,6 +767,7 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
     seed = cfg.train.seed
     seed_everything(seed)
     splits = load_splits(cfg.data)
+    report_data_changes(cfg, splits, log)
     model, tokenizer = build_model_and_tokenizer(cfg.model, splits.labels, splits.train)
     model.to(device)
     multiple = pad_multiple(device, cfg.train.pad_to_multiple_of)
@@ -1068,6 +1087,8 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
                        cpu_share=run_cpu_share(progress.timing),
                        time_split=time_split(progress.timing, progress.checkpoint_seconds, final_seconds),
                        timing=progress.timing)
+        if cfg.data.repair:  # every tag the forgiving read changed ([data] repair = true), file:line
+            metrics["data_repairs"] = data_repairs(s.splits)
         if cfg.data.folds:  # which cross-validation fold, and its document counts (the report's n_test / n_train)
             metrics["fold"] = s.splits.test.notes["fold"]
         write_json(out_dir / "metrics.json", clean_json(metrics))

@@ -58,6 +58,31 @@ def assert_same_params(a: dict, b: dict, atol: float = 0.0) -> None:
             torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
+def test_repairs_are_listed_and_untrained_dev_types_warned(tmp_path):
+    """`[data] repair = true` changed tags without a record (issue #41, item 9): each change is printed
+    and kept in metrics.json's data_repairs; a type only dev has trains with a warning (evaluate warns)."""
+    from bertlab.datasets.corpus import DataError
+    def write(path, sentences):
+        path.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n" for words, tags in sentences))
+    write(tmp_path / "train.tsv", [("the patient had chest pain".split(), ["O", "O", "O", "I-Sign", "I-Sign"]),
+                                   *SENTENCES[1:]])
+    write(tmp_path / "dev.tsv", [("aspirin for the cough".split(), ["B-Drug", "O", "O", "B-Symptom"])])
+    cfg = {"data": {"train_file": str(tmp_path / "train.tsv"), "dev_file": str(tmp_path / "dev.tsv"),
+                    "max_length": 16, "stride": 4},
+           "model": {"preset": "minilm", "overrides": TINY_MODEL},
+           "train": {"epochs": 1, "max_steps": 1, "progress": "off", "precision": "fp32"}, "eval": {"decode": ["argmax"]}}
+    with pytest.raises(DataError, match=r"train.tsv:4: .*--set data.repair=true"):
+        train(load_config(cfg), tmp_path / "refused", resume=False, log=quiet)
+    lines: list[str] = []
+    metrics = train(load_config(cfg, ["data.repair=true"]), tmp_path / "run", resume=False, log=lines.append)
+    change = f"{tmp_path / 'train.tsv'}:4: I-Sign -> B-Sign"
+    assert metrics["data_repairs"] == [change]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data_repairs"] == [change]
+    assert any(change in line for line in lines)
+    warning = [line for line in lines if line.startswith("warning:") and "Symptom (1 mention)" in line]
+    assert len(warning) == 1 and "dev split" in warning[0], lines
+
+
 def log_rows(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
 
@@ -100,6 +125,8 @@ def reference(tmp_path_factory):
     ("[data]\nfolds = 3\nfold = 3\n", "[data] fold: expected 0 <= fold < folds = 3, got 3"),
     ("[data]\nfold = 1\n", "[data] fold: only used with [data] folds = K"),
     ("[data]\nfolds = -2\n", "[data] folds: expected a value >= 0"),
+    # a pretrained model keeps its config: the way to cut it is num_layers, and the error says so
+    ("[model]\noverrides = { num_hidden_layers = 2 }\n", "to keep only its first N layers set [model] num_layers = N"),
 ])
 def test_config_errors_name_file_section_and_key(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

@@ -109,7 +109,8 @@ def read_conll(path, *, split: str = "train", name: str | None = None, scheme: s
             if problems and not repair:
                 i, message = problems[0]
                 raise DataError(f"{path}:{lines[i]}: {message} (strict {scheme.upper()}; "
-                                f"pass repair=True to fix and report such tags)")
+                                f"to read such tags the forgiving way and list each change, set [data] repair = true, "
+                                f"e.g. --set data.repair=true; repair=True in read_conll)")
             if problems:
                 fixed = tags_from_spans(spans_from_tags(tags, scheme), len(tags), scheme)
                 repairs += [f"{path}:{lines[i]}: {tags[i]} -> {fixed[i]}"

@@ -128,6 +128,26 @@ def mention_counts(sentences) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def untrained_types(splits: Splits) -> dict[str, dict[str, int]]:
+    """``{split: {type: mentions}}``: the types with dev or test mentions and none in training. The
+    model has a label for each but never sees it trained, so each scores 0 there and pulls macro F1
+    down; training warns about them, as ``bertlab evaluate`` does about types the model lacks."""
+    trained = mention_counts(splits.train.sentences)
+    out = {}
+    for split, corpus in (("dev", splits.dev), ("test", splits.test)):
+        if corpus is not None:
+            missing = {t: n for t, n in mention_counts(corpus.sentences).items() if t not in trained}
+            if missing:
+                out[split] = missing
+    return out
+
+
+def data_repairs(splits: Splits) -> list[str]:
+    """Every tag ``[data] repair = true`` changed while reading the CoNLL files, one
+    ``"file:line: old -> new"`` a change, train then dev then test (empty without repair)."""
+    return [r for c in (splits.train, splits.dev, splits.test) if c is not None for r in c.notes.get("repairs", [])]
+
+
 def tag_counts(sentences) -> dict[str, int]:
     """Words per tag (``O``, ``B-X``, ``I-X``): the token-level label frequencies a token
     classifier is trained on."""
