@@ -2468,11 +2468,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def scale_folders(runs: str | Path, name: str) -> list[Path]:
-    """The study folders ``runs/NAME-SCALE`` (e.g. ``btl_focal-smoke``) of a study name, smoke first."""
-    from bertlab.experiment import SCALES
+    """The study folders ``runs/NAME-SCALE`` (e.g. ``btl_focal-smoke``) of a study name: those whose
+    study.json names that study."""
     if not name or Path(name).name != name:  # a path, not a study name
         return []
-    return [Path(runs) / f"{name}-{s}" for s in SCALES if (Path(runs) / f"{name}-{s}" / "study.json").exists()]
+    found = []
+    for path in sorted(Path(runs).glob(f"{name}-*/study.json")):
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("name") == name:
+                found.append(path.parent)
+        except (OSError, ValueError):
+            continue  # a folder being written, or not a study's: no hint from it
+    return found
 
 
 def committed_results(name: str) -> str | None:

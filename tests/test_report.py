@@ -2097,8 +2097,10 @@ def test_report_of_a_missing_default_scale_points_to_the_smoke_folder(tmp_path, 
     """`make report NAME=btl_focal` after `make experiment NAME=btl_focal SCALE=smoke`: the error
     used to point to docs/results/btl_focal (committed), not to the runs/btl_focal-smoke just made."""
     from bertlab.report import main as report_main
-    make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2},
-               seeds=(0,), decodes=("argmax",), name="btl_focal-smoke")
+    sdir = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2},
+                      seeds=(0,), decodes=("argmax",), name="btl_focal-smoke")
+    study = json.loads((sdir / "study.json").read_text())
+    (sdir / "study.json").write_text(json.dumps({**study, "name": "btl_focal"}))
     assert report_main(["btl_focal", "--runs", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "`bertlab report btl_focal-smoke`" in err and "make report NAME=btl_focal-smoke" in err
