@@ -1,7 +1,7 @@
 """bertlab: a plain-PyTorch codebase for studying class imbalance in clinical NER."""
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 here = Path(__file__).parent
 
@@ -14,7 +14,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["bertlab", "bertlab.*"]),
+    # namespace packages: the corpus folders under bertlab/datasets/data (no __init__.py) are listed
+    # too, so setuptools ships their files without a "Package would be ignored" warning for each
+    packages=find_namespace_packages(include=["bertlab", "bertlab.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"bertlab.datasets": ["data/**/*"]},
     install_requires=[

@@ -64,3 +64,22 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_setup_lists_every_folder_it_ships(monkeypatch):
+    """`make setup` printed ~440 lines of setuptools' "Package would be ignored" warnings, one block per
+    corpus folder under bertlab/datasets/data that find_packages skipped (no __init__.py) while
+    package_data shipped its files (issue #41, item 10): setup.py's packages name every such folder."""
+    import runpy
+
+    import setuptools
+    from conftest import REPO
+    seen = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
+    monkeypatch.chdir(REPO)
+    runpy.run_path(str(REPO / "setup.py"))
+    folders = {".".join(p.relative_to(REPO).parts) for p in (REPO / "bertlab").rglob("*")
+               if p.is_dir() and p.name != "__pycache__" and any(f.is_file() for f in p.iterdir())}
+    folders.add("bertlab")
+    assert folders - set(seen["packages"]) == set()
+    assert not [p for p in seen["packages"] if "__pycache__" in p]
