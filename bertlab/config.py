@@ -103,6 +103,9 @@ class RunConfig:
                                  # without bf16: V100, T4)
     early_stopping_patience: int = 0  # epochs without dev F1 improvement before stopping; 0 = never
     checkpoint_every: int = 0    # optimisation steps; 0 = at the end of each epoch only
+    keep_checkpoint: bool = True  # false: delete checkpoint.pt (weights + optimizer state, 170-270 MB for
+                                 # MiniLM) once metrics.json is written; the finished run then cannot be
+                                 # continued to more epochs, only retrained
     log_every: int = 10          # optimisation steps between log.jsonl lines (and host syncs)
     progress: str = "auto"       # tqdm bars: "auto" (a TTY and no $CI) | "on" | "off"
     eval_batch_size: int = 64    # windows per batch at evaluation
@@ -541,7 +544,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 # config fields a resumed run may change: they do not change what is computed
 RESUMABLE_CHANGES = {("train", "progress"), ("train", "log_every"), ("train", "checkpoint_every"),
-                     ("train", "eval_batch_size"), ("train", "tensorboard")}
+                     ("train", "eval_batch_size"), ("train", "tensorboard"), ("train", "keep_checkpoint")}
 
 
 def config_differences(old: dict, new: dict, also_allowed=()) -> list[str]:

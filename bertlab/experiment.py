@@ -108,7 +108,8 @@ STALE_AFTER = 600.0
 MIN_STALE_AFTER = 1.0  # the heartbeat comes every stale_after / 4 s: at most 4 times a second
 # config keys that change how a run is watched, not what it computes: a run folder made with other
 # values is still this run (bertlab.train resumes across them too)
-NON_RESULT_KEYS = {"train.progress", "train.log_every", "train.checkpoint_every", "train.eval_batch_size"}
+NON_RESULT_KEYS = {"train.progress", "train.log_every", "train.checkpoint_every", "train.eval_batch_size",
+                   "train.keep_checkpoint"}
 
 
 class StudyError(ValueError):
@@ -731,8 +732,11 @@ def _check_snapshot(rdir: Path, run: Run, study: Study) -> None:
         return
     given = f"{study.path}" + "".join(f" --set {s}" for s in study.overrides)
     if (rdir / "metrics.json").exists():
+        # more epochs continue a finished run from its checkpoint; [train] keep_checkpoint = false dropped it
+        dropped = (" (more epochs continue a finished run from its checkpoint.pt, which this run deleted: "
+                   "[train] keep_checkpoint = false)" if diff == ["train.epochs"] else "")
         raise StudyError(f"{snap}: this finished run was trained with a different config (differs in "
-                         f"{', '.join(diff)}) than {given} gives now; use --out DIR for a new study "
+                         f"{', '.join(diff)}) than {given} gives now{dropped}; use --out DIR for a new study "
                          f"folder, or delete {rdir} to train it again")
     raise StudyError(f"{snap}: this unfinished run was started with a different config "
                      f"(differs in {', '.join(diff)}) than {given} gives now; delete "

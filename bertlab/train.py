@@ -719,6 +719,26 @@ def input_fingerprint(splits: Splits, windows: list) -> dict:
     return out
 
 
+def finished_without_checkpoint(metrics_path: Path, config_dict: dict) -> dict | None:
+    """The metrics of a run that finished and deleted its checkpoint (``[train] keep_checkpoint =
+    false``), where ``config_dict`` asks for that same run; ``None`` where there is no such run. Asked
+    for more epochs, it is a ConfigError: continuing needs the optimizer state the checkpoint held."""
+    if not metrics_path.exists():
+        return None
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    old = metrics.get("config") or {}
+    if old.get("train", {}).get("keep_checkpoint", True):
+        return None  # a checkpoint removed by hand: no promise was made, the run starts over as before
+    diffs = config_differences(old, config_dict)
+    if diffs:
+        epochs = [f for f in diffs if f.startswith("[train] epochs ")]
+        why = (" More epochs continue a run from its checkpoint.pt, which this run deleted when it finished "
+               "([train] keep_checkpoint = false)." if epochs else "")
+        raise ConfigError(f"{metrics_path}: written by a finished run with a different config: {'; '.join(diffs)}."
+                          f"{why} Train it again (--no-resume) or use another --out")
+    return metrics
+
+
 def report_data_changes(cfg: TrainConfig, splits: Splits, log) -> None:
     """Say what the data will not show in the scores: each tag ``[data] repair = true`` changed (all
     of them also go to metrics.json's ``data_repairs``), and the types of dev or test that training
@@ -762,6 +782,11 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
             return json.loads(metrics_path.read_text(encoding="utf-8"))
     else:
         progress = Progress()
+        finished = finished_without_checkpoint(metrics_path, config_dict) if resume else None
+        if finished is not None:
+            log(f"{out_dir}: already finished, metrics.json kept (its checkpoint was dropped: "
+                f"[train] keep_checkpoint = false)")
+            return finished
 
     # everything that can fail on bad input comes before anything of an old run is touched
     seed = cfg.train.seed
@@ -1092,6 +1117,9 @@ def finish(cfg: TrainConfig, s: Setup, out_dir: Path, jlog: JsonlLog, log, d: Di
         if cfg.data.folds:  # which cross-validation fold, and its document counts (the report's n_test / n_train)
             metrics["fold"] = s.splits.test.notes["fold"]
         write_json(out_dir / "metrics.json", clean_json(metrics))
+        if not cfg.train.keep_checkpoint:  # finished: resume reads metrics.json, only more epochs needed it
+            s.ckpt_path.unlink(missing_ok=True)
+            log(f"deleted {s.ckpt_path} ([train] keep_checkpoint = false)")
         jlog.write(event="end", step=progress.step, best_epoch=progress.best_epoch,
                    best_dev_f1=metrics["best_dev_f1"], time=time.time())
         for split in ("dev", "test"):

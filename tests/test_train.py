@@ -83,6 +83,30 @@ def test_repairs_are_listed_and_untrained_dev_types_warned(tmp_path):
     assert len(warning) == 1 and "dev split" in warning[0], lines
 
 
+def test_keep_checkpoint_false_drops_it_and_the_run_stays_finished(tmp_path):
+    """Each finished run kept its checkpoint.pt (optimizer state, 170-270 MB; issue #41, item 10).
+    `[train] keep_checkpoint = false` deletes it when metrics.json is written; resuming the run
+    returns its metrics without training (it used to start over without a checkpoint), and more
+    epochs are refused with the reason, not trained from scratch behind the user's back."""
+    from bertlab.experiment import NON_RESULT_KEYS
+    cfg = tiny_config(tmp_path / "data", train={"epochs": 1, "max_steps": 2, "keep_checkpoint": False})
+    run = tmp_path / "run"
+    metrics = train(load_config(cfg), run, resume=False, log=quiet)
+    assert (run / "metrics.json").exists() and not (run / "checkpoint.pt").exists()
+    written = (run / "metrics.json").stat().st_mtime_ns
+    lines: list[str] = []
+    assert train(load_config(cfg), run, log=lines.append) == json.loads((run / "metrics.json").read_text())
+    assert any("already finished" in line for line in lines) and not any("training" in l for l in lines), lines
+    assert (run / "metrics.json").stat().st_mtime_ns == written and metrics["config"]["train"]["keep_checkpoint"] is False
+    # the same run with its checkpoint kept from now on is the same run
+    assert train(load_config(cfg, ["train.keep_checkpoint=true"]), run, log=quiet)["steps"] == metrics["steps"]
+    with pytest.raises(ConfigError, match=r"metrics.json: .*\[train\] epochs \(1 -> 2\).*keep_checkpoint = false"):
+        train(load_config(cfg, ["train.epochs=2"]), run, log=quiet)
+    assert "train.keep_checkpoint" in NON_RESULT_KEYS  # a study's finished runs stay finished when it changes
+    with pytest.raises(ConfigError, match=r"\[train\] keep_checkpoint: expected true or false"):
+        load_config(cfg, ["train.keep_checkpoint=1"])
+
+
 def log_rows(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
 
