@@ -255,6 +255,21 @@ def test_more_epochs_continue_finished_runs_of_a_study(tmp_path):
     assert 'epochs = 1' in (sdir / "loss=ce__seed=0" / "config.toml").read_text()
 
 
+def test_a_run_without_its_checkpoint_stays_finished_in_a_study(tmp_path):
+    """`train.keep_checkpoint=false` (issue #41, item 10): the finished run has no checkpoint.pt and is
+    skipped as finished, with keep_checkpoint set either way; more epochs are refused with the reason."""
+    sdir = one_run(tmp_path, overrides=["train.keep_checkpoint=false"], report=False)
+    rdir = sdir / "loss=ce__seed=0"
+    assert (rdir / "metrics.json").exists() and not (rdir / "checkpoint.pt").exists()
+    for setting in ("false", "true"):
+        log = []
+        run_experiment("tiny", out=tmp_path / "runs", experiments_dir=tmp_path / "experiments", progress=log.append,
+                       only=["loss=ce", "seed=0"], overrides=[f"train.keep_checkpoint={setting}"], report=False)
+        assert log == ["[1/1] loss=ce__seed=0: finished, skipped"], setting
+    with pytest.raises(StudyError, match=r"differs in train.epochs\) .*keep_checkpoint = false"):
+        one_run(tmp_path, overrides=["train.keep_checkpoint=false", "train.epochs=5"], report=False)
+
+
 def test_only_a_value_outside_the_sweep_is_an_error(tmp_path):
     with pytest.raises(StudyError, match=r"--only 'seed=5': '5' is not a value of seed in .*tiny.toml at "
                                          r"scale default \(values: 0, 1\)"):
