@@ -492,7 +492,7 @@ def pool_folds(study_dir: Path, rows: list[dict], axes: list[str], folds: int) -
         group = sorted(group, key=lambda r: r["axes"].get(FOLD_AXIS, 0))
         have = [r["axes"].get(FOLD_AXIS) for r in group]
         if sorted(have) != list(range(folds)):
-            left_out += [r["run_id"] for r in group]
+            left_out += [r["run_id"] for r in group if r["run_id"] not in left_out]  # a run is a row per decode
             continue
         parts = [part for part in group[0]["run_id"].split("__") if not part.startswith("fold=")]
         run_id = "__".join(parts[:-1] + ["fold=pooled"] + parts[-1:]) if parts else "fold=pooled"
