@@ -22,11 +22,11 @@ import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
+from bertlab.errors import fail
 from bertlab.files import write_folder
 from bertlab.models.bert import BERT_PRESETS, BertConfig, BertModel
 from bertlab.models.distilbert import DISTILBERT_PRESETS, DistilBertConfig, DistilBertModel
@@ -453,9 +453,7 @@ def convert_main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         out, n = convert(args.src, args.dst)
-    except (OSError, ValueError) as e:
-        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
-        print(f"bertlab convert: {reason}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return fail("convert", e, also=(ValueError,))
     print(f"wrote {out / WEIGHTS} ({n} tensors)")
     return 0

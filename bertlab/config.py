@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from bertlab.constrained import BIO, CONSTRAINABLE, base_decode
+from bertlab.errors import BertlabError
 from bertlab.losses import LOSS_NAMES, REDUCTIONS, WEIGHT_SCHEMES, LossConfig, build_loss
 from bertlab.sampling import RESAMPLING_METHODS
 
-class ConfigError(ValueError):
+class ConfigError(BertlabError, ValueError):
     """A bad training config. The message names the file, ``[section] key`` and what was expected."""
 
 

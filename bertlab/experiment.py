@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertlab.constrained import base_decode
+from bertlab.errors import EXIT_INTERRUPTED, BertlabError, debug_requested, fail, one_line
 from bertlab.files import FolderBusy, remove_path, write_bytes, write_text
 from bertlab.results import read_json, read_results, result_rows, write_predictions, write_results  # noqa: F401
 
@@ -112,7 +113,7 @@ NON_RESULT_KEYS = {"train.progress", "train.log_every", "train.checkpoint_every"
                    "train.keep_checkpoint"}
 
 
-class StudyError(ValueError):
+class StudyError(BertlabError, ValueError):
     """A study file is wrong: the message names the file and the key."""
 
 
@@ -811,7 +812,7 @@ class Job:
     reuse: tuple = ()           # study folders whose finished runs of the same config are copied (--reuse)
 
 
-class RunError(RuntimeError):
+class RunError(BertlabError, RuntimeError):
     """Training one run of a study failed; the message names the run folder and the cause."""
 
 
@@ -1209,7 +1210,7 @@ def _fit(job: Job, run: Run, rdir: Path, callbacks: list, main: bool = True) -> 
     except (StudyError, ClaimLost, FolderBusy):
         raise
     except Exception as e:
-        raise RunError(f"{rdir}: {_one_line(e)}") from e
+        raise RunError(f"{rdir}: {one_line(e)}") from e
 
 
 def work_together(job: Job, progress=print) -> None:
@@ -1251,20 +1252,6 @@ def work_together(job: Job, progress=print) -> None:
         if main:
             with study_lock(job.sdir, job.stale_after, job.invocation):
                 write_results(job.sdir)
-
-
-def _one_line(e: BaseException) -> str:
-    """The error as one line. A failed write (an OSError anywhere in the chain: torch reports a full
-    disk as "[enforce fail at inline_container.cc] unexpected pos") is ``file: reason``."""
-    if not isinstance(e, (StudyError, RunError)):
-        x, seen = e, []
-        while x is not None and x not in seen:
-            if isinstance(x, OSError) and x.filename and x.strerror:
-                return f"{x.filename}: {x.strerror}"
-            seen.append(x)
-            x = x.__cause__ or x.__context__
-    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    return text if isinstance(e, (StudyError, RunError)) else f"{type(e).__name__}: {text}"
 
 
 def finish_study(job: Job, report: bool = True, progress=print) -> None:
@@ -1429,7 +1416,7 @@ def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
         sys.exit(1)
     except Exception as e:
         try:
-            send("failed", _one_line(e))
+            send("failed", one_line(e))
         except ParentGone:
             pass
         sys.exit(2)
@@ -1704,7 +1691,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--debug", action="store_true",
                     help="print the traceback of an error (also: environment BERTLAB_DEBUG=1)")
     args = ap.parse_args(argv)
-    debug = args.debug or os.environ.get("BERTLAB_DEBUG", "0") not in ("", "0")
+    debug = args.debug or debug_requested()
     on_term = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a killed study releases its claims
     try:
         shard = parse_shard(args.shard) if args.shard else None
@@ -1729,16 +1716,11 @@ def main(argv: list[str] | None = None) -> int:
         from bertlab.train import TrainingInterrupted
         said = str(e) if isinstance(e, TrainingInterrupted) else "interrupted; re-run the same command to resume"
         print(f"bertlab experiment: {said}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `bertlab experiment NAME --list | head`: the reader left; bertlab.cli exits quietly
         raise
-    except Exception as e:  # one line for a human; the traceback on request
-        if debug:
-            import traceback
-            traceback.print_exc()
-        hint = "" if debug or isinstance(e, StudyError) else " (--debug or BERTLAB_DEBUG=1 for the traceback)"
-        print(f"bertlab experiment: {_one_line(e)}{hint}", file=sys.stderr)
-        return 2
+    except Exception as e:  # one line for a human (bertlab.errors); the traceback on request
+        return fail("experiment", e, debug)
     finally:
         signal.signal(signal.SIGTERM, on_term)
     return 0

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertlab.errors import BertlabError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where Linux exposes it (``/proc/self/status``)."""
@@ -166,7 +168,7 @@ def remove_path(path: str | os.PathLike) -> None:
 LOCK_FILE = ".lock"
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(BertlabError, RuntimeError):
     """Another live process holds the folder's lock (``folder_lock``); the message names it."""
 
 

@@ -87,17 +87,11 @@ def write_comparison(runs: dict[str, list[dict]], out_dir) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``bertlab gradflow``: expected failures (a missing or bad config, bad data) are one line, status 2."""
-    import os
-    import sys
-
-    from bertlab.train import is_expected, one_line
+    from bertlab.errors import fail
     try:
         return _main(argv)
     except Exception as e:
-        if os.environ.get("BERTLAB_DEBUG") or not is_expected(e):
-            raise
-        print(f"bertlab gradflow: {one_line(e)} (BERTLAB_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
+        return fail("gradflow", e)
 
 
 def _main(argv: list[str] | None = None) -> int:

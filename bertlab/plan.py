@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bertlab import stats
 from bertlab.datasets.splits import DEV_FRACTION
+from bertlab.errors import fail
 
 SEEDS = (1, 2, 3, 5, 10, 20)
 FOLDS = (0, 3, 5, 10)  # 0: the corpus's own split
@@ -167,7 +167,7 @@ def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> l
 
 def main(argv: list[str] | None = None) -> int:
     """``bertlab plan STUDY [--pilot DIR] [--target 0.02] [--scale SCALE]``."""
-    from bertlab.experiment import StudyError, load_study
+    from bertlab.experiment import load_study
     from bertlab.report import committed_results
     ap = argparse.ArgumentParser(prog="bertlab plan", description=(
         "What a study's design can detect before it runs: the smallest difference (80% power) in each "
@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
                              f"e.g. a smaller run of this study or docs/results/btl_focal)")
         target = args.target if args.target is not None else study.report.get("target_difference")
         print("\n".join(plan(study, pilot, target, args.alpha)))
-    except (StudyError, ValueError, OSError) as e:
-        print(f"bertlab plan: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return fail("plan", e, also=(ValueError,))
     return 0

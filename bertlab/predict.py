@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertlab.errors import BertlabError
 from bertlab.files import write_text
 from bertlab.metrics import conlleval_entities, strict_entities
 
@@ -44,7 +45,7 @@ TRAIN_SETTINGS = "bertlab_train.json"   # written into best/ by training: {"conf
 READINGS = {"strict": strict_entities, "lenient": conlleval_entities}
 
 
-class UsageError(ValueError):
+class UsageError(BertlabError, ValueError):
     """An expected failure of ``bertlab predict`` / ``evaluate``: one line on stderr, exit status 2."""
 
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from bertlab import stats
 from bertlab.families import by_construction, comparison_families, construction_rules
+from bertlab.errors import fail
 from bertlab.files import write_text
 from bertlab.metrics import conlleval_entities, invalid_transitions, overlap_matches, strict_entities
 
@@ -2451,7 +2452,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{folder / 'results.jsonl'}: {len(missing)} finished run(s) had no row ({missing[0]}"
                       f"{', ...' if len(missing) > 1 else ''}); rebuilt from the run folders", file=sys.stderr)
         print(build_report(folder))
-    except (OSError, ValueError) as e:  # OSError: also a full or read-only disk, named by its file
+    except Exception as e:  # OSError: also a full or read-only disk, named by its file
         hint = ""
         committed = committed_results(args.name)
         scaled = scale_folders(args.out, args.name)
@@ -2461,9 +2462,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"`bertlab report {scaled[0].name}` (`make report NAME={scaled[0].name}`).")
         elif isinstance(e, FileNotFoundError) and not (folder / "study.json").exists() and committed:
             hint = f" The committed result is in {committed}/; rebuild it with `bertlab report {committed}`."
-        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
-        print(f"bertlab report: {text}{hint}", file=sys.stderr)
-        return 2
+        return fail("report", e, also=(ValueError,), hint=hint)
     return 0
 
 

@@ -25,6 +25,7 @@ from bertlab.checkpoint import BEST_META, best_folder, link_folder, load_best_in
 from bertlab.config import EvalConfig, TrainConfig
 from bertlab.constrained import base_decode
 from bertlab.datasets.prepare import Splits
+from bertlab.errors import fail
 from bertlab.files import write_json, write_jsonl, write_text
 
 
@@ -342,8 +343,7 @@ def rescore_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         wrote = sum(rescore_run(r, force=args.force) for r in runs)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"bertlab rescore: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return fail("rescore", e, also=(ValueError, KeyError))
     print(f"{wrote} of {len(runs)} runs rescored; wrote {write_results(sdir)}")
     return 0

@@ -44,6 +44,7 @@ import math
 import sys
 from pathlib import Path
 
+from bertlab.errors import fail
 from bertlab.files import write_json, write_text
 from bertlab.report import _mean_std, group_variants, load_study_results, median, variant_label
 
@@ -309,9 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         if not points:
             raise ValueError("no variant left: check the study folders and --only")
         print(write_tradeoff(points, args.out, args.metric))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"bertlab tradeoff: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return fail("tradeoff", e, also=(ValueError,))
     return 0
 
 

@@ -40,6 +40,7 @@ from bertlab.config import (ConfigError, ModelConfig, OptimConfig, TrainConfig, 
                             config_to_dict, has_crf, load_config, read_config_file)
 from bertlab.datasets.prepare import (Splits, data_repairs, encode_corpus, load_splits, mention_counts, tag_counts,
                                       untrained_types)
+from bertlab.errors import EXIT_INTERRUPTED, BertlabError, debug_requested, fail
 from bertlab.files import FolderBusy, folder_lock, remove_path, write_json, write_text
 from bertlab.inference import check_window
 from bertlab.losses import TokenLoss, build_loss, label_counts
@@ -51,7 +52,7 @@ from bertlab.selection import (clean_json, evaluate_dev, final_evaluation, save_
                                update_best, write_metrics_csv)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(BertlabError, RuntimeError):
     """The loss (or the parameters) became NaN or infinite; the message names the step and epoch.
     The last good checkpoint and the best model so far are left untouched."""
 
@@ -1167,16 +1168,13 @@ def main(argv: list[str] | None = None) -> int:
             written = write_figures(read_rows(folder / "gradflow.csv"), folder)
             print(f"gradient flow: {folder / 'gradflow.csv'}" + (f" and {len(written)} figures" if written else ""))
     except KeyboardInterrupt as e:  # Ctrl-C: where training stood and how to go on, not a traceback
-        if args.debug or os.environ.get("BERTLAB_DEBUG"):
+        if args.debug or debug_requested():
             raise
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"bertlab train: {e if isinstance(e, TrainingInterrupted) else 'interrupted'}", file=sys.stderr)
-        return 130
-    except Exception as e:  # expected failures are one line naming the file/key; --debug shows the rest
-        if args.debug or os.environ.get("BERTLAB_DEBUG") or not is_expected(e):
-            raise
-        print(f"bertlab train: {one_line(e)}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except Exception as e:  # one line naming the file/key (bertlab.errors); --debug shows the traceback
+        return fail("train", e, args.debug)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {out / 'metrics.json'} (best model: {out / 'best'})")
     return 0 if metrics is not None else 1
@@ -1203,31 +1201,3 @@ def default_out_dir(config: str | os.PathLike, overrides: list[str] = ()) -> Pat
         parsed[key] = value
     text = json.dumps(sorted(parsed.items()), default=str)
     return Path("runs") / "train" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def _chain(e: BaseException):
-    """``e`` and the exceptions it was raised from or during (torch wraps a full disk's OSError)."""
-    seen = []
-    while e is not None and e not in seen:
-        seen.append(e)
-        e = e.__cause__ or e.__context__
-    return seen
-
-
-def is_expected(e: BaseException) -> bool:
-    """Failures a user causes or meets (bad config or data, a missing or unreadable file, a full
-    disk, a diverging run), as opposed to bugs, which keep their traceback."""
-    from bertlab.datasets.corpus import DataError
-    expected = (ConfigError, NonFiniteLossError, DataError, FolderBusy, OSError, UnicodeDecodeError)
-    return any(isinstance(x, expected) for x in _chain(e)) or (
-        isinstance(e, RuntimeError) and ("checkpoint" in str(e) or "No space left" in str(e)))
-
-
-def one_line(e: BaseException) -> str:
-    """The error as one line: an OSError anywhere in the chain names its file and reason (a full
-    disk says "No space left on device", not torch's "enforce fail at inline_container.cc")."""
-    for x in _chain(e):
-        if isinstance(x, OSError) and (x.filename or x.strerror):
-            return f"{x.filename or ''}{': ' if x.filename else ''}{x.strerror or x}"
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

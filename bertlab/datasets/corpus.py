@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bertlab.errors import BertlabError
 
-class DataError(ValueError):
+
+class DataError(BertlabError, ValueError):
     """Bad input data. The message names the file, the line (or annotation id) and what was expected."""
 
 
