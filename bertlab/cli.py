@@ -25,7 +25,7 @@ COMMANDS = {
     "tradeoff": ("bertlab.tradeoff", "main", "accuracy vs training cost and inference speed across studies"),
     "predict": ("bertlab.predict", "main", "tag new text with a trained model"),
     "evaluate": ("bertlab.predict", "evaluate_main", "re-score a saved model on a bundled corpus or a CoNLL file"),
-    "gradflow": ("bertlab.gradflow_cli", "main", "train with gradient-flow instruments on"),
+    "gradflow": ("bertlab.gradflow.cli", "main", "train with gradient-flow instruments on"),
     "bench": ("bertlab.bench", "main", "benchmarks against transformers / scikit-learn"),
 }
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlab import gradflow, gradflow_cli
+from bertlab import gradflow
+from bertlab.gradflow import cli as gradflow_cli
+from bertlab.gradflow.figures import _has_matplotlib
 from bertlab.gradflow import (GradFlowRecorder, param_group, per_class_gradients, read_rows,
                               token_classes, write_rows)
 from bertlab.models.bert import BertModel
@@ -443,7 +445,7 @@ def test_without_matplotlib_a_markdown_table_is_written(tmp_path, monkeypatch, c
     def no_matplotlib():
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(gradflow, "_pyplot", no_matplotlib)
+    monkeypatch.setattr(gradflow.figures, "_pyplot", no_matplotlib)
     made = gradflow.write_figures(rows, tmp_path / "md")
     assert made == [tmp_path / "md" / "summary.md"]
     text = made[0].read_text()
@@ -502,7 +504,7 @@ def test_cli_trains_and_draws_from_a_config_with_a_gradflow_section(tmp_path):
     assert rows == read_rows(tmp_path / "run" / "btl" / "gradflow" / "gradflow.csv")
     assert {r["step"] for r in rows if r["statistic"] == "class_grad_share"} == {2}
     assert (tmp_path / "figs" / "btl" / "summary.md").read_text().startswith("| layer |")
-    if gradflow._has_matplotlib():
+    if _has_matplotlib():
         assert (tmp_path / "figs" / "btl" / "class_share.png").stat().st_size > 1000
 
 

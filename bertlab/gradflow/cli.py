@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bertlab.gradflow import (GradFlowConfig, GradFlowRecorder, _pyplot, plot_compare, read_rows, write_figures,
-                              write_rows)
+from bertlab.gradflow.figures import _pyplot, plot_compare, write_figures
+from bertlab.gradflow.instruments import GradFlowConfig, GradFlowRecorder
+from bertlab.gradflow.tables import read_rows, write_rows
 
 def split_config(path) -> tuple[dict, GradFlowConfig]:
     """Read a TOML config; return (the train config without ``[gradflow]``, the GradFlowConfig)."""
