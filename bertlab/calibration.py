@@ -99,6 +99,46 @@ def micro_f1_of_keys(pred_keys: np.ndarray, gold_keys: np.ndarray) -> float:
     return 2.0 * len(np.intersect1d(pred_keys, gold_keys, assume_unique=True)) / denominator
 
 
+def dev_words(logits: list[np.ndarray], gold_tags: list[list[str]], labels: list[str], type_of: np.ndarray,
+              kind_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a decoder fitted on dev scores against: ``(z [N, C] float64, sentence_start [N] bool,
+    gold entity keys)`` from per-sentence word logits ``[n_words, C]`` and their IOB2 tags."""
+    C = len(labels)
+    for l in logits:
+        if np.ndim(l) != 2 or np.shape(l)[1] != C:
+            raise ValueError(f"logits: expected [n_words, {C}] arrays per sentence, got shape {np.shape(l)}")
+    label2id = {l: i for i, l in enumerate(labels)}
+    unknown = sorted({t for s in gold_tags for t in s if t not in label2id})
+    if unknown:
+        raise ValueError(f"gold tags {unknown[:5]} are not labels of the model")
+    z = np.concatenate([np.asarray(l, dtype=np.float64) for l in logits], axis=0) if logits else np.zeros((0, C))
+    gold_ids = np.asarray([label2id[t] for s in gold_tags for t in s], dtype=np.int64)
+    if len(gold_ids) != len(z):
+        raise ValueError(f"{len(z)} word logits but {len(gold_ids)} gold tags")
+    starts = np.zeros(len(z), dtype=bool)
+    starts[np.cumsum([0] + [len(l) for l in logits[:-1]])[[len(l) > 0 for l in logits]]] = True
+    return z, starts, entity_keys(gold_ids, starts, type_of, kind_of)
+
+
+def argmax_tags(scores: list[np.ndarray], labels: list[str]) -> list[list[str]]:
+    """IOB2 tags per sentence: the argmax label of each word's scores (may be invalid IOB2)."""
+    return [[labels[i] for i in s.argmax(-1)] if len(s) else [] for s in scores]
+
+
+def save_decoder_file(path: str | os.PathLike, fmt: str, fields: dict) -> None:
+    """A fitted decoder's JSON file, ``{"format": fmt, **fields}``, written atomically."""
+    write_text(path, json.dumps({"format": fmt, **fields}, indent=2) + "\n")
+
+
+def read_decoder_file(path: str | os.PathLike, fmt: str) -> dict:
+    """The fields of a file ``save_decoder_file`` wrote with format ``fmt``; ValueError (or OSError)
+    when it is something else."""
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise ValueError(f"not a {fmt.split('/')[0].replace('-', ' ')} file")
+    return d
+
+
 class BiasCalibrator:
     """Per-entity-type offsets on the logits, fitted on dev to maximise strict entity micro F1.
 
@@ -133,15 +173,7 @@ class BiasCalibrator:
     def fit(self, logits: list[np.ndarray], gold_tags: list[list[str]]) -> "BiasCalibrator":
         """Fit the offsets on dev: ``logits`` per sentence ``[n_words, C]``, ``gold_tags`` the
         sentences' IOB2 tags. Returns self."""
-        z, starts = self._flatten(logits)
-        label2id = {l: i for i, l in enumerate(self.labels)}
-        gold_ids = [label2id.get(t) for s in gold_tags for t in s]
-        if len(gold_ids) != len(z):
-            raise ValueError(f"{len(z)} word logits but {len(gold_ids)} gold tags")
-        unknown = sorted({t for s in gold_tags for t in s if t not in label2id})
-        if unknown:
-            raise ValueError(f"gold tags {unknown[:5]} are not labels of the model")
-        gold = entity_keys(np.asarray(gold_ids, dtype=np.int64), starts, self.type_of, self.kind_of)
+        z, starts, gold = dev_words(logits, gold_tags, self.labels, self.type_of, self.kind_of)
         bias = np.zeros(len(self.types), dtype=np.float64)
         self.argmax_f1 = best = micro_f1_of_keys(self._keys(z, starts, bias), gold)
         columns = [np.flatnonzero(self.type_of == t) for t in range(len(self.types))]
@@ -175,39 +207,23 @@ class BiasCalibrator:
 
     def predict(self, logits: list[np.ndarray]) -> list[list[str]]:
         """IOB2 tags per sentence: argmax of the adjusted logits (may be invalid IOB2, like argmax)."""
-        return [[self.labels[i] for i in l.argmax(-1)] if len(l) else [] for l in self.adjust(logits)]
+        return argmax_tags(self.adjust(logits), self.labels)
 
     def _keys(self, z: np.ndarray, starts: np.ndarray, bias: np.ndarray) -> np.ndarray:
         pred = (z + self.column_bias(bias)).argmax(1) if len(z) else np.zeros(0, dtype=np.int64)
         return entity_keys(pred, starts, self.type_of, self.kind_of)
 
-    def _flatten(self, logits: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        C = len(self.labels)
-        for l in logits:
-            if np.ndim(l) != 2 or np.shape(l)[1] != C:
-                raise ValueError(f"logits: expected [n_words, {C}] arrays per sentence, got shape {np.shape(l)}")
-        z = (np.concatenate([np.asarray(l, dtype=np.float64) for l in logits], axis=0)
-             if logits else np.zeros((0, C)))
-        starts = np.zeros(len(z), dtype=bool)
-        offsets = np.cumsum([0] + [len(l) for l in logits[:-1]]) if logits else []
-        starts[[o for o, l in zip(offsets, logits) if len(l)]] = True
-        return z, starts
-
     # -- saving next to a model ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """``calibration.json``: labels, types, offsets, grid and the dev scores (atomically)."""
-        write_text(path, json.dumps({"format": "bertlab-calibration/1", "labels": self.labels,
-                                     "types": self.types, "bias": self.bias.tolist(),
-                                     "grid": self.grid.tolist(), "rounds": self.rounds,
-                                     "dev_f1": self.dev_f1, "argmax_f1": self.argmax_f1}, indent=2) + "\n")
+        save_decoder_file(path, "bertlab-calibration/1", {
+            "labels": self.labels, "types": self.types, "bias": self.bias.tolist(), "grid": self.grid.tolist(),
+            "rounds": self.rounds, "dev_f1": self.dev_f1, "argmax_f1": self.argmax_f1})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BiasCalibrator":
-        path = Path(path)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            if d.get("format") != "bertlab-calibration/1":
-                raise ValueError("not a bertlab calibration file")
+            d = read_decoder_file(path, "bertlab-calibration/1")
             cal = cls(d["labels"], d["grid"], d["rounds"])
             cal.bias = np.asarray(d["bias"], dtype=np.float64)
             if cal.bias.shape != (len(cal.types),):

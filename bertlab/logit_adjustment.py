@@ -24,14 +24,12 @@ rarest label that occurs (``bertlab.losses.class_priors``).
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
-from bertlab.calibration import entity_columns, entity_keys, micro_f1_of_keys
-from bertlab.files import write_text
+from bertlab.calibration import (argmax_tags, dev_words, entity_columns, entity_keys, micro_f1_of_keys,
+                                 read_decoder_file, save_decoder_file)
 from bertlab.losses import class_priors
 
 LOGIT_ADJUSTMENT_FILE = "logit_adjustment.json"
@@ -69,25 +67,11 @@ class LogitAdjustedDecoder:
 
     def predict(self, logits: list[np.ndarray]) -> list[list[str]]:
         """IOB2 tags per sentence: the argmax of the adjusted scores (may be invalid IOB2, like argmax)."""
-        return [[self.labels[i] for i in l.argmax(-1)] if len(l) else [] for l in self.adjust(logits)]
+        return argmax_tags(self.adjust(logits), self.labels)
 
     def fit(self, logits: list[np.ndarray], gold_tags: list[list[str]]) -> "LogitAdjustedDecoder":
         """Choose τ on dev: ``logits`` per sentence ``[n_words, C]``, ``gold_tags`` their IOB2 tags."""
-        C = len(self.labels)
-        for l in logits:
-            if np.ndim(l) != 2 or np.shape(l)[1] != C:
-                raise ValueError(f"logits: expected [n_words, {C}] arrays per sentence, got shape {np.shape(l)}")
-        label2id = {l: i for i, l in enumerate(self.labels)}
-        unknown = sorted({t for s in gold_tags for t in s if t not in label2id})
-        if unknown:
-            raise ValueError(f"gold tags {unknown[:5]} are not labels of the model")
-        z = np.concatenate([np.asarray(l, dtype=np.float64) for l in logits], 0) if logits else np.zeros((0, C))
-        gold_ids = np.asarray([label2id[t] for s in gold_tags for t in s], dtype=np.int64)
-        if len(gold_ids) != len(z):
-            raise ValueError(f"{len(z)} word logits but {len(gold_ids)} gold tags")
-        starts = np.zeros(len(z), dtype=bool)
-        starts[np.cumsum([0] + [len(l) for l in logits[:-1]])[[len(l) > 0 for l in logits]]] = True
-        gold = entity_keys(gold_ids, starts, self.type_of, self.kind_of)
+        z, starts, gold = dev_words(logits, gold_tags, self.labels, self.type_of, self.kind_of)
         scores = []
         for tau in self.grid:
             pred = (z - tau * self.log_priors).argmax(1) if len(z) else np.zeros(0, dtype=np.int64)
@@ -102,18 +86,14 @@ class LogitAdjustedDecoder:
     # -- saving next to a model ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """``logit_adjustment.json``: labels, counts, τ, the grid and the dev scores (atomically)."""
-        write_text(path, json.dumps({"format": "bertlab-logit-adjustment/1", "labels": self.labels,
-                                     "counts": self.counts.tolist(), "tau": self.tau, "grid": self.grid.tolist(),
-                                     "dev_f1": self.dev_f1, "argmax_f1": self.argmax_f1,
-                                     "scores": self.scores}, indent=2) + "\n")
+        save_decoder_file(path, "bertlab-logit-adjustment/1", {
+            "labels": self.labels, "counts": self.counts.tolist(), "tau": self.tau, "grid": self.grid.tolist(),
+            "dev_f1": self.dev_f1, "argmax_f1": self.argmax_f1, "scores": self.scores})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LogitAdjustedDecoder":
-        path = Path(path)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            if d.get("format") != "bertlab-logit-adjustment/1":
-                raise ValueError("not a bertlab logit-adjustment file")
+            d = read_decoder_file(path, "bertlab-logit-adjustment/1")
             dec = cls(d["labels"], d["counts"], d["grid"])
             dec.tau = float(d["tau"])
         except (OSError, ValueError, KeyError, TypeError) as e:
