@@ -118,6 +118,17 @@ def compute_report(study_dir: str | os.PathLike) -> Report:
     if s["time_split"]:
         data["time_split"] = s["time_split"]["json"]
     s["curves"] = training.learning_curves(run_variants, labels, opts)
+    _requested_sections(report, study_dir, rows, variants, run_variants)
+    s["figures"] = figure_points(variants)
+    return report
+
+
+def _requested_sections(report: Report, study_dir: Path, rows: list[dict], variants: dict, run_variants: dict
+                        ) -> None:
+    """The sections a study asks for, into ``report``: the epoch budget (``[report] plateau``),
+    confusion matrices, type shares, ANOVA tables (``[report]`` options) and the gradient flow
+    (``[study] gradflow``)."""
+    data, s, opts, labels, short = report.json, report.sections, report.opts, report.labels, report.short
     if opts.get("plateau"):
         s["budget"] = training.budget(run_variants, short, opts["plateau"], training.curve_key(opts))
         if s["budget"]:
@@ -137,12 +148,10 @@ def compute_report(study_dir: str | os.PathLike) -> Report:
         tables = [a["json"] for a in s["anova"] if a.get("json")]
         if tables:
             data["anova"] = tables
-    if study.get("gradflow"):
-        s["gradflow"] = training.gradflow(study_dir, rows, study.get("baseline") or {}, short)
+    if report.study.get("gradflow"):
+        s["gradflow"] = training.gradflow(study_dir, rows, report.study.get("baseline") or {}, short)
         if s["gradflow"]:
             data["gradflow"] = s["gradflow"]["json"]
-    s["figures"] = figure_points(variants)
-    return report
 
 
 def _rebuild_argument(study_dir: Path) -> str:

@@ -335,5 +335,3 @@ def per_class_table(x: np.ndarray, layout: CountLayout, min_support: int) -> dic
             ci = stats.crossed_t(pseudo[:, kept].mean(1), estimate=estimate).ci
             macro["ci"] = None if math.isnan(ci.low) else [float(ci.low), float(ci.high)]
     return {"classes": rows, "macro_supported": macro}
-
-

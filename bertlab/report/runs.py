@@ -152,5 +152,3 @@ def pool_folds(study_dir: Path, rows: list[dict], axes: list[str], folds: int) -
                                for t in sorted({t for r in group for t in r.get("per_type", {})})}
         pooled.append(row)
     return pooled, counts, left_out
-
-

@@ -56,59 +56,64 @@ def significance_section(data: dict, opts: dict) -> list[str]:
            "prediction files the pooled sd of the per-seed differences and the seed-paired t): a difference "
            "below it is not \"no difference\", it is undetectable with this design.", ""]
     for family in families:
-        mine = [c for c in comps if c["family"] == family["name"]]
-        if family["vary"] is None:
-            what = ("every variant against the study baseline (" + ", ".join(
-                f"{k}={v}" for k, v in family["baseline"].items()) + ")")
-        elif family.get("pairs"):
-            what = (", ".join(f"`{a}` against `{b}`" for a, b in family["pairs"])
-                    + f" (levels of `{family['vary']}`), within every combination of the other factors")
-        else:
-            what = (f"each level of `{family['vary']}` against `{family['baseline']}`, within every "
-                    "combination of the other factors")
-        md += [f"### Family `{family['name']}`: {what}", ""]
-        if not mine:
-            md += ["No variant has a baseline run to pair with yet.", ""]
-            continue
-        sizes = {c["metric"]: c["family_size"] for c in mine if not c["excluded"]}
-        left_out = sum(1 for c in mine if c["excluded"])
-        repeats = sum(1 for c in mine if c.get("same_as"))
-        md += ["Holm correction within this family, per metric: " + ", ".join(
-            f"{metric_name(m, opts)} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
-            + (f"; {left_out} comparison(s) left out as following from the construction or identical" if left_out else "")
-            + (f"; {repeats} the same test as another row (p Holm \"same test\"), counted once" if repeats else "")
-            + ".", ""]
-        body = []
-        for c in mine:
-            ci = f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"] is not None else "none"
-            p_sd, p_docs = _p(c["p_sd"]), _p(c["p_perm"])
-            holm_cell = ("left out" if c["excluded"] else
-                         f"{_p(c['p_holm'])} (same test)" if c.get("same_as") else _p(c["p_holm"]))
-            if c["excluded"]:
-                p_sd = p_docs = "–"
-            seeds = "1 run" if any(c["single"]) else str(c["n"])
-            body.append([c["variant"], c["baseline"], metric_name(c["metric"], opts), f"{c['diff']:+.4f}", ci, p_sd,
-                         holm_cell, p_docs, _f(c["t"], 3), _p(c["p_t"]), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
-        md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (CV t)" if opts.get("cv") else "p (seeds × docs)", "p Holm",
-                      "p (docs, runs fixed)", "t (seeds)", "p (t)", "d", "seeds", "MDD"], body)
-        if any(c["holm_source"] == "t" and not c["excluded"] for c in mine):
-            md += ["Without prediction files there is no document-level test: p Holm corrects the seed-paired "
-                   "t-test, which ignores test-set variance.", ""]
-        kept = sum(1 for c in mine if c.get("document_level_from"))
-        if kept:
-            md += [f"The 95% CI, p (seeds × docs) and p (docs, runs fixed) of {kept} comparison(s) come from the earlier build of this folder "
-                   "(its report.json): the runs' prediction files are not here to recompute them; that build "
-                   "compared the same runs with the same values.", ""]
-        notes = sorted({c["ci_note"] for c in mine if c["ci"] is None and c["ci_note"]})
-        if notes:
-            md += ["No interval where: " + "; ".join(notes) + ".", ""]
-        exact = sorted({c["docs"] for c in mine if c.get("docs") and not c["excluded"] and 2 / 2 ** c["docs"] >= alpha})
-        for D in exact:
-            md += [f"With {D} test documents the permutation test cannot reach p < {alpha:g}: its smallest "
-                   f"two-sided p is 2/2^{D} = {2 / 2 ** D:.3g}.", ""]
-        md += [f"- {sentence(c, alpha, opts)}" for c in mine] + [""]
+        md += family_section(family, [c for c in comps if c["family"] == family["name"]], opts)
     return md
 
+
+def family_section(family: dict, mine: list[dict], opts: dict) -> list[str]:
+    """One comparison family: what it compares, its Holm correction, the table of its comparisons
+    ``mine`` and a sentence per comparison."""
+    alpha = float(opts["alpha"])
+    if family["vary"] is None:
+        what = ("every variant against the study baseline (" + ", ".join(
+            f"{k}={v}" for k, v in family["baseline"].items()) + ")")
+    elif family.get("pairs"):
+        what = (", ".join(f"`{a}` against `{b}`" for a, b in family["pairs"])
+                + f" (levels of `{family['vary']}`), within every combination of the other factors")
+    else:
+        what = (f"each level of `{family['vary']}` against `{family['baseline']}`, within every "
+                "combination of the other factors")
+    md = [f"### Family `{family['name']}`: {what}", ""]
+    if not mine:
+        return md + ["No variant has a baseline run to pair with yet.", ""]
+    sizes = {c["metric"]: c["family_size"] for c in mine if not c["excluded"]}
+    left_out = sum(1 for c in mine if c["excluded"])
+    repeats = sum(1 for c in mine if c.get("same_as"))
+    md += ["Holm correction within this family, per metric: " + ", ".join(
+        f"{metric_name(m, opts)} over {sizes.get(m, 0)} tested comparison(s)" for m in opts["metrics"])
+        + (f"; {left_out} comparison(s) left out as following from the construction or identical" if left_out else "")
+        + (f"; {repeats} the same test as another row (p Holm \"same test\"), counted once" if repeats else "")
+        + ".", ""]
+    body = []
+    for c in mine:
+        ci = f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"] is not None else "none"
+        p_sd, p_docs = _p(c["p_sd"]), _p(c["p_perm"])
+        holm_cell = ("left out" if c["excluded"] else
+                     f"{_p(c['p_holm'])} (same test)" if c.get("same_as") else _p(c["p_holm"]))
+        if c["excluded"]:
+            p_sd = p_docs = "–"
+        seeds = "1 run" if any(c["single"]) else str(c["n"])
+        body.append([c["variant"], c["baseline"], metric_name(c["metric"], opts), f"{c['diff']:+.4f}", ci, p_sd,
+                     holm_cell, p_docs, _f(c["t"], 3), _p(c["p_t"]), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
+    md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (CV t)" if opts.get("cv") else "p (seeds × docs)", "p Holm",
+                  "p (docs, runs fixed)", "t (seeds)", "p (t)", "d", "seeds", "MDD"], body)
+    if any(c["holm_source"] == "t" and not c["excluded"] for c in mine):
+        md += ["Without prediction files there is no document-level test: p Holm corrects the seed-paired "
+               "t-test, which ignores test-set variance.", ""]
+    kept = sum(1 for c in mine if c.get("document_level_from"))
+    if kept:
+        md += [f"The 95% CI, p (seeds × docs) and p (docs, runs fixed) of {kept} comparison(s) come from the earlier build of this folder "
+               "(its report.json): the runs' prediction files are not here to recompute them; that build "
+               "compared the same runs with the same values.", ""]
+    notes = sorted({c["ci_note"] for c in mine if c["ci"] is None and c["ci_note"]})
+    if notes:
+        md += ["No interval where: " + "; ".join(notes) + ".", ""]
+    exact = sorted({c["docs"] for c in mine if c.get("docs") and not c["excluded"] and 2 / 2 ** c["docs"] >= alpha})
+    for D in exact:
+        md += [f"With {D} test documents the permutation test cannot reach p < {alpha:g}: its smallest "
+               f"two-sided p is 2/2^{D} = {2 / 2 ** D:.3g}.", ""]
+    md += [f"- {sentence(c, alpha, opts)}" for c in mine] + [""]
+    return md
 
 
 def sentence(c: dict, alpha: float, opts: dict | None = None) -> str:
@@ -159,7 +164,6 @@ def sentence(c: dict, alpha: float, opts: dict | None = None) -> str:
                 f"(adjusted {c['p_holm']:.3g}): suggestive, not established.{scope}{undetectable}")
     return (f"{head} ({interval}): not significant ({test}); the data neither show a difference nor rule out "
             f"one of this size.{scope}{undetectable}")
-
 
 
 def target_warning(data: dict, opts: dict, study_name: str) -> list[str]:
