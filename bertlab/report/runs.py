@@ -4,7 +4,6 @@ one run over every document (``pool_folds``)."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
