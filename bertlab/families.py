@@ -2,7 +2,7 @@
 ``bertlab.experiment`` checks them when it reads a study file, ``bertlab.report`` tests them."""
 from __future__ import annotations
 
-# the keys of a study's [report] table (bertlab.report.DEFAULTS holds their defaults)
+# the keys of a study's [report] table (bertlab.report.rows.DEFAULTS holds their defaults)
 REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha",
                   "permutation_resamples", "permutation_seed", "bands", "min_support", "anova", "figures",
                   "confusion", "type_shares", "plateau", "primary", "target_difference")

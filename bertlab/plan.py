@@ -168,7 +168,7 @@ def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> l
 def main(argv: list[str] | None = None) -> int:
     """``bertlab plan STUDY [--pilot DIR] [--target 0.02] [--scale SCALE]``."""
     from bertlab.experiment import load_study
-    from bertlab.report import committed_results
+    from bertlab.report.cli import committed_results
     ap = argparse.ArgumentParser(prog="bertlab plan", description=(
         "What a study's design can detect before it runs: the smallest difference (80% power) in each "
         "primary metric, and the seeds x folds a target difference needs, from a pilot's variance "

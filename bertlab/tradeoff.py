@@ -46,12 +46,12 @@ from pathlib import Path
 
 from bertlab.errors import fail
 from bertlab.files import write_json, write_text
-from bertlab.report import _mean_std, group_variants, load_study_results, median, variant_label
+from bertlab.report.rows import group_variants, load_study_results, mean_std, median, variant_label
 
 
 def _mean_std_finite(values) -> tuple[float, float]:
     """Mean and std (ddof 1) over seeds of the values that are there (None and NaN left out)."""
-    return _mean_std(float(x) for x in values if x is not None and math.isfinite(float(x)))
+    return mean_std(float(x) for x in values if x is not None and math.isfinite(float(x)))
 
 
 def parse_only(items: list[str]) -> dict[str, str]:

@@ -61,7 +61,7 @@ LOSSES = ("tests/test_losses.py",)
 SAMPLING = ("tests/test_sampling.py",)
 METRICS = ("tests/test_metrics.py",)
 STATS = ("tests/test_stats.py", "tests/test_stats_simulation.py")
-STATS_AND_REPORT = ("tests/test_stats.py", "tests/test_report.py")  # report.py calls these
+STATS_AND_REPORT = ("tests/test_stats.py", "tests/test_report.py")  # bertlab/report/ calls these
 REPORT = ("tests/test_report.py",)
 KNN = ("tests/test_knn.py",)
 CALIBRATION = ("tests/test_calibration.py",)
@@ -150,19 +150,19 @@ MUTANTS = [
            "p[order] * (len(p) - np.arange(len(p)))", STATS,
            "Holm's adjusted p-values not made non-decreasing"),
     # -- report ----------------------------------------------------------------------------------
-    Mutant("#44.1", "report", "bertlab/report.py",
+    Mutant("#44.1", "report", "bertlab/report/comparisons.py",
            'return [(i, where[r["seed"]]) for i, r in enumerate(a.rows) if r["seed"] in where]',
            "return [(i, i) for i in range(min(len(a.rows), len(b.rows)))]", REPORT,
            "runs paired by position, not by seed (every test of a comparison uses these pairs)"),
-    Mutant("one-run-with-every-seed", "report", "bertlab/report.py",
+    Mutant("one-run-with-every-seed", "report", "bertlab/report/comparisons.py",
            "if a.single and b.single:\n        return [(0, 0)]\n    if a.single:",
            "if a.single and b.single:\n        return [(0, 0)]\n    if len(a.rows) == 1:", REPORT,
            "a single non-deterministic run paired with every seed of the other side"),
-    Mutant("#44.4", "report", "bertlab/report.py",
+    Mutant("#44.4", "report", "bertlab/report/counts.py",
            "return np.where(e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)",
            "return np.where(e[..., 1] + e[..., 2] > 0, 2 * e[..., 0] / (e[..., 1] + e[..., 2]), np.nan)",
            REPORT, "per-class F1 0 (not NaN) in a resample with predictions but no gold"),
-    Mutant("macro-drops-absent", "report", "bertlab/report.py",
+    Mutant("macro-drops-absent", "report", "bertlab/report/counts.py",
            "per_class = np.where(np.isnan(per_class), per_class_scores(full, layout, metric), per_class)",
            "per_class = np.where(np.isnan(per_class), np.nanmean(per_class, -1, keepdims=True), per_class)",
            REPORT, "resampled macro F1 drops the classes a resample left out (biased upward)"),

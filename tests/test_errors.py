@@ -61,7 +61,7 @@ def test_fail_is_one_line_and_the_traceback_on_request(debug, monkeypatch, capsy
 COMMAND_INTERNALS = {
     "train": ("bertlab.train", "load_config", ["--config", "CONFIG"]),
     "experiment": ("bertlab.experiment", "load_study", ["nope", "--list"]),
-    "report": ("bertlab.report", "build_report", ["RUNS"]),
+    "report": ("bertlab.report.cli", "build_report", ["RUNS"]),
     "plan": ("bertlab.experiment", "load_study", ["nope", "--pilot", "RUNS"]),
 }
 

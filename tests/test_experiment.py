@@ -417,7 +417,7 @@ def test_a_damaged_study_json_is_one_line_naming_it(tmp_path, capsys, content, m
 def test_committed_results_rebuild(tmp_path, folder):
     """`bertlab report docs/results/<study>` works: each committed folder has its study.json (here on
     a copy: without the prediction files a rebuild has no CIs, docs/results/README.md)."""
-    from bertlab.report import main as report_main
+    from bertlab.report.cli import main as report_main
     shutil.copytree(REPO / "docs" / "results" / folder, tmp_path / folder)
     assert report_main([str(tmp_path / folder)]) == 0
     study = json.loads((tmp_path / folder / "study.json").read_text())

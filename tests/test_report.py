@@ -22,7 +22,8 @@ from sklearn.metrics import balanced_accuracy_score
 from bertlab.experiment import _write_json, environment, expand, load_study, read_results, write_results
 from bertlab import stats
 from bertlab.metrics import entity_report, unweighted_accuracy
-from bertlab.report import build_report, stack_counts, variant_interval
+from bertlab.report import build_report
+from bertlab.report.counts import stack_counts, variant_interval
 
 TYPES = ["Age", "Dose", "Sign"]  # Sign common, Dose middle, Age rare
 LABELS = ["O"] + [f"{b}-{t}" for t in TYPES for b in "BI"] + ["B-Freq"]  # Freq: predicted, never gold
@@ -731,7 +732,7 @@ def test_declared_construction_leaves_those_comparisons_out_with_the_reason(tmp_
 
 def test_the_study_file_check_knows_every_report_option():
     from bertlab.families import REPORT_OPTIONS
-    from bertlab.report import DEFAULTS
+    from bertlab.report.rows import DEFAULTS
     assert sorted(REPORT_OPTIONS) == sorted(DEFAULTS)
 
 
@@ -949,7 +950,7 @@ def test_anova_list_gives_one_section_per_metric_macro_f1_over_the_fixed_class_s
 def test_a_long_learning_curve_table_shows_every_kth_epoch_and_the_last(tmp_path):
     """50 epochs (a BiLSTM) next to 8 (MiniLM): at most 13 epoch columns, epochs 0, 5, ..., 45 and 49, each
     the mean over the seeds that trained it (one seed stopped at 30)."""
-    from bertlab.report import CURVE_COLUMNS
+    from bertlab.report.training import CURVE_COLUMNS
     rng = np.random.default_rng(9)
     rows, expected = [], {}
     for model, n_epochs in (("bilstm", (50, 30)), ("minilm", (8, 8))):
@@ -1026,18 +1027,20 @@ def test_learning_curves_table_and_figure(tmp_path):
 def test_per_class_table_takes_each_class_count_from_its_own_corpus():
     """Variants on two corpora (a study swept over datasets): each class's training mentions and
     band come from the variant that has that class, not from the first variant."""
-    from bertlab.report import _band_section
+    from bertlab.report.classes import band_table
+    from bertlab.report.markdown import band_section
     rows = {("data", "a"): [{"train_mentions": {"Disease": 900}, "per_type": {"Disease": {"f1": 0.8, "support": 5}}}],
             ("data", "b"): [{"train_mentions": {"Age": 30, "Dose": 120},
                              "per_type": {"Age": {"f1": 0.9, "support": 3}, "Dose": {"f1": 0.5, "support": 2}}}]}
     labels = {k: f"data={k[1]}" for k in rows}
-    data = {"variants": {v: {} for v in labels.values()}}
-    md = _band_section(rows, labels, {"bands": {"head": 500, "tail": 50}}, data)
+    bands = {"head": 500, "tail": 50}
+    per_variant, detail = band_table(rows, labels, bands)
+    md = band_section({label: {"bands": entry} for label, entry in per_variant.items()}, detail, bands)
     table = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:3] for line in md if line.startswith("| ")}
     assert table["Disease"] == ["900", "head"]
     assert table["Dose"] == ["120", "middle"]
     assert table["Age"] == ["30", "tail"]
-    assert data["variants"]["data=b"]["bands"]["tail"] == {"f1": 0.9, "classes": 1}
+    assert per_variant["data=b"]["tail"] == {"f1": 0.9, "classes": 1}
 
 
 # ---- where the time went (time_split) ---------------------------------------------------------------
@@ -1103,7 +1106,7 @@ def test_time_split_table_means_shares_and_study_total(tmp_path):
 # ---- publishing a study folder as docs/results/NAME commits it ---------------------------------------
 
 def test_publish_copies_finished_runs_without_resume_files_and_reports_the_same_numbers(tmp_path, capsys):
-    from bertlab.report import main
+    from bertlab.report.cli import main
     noise = {(s, l, d): 0.1 for s in ("atl", "btl") for l in ("ce", "wce") for d in ("argmax", "knn")}
     sdir = make_study(tmp_path, noise, seeds=(0, 1))
     build_report(sdir)
@@ -1164,7 +1167,7 @@ def test_publish_on_a_full_disk_swaps_each_run_folder_whole_or_not_at_all(tmp_pa
     import errno
 
     import bertlab.files
-    from bertlab.report import main
+    from bertlab.report.cli import main
     first = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1}, seeds=(0, 1), decodes=("argmax",), name="first")
     second = make_study(tmp_path, {("atl", "ce", "argmax"): 0.4}, seeds=(0, 1), decodes=("argmax",), name="second")
     dest = tmp_path / "published"
@@ -1201,7 +1204,7 @@ def test_report_adds_the_rows_of_finished_runs_that_results_jsonl_lacks(tmp_path
     and `bertlab report` said "3 of 4 runs finished" with all four metrics.json there. It now
     rebuilds results.jsonl from the run folders first (the same rows write_results gives), and
     leaves a complete file byte for byte."""
-    from bertlab.report import main
+    from bertlab.report.cli import main
     sdir = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2}, seeds=(0, 1),
                       decodes=("argmax",))
     complete = (sdir / "results.jsonl").read_bytes()
@@ -1221,7 +1224,7 @@ def test_report_adds_the_rows_of_finished_runs_that_results_jsonl_lacks(tmp_path
 # ---- a committed folder: the hint, and the intervals of the earlier build ---------------------------
 
 def test_missing_study_folder_points_to_the_committed_result(tmp_path, capsys):
-    from bertlab.report import main
+    from bertlab.report.cli import main
     assert main(["btl_focal", "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -1235,7 +1238,7 @@ def test_missing_study_folder_points_to_the_committed_result(tmp_path, capsys):
 def test_a_damaged_study_json_is_one_line_naming_it(tmp_path, capsys, content):
     """Issue #41: an empty, binary or non-object study.json was "Expecting value: line 1 column 1"
     or a traceback, without the file's name."""
-    from bertlab.report import main
+    from bertlab.report.cli import main
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "study.json").write_bytes(content)
     assert main([str(tmp_path / "s")]) == 2
@@ -1312,14 +1315,28 @@ def test_rebuild_without_prediction_files_keeps_the_earlier_intervals(tmp_path):
 
 # ---- figures ---------------------------------------------------------------------------------------
 
-def test_figures_are_readable_at_page_size(tmp_path, monkeypatch):
-    """Legends of 8 pt or more, outside the axes; axis labels with units; in F1 vs frequency, points
-    at the same (mentions, F1) (every variant at F1 = 0 on a class none finds) spread sideways by a
-    fixed rule, at most 0.1 decade, the y values and the lone points untouched."""
-    pytest.importorskip("matplotlib")
-    import matplotlib.pyplot as plt
-    drawn, close = {}, plt.close
-    monkeypatch.setattr(plt, "close", lambda fig: drawn.setdefault(fig.axes[0].get_title() or len(drawn), fig))
+PAGE_INCHES = 6.5  # a page's text width (US letter, 1 in margins): a figure wider than it is shown shrunk
+READABLE_POINTS = 5.5  # the smallest text a printed figure can carry (journals ask for 5 to 7 pt)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's header."""
+    head = path.read_bytes()[:24]
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_figures_are_readable_at_page_size(tmp_path):
+    """What a reader needs of every figure, shown at page width: its text is at least 5.5 pt there,
+    nothing is cut off (every text lies inside the PNG build_report writes) and no legend covers a
+    data point; axes are labelled with units. In F1 vs frequency, points at the same (mentions, F1)
+    (every variant at F1 = 0 on a class none finds) spread sideways by a fixed rule, at most 0.1
+    decade, the y values and the lone points untouched."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from matplotlib.collections import PathCollection
+    from matplotlib.transforms import Bbox
+
+    from bertlab.report import figures
+    from bertlab.report.compute import compute_report
     axes = {"loss.name": ["ce", "focal", "wce"], "train.seed": [0, 1]}
     f1 = {"ce": {"Age": 0.0, "Dose": 0.4, "Sign": 0.8}, "focal": {"Age": 0.0, "Dose": 0.4, "Sign": 0.7},
           "wce": {"Age": 0.0, "Dose": 0.5, "Sign": 0.8}}
@@ -1338,17 +1355,48 @@ def test_figures_are_readable_at_page_size(tmp_path, monkeypatch):
                                           train_mentions=mentions, curve=curve, train_seconds=10.0 + seed))
     write_rows(tmp_path / "figs", rows, {"figures": True}, axes)
     build_report(tmp_path / "figs")
-    assert {p.name for p in (tmp_path / "figs" / "figures").glob("*.png")} == {
-        "f1_vs_frequency.png", "accuracy_vs_time.png", "learning_curves.png"}
-    assert len(drawn) == 3
-    for fig in drawn.values():
+    names = {"f1_vs_frequency.png", "accuracy_vs_time.png", "learning_curves.png"}
+    assert {p.name for p in (tmp_path / "figs" / "figures").glob("*.png")} == names
+    drawn = figures.report_figures(compute_report(tmp_path / "figs"))  # the same figures, as objects
+    assert set(drawn) == names
+    for name, fig in drawn.items():
         fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        saved = fig.bbox_inches  # inches: the region savefig writes
+        if figures.SAVE.get("bbox_inches") == "tight":  # the artists' box with savefig's padding
+            saved = fig.get_tightbbox(renderer).padded(figures.SAVE.get("pad_inches", plt.rcParams["savefig.pad_inches"]))
+        width, height = _png_size(tmp_path / "figs" / "figures" / name)  # the file is that region (a few
+        # pixels of rounding, and of the constrained layout redrawn at the saving dpi)
+        assert abs(width - saved.width * figures.SAVE["dpi"]) <= 4 and abs(height - saved.height * figures.SAVE["dpi"]) <= 4
+        region = Bbox(saved.get_points() * fig.dpi)  # display units
+        shrink = min(1.0, PAGE_INCHES / saved.width)
         legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
-        assert legends
         panels = [ax for ax in fig.axes if ax.get_visible()]
+        assert legends
+        texts = [t for legend in legends for t in [*legend.get_texts(), legend.get_title()]]
+        for ax in panels:
+            texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+            for axis in (ax.xaxis, ax.yaxis):  # the tick labels drawn: those of ticks inside the view
+                low, high = sorted(axis.get_view_interval())
+                texts += [tick.label1 for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                          if low <= tick.get_loc() <= high]
+        for text in (t for t in texts if t.get_visible() and t.get_text().strip()):
+            assert text.get_fontsize() * shrink >= READABLE_POINTS, (name, text.get_text())
+            box = text.get_window_extent(renderer)
+            assert (box.x0 >= region.x0 - 1 and box.x1 <= region.x1 + 1 and box.y0 >= region.y0 - 1
+                    and box.y1 <= region.y1 + 1), (name, text.get_text(), "cut off")
+        points = [np.empty((0, 2))]  # every data point in display units: lines' vertices, scatters' offsets
+        for ax in panels:
+            points += [line.get_transform().transform(line.get_xydata()) for line in ax.get_lines()]
+            points += [c.get_offset_transform().transform(c.get_offsets()) for c in ax.collections
+                       if isinstance(c, PathCollection)]
+        points = np.concatenate(points)
+        points = points[np.isfinite(points).all(1)]
+        assert len(points)
         for legend in legends:
-            assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
-            assert not any(legend.get_window_extent().overlaps(ax.get_window_extent()) for ax in panels)
+            box = legend.get_window_extent(renderer)
+            over = (points[:, 0] >= box.x0) & (points[:, 0] <= box.x1) & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1)
+            assert not over.any(), (name, "a legend covers the data")
         for ax in panels:
             assert ax.get_xlabel() and (ax is not panels[0] or ax.get_ylabel())
 
@@ -1379,13 +1427,13 @@ def test_figures_are_readable_at_page_size(tmp_path, monkeypatch):
     timing = next(f for f in drawn.values() if "training time" in f.axes[0].get_title())
     assert "(s, median over seeds" in timing.axes[0].get_xlabel()  # a cost: the median, as in the compute table
     for fig in drawn.values():
-        close(fig)
+        plt.close(fig)
 
 
 def test_type_shares_by_hand():
     """Training: A 600 mentions (head), B 100 (middle), C 20 (tail); predicted: 3 A, 1 B, 0 C
     (one orphan I-C is not a mention in strict IOB2)."""
-    from bertlab.report import type_shares
+    from bertlab.report.classes import type_shares
     pred = [["B-A", "I-A", "O", "B-B"], ["B-A", "O", "I-C"], ["B-A"]]
     out = type_shares(pred, {"A": 600, "B": 100, "C": 20}, {"head": 500, "tail": 50})
     assert out["predicted"] == 4
@@ -1400,7 +1448,7 @@ def test_type_shares_by_hand():
 def test_type_probabilities_by_hand_and_the_prior_only_model():
     """Decoder-free shares: by hand on a small case, and a model whose entity probability is split
     exactly by the training word shares (any O mass, any B/I split) has ratio 1 in every band."""
-    from bertlab.report import type_probabilities
+    from bertlab.report.classes import type_probabilities
     bands = {"head": 500, "tail": 50}
     mentions = {"A": 600, "B": 100, "C": 20}
     tags = {"O": 1000, "B-A": 600, "I-A": 300, "B-B": 100, "B-C": 20, "I-C": 80}  # entity words 900 / 100 / 100
@@ -1437,7 +1485,7 @@ def _plateau_brute_force(values, delta, window):
 
 
 def test_plateau_epoch_by_hand_and_against_the_rule_read_literally():
-    from bertlab.report import plateau_epoch
+    from bertlab.report.training import plateau_epoch
     assert plateau_epoch([0.1, 0.5, 0.6, 0.602, 0.603, 0.6049]) == (2, True)
     assert plateau_epoch([0.1, 0.5, 0.6, 0.602, 0.603, 0.605]) == (5, False)  # 0.005 is not < 0.005
     assert plateau_epoch([0.1, 0.2, 0.3, 0.4, 0.5]) == (4, False)  # still rising: a lower bound
@@ -1825,7 +1873,7 @@ def test_runs_are_paired_by_seed_never_by_position(tmp_path):
 def test_a_class_predicted_but_without_gold_has_no_f1_in_that_resample():
     """Per-class F1 of a class with predictions but no gold mention in the summed counts is
     undefined (NaN), not 0: the resample says nothing about that class's recall."""
-    from bertlab.report import CountLayout, per_class_scores
+    from bertlab.report.counts import CountLayout, per_class_scores
 
     layout = CountLayout(["A", "B"], ["B-A", "B-B"], np.array([0, 1]), np.array([0, 1]))
     x = np.array([3, 4, 5,   0, 2, 0,   3, 5,   0, 0], float)  # A: tp 3, pred 4, gold 5; B: pred 2, gold 0
@@ -1869,7 +1917,7 @@ def test_scoring_conventions_side_by_side_against_seqeval_and_sklearn(study):
 
 
 def doc_counts_of(sdir, row):
-    from bertlab.report import document_counts
+    from bertlab.report.counts import document_counts
 
     return document_counts(sdir / row["predictions"])
 
@@ -1907,7 +1955,7 @@ def test_per_class_table_against_seqeval_with_intervals_and_the_supported_macro(
         lo, hi, _ = crossed_interval(np.array(pseudo[t]), row["f1"])
         assert row["ci"] == pytest.approx([lo, hi], abs=1e-9), t
     # a threshold between the classes' supports, so that the flag and the restriction both bite
-    from bertlab.report import per_class_table
+    from bertlab.report.counts import per_class_table
 
     k = sorted(full[0][t]["support"] for t in types)[1]
     kept = [t for t in types if full[0][t]["support"] >= k]
@@ -2074,7 +2122,7 @@ def test_a_declared_primary_metric_draws_the_learning_curves_and_the_plateau_rul
 def test_report_of_a_study_outside_runs_names_its_runs_folder(tmp_path):
     """A study written with `--runs DIR` rebuilds with `bertlab report NAME --runs DIR`; the report
     used to say `bertlab report NAME`, which looks under runs/ and fails."""
-    from bertlab.report import main as report_main
+    from bertlab.report.cli import main as report_main
     (tmp_path / "mine").mkdir()
     sdir = make_study(tmp_path / "mine", {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2},
                       seeds=(0, 1), decodes=("argmax",), name="my_study")
@@ -2095,7 +2143,7 @@ def test_smoke_report_says_its_time_axis_is_load_noise(tmp_path):
 def test_report_of_a_missing_default_scale_points_to_the_smoke_folder(tmp_path, capsys):
     """`make report NAME=btl_focal` after `make experiment NAME=btl_focal SCALE=smoke`: the error
     used to point to docs/results/btl_focal (committed), not to the runs/btl_focal-smoke just made."""
-    from bertlab.report import main as report_main
+    from bertlab.report.cli import main as report_main
     sdir = make_study(tmp_path, {("atl", "ce", "argmax"): 0.1, ("btl", "ce", "argmax"): 0.2},
                       seeds=(0,), decodes=("argmax",), name="btl_focal-smoke")
     study = json.loads((sdir / "study.json").read_text())
