@@ -1,4 +1,4 @@
-"""bertlab.experiment: study files, sweep expansion, errors, resume, and a smoke run of every
+"""bertlab.study: study files, sweep expansion, errors, resume, and a smoke run of every
 shipped study (experiments/*.toml at scale smoke)."""
 import json
 import shutil
@@ -8,8 +8,12 @@ import pytest
 from conftest import TINY_STUDY as TINY
 from conftest import write_study
 
-from bertlab.experiment import (RunError, StudyError, expand, load_study, main, read_results, run_experiment,
-                                select, study_dir_for, toml_dumps)
+from bertlab.config import toml_dumps
+from bertlab.results import read_results
+from bertlab.study import StudyError, expand, load_study, run_experiment, select
+from bertlab.study.cli import main
+from bertlab.study.folder import study_dir_for
+from bertlab.study.work import RunError
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -543,7 +547,7 @@ def test_git_commit_names_the_checkout_and_flags_uncommitted_source(tmp_path):
     """Every run's environment carries the commit that trained it, so a study resumed across
     sessions shows in its report whether all its runs had the same code."""
     import subprocess
-    from bertlab.experiment import environment, git_commit
+    from bertlab.environment import environment, git_commit
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     repo = tmp_path / "checkout"
@@ -618,7 +622,7 @@ def test_check_models_asks_for_the_builtin_checkpoint_only_where_a_run_uses_it(t
     model itself is the checkpoint: both fail before training with the pip command; a path wins
     over the base's builtin and is checked itself."""
     import bertlab.checkpoint
-    from bertlab.experiment import check_models
+    from bertlab.study.spec import check_models
 
     def absent(name="minilm"):
         raise ModuleNotFoundError("the built-in 'minilm' checkpoint comes from the pip package "
