@@ -458,6 +458,7 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert 0.0 <= r["f1_micro"] <= 1.0 and r["predictions"] and r["params"]
         assert (sdir / r["predictions"]).exists()
         assert (sdir / r["run_id"] / "config.toml").exists()
+    _check_scores_against_seqeval(sdir, rows)
     md = (sdir / "report.md").read_text()
     for section in ("## Environment", "## Main results", "## Per-class F1", "## Significance",
                     "## Compute cost"):
@@ -479,6 +480,26 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert "Mean predicted probability against training share" in md
         assert json.loads((sdir / "report.json").read_text())["type_probabilities"]
         _check_rescore_reproduces_training(sdir, rows)
+
+
+def _check_scores_against_seqeval(sdir, rows):
+    """Every results.jsonl row's test scores are seqeval's (strict IOB2, the scheme every corpus is
+    read into) on the run's own saved test predictions, whichever model and decode made them."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+    for r in rows:
+        sents = [json.loads(line) for line in (sdir / r["predictions"]).read_text().splitlines()]
+        gold, pred = [s["tags"] for s in sents], [s["pred"] for s in sents]
+        assert len(sents) > 0 and all(len(g) == len(p) for g, p in zip(gold, pred)), r["run_id"]
+        ref = classification_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+        where = (r["run_id"], r["decode"])
+        assert r["f1_micro"] == pytest.approx(ref["micro avg"]["f1-score"], abs=1e-12), where
+        assert r["f1_macro"] == pytest.approx(ref["macro avg"]["f1-score"], abs=1e-12), where
+        types = {t for t in ref if t not in ("micro avg", "macro avg", "weighted avg")}
+        assert set(r["per_type"]) == types, where
+        for t in types:
+            assert r["per_type"][t]["f1"] == pytest.approx(ref[t]["f1-score"], abs=1e-12), (where, t)
+            assert r["per_type"][t]["support"] == ref[t]["support"], (where, t)
 
 
 def _check_rescore_reproduces_training(sdir, rows):
@@ -541,6 +562,26 @@ def test_hmm_and_feature_crf_are_scored_as_viterbi(tmp_path):
     write_study(tmp_path, text.replace('arch = "hmm"', 'arch = "hmm"\ndecode = ["argmax"]'))
     with pytest.raises(StudyError, match="'hmm'.*Viterbi only"):
         expand(load_study("tiny", experiments_dir=d))
+
+
+def test_direct_taggers_count_their_parameters_and_match_the_study_s_list():
+    """metrics.json's params of a direct baseline, by each tagger's own count: the HMM's π [C], A [C, C],
+    B [C, V] (and S [C, shapes] with use_shape), the feature CRF's weights [F, C] plus its transition,
+    start and end scores; and the archs a study fits directly are the ones bertlab.baselines.direct has."""
+    from bertlab.baselines.direct import DIRECT_TAGGERS
+    from bertlab.baselines.feature_crf import FeatureCRFTagger
+    from bertlab.baselines.hmm import HMMTagger
+    from bertlab.study.spec import DIRECT_BASELINES
+    assert set(DIRECT_TAGGERS) == set(DIRECT_BASELINES)
+    tokens = [["Aspirin", "helps", "."], ["The", "fever", "fell"]]
+    tags = [["B-DRUG", "O", "O"], ["O", "B-SIGN", "O"]]
+    hmm = HMMTagger().fit(tokens, tags)
+    C, V = len(hmm.labels), len(hmm.vocab)
+    assert hmm.num_parameters() == C + C * C + C * V
+    shaped = HMMTagger(use_shape=True).fit(tokens, tags)
+    assert shaped.num_parameters() == C + C * C + C * V + C * len(shaped.shapes)
+    crf = FeatureCRFTagger(max_iter=2).fit(tokens, tags)
+    assert crf.num_parameters() == len(crf.index) * C + C * C + 2 * C
 
 
 def test_git_commit_names_the_checkout_and_flags_uncommitted_source(tmp_path):

@@ -108,7 +108,7 @@ def study_path(name: str | os.PathLike, experiments_dir: str | os.PathLike = "ex
             raise StudyError(f"{p}: no such study; available in {folder}/: {', '.join(have)} "
                              f"(--experiments DIR reads another folder)")
         # run outside the checkout: point at the checkout's studies when this is an editable install
-        shipped = Path(__file__).resolve().parents[1] / "experiments"
+        shipped = Path(__file__).resolve().parents[2] / "experiments"  # bertlab/study/spec.py -> the checkout
         where = (f"pass --experiments {shipped} (the bertlab checkout's studies)"
                  if (shipped / f"{name}.toml").exists() else "pass --experiments DIR")
         raise StudyError(f"{p}: no such study, and no study files in {folder.resolve()}; run from "
