@@ -97,6 +97,7 @@ class Claim:
         return True
 
     def release(self) -> None:
+        """Give the folder up: delete this claim's file."""
         self.path.unlink(missing_ok=True)
 
 
@@ -128,6 +129,8 @@ def take_claim(folder: Path, stale_after: float = STALE_AFTER, invocation: str =
 
 
 def heartbeat_period(stale_after: float) -> float:
+    """Seconds between heartbeats: a quarter of ``stale_after`` (a claim survives three missed
+    beats), at most 30."""
     return min(30.0, stale_after / 4)
 
 

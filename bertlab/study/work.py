@@ -58,7 +58,7 @@ def run_session(rdir: Path, claim: Claim, stale_after: float):
 
     def write_timing():
         write_json(rdir / "timing.json", {"wall_seconds": before["wall_seconds"] + time.perf_counter() - t0,
-                                           "sessions": before["sessions"] + 1, "resumed": resumed})
+                                          "sessions": before["sessions"] + 1, "resumed": resumed})
 
     def beat():
         if claim.beat():
@@ -81,6 +81,7 @@ class StopIfClaimLost:
         self.claim = claim
 
     def after_optimizer_step(self, step, model, optimizer):
+        """Raise ``ClaimLost`` once the claim is lost (seen at the last heartbeat)."""
         if self.claim.lost:
             raise ClaimLost(f"another process took this run over at step {step} (its claim "
                             f"{self.claim.path.name} looked stale); stopped here")
@@ -195,8 +196,8 @@ def reuse_finished(job: Job, run: Run, rdir: Path) -> Path | None:
                     write_bytes(rdir / path.name, path.read_bytes())
             write_text(rdir / "config.toml", toml_dumps(run.config))
             write_json(rdir / "run.json", {**read_json(src / "run.json", {}), "study": job.study.name,
-                                            "scale": job.study.scale, "run_id": run.run_id, "axes": run.axes,
-                                            "reused_from": f"{src.parent.name}/{src.name}"})
+                                           "scale": job.study.scale, "run_id": run.run_id, "axes": run.axes,
+                                           "reused_from": f"{src.parent.name}/{src.name}"})
             write_bytes(rdir / "metrics.json", (src / "metrics.json").read_bytes())
             return src
     return None
@@ -210,7 +211,7 @@ def train_run(job: Job, run: Run, claim: Claim, env: dict, together: bool = Fals
     if not (rdir / "config.toml").exists():
         write_text(rdir / "config.toml", toml_dumps(run.config))
     write_json(rdir / "run.json", {"study": study.name, "scale": study.scale, "run_id": run.run_id,
-                                     "axes": run.axes, "env": env})
+                                    "axes": run.axes, "env": env})
     with run_session(rdir, claim, job.stale_after):
         # one rank alone must not stop: the others would wait for it forever
         _fit(job, run, rdir, [] if together else [StopIfClaimLost(claim)])
