@@ -1,5 +1,5 @@
 """A study's comparison families (``[report.compare]``), read and checked without numpy or scipy:
-``bertlab.experiment`` checks them when it reads a study file, ``bertlab.report`` tests them."""
+``bertlab.study`` checks them when it reads a study file, ``bertlab.report`` tests them."""
 from __future__ import annotations
 
 # the keys of a study's [report] table (bertlab.report.rows.DEFAULTS holds their defaults)

@@ -113,7 +113,7 @@ def design_mdd(pilot: Pilot, seeds: int, folds: int, n_documents: int, test_docu
 
 
 def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> list[str]:
-    """The lines ``bertlab plan`` prints for a loaded study (``bertlab.experiment.load_study``)."""
+    """The lines ``bertlab plan`` prints for a loaded study (``bertlab.study.spec.load_study``)."""
     from bertlab.config import DataConfig
     from bertlab.datasets.prepare import load_splits
     data = {k: v for k, v in study.base.get("data", {}).items() if k not in ("folds", "fold", "fold_seed")}
@@ -167,8 +167,8 @@ def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> l
 
 def main(argv: list[str] | None = None) -> int:
     """``bertlab plan STUDY [--pilot DIR] [--target 0.02] [--scale SCALE]``."""
-    from bertlab.experiment import load_study
     from bertlab.report.cli import committed_results
+    from bertlab.study.spec import load_study
     ap = argparse.ArgumentParser(prog="bertlab plan", description=(
         "What a study's design can detect before it runs: the smallest difference (80% power) in each "
         "primary metric, and the seeds x folds a target difference needs, from a pilot's variance "

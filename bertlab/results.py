@@ -7,7 +7,7 @@
   dev learning curve of that decode and its best epoch, compute cost and environment. It is a pure
   function of the finished run folders (``result_rows``), rewritten atomically.
 
-``bertlab.experiment`` writes these, ``bertlab.report`` reads them; neither imports the other for it.
+``bertlab.study`` writes these, ``bertlab.report`` reads them; neither imports the other for it.
 """
 from __future__ import annotations
 

@@ -80,8 +80,8 @@ def test_device_cuda_runs_the_cuda_areas_with_device(monkeypatch, tmp_path, caps
     import bertlab.bench as bench
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(bench, "environment", lambda device="cpu": {"cpu": "x", "threads": 1, "torch": "t",
-                                                                    "cuda": "GPU", "cuda_version": "13.0",
+    monkeypatch.setattr(bench, "environment", lambda device="cpu": {"cpu": "x", "torch_threads": 1, "torch": "t",
+                                                                    "gpu": "GPU", "cuda_version": "13.0",
                                                                     "device": device})
     for area, func in (("models", "iter_rows"), ("btl", "run")):  # models yields its rows as measured
         monkeypatch.setattr(f"bertlab.bench.{area}.{func}",
@@ -101,8 +101,8 @@ def test_a_failed_cuda_area_keeps_the_other_rows(monkeypatch, tmp_path, capsys):
 
     import bertlab.bench as bench
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(bench, "environment", lambda device="cpu": {"cpu": "x", "threads": 1, "torch": "t",
-                                                                    "cuda": "GPU", "cuda_version": "13.0",
+    monkeypatch.setattr(bench, "environment", lambda device="cpu": {"cpu": "x", "torch_threads": 1, "torch": "t",
+                                                                    "gpu": "GPU", "cuda_version": "13.0",
                                                                     "device": device})
 
     def broken(quick, device="cpu"):  # fails after its first row
@@ -121,8 +121,11 @@ def test_a_failed_cuda_area_keeps_the_other_rows(monkeypatch, tmp_path, capsys):
 
 def test_environment_names_the_device():
     from bertlab.bench import environment
+    from bertlab.environment import environment as machine_environment
     env = environment()
-    assert env["device"] == "cpu" and "gpu" not in env
+    # the CUDA extras only with --device cuda; the rest is what every run folder records
+    assert env["device"] == "cpu" and "gpu_memory_gib" not in env and "tf32" not in env
+    assert {k: v for k, v in env.items() if k not in ("time", "device")} == machine_environment()
 
 
 def test_plan():

@@ -60,9 +60,9 @@ def test_fail_is_one_line_and_the_traceback_on_request(debug, monkeypatch, capsy
 # BERTLAB_DEBUG=1 shows where it happened
 COMMAND_INTERNALS = {
     "train": ("bertlab.train", "load_config", ["--config", "CONFIG"]),
-    "experiment": ("bertlab.experiment", "load_study", ["nope", "--list"]),
+    "experiment": ("bertlab.study.cli", "load_study", ["nope", "--list"]),
     "report": ("bertlab.report.cli", "build_report", ["RUNS"]),
-    "plan": ("bertlab.experiment", "load_study", ["nope", "--pilot", "RUNS"]),
+    "plan": ("bertlab.study.spec", "load_study", ["nope", "--pilot", "RUNS"]),
 }
 
 

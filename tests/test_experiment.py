@@ -1,4 +1,4 @@
-"""bertlab.experiment: study files, sweep expansion, errors, resume, and a smoke run of every
+"""bertlab.study: study files, sweep expansion, errors, resume, and a smoke run of every
 shipped study (experiments/*.toml at scale smoke)."""
 import json
 import shutil
@@ -8,8 +8,12 @@ import pytest
 from conftest import TINY_STUDY as TINY
 from conftest import write_study
 
-from bertlab.experiment import (RunError, StudyError, expand, load_study, main, read_results, run_experiment,
-                                select, study_dir_for, toml_dumps)
+from bertlab.config import toml_dumps
+from bertlab.results import read_results
+from bertlab.study import StudyError, expand, load_study, run_experiment, select
+from bertlab.study.cli import main
+from bertlab.study.folder import study_dir_for
+from bertlab.study.work import RunError
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -454,6 +458,7 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert 0.0 <= r["f1_micro"] <= 1.0 and r["predictions"] and r["params"]
         assert (sdir / r["predictions"]).exists()
         assert (sdir / r["run_id"] / "config.toml").exists()
+    _check_scores_against_seqeval(sdir, rows)
     md = (sdir / "report.md").read_text()
     for section in ("## Environment", "## Main results", "## Per-class F1", "## Significance",
                     "## Compute cost"):
@@ -475,6 +480,26 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert "Mean predicted probability against training share" in md
         assert json.loads((sdir / "report.json").read_text())["type_probabilities"]
         _check_rescore_reproduces_training(sdir, rows)
+
+
+def _check_scores_against_seqeval(sdir, rows):
+    """Every results.jsonl row's test scores are seqeval's (strict IOB2, the scheme every corpus is
+    read into) on the run's own saved test predictions, whichever model and decode made them."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+    for r in rows:
+        sents = [json.loads(line) for line in (sdir / r["predictions"]).read_text().splitlines()]
+        gold, pred = [s["tags"] for s in sents], [s["pred"] for s in sents]
+        assert len(sents) > 0 and all(len(g) == len(p) for g, p in zip(gold, pred)), r["run_id"]
+        ref = classification_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+        where = (r["run_id"], r["decode"])
+        assert r["f1_micro"] == pytest.approx(ref["micro avg"]["f1-score"], abs=1e-12), where
+        assert r["f1_macro"] == pytest.approx(ref["macro avg"]["f1-score"], abs=1e-12), where
+        types = {t for t in ref if t not in ("micro avg", "macro avg", "weighted avg")}
+        assert set(r["per_type"]) == types, where
+        for t in types:
+            assert r["per_type"][t]["f1"] == pytest.approx(ref[t]["f1-score"], abs=1e-12), (where, t)
+            assert r["per_type"][t]["support"] == ref[t]["support"], (where, t)
 
 
 def _check_rescore_reproduces_training(sdir, rows):
@@ -539,11 +564,31 @@ def test_hmm_and_feature_crf_are_scored_as_viterbi(tmp_path):
         expand(load_study("tiny", experiments_dir=d))
 
 
+def test_direct_taggers_count_their_parameters_and_match_the_study_s_list():
+    """metrics.json's params of a direct baseline, by each tagger's own count: the HMM's π [C], A [C, C],
+    B [C, V] (and S [C, shapes] with use_shape), the feature CRF's weights [F, C] plus its transition,
+    start and end scores; and the archs a study fits directly are the ones bertlab.baselines.direct has."""
+    from bertlab.baselines.direct import DIRECT_TAGGERS
+    from bertlab.baselines.feature_crf import FeatureCRFTagger
+    from bertlab.baselines.hmm import HMMTagger
+    from bertlab.study.spec import DIRECT_BASELINES
+    assert set(DIRECT_TAGGERS) == set(DIRECT_BASELINES)
+    tokens = [["Aspirin", "helps", "."], ["The", "fever", "fell"]]
+    tags = [["B-DRUG", "O", "O"], ["O", "B-SIGN", "O"]]
+    hmm = HMMTagger().fit(tokens, tags)
+    C, V = len(hmm.labels), len(hmm.vocab)
+    assert hmm.num_parameters() == C + C * C + C * V
+    shaped = HMMTagger(use_shape=True).fit(tokens, tags)
+    assert shaped.num_parameters() == C + C * C + C * V + C * len(shaped.shapes)
+    crf = FeatureCRFTagger(max_iter=2).fit(tokens, tags)
+    assert crf.num_parameters() == len(crf.index) * C + C * C + 2 * C
+
+
 def test_git_commit_names_the_checkout_and_flags_uncommitted_source(tmp_path):
     """Every run's environment carries the commit that trained it, so a study resumed across
     sessions shows in its report whether all its runs had the same code."""
     import subprocess
-    from bertlab.experiment import environment, git_commit
+    from bertlab.environment import environment, git_commit
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     repo = tmp_path / "checkout"
@@ -618,7 +663,7 @@ def test_check_models_asks_for_the_builtin_checkpoint_only_where_a_run_uses_it(t
     model itself is the checkpoint: both fail before training with the pip command; a path wins
     over the base's builtin and is checked itself."""
     import bertlab.checkpoint
-    from bertlab.experiment import check_models
+    from bertlab.study.spec import check_models
 
     def absent(name="minilm"):
         raise ModuleNotFoundError("the built-in 'minilm' checkpoint comes from the pip package "

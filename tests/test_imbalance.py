@@ -118,7 +118,7 @@ sampler = [{label = "atl", name = "atl"}, {label = "rs", name = "resample", meth
 
 
 def test_studies_accept_the_methods_and_name_a_bad_field(tmp_path):
-    from bertlab.experiment import StudyError, build_train_config, expand, load_study
+    from bertlab.study.spec import StudyError, build_train_config, expand, load_study
     study = load_study("imbalance", experiments_dir=write_study(tmp_path, STUDY, "imbalance"))
     runs = expand(study)
     assert len(runs) == 12

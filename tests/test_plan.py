@@ -7,7 +7,7 @@ from conftest import write_study
 from test_report import make_cv_study
 
 from bertlab import stats
-from bertlab.experiment import load_study
+from bertlab.study import load_study
 from bertlab.plan import design_mdd, fold_sizes, main, read_pilot
 from bertlab.report import build_report
 

@@ -331,7 +331,7 @@ def test_predict_uses_saved_windows_and_notes_the_default(model_dir, tmp_path, c
 def test_knn_refit_reproduces_training_time_knn(tmp_path):
     """evaluate --knn on a trained run's best/ refits the KNN from the run's config and gives the
     same test predictions as the KNN decode written at training time."""
-    from bertlab.experiment import run_experiment
+    from bertlab.study import run_experiment
     from bertlab.predict import evaluate_model
     # the tiny study, trained once and scored with KNN only
     text = (TINY_STUDY.replace('decode = ["argmax"]', 'decode = ["knn"]\nknn_k = 3')

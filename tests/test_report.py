@@ -19,7 +19,10 @@ from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2, Entities
 from sklearn.metrics import balanced_accuracy_score
 
-from bertlab.experiment import _write_json, environment, expand, load_study, read_results, write_results
+from bertlab.environment import environment
+from bertlab.results import read_results, write_results
+from bertlab.study import expand, load_study
+from bertlab.study.folder import write_json
 from bertlab import stats
 from bertlab.metrics import entity_report, unweighted_accuracy
 from bertlab.report import build_report
@@ -60,7 +63,7 @@ def noisy(tags, rng, p):
 
 def make_study(tmp_path, noise, seeds=(0, 1, 2), decodes=("argmax", "knn"), baseline=None, report=None,
                predict=None, deterministic=(), docs=None, name="study"):
-    """A study folder as bertlab.experiment leaves it; ``noise[(sampler, loss, decode)]`` is the
+    """A study folder as bertlab.study leaves it; ``noise[(sampler, loss, decode)]`` is the
     corruption rate of that variant's predictions, or ``predict(variant, seed, tags, rng)`` makes
     them. ``deterministic``: (sampler, loss) cells that are one run, marked deterministic."""
     sdir = tmp_path / name
@@ -71,7 +74,7 @@ def make_study(tmp_path, noise, seeds=(0, 1, 2), decodes=("argmax", "knn"), base
     axes = {"sampler.name": samplers, "loss.name": losses, "train.seed": list(seeds)}
     runs = [f"sampler={s}__loss={l}__seed={k}" for s in samplers for l in losses for k in seeds
             if (s, l) not in deterministic or k == seeds[0]]
-    _write_json(sdir / "study.json", {
+    write_json(sdir / "study.json", {
         "name": "fake", "scale": "smoke", "source": "experiments/fake.toml", "description": "synthetic",
         "axes": axes, "short_names": {"sampler.name": "sampler", "loss.name": "loss", "train.seed": "seed"},
         "baseline": baseline if baseline is not None else {"sampler.name": "atl", "loss.name": "ce",
@@ -86,7 +89,7 @@ def make_study(tmp_path, noise, seeds=(0, 1, 2), decodes=("argmax", "knn"), base
         k = int(k)
         rdir = sdir / run_id
         rdir.mkdir()
-        _write_json(rdir / "run.json", {"study": "fake", "scale": "smoke", "run_id": run_id,
+        write_json(rdir / "run.json", {"study": "fake", "scale": "smoke", "run_id": run_id,
                                         "axes": {"sampler.name": s, "loss.name": l, "train.seed": k}, "env": env})
         test = {}
         for decode in decodes:
@@ -103,10 +106,10 @@ def make_study(tmp_path, noise, seeds=(0, 1, 2), decodes=("argmax", "knn"), base
             test[decode] = {"entity_report": dict(entity_report(gold, pred, zero_division=0)),
                             "unweighted_accuracy": unweighted_accuracy(gold, pred),
                             "tokens_per_second": 1000.0 + 100 * k ** 3}  # skewed: median != mean
-        _write_json(rdir / "metrics.json", {"test": test, "train_seconds": 10.0 + k ** 3, "epochs": 2,
+        write_json(rdir / "metrics.json", {"test": test, "train_seconds": 10.0 + k ** 3, "epochs": 2,
                                             "params": 1_000_000, "train_mentions": mentions,
                                             "deterministic": (s, l) in deterministic})
-        _write_json(rdir / "timing.json", {"wall_seconds": 12.0 + k, "sessions": 1, "resumed": False})
+        write_json(rdir / "timing.json", {"wall_seconds": 12.0 + k, "sessions": 1, "resumed": False})
     write_results(sdir)
     return sdir
 
@@ -851,7 +854,7 @@ def test_report_rebuild_is_deterministic(study):
 
 def write_rows(sdir, rows, report, axes, name="synthetic"):
     sdir.mkdir()
-    _write_json(sdir / "study.json", {
+    write_json(sdir / "study.json", {
         "name": name, "scale": "smoke", "axes": axes, "baseline": {}, "decodes": sorted({r["decode"] for r in rows}),
         "short_names": {k: k.split(".")[-1] for k in axes}, "report": report, "runs": []})
     (sdir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -2001,14 +2004,14 @@ def test_calibration_section_means_each_variants_ece_over_seeds(tmp_path):
 # ---- cross-validated studies -----------------------------------------------------------------------
 
 def make_cv_study(tmp_path, folds=3, seeds=(0, 1), n_docs=12, report=None):
-    """A cross-validated study folder as bertlab.experiment leaves it: samplers atl / btl, seed s's
+    """A cross-validated study folder as bertlab.study leaves it: samplers atl / btl, seed s's
     partition puts document i in fold (i + s) % folds; each run predicts its test fold only."""
     sdir = tmp_path / "cv"
     sdir.mkdir()
     docs = make_documents(n_docs, seed=5)
     axes = {"sampler.name": ["atl", "btl"], "data.fold": list(range(folds)), "train.seed": list(seeds)}
     runs = [f"sampler={s}__fold={k}__seed={r}" for s in ("atl", "btl") for k in range(folds) for r in seeds]
-    _write_json(sdir / "study.json", {
+    write_json(sdir / "study.json", {
         "name": "fake_cv", "scale": "smoke", "source": "experiments/fake_cv.toml", "description": "synthetic",
         "axes": axes, "short_names": {"sampler.name": "sampler", "data.fold": "fold", "train.seed": "seed"},
         "baseline": {"sampler.name": "atl", "decode": "argmax"}, "decodes": ["argmax"],
@@ -2020,7 +2023,7 @@ def make_cv_study(tmp_path, folds=3, seeds=(0, 1), n_docs=12, report=None):
         k, r = int(k), int(r)
         rdir = sdir / run_id
         rdir.mkdir()
-        _write_json(rdir / "run.json", {"study": "fake_cv", "scale": "smoke", "run_id": run_id, "env": env,
+        write_json(rdir / "run.json", {"study": "fake_cv", "scale": "smoke", "run_id": run_id, "env": env,
                                         "axes": {"sampler.name": s, "data.fold": k, "train.seed": r}})
         rng = np.random.default_rng(zlib.crc32(run_id.encode()))
         test = [(d, sents) for i, (d, sents) in enumerate(docs) if (i + r) % folds == k]
@@ -2034,13 +2037,13 @@ def make_cv_study(tmp_path, folds=3, seeds=(0, 1), n_docs=12, report=None):
                                          "tags": tags, "pred": p}))
         (rdir / "predictions_test_argmax.jsonl").write_text("\n".join(lines) + "\n")
         n_test = len(test)
-        _write_json(rdir / "metrics.json", {
+        write_json(rdir / "metrics.json", {
             "test": {"argmax": {"entity_report": dict(entity_report(gold, pred, zero_division=0)),
                                 "unweighted_accuracy": unweighted_accuracy(gold, pred), "tokens_per_second": 1000.0}},
             "train_seconds": 10.0, "epochs": 2, "params": 1_000_000, "train_mentions": {"Sign": 100, "Dose": 20, "Age": 3},
             "fold": {"folds": folds, "fold": k, "fold_seed": r, "documents": {
                 "train": n_docs - n_test - 1, "dev": 1, "test": n_test}}})
-        _write_json(rdir / "timing.json", {"wall_seconds": 12.0, "sessions": 1, "resumed": False})
+        write_json(rdir / "timing.json", {"wall_seconds": 12.0, "sessions": 1, "resumed": False})
     write_results(sdir)
     return sdir, docs
 

@@ -1,4 +1,4 @@
-"""Scale-out of studies (bertlab.experiment, issue #18): --shard, --workers, claims on run folders.
+"""Scale-out of studies (bertlab.study, issue #18): --shard, --workers, claims on run folders.
 
 The promise checked here: who trains a run (one process, 2 workers, 3 shards, a worker killed and
 the study re-run) changes nothing in its results, and no run is trained twice or lost."""
@@ -16,8 +16,12 @@ import pytest
 import torch
 from conftest import TINY_STUDY, write_study
 
-from bertlab.experiment import (STALE_AFTER, RunError, expand, load_study, read_claim, read_results,
-                                run_experiment, shard_runs, study_dir_for, take_claim, worker_places)
+from bertlab.results import read_results
+from bertlab.study import expand, load_study, run_experiment
+from bertlab.study.claims import STALE_AFTER, read_claim, take_claim
+from bertlab.study.folder import study_dir_for
+from bertlab.study.schedule import shard_runs, worker_places
+from bertlab.study.work import RunError
 
 QUIET = dict(progress=lambda s: None, report=False)
 TIMING = {"wall_seconds", "train_seconds", "seconds_per_epoch", "inference_tokens_per_s", "resumed", "env", "time_split",
@@ -241,7 +245,7 @@ STUDY_PARENT = """
 import sys
 sys.path.insert(0, {tests!r})
 from _train_script import Sleep
-from bertlab.experiment import run_experiment
+from bertlab.study import run_experiment
 if __name__ == "__main__":
     run_experiment("tiny", out={out!r}, experiments_dir={d!r}, only=["seed=0"], workers=2, threads=1,
                    callbacks=[Sleep(2.0)], report=False, progress=lambda line: print(line, flush=True))
@@ -254,7 +258,7 @@ def test_workers_die_with_a_killed_study_and_a_rerun_finishes_it(tiny, tmp_path)
     orphan then died at its next message to the dead parent, its run's row missing from
     results.jsonl. Now the workers stop with their parent, mid-run, releasing their claims, and a
     re-run trains both runs: the results equal the one-process study's and the report is written."""
-    from bertlab.experiment import _pid_alive
+    from bertlab.study.claims import _pid_alive
     d, ref = tiny
     ref = {k: v for k, v in ref.items() if k[0].endswith("seed=0")}
     out = tmp_path / "runs"
@@ -328,7 +332,7 @@ def test_a_killed_study_leaves_no_traceback_and_no_leaked_semaphores(tiny, tmp_p
 
 
 def test_command_line_shard_list_and_errors(tiny, capsys):
-    from bertlab.experiment import main
+    from bertlab.study.cli import main
     d, _ = tiny
     assert main(["tiny", "--experiments", str(d), "--list", "--shard", "0/3"]) == 0
     assert capsys.readouterr().out.split() == ["loss=ce__seed=0", "loss=focal__seed=1"]
@@ -344,7 +348,8 @@ def test_stale_after_must_be_a_sensible_number_of_seconds(tiny, tmp_path, capsys
     """--stale-after -1, 0 or nan used to be taken: every claim then looked stale, so processes
     took each other's runs over, and the heartbeat (every stale_after / 4 s) spun. Refused now as
     --workers 0 is, before anything is read or written; run_experiment refuses it too."""
-    from bertlab.experiment import StudyError, main
+    from bertlab.study.cli import main
+    from bertlab.study.spec import StudyError
     d, _ = tiny
     out = tmp_path / "runs"
     assert main(["tiny", "--experiments", str(d), "--out", str(out), "--only", "seed=0", "--stale-after", seconds]) == 2

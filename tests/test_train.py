@@ -88,7 +88,7 @@ def test_keep_checkpoint_false_drops_it_and_the_run_stays_finished(tmp_path):
     `[train] keep_checkpoint = false` deletes it when metrics.json is written; resuming the run
     returns its metrics without training (it used to start over without a checkpoint), and more
     epochs are refused with the reason, not trained from scratch behind the user's back."""
-    from bertlab.experiment import NON_RESULT_KEYS
+    from bertlab.study.spec import NON_RESULT_KEYS
     cfg = tiny_config(tmp_path / "data", train={"epochs": 1, "max_steps": 2, "keep_checkpoint": False})
     run = tmp_path / "run"
     metrics = train(load_config(cfg), run, resume=False, log=quiet)

@@ -142,6 +142,10 @@ class FeatureCRFTagger:
         self.fit_seconds = time.perf_counter() - start_time
         return self
 
+    def num_parameters(self) -> int:
+        """The number of fitted weights: feature weights, transitions and start/end scores."""
+        return sum(p.numel() for p in self.model.parameters())
+
     @torch.no_grad()
     def predict(self, sentences_tokens: list[list[str]], batch_size: int = 256) -> list[list[str]]:
         """Viterbi tags (IOB2 strings) for each sentence; empty sentences give ``[]``."""

@@ -162,6 +162,12 @@ class HMMTagger:
         self.log_pi, self.log_A, self.log_B, self.log_S = (np.log(m) for m in (self.pi, self.A, self.B, self.S))
         return self
 
+    def num_parameters(self) -> int:
+        """The number of fitted probabilities: π [C], A [C, C], B [C, V], and S [C, shapes] with
+        ``use_shape`` (the second emission table)."""
+        tables = (self.pi, self.A, self.B) + ((self.S,) if self.use_shape else ())
+        return sum(int(t.size) for t in tables)
+
     def _observe(self, word: str, freq: Counter) -> str:
         """The vocabulary entry of a training word: itself, or its class if rare."""
         w = self._norm(word)

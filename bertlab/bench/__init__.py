@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import platform
 import sys
 import time
 import traceback
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from bertlab.environment import environment as machine_environment
 from bertlab.files import write_json
 
 AREAS = {
@@ -87,24 +87,16 @@ def format_row(r: dict) -> str:
 
 
 def environment(device: str = "cpu") -> dict:
-    """The machine and software the rows were measured on; with ``device`` "cuda" also the GPU,
-    its memory and compute capability, the CUDA version and the TF32 flags in force at the start
-    (the fp32 rows then run with TF32 off, whatever they were)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
-           "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device}
+    """The machine and software the rows were measured on: ``bertlab.environment.environment()``
+    (versions, CPU, torch threads, GPU, commit; what every run folder records) plus the time and
+    ``device``; with ``device`` "cuda" also the GPU's memory and compute capability, the CUDA
+    version and the TF32 flags in force at the start (the fp32 rows then run with TF32 off,
+    whatever they were)."""
+    env = {**machine_environment(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device}
     if device == "cuda":
         from bertlab.bench.models import tf32_flags
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+        env.update(gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
                    compute_capability=f"{props.major}.{props.minor}", cuda_version=torch.version.cuda,
                    transformers=_version("transformers"), tf32=tf32_flags())
     return env
@@ -148,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertlab bench: error: {error}", file=sys.stderr)
         return 2
     env = environment(args.device)
-    print(f"bertlab bench on {env['cpu']}, {env['threads']} threads, torch {env['torch']}"
-          + (f", {env['cuda']}" if env["cuda"] else "")
+    print(f"bertlab bench on {env['cpu']}, {env['torch_threads']} threads, torch {env['torch']}"
+          + (f", {env['gpu']}" if env["gpu"] else "")
           + (f"; device cuda (CUDA {env['cuda_version']})" if args.device == "cuda" else ""))
     print("| benchmark | unit | bertlab | reference | ratio |\n|---|---|---:|---:|---:|")
     rows, failed = [], []
