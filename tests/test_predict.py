@@ -13,7 +13,8 @@ from conftest import TINY_STUDY, write_study
 
 from bertlab.datasets import entity_types, label_list
 from bertlab.metrics import strict_entities
-from bertlab.predict import evaluate_main, load_knn, load_model, main, predict_text, split_words
+from bertlab.evaluate import main as evaluate_main
+from bertlab.predict import load_knn, load_model, main, predict_text, split_words
 
 TEXT = ("A 54-year-old man presented with fever and chest pain. Troponin was 2.3 ng/mL.\n"
         "He received aspirin 300 mg and was discharged on day 4.")
@@ -164,7 +165,7 @@ def test_evaluate_prints_a_summary_and_details_on_request(model_dir, capsys, tmp
 def test_evaluate_on_a_conll_file_equals_the_bundled_corpus(model_dir, tmp_path):
     """A CoNLL file written from a bundled split scores exactly as the split, in any tag scheme."""
     from bertlab.datasets import load, write_conll
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     corpus = load("maccrobat", "test").subset(2)
     write_conll(corpus, tmp_path / "test.conll")
     write_conll(corpus, tmp_path / "test.iobes", scheme="IOBES")
@@ -267,13 +268,13 @@ def test_evaluate_refuses_a_negative_max_documents(model_dir, capsys):
         assert evaluate_main(["--model", str(model_dir), "--data", "maccrobat", "--max-documents", n]) == 2
         assert capsys.readouterr().err == (f"bertlab evaluate: --max-documents {n}: expected 0 (all documents) "
                                            f"or a number of documents\n")
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     assert evaluate_model(model_dir, "maccrobat", "test", max_documents=2)["documents"] == 2
 
 
 def test_evaluate_warns_about_gold_types_the_model_lacks(model_dir, tmp_path, capsys):
     """A MACCROBAT model on NCBI-disease can never find a Disease: scores are zero, and it says so."""
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     messages = []
     r = evaluate_model(model_dir, "ncbi_disease", "test", max_documents=3, log=messages.append)
     gold = sum(1 for p in r["predictions"] for t in p["tags"] if t == "B-Disease")
@@ -300,7 +301,8 @@ def test_windows_are_cut_as_the_model_was_trained(model_dir, tmp_path, settings_
     """evaluate/predict read max_length and stride saved with the model (the lead's
     best/bertlab_train.json, or an older run's metrics.json), so they score as training did;
     explicit values win, and without saved settings it is 128 / 32 with a note."""
-    from bertlab.predict import evaluate_model, window_settings
+    from bertlab.evaluate import evaluate_model
+    from bertlab.predict import window_settings
     best = saved_run(model_dir, tmp_path, settings_file, {"data": {"max_length": 24, "stride": 4}})
     assert window_settings(best)[:2] == (24, 4) and str(tmp_path / "run" / settings_file) in window_settings(best)[2]
     assert window_settings(best, 40, None)[:2] == (40, 4) and window_settings(best, 40, 8)[:2] == (40, 8)
@@ -332,7 +334,7 @@ def test_knn_refit_reproduces_training_time_knn(tmp_path):
     """evaluate --knn on a trained run's best/ refits the KNN from the run's config and gives the
     same test predictions as the KNN decode written at training time."""
     from bertlab.experiment import run_experiment
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     # the tiny study, trained once and scored with KNN only
     text = (TINY_STUDY.replace('decode = ["argmax"]', 'decode = ["knn"]\nknn_k = 3')
             .replace('decode = "argmax" }', 'decode = "knn" }')
@@ -464,6 +466,7 @@ def test_progress_bars_only_when_wanted(model_dir, tmp_path, capsys, monkeypatch
     monkeypatch.setenv("CI", "true")
     assert not show_progress()
     monkeypatch.setattr("bertlab.predict.show_progress", lambda: True)
+    monkeypatch.setattr("bertlab.evaluate.show_progress", lambda: True)
     assert main(["--model", str(model_dir), "--input", str(tmp_path / "note.txt")]) == 0
     assert "predict: 100%" in capsys.readouterr().err
     assert evaluate_main(["--model", str(model_dir), "--data", "maccrobat", "--max-documents", "1"]) == 0
@@ -489,7 +492,8 @@ def test_evaluate_reproduces_the_runs_own_test_predictions_in_its_precision(tmp_
     the same predictions, for argmax and for a KNN refitted from the run's config."""
     from _train_script import tiny_config
 
-    from bertlab.predict import evaluate_model, scoring_precision
+    from bertlab.evaluate import evaluate_model
+    from bertlab.predict import scoring_precision
     from bertlab.train import load_config, train
     cfg = tiny_config(tmp_path / "data", train={"precision": precision, "epochs": 1},
                       eval={"decode": ["argmax", "knn"], "knn_k": 3})
@@ -515,7 +519,7 @@ def test_decode_reproduces_each_decode_of_a_run_and_bio_tags_are_valid(tmp_path,
 
     from bertlab.checkpoint import best_folder
     from bertlab.datasets.tags import tag_problems
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     from bertlab.train import load_config, train
     decodes = ["argmax", "argmax+bio", "knn+bio", "calibrated", "calibrated+bio"]
     cfg = tiny_config(tmp_path / "data", train={"epochs": 1}, eval={"decode": decodes, "knn_k": 3})
