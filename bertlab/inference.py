@@ -114,7 +114,8 @@ def iter_word_logits(model, pad_token_id: int, window_lengths: list[list[int]], 
     the same logits to the last bit). ``windows_of(ids)``: ``{i: [Window, ...]}`` for the sentences a
     batch draws on (it may encode them again). Memory: one batch of windows and logits, plus the
     word logits of sentences whose windows have not all run yet (a long sentence's last, shorter
-    window runs before its full ones), plus 12 bytes a window for the plan.
+    window runs before its full ones: only the rows of the words it owns are kept), plus 12 bytes a
+    window for the plan.
     """
     from tqdm import tqdm
     device = _device_of(model)
@@ -123,7 +124,7 @@ def iter_word_logits(model, pad_token_id: int, window_lengths: list[list[int]], 
     first = np.concatenate([[0], np.cumsum(counts)])           # sentence i: windows first[i]:first[i + 1]
     order = batch_order([n for ls in window_lengths for n in ls])
     remaining = counts.copy()
-    pending: dict[int, np.ndarray] = {}                       # word logits of sentences not yet complete
+    pending: dict[int, list] = {}  # per sentence not yet complete: (word ids, their logits) of each window run
     autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
     was_training = model.training
@@ -142,13 +143,14 @@ def iter_word_logits(model, pad_token_id: int, window_lengths: list[list[int]], 
             logits = logits.float().cpu().numpy()
             done = []
             for row, (i, w) in enumerate(zip(owners.tolist(), items)):
-                if i not in pending:
-                    pending[i] = np.full((w.n_words, logits.shape[-1]), np.nan, dtype=np.float32)
-                pos = [t for t, o in enumerate(w.owned) if o]     # the word's first subword it owns
-                pending[i][[w.word_ids[t] for t in pos]] = logits[row, :len(w)][pos]
+                pos = [t for t, o in enumerate(w.owned) if o]     # the first subwords of the words it owns
+                pending.setdefault(i, []).append(([w.word_ids[t] for t in pos], logits[row, :len(w)][pos]))
                 remaining[i] -= 1
                 if remaining[i] == 0:
-                    done.append((i, pending.pop(i)))
+                    out = np.full((w.n_words, logits.shape[-1]), np.nan, dtype=np.float32)
+                    for word_ids, rows in pending.pop(i):
+                        out[word_ids] = rows
+                    done.append((i, out))
             yield done
     finally:
         model.train(was_training)

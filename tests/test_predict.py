@@ -544,3 +544,72 @@ def test_decode_reproduces_each_decode_of_a_run_and_bio_tags_are_valid(tmp_path,
         assert main(["--model", str(run / "best"), "--input", str(tmp_path / "note.txt"), *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bertlab predict: ") and message in err and err.count("\n") == 1, err
+
+
+def long_document(n_sentences: int, seed: int = 0) -> str:
+    """A generated note: sentences of 1 to 40 words, every fifth of 60 to 150 words (several windows
+    at max_length 32), lines of a few sentences, and a blank line now and then."""
+    rng = np.random.default_rng(seed)
+    vocab = ("the patient had fever , cough and 3 mg aspirin troponin was 2.3 ng / mL chest pain CT "
+             "showed a mass in left lung biopsy").split()
+    out = []
+    for k in range(n_sentences):
+        n = int(rng.integers(60, 150)) if k % 5 == 4 else int(rng.integers(1, 40))
+        out.append(" ".join(rng.choice(vocab, n)).capitalize() + ".")
+        out.append("\n\n" if rng.random() < 0.05 else "\n" if rng.random() < 0.3 else " ")
+    return "".join(out)
+
+
+def whole_document_tags(model, tokenizer, text, decode, knn=None, max_length=32, stride=8, batch_size=8):
+    """The non-streaming path (bertlab predict before #41): the word logits of every sentence of the
+    text at once (``word_logits``), decoded at once."""
+    from bertlab.inference import decode_words, word_logits
+    sents = split_words(text)
+    logits = word_logits(model, tokenizer, [w for w, _ in sents], max_length, stride, batch_size)
+    tags, probabilities = decode_words(decode, logits, model, knn)
+    ids = [[model.labels.index(x) for x in t] for t in tags]
+    return [{"words": w, "offsets": o, "tags": t, "scores": p[np.arange(len(t)), i]}
+            for (w, o), t, p, i in zip(sents, tags, probabilities, ids)]
+
+
+@pytest.mark.parametrize("decode", ["argmax+bio", "knn"])
+def test_streamed_tagging_equals_the_whole_document_path(model_dir, decode):
+    """#41 item 12: `bertlab predict` tags a long document batch by batch (tag_sentences) with the
+    tags and scores, to the last bit, of the whole-document path: same batches, same decode."""
+    from bertlab.knn import KNNClassifier
+    from bertlab.predict import entity_lines, tag_sentences
+    model, tokenizer = load_model(model_dir)
+    text = long_document(120)
+    rng = np.random.default_rng(1)
+    knn = KNNClassifier(k=5).fit(rng.normal(size=(300, len(model.labels))).astype(np.float32),
+                                 rng.integers(0, len(model.labels), 300)) if decode == "knn" else None
+    expected = whole_document_tags(model, tokenizer, text, decode, knn)
+    assert sum(len(s["words"]) > 30 for s in expected) >= 20, "long sentences take several windows"
+    streamed = list(tag_sentences(model, tokenizer, text, decode, knn, max_length=32, stride=8, batch_size=8))
+    assert [(s["words"], s["offsets"], s["tags"]) for s in streamed] == \
+        [(s["words"], s["offsets"], s["tags"]) for s in expected]
+    for s, e in zip(streamed, expected):
+        assert s["scores"].dtype == e["scores"].dtype and np.array_equal(s["scores"], e["scores"])
+    assert "".join(entity_lines("d", text, streamed)) == "".join(entity_lines("d", text, expected))
+
+
+def test_streamed_tagging_encodes_a_batch_at_a_time(model_dir, monkeypatch):
+    """#41 item 12: while tagging, the windows encoded at any time are those of one batch's sentences,
+    never the document's, and each sentence comes out once, in order; the memory this bounds is
+    measured by `bertlab bench --only predict`."""
+    import bertlab.inference as inference
+    from bertlab.predict import tag_sentences
+    model, tokenizer = load_model(model_dir)
+    text = long_document(40)
+    real, asked = inference.iter_word_logits, []
+
+    def watched(model, pad, lengths, windows_of, *args, **kwargs):
+        def windows(ids):
+            held = windows_of(ids)
+            asked.append((len(ids), len(held)))
+            return held
+        yield from real(model, pad, lengths, windows, *args, **kwargs)
+    monkeypatch.setattr(inference, "iter_word_logits", watched)
+    tagged = list(tag_sentences(model, tokenizer, text, "argmax", max_length=32, stride=8, batch_size=4))
+    assert [(s["words"], s["offsets"]) for s in tagged] == split_words(text)
+    assert len(asked) > 20 and all(n <= 4 and held == n for n, held in asked)
