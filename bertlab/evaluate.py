@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,21 +23,23 @@ from bertlab.predict import (UsageError, add_decode_options, add_window_options,
                              window_settings)
 
 def load_eval_data(data: str, split: str | None = None, scheme: str | None = None):
-    """A bundled corpus split (``data`` a name from ``bertlab data list``; ``split`` default test)
-    or a CoNLL file (``data`` a path; ``scheme`` its tag scheme, default IOB2)."""
-    from bertlab.datasets import list_corpora, load, read_conll
+    """A bundled corpus split (``data`` a name from ``bertlab data list``; ``split`` default test),
+    a CoNLL file (``scheme`` its tag scheme, default IOB2) or a brat folder (``<id>.txt`` +
+    ``<id>.ann`` pairs), the last two read whole by ``bertlab.datasets.read_corpus``."""
+    from bertlab.datasets import list_corpora, load, read_corpus
     if data in list_corpora():
         if scheme is not None:
             raise UsageError(f"--scheme applies to CoNLL files; {data} is a bundled corpus")
         return load(data, split or "test")
     path = Path(data)
-    if path.is_file():
-        if split is not None:
-            raise UsageError(f"--split applies to bundled corpora; {data} is a file (evaluated whole)")
-        return read_conll(path, split="test", scheme=scheme or "IOB2")
-    if path.exists():
-        raise UsageError(f"{data}: is a folder; --data takes a bundled corpus name or a CoNLL file")
-    raise UsageError(f"{data}: no such file, nor a bundled corpus ({', '.join(list_corpora())})")
+    if not path.exists():
+        raise UsageError(f"{data}: no such file, nor a bundled corpus ({', '.join(list_corpora())})")
+    if split is not None:
+        raise UsageError(f"--split applies to bundled corpora; {data} is a {'folder' if path.is_dir() else 'file'} "
+                         f"(evaluated whole)")
+    if path.is_dir() and scheme is not None:
+        raise UsageError(f"--scheme applies to CoNLL files; {data} is a brat folder")
+    return read_corpus(path, "test", scheme=scheme or "IOB2")
 
 
 def label_coverage(model_labels: list[str], corpus) -> dict:
@@ -56,7 +59,8 @@ def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = F
                    progress: bool = False, log=lambda s: None, precision: str | None = None,
                    device: str = "cpu", decode: str | None = None,
                    knn_cache: str | os.PathLike | None = None) -> dict:
-    """Re-score a saved model on a bundled corpus or a CoNLL file: ``bertlab.inference.evaluate``'s
+    """Re-score a saved model on a bundled corpus, a CoNLL file or a brat folder (``load_eval_data``):
+    ``bertlab.inference.evaluate``'s
     dict plus the entity- and token-level confusion matrices, the window settings
     (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks).
     ``decode`` as ``choose_decode`` (``knn=True`` is ``decode="knn"``)."""
@@ -127,12 +131,13 @@ def evaluation_json(r: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Re-score a saved model on a bundled corpus or a CoNLL file: a summary of the strict entity
-    scores, with --details the per-type tables and confusion matrices."""
+    """Re-score a saved model on a bundled corpus, a CoNLL file or a brat folder: a summary of the
+    strict entity scores, with --details the per-type tables and confusion matrices."""
     ap = argparse.ArgumentParser(prog="bertlab evaluate", description=main.__doc__)
     ap.add_argument("--model", required=True, metavar="DIR", help="a saved model folder, e.g. runs/btl_focal/<run>/best")
-    ap.add_argument("--data", required=True, metavar="NAME|FILE",
-                    help="a bundled corpus (`bertlab data list`) or a CoNLL file (token<TAB>tag lines)")
+    ap.add_argument("--data", required=True, metavar="NAME|FILE|DIR",
+                    help="a bundled corpus (`bertlab data list`), a CoNLL file (token<TAB>tag lines) or a brat "
+                         "folder (<id>.txt + <id>.ann pairs, read as MACCROBAT is)")
     ap.add_argument("--split", choices=("train", "dev", "test"),
                     help="split of a bundled corpus (default: test)")
     ap.add_argument("--scheme", choices=("IOB1", "IOB2", "IOBES", "BILOU"),

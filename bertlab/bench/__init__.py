@@ -37,6 +37,7 @@ AREAS = {
     "epoch": "bertlab.bench.epoch",     # a real-data epoch on MACCROBAT vs a transformers loop
     "knn": "bertlab.bench.knn",         # KNN on logits vs scikit-learn brute force
     "paths": "bertlab.bench.paths",     # each fast path switched off vs all on (what each buys)
+    "predict": "bertlab.bench.predict",  # predict peak memory on a long document, streamed vs whole
 }
 DEVICES = ("cpu", "cuda")
 CUDA_AREAS = ("models", "btl")  # the areas with a GPU path; epoch, knn, paths measure CPU code paths
