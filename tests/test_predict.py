@@ -613,3 +613,61 @@ def test_streamed_tagging_encodes_a_batch_at_a_time(model_dir, monkeypatch):
     tagged = list(tag_sentences(model, tokenizer, text, "argmax", max_length=32, stride=8, batch_size=4))
     assert [(s["words"], s["offsets"]) for s in tagged] == split_words(text)
     assert len(asked) > 20 and all(n <= 4 and held == n for n, held in asked)
+
+
+def conll_to_brat(conll_file, folder):
+    """The documents of a CoNLL file as brat files: one sentence a line, words joined by spaces, a
+    T line per strict IOB2 mention; read back by ``read_brat``, they are the same sentences."""
+    from bertlab.datasets import read_conll
+    folder.mkdir(parents=True)
+    for k, doc in enumerate(read_conll(conll_file).documents):
+        text, ann = "", []
+        for s in doc.sentences:
+            starts = []
+            for w in s.tokens:
+                starts.append(len(text))
+                text += w + " "
+            for typ, a, b in strict_entities(s.tags):
+                start, end = starts[a], starts[b - 1] + len(s.tokens[b - 1])
+                ann.append(f"T{len(ann) + 1}\t{typ} {start} {end}\t{text[start:end]}\n")
+            text = text[:-1] + "\n"
+        (folder / f"doc{k:03d}.txt").write_text(text, encoding="utf-8")
+        (folder / f"doc{k:03d}.ann").write_text("".join(ann), encoding="utf-8")
+    return folder
+
+
+def test_train_and_evaluate_on_brat_folders(tmp_path, capsys, monkeypatch):
+    """#41 item 8: `[data] train_file` / `dev_file` / `test_file` take brat folders; the splits are
+    those of the same documents as CoNLL files; a tiny run trains on them, and `bertlab evaluate
+    --data DIR` re-scores its best model on the test folder with the run's own test predictions."""
+    from _train_script import tiny_config
+
+    from bertlab.config import ConfigError
+    from bertlab.datasets.prepare import load_splits
+    from bertlab.evaluate import evaluate_model
+    from bertlab.train import load_config, train
+    conll = tiny_config(tmp_path / "conll", train={"epochs": 1})
+    folders = {key: str(conll_to_brat(conll["data"][key], tmp_path / "brat" / key.split("_")[0]))
+               for key in ("train_file", "dev_file", "test_file")}
+    cfg = {**conll, "data": {**conll["data"], **folders}}
+    own, reference = load_splits(load_config(cfg).data), load_splits(load_config(conll).data)
+    assert own.labels == reference.labels and own.train.name == "train"
+    for split in ("train", "dev", "test"):
+        mine, theirs = getattr(own, split).sentences, getattr(reference, split).sentences
+        assert [(s.tokens, s.tags) for s in mine] == [(s.tokens, s.tags) for s in theirs] and mine
+    with pytest.raises(ConfigError, match=r"\[data\] scheme = 'BILOU': applies to CoNLL files, and train_file = "):
+        load_config({**cfg, "data": {**cfg["data"], "scheme": "BILOU"}})
+    run = tmp_path / "run"
+    train(load_config(cfg), run, resume=False, log=lambda *a, **k: None)
+    trained = [json.loads(l)["pred"] for l in (run / "predictions_test_argmax.jsonl").read_text().splitlines()]
+    assert [p["pred"] for p in evaluate_model(run / "best", folders["test_file"])["predictions"]] == trained
+    monkeypatch.setattr("bertlab.evaluate.show_progress", lambda: False)
+    assert evaluate_main(["--model", str(run / "best"), "--data", folders["test_file"],
+                          "--output", str(tmp_path / "eval.json")]) == 0
+    assert f"on {folders['test_file']} (2 documents, 6 sentences)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["micro_f1"] == \
+        json.loads((run / "metrics.json").read_text())["test"]["argmax"]["micro_f1"]
+    for argv, message in ((["--scheme", "BILOU"], "--scheme applies to CoNLL files; "),
+                          (["--split", "dev"], "--split applies to bundled corpora; ")):
+        assert evaluate_main(["--model", str(run / "best"), "--data", folders["test_file"], *argv]) == 2
+        assert capsys.readouterr().err.startswith(f"bertlab evaluate: {message}")

@@ -117,7 +117,7 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] in ("streamed", "whole"):
+    if sys.argv[1:2] in (["streamed"], ["whole"]):
         print(json.dumps(worker(*sys.argv[1:5])))
     else:
         for row in run(quick="--quick" in sys.argv):
