@@ -215,7 +215,9 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
         (main, ["--model", model, "--input", note, "--output", str(tmp_path / "no" / "e.jsonl")], "does not exist"),
         (evaluate_main, ["--model", str(tmp_path), "--data", "maccrobat"], "no config.json"),
         (evaluate_main, ["--model", model, "--data", "my_test.conll"], "my_test.conll: no such file, nor a bundled corpus"),
-        (evaluate_main, ["--model", model, "--data", str(tmp_path)], "is a folder"),
+        # a folder is a brat folder since #41 item 8 (it said "is a folder"): its first text lacks its .ann
+        (evaluate_main, ["--model", model, "--data", str(tmp_path)],
+         f"{tmp_path / 'latin1.ann'}: missing annotation file for {tmp_path / 'latin1.txt'}"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--scheme", "IOBES"], "--scheme applies to CoNLL files"),
         (evaluate_main, ["--model", model, "--data", str(tmp_path / "test.conll"), "--split", "dev"], "--split applies"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path / "no" / "r.json")],
@@ -257,8 +259,31 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
     def fail(*a, **k):
         raise AssertionError("the model was loaded before the output was checked")
     monkeypatch.setattr("bertlab.predict.load_model", fail)
+    monkeypatch.setattr("bertlab.evaluate.load_model", fail)
     assert evaluate_main(["--model", model, "--data", "maccrobat", "--json", str(tmp_path / "no" / "r.json")]) == 2
     assert main(["--model", model, "--input", note, "--output", str(tmp_path / "no" / "e.jsonl")]) == 2
+
+
+def test_unexpected_errors_are_one_line_with_their_type(model_dir, tmp_path, capsys, monkeypatch):
+    """predict and evaluate report through bertlab.errors.fail, as every command: a bug anywhere,
+    tagging included (it used to escape as a traceback), is one line with its type and exit status
+    2; BERTLAB_DEBUG=1 prints the traceback as well."""
+    (tmp_path / "note.txt").write_text(TEXT)
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr("bertlab.predict.tag_sentences", bug)
+    monkeypatch.setattr("bertlab.evaluate.evaluate_model", bug)
+    for command, func, argv in (("predict", main, ["--input", str(tmp_path / "note.txt")]),
+                                ("evaluate", evaluate_main, ["--data", "maccrobat"])):
+        assert func(["--model", str(model_dir), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"bertlab {command}: RuntimeError: boom (BERTLAB_DEBUG=1 for the traceback)\n") and \
+            "Traceback" not in err
+        monkeypatch.setenv("BERTLAB_DEBUG", "1")
+        assert func(["--model", str(model_dir), *argv]) == 2
+        assert "Traceback" in capsys.readouterr().err
+        monkeypatch.delenv("BERTLAB_DEBUG")
 
 
 def test_evaluate_refuses_a_negative_max_documents(model_dir, capsys):
