@@ -1,9 +1,14 @@
-"""Using what was trained: ``bertlab predict`` tags new text, ``bertlab evaluate`` re-scores a
-saved model on a bundled corpus or a CoNLL file.
+"""Using what was trained: ``bertlab predict`` tags new text with a saved model; the functions that
+read a model folder (``load_model``, ``window_settings``, ``scoring_precision``, ``choose_decode``,
+``load_decoders``) serve ``bertlab evaluate`` (``bertlab.evaluate``) as well.
 
     text --sentence_spans / word_tokenize--> words with character offsets
-         --word_logits (sliding windows, one row per word)--> a decode (--decode) --> IOB2 tags
-         --strict_entities (or conlleval_entities)--> {doc, type, text, start, end, score}
+         --iter_word_logits (sliding windows, one row per word, batch by batch)--> a decode (--decode)
+         --> IOB2 tags --strict_entities (or conlleval_entities)--> {doc, type, text, start, end, score}
+
+A document is tagged batch by batch (``tag_sentences``) and written sentence by sentence, so memory
+is bounded by a batch, not by the document; the batches are those of the whole document's windows
+sorted by length, as ``word_logits`` runs them, so the output is the same to the last bit.
 
 Windows are cut as the model was trained: ``max_length`` and ``stride`` come from the settings saved
 with the model (``best/bertlab_train.json``, else the run's ``metrics.json`` or ``config.toml``),
