@@ -332,12 +332,13 @@ def tag_sentences(model, tokenizer, text: str, decode: str, knn=None, calibrator
     ``tag_texts``' dicts, with memory bounded by a batch rather than the text.
 
     The batches are the ones ``word_logits`` runs on the whole text (``iter_word_logits``), so tags
-    and scores are the same to the last bit; only no window, word list or logits of the whole text
-    is kept. Windows are encoded once to plan the batches (their lengths kept) and again when a batch
+    and scores are the same to the last bit, but no window, word list or logit array of the whole
+    text is kept. Windows are encoded once to plan the batches (their lengths kept) and again when a batch
     needs them; each decode reads a sentence alone, so the sentences a batch completes are decoded
     at once. Held until written, in order: the text, the plan (12 bytes a window, ~100 a sentence),
-    and a tag id and a score per word (12 bytes); on top, one batch, and the word logits of
-    sentences a batch has begun but not finished (the longest sentence's at least)."""
+    and a tag id and a score per word (8 to 12 bytes); on top, one batch, and the word logits of
+    sentences longer than one window from their first window run to their last (windows run
+    shortest first, so a long sentence's short last window runs long before its full ones)."""
     from bertlab.datasets.brat import sentence_spans, word_tokenize
     from bertlab.inference import decode_words, iter_word_logits
 
@@ -349,9 +350,10 @@ def tag_sentences(model, tokenizer, text: str, decode: str, knn=None, calibrator
     for lo in range(0, len(spans), 256):  # the Rust tokenizer encodes a group at a time
         group = [(a, b, w) for a, b in spans[lo:lo + 256] if (w := [t for t, _ in word_tokenize(text, a, b)])]
         encoded = tokenizer.batch_encode([w for _, _, w in group], None, max_length, stride) if group else []
-        for (a, b, w), windows in zip(group, encoded):
-            starts.append(a), ends.append(b), n_words.append(len(w))
-            window_lengths.append([len(x) for x in windows])
+        starts += [a for a, _, _ in group]
+        ends += [b for _, b, _ in group]
+        n_words += [len(w) for _, _, w in group]
+        window_lengths += [[len(x) for x in windows] for windows in encoded]
     del spans
     starts, ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
     first_word = np.concatenate([[0], np.cumsum(n_words, dtype=np.int64)])

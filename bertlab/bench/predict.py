@@ -7,9 +7,12 @@ The model is a 1-layer, 32-wide random BERT with MiniLM's vocabulary and MACCROB
 memory here grows with the text (windows, logits of 83 labels, tags), not with the encoder, whose
 weights and one batch's activations are a constant on top. Each measurement is a subprocess that
 loads the model, runs it once at every batch width (``warm_up``: torch's memory per input shape is
-the same for any text), reads its peak resident memory (``VmHWM``), tags a generated note of
-the given size (sentences of 1 to 40 words, every fifth 60 to 150) and writes JSONL; the row is
-the peak over that baseline. Sizes: 1 and 4 MB of text (quick: 0.1 and 0.4 MB). CPU-only.
+the same for any text), reads its peak resident memory (``VmHWM``), tags a document of the given
+size (MACCROBAT's case reports, repeated: ``note``) and writes JSONL; the row is the peak over
+that baseline. The streamed path also holds, until their last window runs, the word logits of
+sentences longer than one window (their short last window runs with the short windows, their full
+ones last): 18 of MACCROBAT's 4,541 sentences at 128 / 32; docs/evaluation.md gives the numbers
+for a text where every fifth sentence is that long. Sizes: 1 and 4 MB of text (quick: 0.1 and 0.4 MB). CPU-only.
 """
 from __future__ import annotations
 
@@ -23,18 +26,12 @@ from pathlib import Path
 import numpy as np
 
 
-def note(n_chars: int, seed: int = 0) -> str:
-    """A generated clinical-looking note of about ``n_chars`` characters."""
-    rng = np.random.default_rng(seed)
-    vocab = ("the patient had fever , cough and 3 mg aspirin troponin was 2.3 ng / mL chest pain CT "
-             "showed a mass in left lung biopsy").split()
-    out, size, k = [], 0, 0
-    while size < n_chars:
-        n = int(rng.integers(60, 150)) if k % 5 == 4 else int(rng.integers(1, 40))
-        s = " ".join(rng.choice(vocab, n)).capitalize() + (".\n" if rng.random() < 0.3 else ". ")
-        out.append(s)
-        size, k = size + len(s), k + 1
-    return "".join(out)
+def note(n_chars: int) -> str:
+    """About ``n_chars`` characters of real clinical text: MACCROBAT's 200 case reports (bundled,
+    about 0.6 MB) one after the other, repeated as often as needed."""
+    from bertlab.datasets import corpus_dir
+    reports = "\n".join(p.read_text(encoding="utf-8") for p in sorted((corpus_dir("maccrobat") / "brat").glob("*.txt")))
+    return (reports * (n_chars // len(reports) + 1))[:n_chars]
 
 
 def save_model(folder: Path) -> Path:
