@@ -13,7 +13,8 @@ from bertlab.datasets.stats import corpus_stats, format_stats
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bertlab data``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="bertlab data", description="The bundled corpora and their statistics.")
+    parser = argparse.ArgumentParser(prog="bertlab data", description="The bundled corpora, and the statistics of "
+                                                                      "one or of your own data.")
     sub = parser.add_subparsers(dest="command", metavar="{list,stats}")
     sub.add_parser("list", help="list the bundled corpora", description="List the bundled corpora.")
     stats = sub.add_parser("stats", help="per-split documents, sentences, tokens, mentions per type, "
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scheme:
         parser.error(f"--scheme applies to CoNLL files; {args.name} is a bundled corpus")
     if options and args.name not in ("maccrobat", "jnlpba"):
-        parser.error(f"{args.name} is a CoNLL corpus; brat policies apply to maccrobat and jnlpba only")
+        parser.error(f"{args.name} is a CoNLL corpus; brat policies apply to maccrobat, jnlpba and brat folders")
     all_stats = []
     for split in args.split or ["train", "dev", "test"]:
         split_options = options if args.name == "maccrobat" or split == "train" else {}
