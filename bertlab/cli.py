@@ -24,7 +24,7 @@ COMMANDS = {
     "rescore": ("bertlab.selection", "rescore_main", "add newer test measurements to a study's finished runs"),
     "tradeoff": ("bertlab.tradeoff", "main", "accuracy vs training cost and inference speed across studies"),
     "predict": ("bertlab.predict", "main", "tag new text with a trained model"),
-    "evaluate": ("bertlab.predict", "evaluate_main", "re-score a saved model on a bundled corpus or a CoNLL file"),
+    "evaluate": ("bertlab.evaluate", "main", "re-score a saved model on a corpus, CoNLL file or brat folder"),
     "gradflow": ("bertlab.gradflow.cli", "main", "train with gradient-flow instruments on"),
     "bench": ("bertlab.bench", "main", "benchmarks against transformers / scikit-learn"),
 }

@@ -33,9 +33,9 @@ class ConfigError(BertlabError, ValueError):
 @dataclass
 class DataConfig:
     name: str = "maccrobat"      # bundled corpus (bertlab.datasets.load); ignored when train_file is set
-    train_file: str = ""         # CoNLL files instead of a bundled corpus (dev/test optional)
-    dev_file: str = ""
-    test_file: str = ""
+    train_file: str = ""         # one's own data instead of a bundled corpus, each a CoNLL file or a brat
+    dev_file: str = ""           # folder (<id>.txt + <id>.ann pairs, read as MACCROBAT is:
+    test_file: str = ""          # bertlab.datasets.read_corpus); dev/test optional
     scheme: str = "IOB2"         # tag scheme of the CoNLL files (converted to IOB2 on reading)
     repair: bool = False         # CoNLL files: read invalid tag sequences (an orphan I-X) the forgiving
                                  # way, listing each change, instead of refusing the file
@@ -463,9 +463,15 @@ def check_config(cfg: TrainConfig, where: str) -> None:
         from bertlab.datasets.bundled import CORPORA
         if cfg.data.name not in CORPORA:
             raise ConfigError(f"{where}: [data] name: expected a bundled corpus ({', '.join(CORPORA)}) or "
-                              f"train_file = a CoNLL file, got {cfg.data.name!r}")
+                              f"train_file = a CoNLL file or brat folder, got {cfg.data.name!r}")
     if (cfg.data.dev_file or cfg.data.test_file) and not cfg.data.train_file:
         raise ConfigError(f"{where}: [data] dev_file/test_file need train_file as well")
+    for key in ("train_file", "dev_file", "test_file"):  # brat folders carry no tag scheme to convert or repair
+        folder = getattr(cfg.data, key)
+        if folder and Path(os.path.expanduser(folder)).is_dir() and (cfg.data.scheme != "IOB2" or cfg.data.repair):
+            what = f"scheme = {cfg.data.scheme!r}" if cfg.data.scheme != "IOB2" else "repair = true"
+            raise ConfigError(f"{where}: [data] {what}: applies to CoNLL files, and {key} = {folder} is a brat "
+                              f"folder (its mentions become IOB2 tags directly)")
     if cfg.data.train_file and not cfg.data.dev_file and not cfg.data.folds and cfg.train.early_stopping_patience:
         raise ConfigError(f"{where}: [train] early_stopping_patience: needs a dev set ([data] dev_file)")
     for decode in ("calibrated", "logit_adjusted"):

@@ -1,6 +1,6 @@
 """From a trained model to tags and scores: word logits, decoding, evaluation.
 
-    sentences --encode_words--> windows --model--> subword logits --word_predictions--> word logits
+    sentences --encode_words--> windows --model--> subword logits --owning window--> word logits
     word logits --decode--> tags --entity_report--> scores
 
 Decodes (all read the same word logits, so they come from one forward pass):
@@ -33,7 +33,6 @@ from bertlab.config import DECODES
 from bertlab.constrained import base_decode, constrain, is_constrained
 from bertlab.metrics import entity_report, token_report, unweighted_accuracy
 from bertlab.sampling import collate, pad_multiple, padded_width
-from bertlab.tokenization import word_predictions
 
 # decodes fitted on dev, passed as ``calibrator`` (an object with ``predict(logits)`` and ``adjust(logits)``)
 DEV_FITTED = {"calibrated": "a BiasCalibrator", "logit_adjusted": "a LogitAdjustedDecoder"}
@@ -67,31 +66,65 @@ def check_window(model, max_length: int, multiple: int = 1,
                          f"choose one that divides {positions}, or a smaller {names[0]}")
 
 
-@torch.no_grad()
 def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int = 32,
                 batch_size: int = 64, precision: str = "fp32", progress: bool = False,
                 pad_to_multiple_of: int = 0) -> list[np.ndarray]:
     """Per-sentence float32 arrays ``[n_words, C]``: the logits at each word's first subword.
 
     ``sentences``: Sentence objects or lists of words. Long sentences become overlapping windows
-    (``max_length`` subwords, ``stride`` overlap); ``tokenizer.word_predictions`` merges them so
-    each word is read from the one window that owns it (no double counting). Windows are run
+    (``max_length`` subwords, ``stride`` overlap); each word is read from the one window that owns
+    it (``Window.owned``, as ``tokenization.word_predictions``: no double counting). Windows are run
     sorted by length in batches of ``batch_size`` to keep padding small. ``precision="bf16"``
     runs the model under bf16 autocast (logits are returned in float32). The model is put in eval
     mode for the call and restored to its previous mode afterwards. ``progress=True`` shows a tqdm
     bar over the batches on stderr. Batches are padded to a multiple of ``pad_to_multiple_of``
     (0: the device's choice, ``bertlab.sampling.pad_multiple``: 8 on CUDA, none on a CPU); padding
     is masked, so it changes the logits only by float rounding.
+
+    Every window is encoded up front and kept; ``iter_word_logits`` is the same computation for a
+    caller that re-encodes windows on demand to keep memory bounded (``bertlab predict``).
+    """
+    check_window(model, max_length, pad_multiple(_device_of(model), pad_to_multiple_of))
+    windows = tokenizer.batch_encode(_words(sentences), None, max_length, stride)
+    out: list = [None] * len(windows)
+    for done in iter_word_logits(model, tokenizer.pad_token_id, [[len(w) for w in ws] for ws in windows],
+                                 lambda ids: {i: windows[i] for i in ids}, batch_size, precision, progress,
+                                 pad_to_multiple_of):
+        for i, logits in done:
+            out[i] = logits
+    return out
+
+
+def batch_order(window_lengths) -> np.ndarray:
+    """The order windows are run in: by length, shortest first, ties in input order (a stable sort,
+    so the batches, and with them the logits to the last bit, depend only on the windows)."""
+    return np.argsort(np.asarray(window_lengths, dtype=np.int64), kind="stable")
+
+
+@torch.no_grad()
+def iter_word_logits(model, pad_token_id: int, window_lengths: list[list[int]], windows_of,
+                     batch_size: int = 64, precision: str = "fp32", progress: bool = False,
+                     pad_to_multiple_of: int = 0):
+    """``word_logits`` batch by batch, for callers that cannot keep every window (a long document):
+    yields, after each batch, ``[(i, logits_i), ...]`` for the sentences whose last window that batch
+    ran (``logits_i``: float32 ``[n_words_i, C]``, as ``word_logits``); every sentence once.
+
+    ``window_lengths[i]``: the lengths of sentence i's windows, as ``Tokenizer.batch_encode`` cuts
+    them (the batches are planned from them: ``batch_order``, the same batches as ``word_logits``, so
+    the same logits to the last bit). ``windows_of(ids)``: ``{i: [Window, ...]}`` for the sentences a
+    batch draws on (it may encode them again). Memory: one batch of windows and logits, plus the
+    word logits of sentences whose windows have not all run yet (a long sentence's last, shorter
+    window runs before its full ones: only the rows of the words it owns are kept), plus 12 bytes a
+    window for the plan.
     """
     from tqdm import tqdm
     device = _device_of(model)
     multiple = pad_multiple(device, pad_to_multiple_of)
-    check_window(model, max_length, multiple)
-    words = _words(sentences)
-    windows = tokenizer.batch_encode(words, None, max_length, stride)
-    flat = [w for ws in windows for w in ws]
-    order = sorted(range(len(flat)), key=lambda j: len(flat[j]))
-    out: list = [None] * len(flat)
+    counts = np.array([len(ls) for ls in window_lengths], dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)])           # sentence i: windows first[i]:first[i + 1]
+    order = batch_order([n for ls in window_lengths for n in ls])
+    remaining = counts.copy()
+    pending: dict[int, list] = {}  # per sentence not yet complete: (word ids, their logits) of each window run
     autocast = (torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
     was_training = model.training
@@ -100,25 +133,27 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
         for lo in tqdm(range(0, len(order), batch_size), desc="word logits", unit="batch",
                        disable=not progress, leave=False):
             chunk = order[lo:lo + batch_size]
-            batch = collate([flat[j] for j in chunk], pad_token_id=tokenizer.pad_token_id,
-                            pad_to_multiple_of=multiple)
+            owners = np.searchsorted(first, chunk, side="right") - 1
+            windows = windows_of(sorted(set(owners.tolist())))
+            items = [windows[i][j - first[i]] for i, j in zip(owners, chunk)]
+            batch = collate(items, pad_token_id=pad_token_id, pad_to_multiple_of=multiple)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
                 logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             logits = logits.float().cpu().numpy()
-            for row, j in enumerate(chunk):
-                out[j] = logits[row, :len(flat[j])]
+            done = []
+            for row, (i, w) in enumerate(zip(owners.tolist(), items)):
+                pos = [t for t, o in enumerate(w.owned) if o]     # the first subwords of the words it owns
+                pending.setdefault(i, []).append(([w.word_ids[t] for t in pos], logits[row, :len(w)][pos]))
+                remaining[i] -= 1
+                if remaining[i] == 0:
+                    out = np.full((w.n_words, logits.shape[-1]), np.nan, dtype=np.float32)
+                    for word_ids, rows in pending.pop(i):
+                        out[word_ids] = rows
+                    done.append((i, out))
+            yield done
     finally:
         model.train(was_training)
-    result, k = [], 0
-    num_labels = model.num_labels
-    for sentence_words, ws in zip(words, windows):
-        if not sentence_words:
-            result.append(np.zeros((0, num_labels), dtype=np.float32))
-        else:
-            result.append(word_predictions(ws, out[k:k + len(ws)]))
-        k += len(ws)
-    return result
 
 
 def decode_argmax(logits: list[np.ndarray], labels: list[str]) -> list[list[str]]:

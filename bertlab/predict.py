@@ -1,9 +1,14 @@
-"""Using what was trained: ``bertlab predict`` tags new text, ``bertlab evaluate`` re-scores a
-saved model on a bundled corpus or a CoNLL file.
+"""Using what was trained: ``bertlab predict`` tags new text with a saved model; the functions that
+read a model folder (``load_model``, ``window_settings``, ``scoring_precision``, ``choose_decode``,
+``load_decoders``) serve ``bertlab evaluate`` (``bertlab.evaluate``) as well.
 
     text --sentence_spans / word_tokenize--> words with character offsets
-         --word_logits (sliding windows, one row per word)--> a decode (--decode) --> IOB2 tags
-         --strict_entities (or conlleval_entities)--> {doc, type, text, start, end, score}
+         --iter_word_logits (sliding windows, one row per word, batch by batch)--> a decode (--decode)
+         --> IOB2 tags --strict_entities (or conlleval_entities)--> {doc, type, text, start, end, score}
+
+A document is tagged batch by batch (``tag_sentences``) and written sentence by sentence, so memory
+is bounded by a batch, not by the document; the batches are those of the whole document's windows
+sorted by length, as ``word_logits`` runs them, so the output is the same to the last bit.
 
 Windows are cut as the model was trained: ``max_length`` and ``stride`` come from the settings saved
 with the model (``best/bertlab_train.json``, else the run's ``metrics.json`` or ``config.toml``),
@@ -36,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bertlab.errors import BertlabError
-from bertlab.files import write_text
+from bertlab.errors import BertlabError, fail
+from bertlab.files import write_with
 from bertlab.metrics import conlleval_entities, strict_entities
 
 DEFAULT_WINDOW = (128, 32)              # max_length, stride when no settings were saved
@@ -313,24 +318,75 @@ def tag_texts(model, tokenizer, texts: list[str], knn=None, max_length: int = 12
     """Per text, per sentence: ``{"words", "offsets", "tags", "scores"}`` (``scores[i]``: the
     probability of word i's tag, see the module docstring). ``decode``: any decode name (with
     ``knn`` / ``calibrator`` as it needs); by default KNN when ``knn`` is given, Viterbi for a CRF
-    head, else argmax."""
+    head, else argmax. Holds every tagged sentence; ``tag_sentences`` yields them one by one."""
     from tqdm import tqdm
-
-    from bertlab.inference import decode_words, word_logits
     decode = choose_decode(model, decode, knn=knn is not None and decode is None)
+    return [list(tag_sentences(model, tokenizer, text, decode, knn, calibrator, max_length, stride, batch_size,
+                               precision))
+            for text in tqdm(texts, desc="predict", unit="doc", disable=not progress)]
+
+
+def tag_sentences(model, tokenizer, text: str, decode: str, knn=None, calibrator=None, max_length: int = 128,
+                  stride: int = 32, batch_size: int = 64, precision: str = "fp32"):
+    """The sentences of one text (``split_words``), tagged with ``decode``, yielded in order as
+    ``tag_texts``' dicts, with memory bounded by a batch rather than the text.
+
+    The batches are the ones ``word_logits`` runs on the whole text (``iter_word_logits``), so tags
+    and scores are the same to the last bit, but no window, word list or logit array of the whole
+    text is kept. Windows are encoded once to plan the batches (their lengths kept) and again when a batch
+    needs them; each decode reads a sentence alone, so the sentences a batch completes are decoded
+    at once. Held until written, in order: the text, the plan (12 bytes a window, ~100 a sentence),
+    and a tag id and a score per word (8 to 12 bytes); on top, one batch, and the word logits of
+    sentences longer than one window from their first window run to their last (windows run
+    shortest first, so a long sentence's short last window runs long before its full ones)."""
+    from bertlab.datasets.brat import sentence_spans, word_tokenize
+    from bertlab.inference import decode_words, iter_word_logits
+
+    def words(i: int) -> list[str]:
+        return [w for w, _ in word_tokenize(text, int(starts[i]), int(ends[i]))]
+
+    starts, ends, n_words, window_lengths = [], [], [], []
+    spans = sentence_spans(text, mode="simple")
+    for lo in range(0, len(spans), 256):  # the Rust tokenizer encodes a group at a time
+        group = [(a, b, w) for a, b in spans[lo:lo + 256] if (w := [t for t, _ in word_tokenize(text, a, b)])]
+        encoded = tokenizer.batch_encode([w for _, _, w in group], None, max_length, stride) if group else []
+        starts += [a for a, _, _ in group]
+        ends += [b for _, b, _ in group]
+        n_words += [len(w) for _, _, w in group]
+        window_lengths += [[len(x) for x in windows] for windows in encoded]
+    del spans
+    starts, ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+    first_word = np.concatenate([[0], np.cumsum(n_words, dtype=np.int64)])
+    tag_ids, scores = np.zeros(first_word[-1], dtype=np.int32), None
+    done, written = np.zeros(len(starts), dtype=bool), 0
+    cache: dict[int, list] = {}
+
+    def windows_of(ids: list[int]) -> dict[int, list]:
+        nonlocal cache  # the last batch's sentences: a long sentence's windows fill several batches in a row
+        missing = [i for i in ids if i not in cache]
+        encoded = tokenizer.batch_encode([words(i) for i in missing], None, max_length, stride) if missing else []
+        cache = {**{i: cache[i] for i in ids if i in cache}, **dict(zip(missing, encoded))}
+        return cache
+
     label2id = {l: i for i, l in enumerate(model.labels)}
-    out = []
-    for text in tqdm(texts, desc="predict", unit="doc", disable=not progress):
-        sents = split_words(text)
-        if not sents:
-            out.append([])
+    for completed in iter_word_logits(model, tokenizer.pad_token_id, window_lengths, windows_of, batch_size,
+                                      precision):
+        if not completed:
             continue
-        logits = word_logits(model, tokenizer, [w for w, _ in sents], max_length, stride, batch_size, precision)
-        tags, probabilities = decode_words(decode, logits, model, knn, calibrator)
-        probs = [p[np.arange(len(t)), [label2id[x] for x in t]] for p, t in zip(probabilities, tags)]
-        out.append([{"words": words, "offsets": offsets, "tags": t, "scores": p}
-                    for (words, offsets), t, p in zip(sents, tags, probs)])
-    return out
+        tags, probabilities = decode_words(decode, [l for _, l in completed], model, knn, calibrator)
+        for (i, _), t, p in zip(completed, tags, probabilities):
+            ids = [label2id[x] for x in t]
+            if scores is None:  # the decoder's dtype (float32 softmax, float64 vote shares), as it returns it
+                scores = np.zeros(first_word[-1], dtype=p.dtype)
+            tag_ids[first_word[i]:first_word[i + 1]] = ids
+            scores[first_word[i]:first_word[i + 1]] = p[np.arange(len(t)), ids]
+            done[i] = True
+        while written < len(done) and done[written]:
+            i, a, b = written, first_word[written], first_word[written + 1]
+            tokens = word_tokenize(text, int(starts[i]), int(ends[i]))
+            yield {"words": [w for w, _ in tokens], "offsets": [span for _, span in tokens],
+                   "tags": [model.labels[k] for k in tag_ids[a:b]], "scores": scores[a:b]}
+            written += 1
 
 
 def entities_of(text: str, sentences: list[dict], doc: str, reading: str = "strict") -> list[dict]:
@@ -396,27 +452,38 @@ def read_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
+def entity_lines(doc: str, text: str, sentences, reading: str = "strict"):
+    """JSONL lines of one document's entities (``entities_of``), one entity a line; a document
+    without entities gets one line with ``type``, ``text``, ``start``, ``end`` and ``score`` null, so
+    every input document is accounted for. ``sentences`` may be a generator (``tag_sentences``)."""
+    found = False
+    for sentence in sentences:
+        for e in entities_of(text, [sentence], doc, reading):
+            found = True
+            yield json.dumps(e, ensure_ascii=False) + "\n"
+    if not found:
+        yield json.dumps({"doc": doc, "type": None, "text": None, "start": None, "end": None, "score": None}) + "\n"
+
+
+def conll_lines(sentences):
+    """CoNLL lines of one document: ``-DOCSTART-<TAB>O``, then per sentence its ``word<TAB>tag``
+    lines and a blank line. The tags are the decoder's own, orphan ``I-X`` included (the reading
+    applies to entities only)."""
+    yield "-DOCSTART-\tO\n"
+    for s in sentences:
+        yield "".join(f"{w}\t{t}\n" for w, t in zip(s["words"], s["tags"])) + "\n"
+
+
 def format_entities(doc_ids, texts, tagged, reading: str = "strict") -> str:
-    """JSONL, one entity a line; a document without entities gets one line with ``type``,
-    ``text``, ``start``, ``end`` and ``score`` null, so every input document is accounted for."""
-    lines = []
-    for doc, text, sents in zip(doc_ids, texts, tagged):
-        ents = entities_of(text, sents, doc, reading) or [
-            {"doc": doc, "type": None, "text": None, "start": None, "end": None, "score": None}]
-        lines += [json.dumps(e, ensure_ascii=False) + "\n" for e in ents]
-    return "".join(lines)
+    """JSONL for tagged texts (``tag_texts``): ``entity_lines`` of each document, in input order."""
+    return "".join(line for doc, text, sents in zip(doc_ids, texts, tagged)
+                   for line in entity_lines(doc, text, sents, reading))
 
 
 def format_conll(tagged) -> str:
-    """CoNLL: ``-DOCSTART-<TAB>O`` before each document (in input order), then ``word<TAB>tag``
-    lines, a blank line after each sentence; ``bertlab.datasets.read_conll`` reads it back. The tags
-    are the decoder's own, orphan ``I-X`` included (the reading applies to entities only)."""
-    out = []
-    for sents in tagged:
-        out.append("-DOCSTART-\tO\n")
-        for s in sents:
-            out.append("".join(f"{w}\t{t}\n" for w, t in zip(s["words"], s["tags"])) + "\n")
-    return "".join(out)
+    """CoNLL for tagged texts (``tag_texts``): ``conll_lines`` of each document, in input order;
+    ``bertlab.datasets.read_conll`` reads it back."""
+    return "".join(line for sents in tagged for line in conll_lines(sents))
 
 
 # ---- command line -------------------------------------------------------------------------
@@ -443,20 +510,13 @@ def check_not_input(output: str | os.PathLike, inputs: list[str]) -> None:
                              f"Choose another --output")
 
 
-def _failure(e: BaseException) -> str:
-    """One line for an expected failure: OSErrors as ``path: reason``."""
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        return f"{e.filename}: {e.strerror}"
-    return str(e)
-
-
 def show_progress() -> bool:
     """tqdm bars on a terminal unless ``$CI`` is set (as ``bertlab train``'s ``progress = "auto"``)."""
     from bertlab.train import show_progress as train_show_progress
     return train_show_progress("auto")
 
 
-def _decode_options(ap: argparse.ArgumentParser) -> None:
+def add_decode_options(ap: argparse.ArgumentParser) -> None:
     from bertlab.config import DECODES
     ap.add_argument("--decode", choices=DECODES, metavar="DECODE",
                     help=f"how words get their tags: {', '.join(DECODES)} (default: viterbi for a CRF head, "
@@ -470,7 +530,7 @@ def _decode_options(ap: argparse.ArgumentParser) -> None:
                          "never written)")
 
 
-def _window_options(ap: argparse.ArgumentParser) -> None:
+def add_window_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-length", type=int, metavar="N",
                     help="subwords per window, [CLS]/[SEP] included (default: as the model was trained, "
                          "from best/bertlab_train.json or the run's metrics.json; 128 without them)")
@@ -496,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", required=True, nargs="+", metavar="FILE",
                     help="UTF-8 text files (one document each), .jsonl files (a \"text\" field per line, "
                          "\"id\" optional), or - for stdin")
-    _decode_options(ap)
-    _window_options(ap)
+    add_decode_options(ap)
+    add_window_options(ap)
     ap.add_argument("--format", choices=("jsonl", "conll"), default="jsonl",
                     help="jsonl: one entity a line {doc, type, text, start, end, score}, a null-type line for a "
                          "document without entities; conll: word<TAB>tag lines, -DOCSTART- before each "
@@ -524,165 +584,19 @@ def main(argv: list[str] | None = None) -> int:
         decode = choose_decode(model, args.decode, args.knn)
         knn, calibrator = load_decoders(model, tokenizer, args.model, decode, progress=progress, precision=precision,
                                         log=lambda s: print(s, file=sys.stderr), knn_cache=args.knn_cache)
-    except (OSError, ValueError) as e:
-        print(f"bertlab predict: {_failure(e)}", file=sys.stderr)
-        return 2
-    tagged = tag_texts(model, tokenizer, texts, knn, max_length, stride, progress=progress, precision=precision,
-                       decode=decode, calibrator=calibrator)
-    text = (format_conll(tagged) if args.format == "conll"
-            else format_entities(ids, texts, tagged, "lenient" if args.lenient else "strict"))
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        write_text(args.output, text)
-    return 0
 
-
-# ---- evaluate -----------------------------------------------------------------------------
-
-def load_eval_data(data: str, split: str | None = None, scheme: str | None = None):
-    """A bundled corpus split (``data`` a name from ``bertlab data list``; ``split`` default test)
-    or a CoNLL file (``data`` a path; ``scheme`` its tag scheme, default IOB2)."""
-    from bertlab.datasets import list_corpora, load, read_conll
-    if data in list_corpora():
-        if scheme is not None:
-            raise UsageError(f"--scheme applies to CoNLL files; {data} is a bundled corpus")
-        return load(data, split or "test")
-    path = Path(data)
-    if path.is_file():
-        if split is not None:
-            raise UsageError(f"--split applies to bundled corpora; {data} is a file (evaluated whole)")
-        return read_conll(path, split="test", scheme=scheme or "IOB2")
-    if path.exists():
-        raise UsageError(f"{data}: is a folder; --data takes a bundled corpus name or a CoNLL file")
-    raise UsageError(f"{data}: no such file, nor a bundled corpus ({', '.join(list_corpora())})")
-
-
-def label_coverage(model_labels: list[str], corpus) -> dict:
-    """Gold mentions of ``corpus`` whose type the model cannot predict: ``{"types": {type: count},
-    "mentions", "total"}`` (empty ``types`` when the model knows every type)."""
-    known = {l[2:] for l in model_labels if l != "O"}
-    counts: dict[str, int] = {}
-    for s in corpus.sentences:
-        for typ, _, _ in strict_entities(s.tags):
-            counts[typ] = counts.get(typ, 0) + 1
-    missing = {t: n for t, n in sorted(counts.items(), key=lambda x: -x[1]) if t not in known}
-    return {"types": missing, "mentions": sum(missing.values()), "total": sum(counts.values())}
-
-
-def evaluate_model(model_dir, data: str, split: str | None = None, knn: bool = False, max_documents: int = 0,
-                   max_length: int | None = None, stride: int | None = None, scheme: str | None = None,
-                   progress: bool = False, log=lambda s: None, precision: str | None = None,
-                   device: str = "cpu", decode: str | None = None,
-                   knn_cache: str | os.PathLike | None = None) -> dict:
-    """Re-score a saved model on a bundled corpus or a CoNLL file: ``bertlab.inference.evaluate``'s
-    dict plus the entity- and token-level confusion matrices, the window settings
-    (``max_length``, ``stride``, ``window_source``) and ``warnings`` (gold types the model lacks).
-    ``decode`` as ``choose_decode`` (``knn=True`` is ``decode="knn"``)."""
-    from bertlab.inference import evaluate, word_logits
-    from bertlab.metrics import confusion_matrix
-    if max_documents < 0:  # a slice [:-1] would silently score all but the last document
-        raise ValueError(f"--max-documents {max_documents}: expected 0 (all documents) or a number of documents")
-    model, tokenizer = load_model(model_dir, device)
-    corpus = load_eval_data(data, split, scheme)
-    if max_documents:
-        corpus = corpus.subset(max_documents)
-    max_length, stride, where = window_settings(model_dir, max_length, stride)
-    warnings = []
-    lacking = label_coverage(model.labels, corpus)
-    if lacking["types"]:
-        shown = ", ".join(f"{t} ({n})" for t, n in list(lacking["types"].items())[:5])
-        warnings.append(f"{len(lacking['types'])} gold entity types, {lacking['mentions']} of "
-                        f"{lacking['total']} mentions, are not among the model's labels and can never be "
-                        f"found: {shown}{', ...' if len(lacking['types']) > 5 else ''}")
-    for w in warnings:
-        log(f"warning: {w}")
-    precision, precision_source = scoring_precision(model_dir, precision)
-    decode = choose_decode(model, decode, knn)
-    knn_model, calibrator = load_decoders(model, tokenizer, model_dir, decode, log=log, progress=progress,
-                                          precision=precision, knn_cache=knn_cache)
-    logits = word_logits(model, tokenizer, corpus.sentences, max_length, stride, precision=precision,
-                         progress=progress)
-    result = evaluate(model, tokenizer, corpus, decode=decode, knn=knn_model, logits=logits, calibrator=calibrator)
-    gold = [p["tags"] for p in result["predictions"]]
-    pred = [p["pred"] for p in result["predictions"]]
-    result["confusion_entity"] = confusion_matrix(gold, pred, level="entity")
-    result["confusion_token"] = confusion_matrix(gold, pred, level="token", collapse=True)
-    result.update(data=corpus.name, split=corpus.split, documents=len(corpus.documents),
-                  sentences=len(corpus.sentences), max_length=max_length, stride=stride,
-                  window_source=where, warnings=warnings, precision=precision, precision_source=precision_source)
-    return result
-
-
-def format_evaluation(r: dict, title: str, details: bool = False) -> str:
-    """The text ``bertlab evaluate`` prints: a summary (micro, macro and weighted averages of the
-    strict entity scores, conlleval micro F1, token accuracy, unweighted accuracy); with
-    ``details`` also the per-type tables and both confusion matrices."""
-    from bertlab.metrics import format_report
-    averages = ("micro avg", "macro avg", "weighted avg")
-    entity = r["entity_report"] if details else {k: v for k, v in r["entity_report"].items() if k in averages}
-    lines = [title, "",
-             "Entities (strict IOB2, seqeval's strict mode):",
-             format_report(entity).replace("\n\n\n", "\n\n"),  # no per-type rows: one blank line
-             f"Entity micro F1, conlleval (tolerant) reading: {r['micro_f1_conlleval']:.4f}",
-             f"Token accuracy: {r['token']['accuracy']:.4f}",
-             f"Unweighted accuracy (mean per-tag recall): {r['unweighted_accuracy']:.4f}"]
-    lines += [f"warning: {w}" for w in r.get("warnings", [])]
-    if details:
-        lines += ["", "Tokens:", format_report(r["token"]),
-                  f"Entity confusion (gold rows, predicted columns):\n{r['confusion_entity']}", "",
-                  f"Token confusion by type:\n{r['confusion_token']}"]
-    else:
-        lines += ["", "(--details: per-type tables and confusion matrices; --output FILE: everything as JSON)"]
-    return "\n".join(lines) + "\n"
-
-
-def evaluation_json(r: dict) -> dict:
-    """``evaluate_model``'s dict as plain JSON (confusion matrices as rows, cols, matrix)."""
-    out = {k: v for k, v in r.items() if not k.startswith("confusion")}
-    for k in ("confusion_entity", "confusion_token"):
-        out[k] = {"rows": r[k].rows, "cols": r[k].cols, "matrix": r[k].matrix.tolist()}
-    return out
-
-
-def evaluate_main(argv: list[str] | None = None) -> int:
-    """Re-score a saved model on a bundled corpus or a CoNLL file: a summary of the strict entity
-    scores, with --details the per-type tables and confusion matrices."""
-    ap = argparse.ArgumentParser(prog="bertlab evaluate", description=evaluate_main.__doc__)
-    ap.add_argument("--model", required=True, metavar="DIR", help="a saved model folder, e.g. runs/btl_focal/<run>/best")
-    ap.add_argument("--data", required=True, metavar="NAME|FILE",
-                    help="a bundled corpus (`bertlab data list`) or a CoNLL file (token<TAB>tag lines)")
-    ap.add_argument("--split", choices=("train", "dev", "test"),
-                    help="split of a bundled corpus (default: test)")
-    ap.add_argument("--scheme", choices=("IOB1", "IOB2", "IOBES", "BILOU"),
-                    help="tag scheme of a CoNLL file, converted to IOB2 (default: IOB2)")
-    _decode_options(ap)
-    ap.add_argument("--max-documents", type=int, default=0, metavar="N",
-                    help="only the first N documents (default: 0, all)")
-    _window_options(ap)
-    ap.add_argument("--details", action="store_true",
-                    help="also print the per-type tables and the entity and token confusion matrices")
-    ap.add_argument("--output", metavar="FILE",
-                    help="also write every number, the confusion matrices and the predictions to this JSON file")
-    ap.add_argument("--json", dest="output", help=argparse.SUPPRESS)  # its old name
-    args = ap.parse_args(argv)
-    try:
-        if args.output:
-            check_writable(args.output)
-            check_not_input(args.output, [args.data])
-        r = evaluate_model(args.model, args.data, args.split, args.knn, args.max_documents, args.max_length,
-                           args.stride, args.scheme, progress=show_progress(),
-                           log=lambda s: print(s, file=sys.stderr), precision=args.precision,
-                           device=args.device, decode=args.decode, knn_cache=args.knn_cache)
-    except (OSError, ValueError) as e:
-        print(f"bertlab evaluate: {_failure(e)}", file=sys.stderr)
-        return 2
-    data = f"{args.data} {r['split']}" if args.data == r["data"] else args.data
-    docs = f"{r['documents']} document{'s' * (r['documents'] != 1)}"
-    title = (f"{args.model} on {data} ({docs}, {r['sentences']} sentences), "
-             f"decode {r['decode']}\nwindows of {r['max_length']} subwords, stride {r['stride']} "
-             f"({r['window_source']})\nprecision {r['precision']} ({r['precision_source']})")
-    sys.stdout.write(format_evaluation(r, title, args.details))
-    if args.output:
-        write_text(args.output, json.dumps(evaluation_json(r), indent=1) + "\n")
+        def lines():  # document by document, sentence by sentence: memory bounded by a batch (tag_sentences)
+            from tqdm import tqdm
+            for text, doc in zip(tqdm(texts, desc="predict", unit="doc", disable=not progress), ids):
+                sentences = tag_sentences(model, tokenizer, text, decode, knn, calibrator, max_length, stride,
+                                          precision=precision)
+                yield from (conll_lines(sentences) if args.format == "conll" else
+                            entity_lines(doc, text, sentences, "lenient" if args.lenient else "strict"))
+        if args.output == "-":
+            for line in lines():
+                sys.stdout.write(line)
+        else:
+            write_with(args.output, lambda f: [f.write(line.encode("utf-8")) for line in lines()])
+    except Exception as e:  # one line naming the file or option (bertlab.errors); BERTLAB_DEBUG=1 the traceback
+        return fail("predict", e, also=(ValueError,))
     return 0

@@ -102,7 +102,7 @@ def test_help_explains_every_option(command, monkeypatch):
 def test_file_options_are_named_output(monkeypatch):
     """A file a command writes is --output FILE (predict, evaluate, bench); old names still parse."""
     from bertlab.bench import main as bench_main
-    from bertlab.predict import evaluate_main
+    from bertlab.evaluate import main as evaluate_main
     from bertlab.predict import main as predict_main
     for func in (predict_main, evaluate_main, bench_main):
         options = {o for a in parser_of(func, monkeypatch)._actions for o in a.option_strings}

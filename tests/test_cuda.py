@@ -614,7 +614,7 @@ def test_inference_knn_and_predict_on_the_device_equal_cpu(trained, vocab):
 def test_predict_and_evaluate_commands_tag_on_the_device(trained, tmp_path):
     """``bertlab predict --device`` and ``bertlab evaluate --device`` put the model on the device and
     tag as on the CPU (fp32; a note of a few dozen words has no near-tie to flip)."""
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     from bertlab.predict import main as predict_main
     best = trained("fp32").out / "best"
     model, _ = load_model(best, str(DEVICE))

@@ -505,3 +505,100 @@ def test_cross_validation_split_refuses_impossible_folds(documents, folds, fold,
     from bertlab.datasets.splits import cross_validation_split
     with pytest.raises(ValueError, match=re.escape(message)):
         cross_validation_split({f"d{i}": {"A": 1} for i in range(documents)}, folds, fold)
+
+
+# ---------------------------------------------------------------------------- own data (#41 item 8)
+
+def write_brat(folder, documents):
+    """``documents``: ``{doc_id: (text, [(type, start, end), ...])}`` as brat files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc_id, (text, mentions) in documents.items():
+        (folder / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+        (folder / f"{doc_id}.ann").write_text("".join(f"T{k}\t{t} {a} {b}\t{text[a:b]}\n"
+                                                      for k, (t, a, b) in enumerate(mentions, 1)), encoding="utf-8")
+    return folder
+
+
+TWO_NOTES = {
+    "n1": ("Fever and chest pain .\nAspirin given .\n", [("Sign", 0, 5), ("Sign", 10, 20), ("Drug", 23, 30)]),
+    "n2": ("No fever today .\n", [("Sign", 3, 8)]),
+}
+
+
+def test_data_stats_of_a_brat_folder_as_counted_by_hand(tmp_path, capsys):
+    """`bertlab data stats DIR` on one's own brat folder: the numbers counted by hand, in the bundled
+    corpora's layout; the same documents as a CoNLL file give the same numbers."""
+    folder = write_brat(tmp_path / "notes", TWO_NOTES)
+    assert data_main(["stats", str(folder), "--json"]) == 0
+    [stats] = json.loads(capsys.readouterr().out)
+    assert {k: stats[k] for k in ("name", "split", "documents", "sentences", "tokens", "mentions",
+                                  "total_mentions", "imbalance_ratio", "tag_counts")} == {
+        "name": "notes", "split": "all", "documents": 2, "sentences": 3, "tokens": 5 + 3 + 4,
+        "mentions": {"Sign": 3, "Drug": 1}, "total_mentions": 4, "imbalance_ratio": 3.0,
+        "tag_counts": {"O": 7, "B-Sign": 3, "B-Drug": 1, "I-Sign": 1}}
+    assert stats["share"] == {"Sign": 0.75, "Drug": 0.25} and stats["o_share"] == 7 / 12
+    assert stats["annotated"] == {"Sign": 3, "Drug": 1} and stats["dropped"] == {}
+    write_conll(read_brat(folder), tmp_path / "notes.tsv")
+    assert data_main(["stats", str(tmp_path / "notes.tsv"), "--json"]) == 0
+    [conll] = json.loads(capsys.readouterr().out)
+    assert conll == {k: v for k, v in stats.items() if k not in ("annotated", "dropped")}
+    assert data_main(["stats", str(folder)]) == 0
+    table = capsys.readouterr().out
+    assert "| all | 2 | 3 | 12 | 4 | 2 | 3.0x | 58.3% |" in table and "| Sign | 3 (75.00%) |" in table
+
+
+def test_data_stats_of_a_brat_folder_equal_the_bundled_corpus_on_the_same_documents(tmp_path, capsys):
+    """Three MACCROBAT test documents copied into a folder of one's own: `bertlab data stats DIR`
+    counts what the bundled code path (`load("maccrobat", "test")`, which reads them with `read_brat`)
+    counts on them, dropped and changed mentions included, with and without a policy."""
+    import shutil
+    ids = read_split(corpus_dir("maccrobat") / "split.json")["test"][:3]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for doc in ids:
+        for ext in (".txt", ".ann"):
+            shutil.copy(corpus_dir("maccrobat") / "brat" / f"{doc}{ext}", folder)
+    for policy in ([], ["--overlap", "shortest"]):
+        assert data_main(["stats", str(folder), "--json", *policy]) == 0
+        [mine] = json.loads(capsys.readouterr().out)
+        options = {"overlap": "shortest"} if policy else {}
+        # what load("maccrobat", "test") reads for these three (its notes count all twenty documents)
+        bundled = json.loads(json.dumps(corpus_stats(read_brat(corpus_dir("maccrobat") / "brat", ids, **options))))
+        assert [s.tags for s in load("maccrobat", "test", **options).subset(3).sentences] == \
+            [s.tags for s in read_brat(folder, **options).sentences]
+        assert mine["documents"] == 3 and mine["total_mentions"] > 50
+        assert {k: v for k, v in mine.items() if k not in ("name", "split")} == \
+            {k: v for k, v in bundled.items() if k not in ("name", "split")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["stats", "{tmp}/nope"], "nope: no such file or folder, nor a bundled corpus"),
+    (["stats", "{tmp}/notes", "--split", "dev"], "--split applies to bundled corpora"),
+    (["stats", "{tmp}/notes", "--scheme", "BILOU"], "--scheme applies to CoNLL files"),
+    (["stats", "maccrobat", "--scheme", "BILOU"], "--scheme applies to CoNLL files; maccrobat is a bundled corpus"),
+])
+def test_data_stats_usage_errors(tmp_path, capsys, argv, message):
+    write_brat(tmp_path / "notes", TWO_NOTES)
+    with pytest.raises(SystemExit) as e:
+        data_main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_own_data_errors_name_the_file_and_line_or_annotation(tmp_path, capsys):
+    """A bad brat folder is one line naming the .ann file, its line and the annotation id (or the
+    missing file), exit status 2; a folder of split folders says which to pass."""
+    from bertlab.datasets import read_corpus
+    notes = write_brat(tmp_path / "corpus" / "train", TWO_NOTES)
+    with pytest.raises(DataError, match=r"corpus: no \.txt files in it, but its subfolder\(s\) train hold brat"):
+        read_corpus(tmp_path / "corpus")
+    (notes / "n2.ann").write_text("T1\tSign 3 8\tfever\nT2\tSign 3 99\tfever\n", encoding="utf-8")
+    assert data_main(["stats", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bertlab data: {notes / 'n2.ann'}:2: T2: offsets 3 99 outside the text") and \
+        err.count("\n") == 1
+    (notes / "n2.ann").unlink()
+    assert data_main(["stats", str(notes)]) == 2
+    assert capsys.readouterr().err == (f"bertlab data: {notes / 'n2.ann'}: missing annotation file for "
+                                       f"{notes / 'n2.txt'}; expected <id>.ann next to <id>.txt\n")
+    with pytest.raises(DataError, match="is a brat folder; scheme applies to CoNLL files"):
+        read_corpus(tmp_path / "corpus" / "train", scheme="BILOU")

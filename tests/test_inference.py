@@ -67,6 +67,44 @@ def test_word_logits_read_each_word_once_from_its_owning_window(tokenizer):
     assert model.training
 
 
+def word_logits_before_41(model, tokenizer, sentences, max_length, stride, batch_size):
+    """``word_logits`` as it was before issue #41 (every window held): all windows of all sentences
+    sorted by length (``sorted``, stable), ``batch_size`` at a time, merged by ``word_predictions``."""
+    from bertlab.sampling import collate
+    from bertlab.tokenization import word_predictions
+    windows = tokenizer.batch_encode(sentences, None, max_length, stride)
+    flat = [w for ws in windows for w in ws]
+    order = sorted(range(len(flat)), key=lambda j: len(flat[j]))
+    out = [None] * len(flat)
+    with torch.no_grad():
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            batch = collate([flat[j] for j in chunk], pad_token_id=tokenizer.pad_token_id)
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).numpy()
+            for row, j in enumerate(chunk):
+                out[j] = logits[row, :len(flat[j])]
+    result, k = [], 0
+    for words, ws in zip(sentences, windows):
+        result.append(word_predictions(ws, out[k:k + len(ws)]) if words else np.zeros((0, len(LABELS)), np.float32))
+        k += len(ws)
+    return result
+
+
+def test_word_logits_equal_the_pre_41_loop_to_the_bit(tokenizer):
+    """#41 item 12: ``word_logits`` runs through ``iter_word_logits`` (the batch-by-batch engine of
+    ``bertlab predict``); its logits equal those of the loop it replaced, bit for bit: the same
+    batches (ties in length kept in input order), the same rows."""
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    sentences = [list(rng.choice(LONG, int(rng.integers(0, 25)))) for _ in range(25)] + [LONG * 2, []]
+    for batch_size in (3, 7):
+        got = word_logits(model, tokenizer, sentences, max_length=12, stride=3, batch_size=batch_size)
+        expected = word_logits_before_41(model, tokenizer, sentences, 12, 3, batch_size)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.dtype == e.dtype and g.shape == e.shape and np.array_equal(g, e, equal_nan=True)
+
+
 @pytest.mark.parametrize("multiple", [0, 8, 32])
 def test_word_logits_padded_to_a_multiple_equal_the_unpadded_ones(tokenizer, multiple):
     # padding is masked: the logits change only by float rounding (fp32 against float64 unpadded)

@@ -13,7 +13,8 @@ from conftest import TINY_STUDY, write_study
 
 from bertlab.datasets import entity_types, label_list
 from bertlab.metrics import strict_entities
-from bertlab.predict import evaluate_main, load_knn, load_model, main, predict_text, split_words
+from bertlab.evaluate import main as evaluate_main
+from bertlab.predict import load_knn, load_model, main, predict_text, split_words
 
 TEXT = ("A 54-year-old man presented with fever and chest pain. Troponin was 2.3 ng/mL.\n"
         "He received aspirin 300 mg and was discharged on day 4.")
@@ -164,7 +165,7 @@ def test_evaluate_prints_a_summary_and_details_on_request(model_dir, capsys, tmp
 def test_evaluate_on_a_conll_file_equals_the_bundled_corpus(model_dir, tmp_path):
     """A CoNLL file written from a bundled split scores exactly as the split, in any tag scheme."""
     from bertlab.datasets import load, write_conll
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     corpus = load("maccrobat", "test").subset(2)
     write_conll(corpus, tmp_path / "test.conll")
     write_conll(corpus, tmp_path / "test.iobes", scheme="IOBES")
@@ -214,7 +215,9 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
         (main, ["--model", model, "--input", note, "--output", str(tmp_path / "no" / "e.jsonl")], "does not exist"),
         (evaluate_main, ["--model", str(tmp_path), "--data", "maccrobat"], "no config.json"),
         (evaluate_main, ["--model", model, "--data", "my_test.conll"], "my_test.conll: no such file, nor a bundled corpus"),
-        (evaluate_main, ["--model", model, "--data", str(tmp_path)], "is a folder"),
+        # a folder is a brat folder since #41 item 8 (it said "is a folder"): its first text lacks its .ann
+        (evaluate_main, ["--model", model, "--data", str(tmp_path)],
+         f"{tmp_path / 'latin1.ann'}: missing annotation file for {tmp_path / 'latin1.txt'}"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--scheme", "IOBES"], "--scheme applies to CoNLL files"),
         (evaluate_main, ["--model", model, "--data", str(tmp_path / "test.conll"), "--split", "dev"], "--split applies"),
         (evaluate_main, ["--model", model, "--data", "maccrobat", "--output", str(tmp_path / "no" / "r.json")],
@@ -256,8 +259,31 @@ def test_expected_failures_are_one_line_with_status_2(model_dir, tmp_path, capsy
     def fail(*a, **k):
         raise AssertionError("the model was loaded before the output was checked")
     monkeypatch.setattr("bertlab.predict.load_model", fail)
+    monkeypatch.setattr("bertlab.evaluate.load_model", fail)
     assert evaluate_main(["--model", model, "--data", "maccrobat", "--json", str(tmp_path / "no" / "r.json")]) == 2
     assert main(["--model", model, "--input", note, "--output", str(tmp_path / "no" / "e.jsonl")]) == 2
+
+
+def test_unexpected_errors_are_one_line_with_their_type(model_dir, tmp_path, capsys, monkeypatch):
+    """predict and evaluate report through bertlab.errors.fail, as every command: a bug anywhere,
+    tagging included (it used to escape as a traceback), is one line with its type and exit status
+    2; BERTLAB_DEBUG=1 prints the traceback as well."""
+    (tmp_path / "note.txt").write_text(TEXT)
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr("bertlab.predict.tag_sentences", bug)
+    monkeypatch.setattr("bertlab.evaluate.evaluate_model", bug)
+    for command, func, argv in (("predict", main, ["--input", str(tmp_path / "note.txt")]),
+                                ("evaluate", evaluate_main, ["--data", "maccrobat"])):
+        assert func(["--model", str(model_dir), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"bertlab {command}: RuntimeError: boom (BERTLAB_DEBUG=1 for the traceback)\n") and \
+            "Traceback" not in err
+        monkeypatch.setenv("BERTLAB_DEBUG", "1")
+        assert func(["--model", str(model_dir), *argv]) == 2
+        assert "Traceback" in capsys.readouterr().err
+        monkeypatch.delenv("BERTLAB_DEBUG")
 
 
 def test_evaluate_refuses_a_negative_max_documents(model_dir, capsys):
@@ -267,13 +293,13 @@ def test_evaluate_refuses_a_negative_max_documents(model_dir, capsys):
         assert evaluate_main(["--model", str(model_dir), "--data", "maccrobat", "--max-documents", n]) == 2
         assert capsys.readouterr().err == (f"bertlab evaluate: --max-documents {n}: expected 0 (all documents) "
                                            f"or a number of documents\n")
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     assert evaluate_model(model_dir, "maccrobat", "test", max_documents=2)["documents"] == 2
 
 
 def test_evaluate_warns_about_gold_types_the_model_lacks(model_dir, tmp_path, capsys):
     """A MACCROBAT model on NCBI-disease can never find a Disease: scores are zero, and it says so."""
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     messages = []
     r = evaluate_model(model_dir, "ncbi_disease", "test", max_documents=3, log=messages.append)
     gold = sum(1 for p in r["predictions"] for t in p["tags"] if t == "B-Disease")
@@ -300,7 +326,8 @@ def test_windows_are_cut_as_the_model_was_trained(model_dir, tmp_path, settings_
     """evaluate/predict read max_length and stride saved with the model (the lead's
     best/bertlab_train.json, or an older run's metrics.json), so they score as training did;
     explicit values win, and without saved settings it is 128 / 32 with a note."""
-    from bertlab.predict import evaluate_model, window_settings
+    from bertlab.evaluate import evaluate_model
+    from bertlab.predict import window_settings
     best = saved_run(model_dir, tmp_path, settings_file, {"data": {"max_length": 24, "stride": 4}})
     assert window_settings(best)[:2] == (24, 4) and str(tmp_path / "run" / settings_file) in window_settings(best)[2]
     assert window_settings(best, 40, None)[:2] == (40, 4) and window_settings(best, 40, 8)[:2] == (40, 8)
@@ -331,8 +358,8 @@ def test_predict_uses_saved_windows_and_notes_the_default(model_dir, tmp_path, c
 def test_knn_refit_reproduces_training_time_knn(tmp_path):
     """evaluate --knn on a trained run's best/ refits the KNN from the run's config and gives the
     same test predictions as the KNN decode written at training time."""
+    from bertlab.evaluate import evaluate_model
     from bertlab.study import run_experiment
-    from bertlab.predict import evaluate_model
     # the tiny study, trained once and scored with KNN only
     text = (TINY_STUDY.replace('decode = ["argmax"]', 'decode = ["knn"]\nknn_k = 3')
             .replace('decode = "argmax" }', 'decode = "knn" }')
@@ -464,6 +491,7 @@ def test_progress_bars_only_when_wanted(model_dir, tmp_path, capsys, monkeypatch
     monkeypatch.setenv("CI", "true")
     assert not show_progress()
     monkeypatch.setattr("bertlab.predict.show_progress", lambda: True)
+    monkeypatch.setattr("bertlab.evaluate.show_progress", lambda: True)
     assert main(["--model", str(model_dir), "--input", str(tmp_path / "note.txt")]) == 0
     assert "predict: 100%" in capsys.readouterr().err
     assert evaluate_main(["--model", str(model_dir), "--data", "maccrobat", "--max-documents", "1"]) == 0
@@ -489,7 +517,8 @@ def test_evaluate_reproduces_the_runs_own_test_predictions_in_its_precision(tmp_
     the same predictions, for argmax and for a KNN refitted from the run's config."""
     from _train_script import tiny_config
 
-    from bertlab.predict import evaluate_model, scoring_precision
+    from bertlab.evaluate import evaluate_model
+    from bertlab.predict import scoring_precision
     from bertlab.train import load_config, train
     cfg = tiny_config(tmp_path / "data", train={"precision": precision, "epochs": 1},
                       eval={"decode": ["argmax", "knn"], "knn_k": 3})
@@ -515,7 +544,7 @@ def test_decode_reproduces_each_decode_of_a_run_and_bio_tags_are_valid(tmp_path,
 
     from bertlab.checkpoint import best_folder
     from bertlab.datasets.tags import tag_problems
-    from bertlab.predict import evaluate_model
+    from bertlab.evaluate import evaluate_model
     from bertlab.train import load_config, train
     decodes = ["argmax", "argmax+bio", "knn+bio", "calibrated", "calibrated+bio"]
     cfg = tiny_config(tmp_path / "data", train={"epochs": 1}, eval={"decode": decodes, "knn_k": 3})
@@ -540,3 +569,130 @@ def test_decode_reproduces_each_decode_of_a_run_and_bio_tags_are_valid(tmp_path,
         assert main(["--model", str(run / "best"), "--input", str(tmp_path / "note.txt"), *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bertlab predict: ") and message in err and err.count("\n") == 1, err
+
+
+def long_document(n_sentences: int, seed: int = 0) -> str:
+    """A generated note: sentences of 1 to 40 words, every fifth of 60 to 150 words (several windows
+    at max_length 32), lines of a few sentences, and a blank line now and then."""
+    rng = np.random.default_rng(seed)
+    vocab = ("the patient had fever , cough and 3 mg aspirin troponin was 2.3 ng / mL chest pain CT "
+             "showed a mass in left lung biopsy").split()
+    out = []
+    for k in range(n_sentences):
+        n = int(rng.integers(60, 150)) if k % 5 == 4 else int(rng.integers(1, 40))
+        out.append(" ".join(rng.choice(vocab, n)).capitalize() + ".")
+        out.append("\n\n" if rng.random() < 0.05 else "\n" if rng.random() < 0.3 else " ")
+    return "".join(out)
+
+
+def whole_document_tags(model, tokenizer, text, decode, knn=None, max_length=32, stride=8, batch_size=8):
+    """The non-streaming path (bertlab predict before #41): the word logits of every sentence of the
+    text at once (``word_logits``), decoded at once."""
+    from bertlab.inference import decode_words, word_logits
+    sents = split_words(text)
+    logits = word_logits(model, tokenizer, [w for w, _ in sents], max_length, stride, batch_size)
+    tags, probabilities = decode_words(decode, logits, model, knn)
+    ids = [[model.labels.index(x) for x in t] for t in tags]
+    return [{"words": w, "offsets": o, "tags": t, "scores": p[np.arange(len(t)), i]}
+            for (w, o), t, p, i in zip(sents, tags, probabilities, ids)]
+
+
+@pytest.mark.parametrize("decode", ["argmax+bio", "knn"])
+def test_streamed_tagging_equals_the_whole_document_path(model_dir, decode):
+    """#41 item 12: `bertlab predict` tags a long document batch by batch (tag_sentences) with the
+    tags and scores, to the last bit, of the whole-document path: same batches, same decode."""
+    from bertlab.knn import KNNClassifier
+    from bertlab.predict import entity_lines, tag_sentences
+    model, tokenizer = load_model(model_dir)
+    text = long_document(120)
+    rng = np.random.default_rng(1)
+    knn = KNNClassifier(k=5).fit(rng.normal(size=(300, len(model.labels))).astype(np.float32),
+                                 rng.integers(0, len(model.labels), 300)) if decode == "knn" else None
+    expected = whole_document_tags(model, tokenizer, text, decode, knn)
+    assert sum(len(s["words"]) > 30 for s in expected) >= 20, "long sentences take several windows"
+    streamed = list(tag_sentences(model, tokenizer, text, decode, knn, max_length=32, stride=8, batch_size=8))
+    assert [(s["words"], s["offsets"], s["tags"]) for s in streamed] == \
+        [(s["words"], s["offsets"], s["tags"]) for s in expected]
+    for s, e in zip(streamed, expected):
+        assert s["scores"].dtype == e["scores"].dtype and np.array_equal(s["scores"], e["scores"])
+    assert "".join(entity_lines("d", text, streamed)) == "".join(entity_lines("d", text, expected))
+
+
+def test_streamed_tagging_encodes_a_batch_at_a_time(model_dir, monkeypatch):
+    """#41 item 12: while tagging, the windows encoded at any time are those of one batch's sentences,
+    never the document's, and each sentence comes out once, in order; the memory this bounds is
+    measured by `bertlab bench --only predict`."""
+    import bertlab.inference as inference
+    from bertlab.predict import tag_sentences
+    model, tokenizer = load_model(model_dir)
+    text = long_document(40)
+    real, asked = inference.iter_word_logits, []
+
+    def watched(model, pad, lengths, windows_of, *args, **kwargs):
+        def windows(ids):
+            held = windows_of(ids)
+            asked.append((len(ids), len(held)))
+            return held
+        yield from real(model, pad, lengths, windows, *args, **kwargs)
+    monkeypatch.setattr(inference, "iter_word_logits", watched)
+    tagged = list(tag_sentences(model, tokenizer, text, "argmax", max_length=32, stride=8, batch_size=4))
+    assert [(s["words"], s["offsets"]) for s in tagged] == split_words(text)
+    assert len(asked) > 20 and all(n <= 4 and held == n for n, held in asked)
+
+
+def conll_to_brat(conll_file, folder):
+    """The documents of a CoNLL file as brat files: one sentence a line, words joined by spaces, a
+    T line per strict IOB2 mention; read back by ``read_brat``, they are the same sentences."""
+    from bertlab.datasets import read_conll
+    folder.mkdir(parents=True)
+    for k, doc in enumerate(read_conll(conll_file).documents):
+        text, ann = "", []
+        for s in doc.sentences:
+            starts = []
+            for w in s.tokens:
+                starts.append(len(text))
+                text += w + " "
+            for typ, a, b in strict_entities(s.tags):
+                start, end = starts[a], starts[b - 1] + len(s.tokens[b - 1])
+                ann.append(f"T{len(ann) + 1}\t{typ} {start} {end}\t{text[start:end]}\n")
+            text = text[:-1] + "\n"
+        (folder / f"doc{k:03d}.txt").write_text(text, encoding="utf-8")
+        (folder / f"doc{k:03d}.ann").write_text("".join(ann), encoding="utf-8")
+    return folder
+
+
+def test_train_and_evaluate_on_brat_folders(tmp_path, capsys, monkeypatch):
+    """#41 item 8: `[data] train_file` / `dev_file` / `test_file` take brat folders; the splits are
+    those of the same documents as CoNLL files; a tiny run trains on them, and `bertlab evaluate
+    --data DIR` re-scores its best model on the test folder with the run's own test predictions."""
+    from _train_script import tiny_config
+
+    from bertlab.config import ConfigError
+    from bertlab.datasets.prepare import load_splits
+    from bertlab.evaluate import evaluate_model
+    from bertlab.train import load_config, train
+    conll = tiny_config(tmp_path / "conll", train={"epochs": 1})
+    folders = {key: str(conll_to_brat(conll["data"][key], tmp_path / "brat" / key.split("_")[0]))
+               for key in ("train_file", "dev_file", "test_file")}
+    cfg = {**conll, "data": {**conll["data"], **folders}}
+    own, reference = load_splits(load_config(cfg).data), load_splits(load_config(conll).data)
+    assert own.labels == reference.labels and own.train.name == "train"
+    for split in ("train", "dev", "test"):
+        mine, theirs = getattr(own, split).sentences, getattr(reference, split).sentences
+        assert [(s.tokens, s.tags) for s in mine] == [(s.tokens, s.tags) for s in theirs] and mine
+    with pytest.raises(ConfigError, match=r"\[data\] scheme = 'BILOU': applies to CoNLL files, and train_file = "):
+        load_config({**cfg, "data": {**cfg["data"], "scheme": "BILOU"}})
+    run = tmp_path / "run"
+    train(load_config(cfg), run, resume=False, log=lambda *a, **k: None)
+    trained = [json.loads(l)["pred"] for l in (run / "predictions_test_argmax.jsonl").read_text().splitlines()]
+    assert [p["pred"] for p in evaluate_model(run / "best", folders["test_file"])["predictions"]] == trained
+    monkeypatch.setattr("bertlab.evaluate.show_progress", lambda: False)
+    assert evaluate_main(["--model", str(run / "best"), "--data", folders["test_file"],
+                          "--output", str(tmp_path / "eval.json")]) == 0
+    assert f"on {folders['test_file']} (2 documents, 6 sentences)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["micro_f1"] == \
+        json.loads((run / "metrics.json").read_text())["test"]["argmax"]["micro_f1"]
+    for argv, message in ((["--scheme", "BILOU"], "--scheme applies to CoNLL files; "),
+                          (["--split", "dev"], "--split applies to bundled corpora; ")):
+        assert evaluate_main(["--model", str(run / "best"), "--data", folders["test_file"], *argv]) == 2
+        assert capsys.readouterr().err.startswith(f"bertlab evaluate: {message}")

@@ -13,7 +13,7 @@ measurement.
 ``run(quick, device="cuda")``; its module docstring says what runs, at which sizes and precisions
 (fp32 rows with TF32 off; bf16 autocast), and how time (``torch.cuda.synchronize()`` around timed
 steps, after warm-up), peak GPU memory (``torch.cuda.max_memory_allocated``) and the GEMM peak
-(on the GPU, same run) are measured. epoch, knn and paths measure CPU code paths and refuse
+(on the GPU, same run) are measured. epoch, knn, paths and predict measure CPU code paths and refuse
 ``--device cuda`` with a one-line error, as does a machine where ``torch.cuda.is_available()`` is
 False. bench.json's environment then names the GPU, the CUDA version and the TF32 flags.
 """
@@ -37,9 +37,10 @@ AREAS = {
     "epoch": "bertlab.bench.epoch",     # a real-data epoch on MACCROBAT vs a transformers loop
     "knn": "bertlab.bench.knn",         # KNN on logits vs scikit-learn brute force
     "paths": "bertlab.bench.paths",     # each fast path switched off vs all on (what each buys)
+    "predict": "bertlab.bench.predict",  # predict peak memory on a long document, streamed vs whole
 }
 DEVICES = ("cpu", "cuda")
-CUDA_AREAS = ("models", "btl")  # the areas with a GPU path; epoch, knn, paths measure CPU code paths
+CUDA_AREAS = ("models", "btl")  # the areas with a GPU path; epoch, knn, paths, predict measure CPU code paths
 
 
 def device_error(device: str, areas: list[str], cuda_available: bool) -> str | None:

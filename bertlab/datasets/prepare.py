@@ -1,6 +1,7 @@
 """From corpora to training windows: the splits of one run, its label list, the encoded windows.
 
-    load_splits(DataConfig) -> Splits(train, dev, test, labels)      a bundled corpus or CoNLL files
+    load_splits(DataConfig) -> Splits(train, dev, test, labels)      a bundled corpus, or one's own data:
+                                                                     CoNLL files or brat folders (read_corpus)
     encode_corpus(tokenizer, corpus, labels, max_length, stride)     -> Windows with label ids
 """
 from __future__ import annotations
@@ -23,22 +24,59 @@ class Splits:
     labels: list[str]
 
 
+def read_corpus(path, split: str = "test", name: str | None = None, scheme: str = "IOB2",
+                repair: bool = False, **policies):
+    """One's own data as a Corpus: a brat folder (``<id>.txt`` + ``<id>.ann`` pairs, read by
+    ``read_brat`` with its default policies or ``policies``, as MACCROBAT is) or a CoNLL file
+    (``read_conll`` with ``scheme`` and ``repair``). ``name`` defaults to the folder's name or the
+    file's stem. A DataError names the file and line or annotation id at fault; a folder that holds
+    no .txt files but subfolders that do says which to pass."""
+    from bertlab.datasets import read_brat, read_conll
+    from bertlab.datasets.corpus import DataError
+    path = Path(path)
+    if not path.is_dir():
+        if policies:
+            raise DataError(f"{path}: is a CoNLL file; the brat policies ({', '.join(policies)}) apply to brat "
+                            f"folders")
+        return read_conll(path, split=split, name=name or path.stem, scheme=scheme, repair=repair)
+    if scheme != "IOB2" or repair:
+        raise DataError(f"{path}: is a brat folder; {'scheme' if scheme != 'IOB2' else 'repair'} applies to "
+                        f"CoNLL files (brat mentions become IOB2 tags directly)")
+    if not any(path.glob("*.txt")):
+        inner = sorted(p.name for p in path.iterdir() if p.is_dir() and any(p.glob("*.txt")))
+        if inner:
+            raise DataError(f"{path}: no .txt files in it, but its subfolder(s) {', '.join(inner)} hold brat "
+                            f"documents; pass one folder per split, e.g. {path / inner[0]}")
+    return read_brat(path, split=split, name=name or path.name, **policies)
+
+
+def corpus_types(corpus) -> set[str]:
+    """The entity types a corpus's labels must cover: those in its tags and, for brat data, every
+    annotated type (``notes["mentions"]``, before any flattening policy), so a type whose every
+    mention a policy drops still gets labels, as for the bundled corpora (``entity_types``)."""
+    return set(corpus.entity_types) | set(corpus.notes.get("mentions", {}))
+
+
 def load_splits(cfg: DataConfig) -> Splits:
-    """Read the three splits (a bundled corpus, or CoNLL files) and build the label list.
+    """Read the three splits (a bundled corpus, or one's own CoNLL files or brat folders) and build
+    the label list.
 
     A bundled corpus takes its label list from all of its splits (``entity_types(name)``), so a
-    type that is rare in train still gets a label; CoNLL files from the union of the given files.
-    ``max_documents`` keeps the first N documents of each split (after the labels are fixed).
-    With ``folds`` = K the splits are pooled and cut again by ``cross_validation_split`` (fold
-    ``fold``, seed ``fold_seed``); ``max_documents`` then keeps the first N pooled documents.
+    type that is rare in train still gets a label; one's own data from the union of the given
+    files and folders (``corpus_types``). ``train_file``, ``dev_file`` and ``test_file`` each name a
+    CoNLL file or a brat folder (``read_corpus``). ``max_documents`` keeps the first N documents of
+    each split (after the labels are fixed). With ``folds`` = K the splits are pooled and cut again by
+    ``cross_validation_split`` (fold ``fold``, seed ``fold_seed``); ``max_documents`` then keeps the
+    first N pooled documents.
     """
-    from bertlab.datasets import entity_types, label_list, load, read_conll
+    from bertlab.datasets import entity_types, label_list, load
     if cfg.train_file:
+        name = Path(cfg.train_file).name if Path(cfg.train_file).is_dir() else Path(cfg.train_file).stem
+
         def read(path, split):
-            return (read_conll(path, split=split, name=Path(cfg.train_file).stem, scheme=cfg.scheme, repair=cfg.repair)
-                    if path else None)
+            return read_corpus(path, split, name, cfg.scheme, cfg.repair) if path else None
         train, dev, test = read(cfg.train_file, "train"), read(cfg.dev_file, "dev"), read(cfg.test_file, "test")
-        types = set().union(*(c.entity_types for c in (train, dev, test) if c is not None))
+        types = set().union(*(corpus_types(c) for c in (train, dev, test) if c is not None))
     else:
         train, dev, test = (load(cfg.name, split) for split in ("train", "dev", "test"))
         types = entity_types(cfg.name)
