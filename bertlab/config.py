@@ -22,7 +22,8 @@ import torch
 
 from bertlab.constrained import BIO, CONSTRAINABLE, base_decode
 from bertlab.errors import BertlabError
-from bertlab.losses import LOSS_NAMES, REDUCTIONS, WEIGHT_SCHEMES, LossConfig, build_loss
+from bertlab.losses.config import LOSS_NAMES, LossConfig, build_loss
+from bertlab.losses.functional import REDUCTIONS, WEIGHT_SCHEMES
 from bertlab.sampling import RESAMPLING_METHODS
 
 class ConfigError(BertlabError, ValueError):
@@ -305,10 +306,26 @@ def config_from_dict(raw: dict, where: str = "<dict>") -> TrainConfig:
                               f"{', '.join(f'[{s}]' for s in sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
+        if section == "loss":
+            values = loss_fields(values, where)
         built[section] = build_section(hints[section], section, values, where, from_set)
     cfg = TrainConfig(**built)
     check_config(cfg, where)
     return cfg
+
+
+def loss_fields(table: dict, where: str) -> dict:
+    """The ``[loss]`` table as ``LossConfig`` fields (``LossConfig.from_table``): ``class = "..."``
+    and its keyword arguments, or a built-in loss's fields. ``loss_class`` and ``options`` are
+    how the fields hold a ``class`` table, not keys of the table."""
+    for key in ("loss_class", "options"):
+        if key in table:
+            raise ConfigError(f"{where}: [loss] {key}: unknown key; a loss of your own is "
+                              f"class = \"package.module:ClassName\" and its keyword arguments")
+    if "class" in table and not isinstance(table["class"], str):
+        raise ConfigError(f"{where}: [loss] class: expected a string 'package.module:ClassName', "
+                          f"got {table['class']!r}")
+    return LossConfig.from_table(table)
 
 
 def build_section(cls, section: str, values: dict, where: str, from_set: dict | None = None):
@@ -426,10 +443,17 @@ def check_config(cfg: TrainConfig, where: str) -> None:
     if cfg.sampler.name == "btl" and has_crf(cfg):
         raise ConfigError(f"{where}: [sampler] name: 'btl' cannot train a CRF head (a CRF scores "
                           f"whole tag sequences, not one binary label per token); use 'atl'")
-    try:  # the loss's own cross-field checks (e.g. gamma only for focal)
-        build_loss(cfg.loss, label_counts=torch.ones(3))
+    try:  # the loss is made once now, so it checks its own options (e.g. gamma only for focal) before any run
+        loss = build_loss(cfg.loss, label_counts=torch.ones(3))
     except ValueError as e:
         raise ConfigError(f"{where}: [loss] {e}") from None
+    if has_crf(cfg) and cfg.loss.loss_class:
+        raise ConfigError(f"{where}: [loss] class: a CRF head trains on its own sequence NLL, not on a token "
+                          f"loss; leave [loss] out or use name = \"ce\"")
+    if cfg.sampler.name == "btl" and loss.reduction == "weighted_mean" and cfg.loss.loss_class:
+        raise ConfigError(f"{where}: [loss] class: {cfg.loss.loss_class} has reduction 'weighted_mean', which is "
+                          f"for ATL only; BTL copies are normalised by the labelled-token count (\"mean\") "
+                          f"or not at all (\"sum\")")
     if has_crf(cfg) and (cfg.loss.name != "ce" or cfg.loss.reduction == "weighted_mean"):
         raise ConfigError(f"{where}: [loss] name/reduction: a CRF head trains on its own sequence NLL; "
                           f"use name = \"ce\" with reduction \"mean\" or \"sum\"")
@@ -539,8 +563,12 @@ def has_crf(cfg: TrainConfig) -> bool:
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
-    """The config as plain ``{section: {key: value}}``: JSON/TOML-ready, and ``load_config`` reads it back."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """The config as plain ``{section: {key: value}}``: JSON/TOML-ready, and ``load_config`` reads it back.
+    ``[loss]`` is its TOML table (``LossConfig.to_table``): a loss of your own as ``class`` and its
+    keyword arguments."""
+    out = dataclasses.asdict(cfg)
+    out["loss"] = cfg.loss.to_table()
+    return json.loads(json.dumps(out))
 
 
 # config fields a resumed run may change: they do not change what is computed
