@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertlab.losses import TokenLoss
-from bertlab.sampling import binary_token_label_batches, collate
-from bertlab.train import Objective, load_config, train
+from bertlab.batching import collate
+from bertlab.config import load_config
+from bertlab.losses import TokenLoss, binary_token_label_batches
+from bertlab.losses.objective import build_objective, step_loss
+from bertlab.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import tiny_config  # noqa: E402
@@ -73,11 +75,11 @@ def setup(sampler, impl, mode, tmp_path):
 def test_a_custom_loss_drives_every_path_with_its_own_gradient(sampler, impl, mode, tmp_path):
     cfg, model, tok, windows, labels = setup(sampler, impl, mode, tmp_path)
     custom = LabelSmoothedCE(epsilon=0.2)
-    objective = Objective(cfg, labels, windows, loss=custom)
+    objective = build_objective(cfg, labels, windows, loss=custom)
     rows = list(range(8))
     batch = collate([windows[i] for i in rows], pad_token_id=tok.pad_token_id)
     normaliser = objective.normaliser(rows)
-    loss, _ = objective.loss_sum(model, batch)
+    loss, _ = step_loss(model, batch, objective)
     got = torch.autograd.grad(loss / normaliser, list(model.parameters()))
 
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -244,12 +246,12 @@ def test_each_imbalance_loss_drives_every_path_with_its_formulas_gradient(loss_n
     cfg = load_config(tiny_config(tmp_path, sampler={"name": sampler, "btl_impl": impl, "btl_mode": mode},
                                   loss=section))
     _, model, tok, windows, labels = setup(sampler, impl, mode, tmp_path)
-    objective = Objective(cfg, labels, windows)
+    objective = build_objective(cfg, labels, windows)
     formula = direct_formula(section, objective.label_counts.tolist())
     rows = list(range(8))
     batch = collate([windows[i] for i in rows], pad_token_id=tok.pad_token_id)
     normaliser = objective.normaliser(rows)
-    loss, _ = objective.loss_sum(model, batch)
+    loss, _ = step_loss(model, batch, objective)
     got = torch.autograd.grad(loss / normaliser, list(model.parameters()))
 
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])

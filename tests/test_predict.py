@@ -490,7 +490,8 @@ def test_evaluate_reproduces_the_runs_own_test_predictions_in_its_precision(tmp_
     from _train_script import tiny_config
 
     from bertlab.predict import evaluate_model, scoring_precision
-    from bertlab.train import load_config, train
+    from bertlab.config import load_config
+    from bertlab.train import train
     cfg = tiny_config(tmp_path / "data", train={"precision": precision, "epochs": 1},
                       eval={"decode": ["argmax", "knn"], "knn_k": 3})
     run = tmp_path / "run"
@@ -516,7 +517,8 @@ def test_decode_reproduces_each_decode_of_a_run_and_bio_tags_are_valid(tmp_path,
     from bertlab.checkpoint import best_folder
     from bertlab.datasets.tags import tag_problems
     from bertlab.predict import evaluate_model
-    from bertlab.train import load_config, train
+    from bertlab.config import load_config
+    from bertlab.train import train
     decodes = ["argmax", "argmax+bio", "knn+bio", "calibrated", "calibrated+bio"]
     cfg = tiny_config(tmp_path / "data", train={"epochs": 1}, eval={"decode": decodes, "knn_k": 3})
     run = tmp_path / "run"

@@ -73,6 +73,7 @@ class Objective:
         self.train_windows = train_windows
         self.label_counts = label_counts([w.labels for w in train_windows], len(labels))
         self.reweighted = False  # deferred re-weighting on (``start_epoch``)
+        self.drw_weights: list[float] | None = None  # its class weights, rounded for the log
         self.use(loss)
 
     def use(self, loss: TokenLoss) -> None:
@@ -102,18 +103,20 @@ class Objective:
             start += len(row)
         return out
 
-    def start_epoch(self, epoch: int) -> list[float] | None | bool:
+    def start_epoch(self, epoch: int) -> bool:
         """Deferred re-weighting (``[loss] drw_epoch``): at the start of every epoch the [loss]
-        section's loss is the one ``build_loss`` gives for that epoch. Returns False when nothing
-        changed, else the class weights now in use (None: switched off)."""
+        section's loss is the one ``build_loss`` gives for that epoch. True when it changed;
+        ``drw_weights`` then holds the class weights now in use (None: none)."""
         cfg = self.loss_config
         if cfg is None or cfg.drw_epoch is None or self.reweighted == (epoch >= cfg.drw_epoch):
             return False
         self.reweighted = epoch >= cfg.drw_epoch
         self.use(build_loss(cfg, self.label_counts, epoch=epoch))
-        if not self.reweighted:
-            return None
-        return [round(float(w), 6) for w in class_weights(self.label_counts, "effective", cfg.drw_beta, "mean")]
+        self.drw_weights = None
+        if self.reweighted:
+            weights = class_weights(self.label_counts, "effective", cfg.drw_beta, "mean")
+            self.drw_weights = [round(float(w), 6) for w in weights]
+        return True
 
     def normaliser(self, windows: list[int]) -> float:
         """The divisor of a step's loss sum, for the training windows (indices) of all its micro-batches."""

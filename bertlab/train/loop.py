@@ -149,8 +149,8 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
                    disable=not (d.main and show_progress(cfg.train.progress)), file=sys.stderr, dynamic_ncols=True)
         if progress.micro_batch == 0:
             losses.since_log.clear()  # a log line's mean loss never mixes two epochs
-        weights = objective.start_epoch(epoch)  # [loss] drw_epoch: the class weights switch on (or off)
-        if weights is not False:
+        if objective.start_epoch(epoch):  # [loss] drw_epoch: the class weights switch on (or off)
+            weights = objective.drw_weights
             jlog.write(event="reweight", epoch=epoch, step=progress.step, weights=weights)
             log(f"epoch {epoch}: deferred re-weighting ([loss] drw_epoch = {cfg.loss.drw_epoch}): class weights "
                 f"{'on' if weights is not None else 'off'}")
