@@ -42,7 +42,7 @@ Layout of ``runs/NAME/`` (``runs/NAME-SCALE/`` for a scale other than ``default`
 A run is finished iff its ``metrics.json`` exists. Re-running skips finished runs and resumes
 interrupted ones from their checkpoint (``train(..., resume=True)``). The one config change a run
 folder takes is ``train.epochs``: a finished run is then continued from its checkpoint, where that
-is exactly the run the new config trains (``bertlab.train.setup.change_epochs``). ``results.jsonl`` is a pure
+is exactly the run the new config trains (``bertlab.train.change_epochs``). ``results.jsonl`` is a pure
 function of the finished run folders, rewritten atomically after every run, so it can never hold
 a duplicate or miss a finished run.
 
