@@ -443,36 +443,13 @@ def check_config(cfg: TrainConfig, where: str) -> None:
     if cfg.sampler.name == "btl" and has_crf(cfg):
         raise ConfigError(f"{where}: [sampler] name: 'btl' cannot train a CRF head (a CRF scores "
                           f"whole tag sequences, not one binary label per token); use 'atl'")
-    try:  # the loss is made once now, so it checks its own options (e.g. gamma only for focal) before any run
-        loss = build_loss(cfg.loss, label_counts=torch.ones(3))
-    except ValueError as e:
-        raise ConfigError(f"{where}: [loss] {e}") from None
-    if has_crf(cfg) and cfg.loss.loss_class:
-        raise ConfigError(f"{where}: [loss] class: a CRF head trains on its own sequence NLL, not on a token "
-                          f"loss; leave [loss] out or use name = \"ce\"")
-    if cfg.sampler.name == "btl" and loss.reduction == "weighted_mean" and cfg.loss.loss_class:
-        raise ConfigError(f"{where}: [loss] class: {cfg.loss.loss_class} has reduction 'weighted_mean', which is "
-                          f"for ATL only; BTL copies are normalised by the labelled-token count (\"mean\") "
-                          f"or not at all (\"sum\")")
-    if has_crf(cfg) and (cfg.loss.name != "ce" or cfg.loss.reduction == "weighted_mean"):
-        raise ConfigError(f"{where}: [loss] name/reduction: a CRF head trains on its own sequence NLL; "
-                          f"use name = \"ce\" with reduction \"mean\" or \"sum\"")
-    for key, unset in (("label_smoothing", 0.0), ("drw_epoch", None)):
-        if has_crf(cfg) and getattr(cfg.loss, key) != unset:
-            raise ConfigError(f"{where}: [loss] {key}: a CRF head trains on its own sequence NLL, which has "
-                              f"no per-token {key.replace('_', ' ')}; leave it out")
-    if cfg.loss.drw_epoch is not None and cfg.loss.drw_epoch >= cfg.train.epochs:
-        raise ConfigError(f"{where}: [loss] drw_epoch: the re-weighting would start at epoch {cfg.loss.drw_epoch} "
-                          f"(0-based) of {cfg.train.epochs}, i.e. never; expected < [train] epochs")
+    check_loss_section(cfg, where)
     if cfg.sampler.name == "resample" and not cfg.sampler.method:
         raise ConfigError(f"{where}: [sampler] method: name = \"resample\" needs a method, one of "
                           f"{list(RESAMPLING_METHODS)}")
     if cfg.sampler.method and cfg.sampler.name != "resample":
         raise ConfigError(f"{where}: [sampler] method: only used with name = \"resample\" "
                           f"(name = {cfg.sampler.name!r})")
-    if cfg.sampler.name == "btl" and cfg.loss.reduction == "weighted_mean":
-        raise ConfigError(f"{where}: [loss] reduction: 'weighted_mean' is for ATL only; BTL copies are "
-                          f"normalised by the labelled-token count (\"mean\") or not at all (\"sum\")")
     if cfg.data.stride >= cfg.data.max_length - 2:
         raise ConfigError(f"{where}: [data] stride: expected < max_length - 2 = {cfg.data.max_length - 2}, "
                           f"got {cfg.data.stride}")
@@ -517,6 +494,35 @@ def check_config(cfg: TrainConfig, where: str) -> None:
     if cfg.train.device != "auto" and not (cfg.train.device == "cpu" or cfg.train.device.startswith("cuda")):
         raise ConfigError(f"{where}: [train] device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', "
                           f"got {cfg.train.device!r}")
+
+
+def check_loss_section(cfg: TrainConfig, where: str) -> None:
+    """The ``[loss]`` section against the rest: the loss is made once here (``build_loss``), so it
+    checks its own options before any run folder exists; then what a CRF head or BTL allows."""
+    try:  # e.g. gamma set for a loss other than focal or dice; a [loss] class that does not import
+        loss = build_loss(cfg.loss, label_counts=torch.ones(3))
+    except ValueError as e:
+        raise ConfigError(f"{where}: [loss] {e}") from None
+    if has_crf(cfg) and cfg.loss.loss_class:
+        raise ConfigError(f"{where}: [loss] class: a CRF head trains on its own sequence NLL, not on a token "
+                          f"loss; leave [loss] out or use name = \"ce\"")
+    if cfg.sampler.name == "btl" and cfg.loss.reduction == "weighted_mean":
+        raise ConfigError(f"{where}: [loss] reduction: 'weighted_mean' is for ATL only; BTL copies are "
+                          f"normalised by the labelled-token count (\"mean\") or not at all (\"sum\")")
+    if cfg.sampler.name == "btl" and loss.reduction == "weighted_mean" and cfg.loss.loss_class:
+        raise ConfigError(f"{where}: [loss] class: {cfg.loss.loss_class} has reduction 'weighted_mean', which is "
+                          f"for ATL only; BTL copies are normalised by the labelled-token count (\"mean\") "
+                          f"or not at all (\"sum\")")
+    if has_crf(cfg) and (cfg.loss.name != "ce" or cfg.loss.reduction == "weighted_mean"):
+        raise ConfigError(f"{where}: [loss] name/reduction: a CRF head trains on its own sequence NLL; "
+                          f"use name = \"ce\" with reduction \"mean\" or \"sum\"")
+    for key, unset in (("label_smoothing", 0.0), ("drw_epoch", None)):
+        if has_crf(cfg) and getattr(cfg.loss, key) != unset:
+            raise ConfigError(f"{where}: [loss] {key}: a CRF head trains on its own sequence NLL, which has "
+                              f"no per-token {key.replace('_', ' ')}; leave it out")
+    if cfg.loss.drw_epoch is not None and cfg.loss.drw_epoch >= cfg.train.epochs:
+        raise ConfigError(f"{where}: [loss] drw_epoch: the re-weighting would start at epoch {cfg.loss.drw_epoch} "
+                          f"(0-based) of {cfg.train.epochs}, i.e. never; expected < [train] epochs")
 
 
 BILSTM_OPTIONS = ("embedding_dim", "lstm_hidden_size", "num_layers", "dropout", "min_freq")

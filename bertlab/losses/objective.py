@@ -60,18 +60,19 @@ class Objective:
 
     ``loss`` is the configured loss with reduction "sum" (what ``step_loss`` uses);
     ``configured`` keeps its own reduction (``evaluation_loss``, and ``normaliser``'s choice).
-    ``label_counts``: training tokens per label id. ``loss_config``: the [loss] section, when the
-    loss comes from it (``start_epoch`` rebuilds it under deferred re-weighting); None for a loss
-    object passed in.
+    ``label_counts``: training tokens per label id (counted here unless given). ``loss_config``: the
+    [loss] section, when the loss comes from it (``start_epoch`` rebuilds it under deferred
+    re-weighting); None for a loss object passed in.
     """
 
     def __init__(self, path: str, loss: TokenLoss, labels: Sequence[str], train_windows: list,
-                 btl: BTLOptions = BTLOptions(), loss_config: LossConfig | None = None):
+                 btl: BTLOptions = BTLOptions(), loss_config: LossConfig | None = None, counts=None):
         if path not in PATHS:
             raise ValueError(f"Objective: path={path!r}, expected one of {PATHS}")
         self.path, self.labels, self.btl, self.loss_config = path, list(labels), btl, loss_config
         self.train_windows = train_windows
-        self.label_counts = label_counts([w.labels for w in train_windows], len(labels))
+        self.label_counts = (label_counts([w.labels for w in train_windows], len(labels)) if counts is None
+                             else torch.as_tensor(counts))
         self.reweighted = False  # deferred re-weighting on (``start_epoch``)
         self.drw_weights: list[float] | None = None  # its class weights, rounded for the log
         self.use(loss)
@@ -132,10 +133,10 @@ def build_objective(cfg, labels: Sequence[str], train_windows: list, loss: Token
     s = cfg.sampler
     path = "crf" if has_crf(cfg) else f"btl_{s.btl_impl}" if s.name == "btl" else "token"
     btl = BTLOptions(s.btl_mode, s.btl_classes, s.btl_combine)
-    if loss is not None:
-        return Objective(path, loss, labels, train_windows, btl)
     counts = label_counts([w.labels for w in train_windows], len(labels))
-    return Objective(path, build_loss(cfg.loss, counts, epoch=0), labels, train_windows, btl, cfg.loss)
+    if loss is not None:
+        return Objective(path, loss, labels, train_windows, btl, counts=counts)
+    return Objective(path, build_loss(cfg.loss, counts, epoch=0), labels, train_windows, btl, cfg.loss, counts)
 
 
 def step_loss(model: torch.nn.Module, batch: dict, objective: Objective) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -72,7 +72,9 @@ def train(config: TrainConfig | str | os.PathLike | dict, out_dir: str | os.Path
     there is one (a finished run just returns its metrics); False starts over. ``log``: a function
     taking one line of progress text (default: stderr, rank 0 only). ``loss``: a ``TokenLoss``
     (e.g. a subclass with its own ``per_token``) instead of the ``[loss]`` section's, used by every
-    sampler. Raises ConfigError for a bad config and NonFiniteLossError if training diverges.
+    sampler; ``metrics.json`` records it (its class and fields) as ``config.loss``. From TOML the
+    same is ``[loss] class = "package.module:ClassName"``. Raises ConfigError for a bad config and
+    NonFiniteLossError if training diverges.
     """
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     d = setup_distributed(cfg.train.device)
