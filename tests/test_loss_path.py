@@ -382,7 +382,8 @@ def test_a_study_trains_with_a_loss_class_and_records_it(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))  # the class is imported as experiments.poly_loss
     from experiments.poly_loss import PolyLoss
     text = TINY_STUDY.replace('baseline = { "loss.name" = "ce", decode = "argmax" }', 'baseline = { loss = "ce" }')
-    text = text.replace('"loss.name" = ["ce", "focal"]\n"train.seed" = [0, 1]', f'''loss = [{{ label = "ce", name = "ce" }},
+    sweep = '"loss.name" = ["ce", "focal"]\n"train.seed" = [0, 1]'
+    text = text.replace(sweep, f'''loss = [{{ label = "ce", name = "ce" }},
         {{ label = "poly0", class = "{POLY}", epsilon = 0.0 }},
         {{ label = "poly1", class = "{POLY}", epsilon = 1.0 }}]
 "train.seed" = [0]''')
@@ -406,7 +407,8 @@ def test_a_study_trains_with_a_loss_class_and_records_it(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("table, message", [
     ({"class": "nope.losses:Poly"}, "[loss] class = 'nope.losses:Poly': cannot import nope.losses"),
-    ({"class": "experiments.poly_loss:Nope"}, "[loss] class = 'experiments.poly_loss:Nope': experiments.poly_loss has no Nope"),
+    ({"class": "experiments.poly_loss:Nope"},
+     "[loss] class = 'experiments.poly_loss:Nope': experiments.poly_loss has no Nope"),
     ({"class": POLY, "eps": 1.0}, "[loss] class = 'experiments.poly_loss:PolyLoss': PolyLoss(eps=1.0) failed"),
     ({"class": "experiments.poly_loss"}, "[loss] class = 'experiments.poly_loss': expected 'package.module:ClassName'"),
     ({"class": "bertlab.config:TrainConfig"}, "TrainConfig is not a TokenLoss subclass"),

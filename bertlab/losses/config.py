@@ -83,8 +83,9 @@ class LossConfig:
             builtin = [f.name for f in dataclasses.fields(self) if f.name not in ("loss_class", "options")
                        and getattr(self, f.name) != f.default]
             if builtin:
-                raise ValueError(f"LossConfig: with {CLASS_KEY} = {self.loss_class!r} the other keys of the table "
-                                 f"are the class's keyword arguments (options); leave the built-in fields {builtin} unset")
+                raise ValueError(f"LossConfig: with {CLASS_KEY} = {self.loss_class!r} the other keys of the "
+                                 f"table are the class's keyword arguments (options); leave the built-in "
+                                 f"fields {builtin} unset")
             return
         if self.options:
             raise ValueError(f"LossConfig.options={self.options!r} is only used with {CLASS_KEY} = "

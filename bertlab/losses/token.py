@@ -24,9 +24,9 @@ class TokenLoss:
     ``per_token(logits, targets, columns)`` is the equation, ``FL_i = -α_t (1 - p_t)^γ log p_t``
     (CE when γ = 0, label-smoothed CE with ``label_smoothing``), per token and unreduced;
     ``reduce`` applies ``reduction``; calling the object does both. ATL, naive BTL and fused BTL
-    (``bertlab.losses.objective``, ``bertlab.losses.btl``) all call ``per_token`` and nothing else, so a subclass
-    that overrides it (docs/losses.md, "Adding a loss"; ``LogitOffsetLoss``, ``LDAMLoss``,
-    ``DiceLoss`` below) changes what every sampler trains with.
+    (``bertlab.losses.objective``, ``bertlab.losses.btl``) all call ``per_token`` and nothing
+    else, so a subclass that overrides it (docs/losses.md, "Adding a loss"; ``LogitOffsetLoss``,
+    ``LDAMLoss``, ``DiceLoss`` below) changes what every sampler trains with.
 
     The contract of ``per_token``, which a new loss keeps:
 
