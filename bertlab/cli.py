@@ -17,7 +17,7 @@ COMMANDS = {
     # command: (module, function, one-line help)
     "data": ("bertlab.datasets.cli", "main", "list bundled corpora, print imbalance statistics"),
     "convert": ("bertlab.checkpoint", "convert_main", "pytorch_model.bin folder -> safetensors folder"),
-    "train": ("bertlab.train", "main", "train one model from a TOML config"),
+    "train": ("bertlab.train.cli", "main", "train one model from a TOML config"),
     "experiment": ("bertlab.study.cli", "main", "run a study from experiments/NAME.toml"),
     "report": ("bertlab.report.cli", "main", "rebuild a study's report.md from its results.jsonl"),
     "plan": ("bertlab.plan", "main", "what a study's design can detect, from a pilot's variance"),

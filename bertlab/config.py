@@ -23,7 +23,8 @@ import torch
 
 from bertlab.constrained import BIO, CONSTRAINABLE, base_decode
 from bertlab.errors import BertlabError
-from bertlab.losses import LOSS_NAMES, REDUCTIONS, WEIGHT_SCHEMES, LossConfig, build_loss
+from bertlab.losses.config import LOSS_NAMES, LossConfig, build_loss
+from bertlab.losses.functional import REDUCTIONS, WEIGHT_SCHEMES
 from bertlab.sampling import RESAMPLING_METHODS
 
 class ConfigError(BertlabError, ValueError):
@@ -306,10 +307,26 @@ def config_from_dict(raw: dict, where: str = "<dict>") -> TrainConfig:
                               f"{', '.join(f'[{s}]' for s in sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
+        if section == "loss":
+            values = loss_fields(values, where)
         built[section] = build_section(hints[section], section, values, where, from_set)
     cfg = TrainConfig(**built)
     check_config(cfg, where)
     return cfg
+
+
+def loss_fields(table: dict, where: str) -> dict:
+    """The ``[loss]`` table as ``LossConfig`` fields (``LossConfig.from_table``): ``class = "..."``
+    and its keyword arguments, or a built-in loss's fields. ``loss_class`` and ``options`` are
+    how the fields hold a ``class`` table, not keys of the table."""
+    for key in ("loss_class", "options"):
+        if key in table:
+            raise ConfigError(f"{where}: [loss] {key}: unknown key; a loss of your own is "
+                              f"class = \"package.module:ClassName\" and its keyword arguments")
+    if "class" in table and not isinstance(table["class"], str):
+        raise ConfigError(f"{where}: [loss] class: expected a string 'package.module:ClassName', "
+                          f"got {table['class']!r}")
+    return LossConfig.from_table(table)
 
 
 def build_section(cls, section: str, values: dict, where: str, from_set: dict | None = None):
@@ -427,29 +444,13 @@ def check_config(cfg: TrainConfig, where: str) -> None:
     if cfg.sampler.name == "btl" and has_crf(cfg):
         raise ConfigError(f"{where}: [sampler] name: 'btl' cannot train a CRF head (a CRF scores "
                           f"whole tag sequences, not one binary label per token); use 'atl'")
-    try:  # the loss's own cross-field checks (e.g. gamma only for focal)
-        build_loss(cfg.loss, label_counts=torch.ones(3))
-    except ValueError as e:
-        raise ConfigError(f"{where}: [loss] {e}") from None
-    if has_crf(cfg) and (cfg.loss.name != "ce" or cfg.loss.reduction == "weighted_mean"):
-        raise ConfigError(f"{where}: [loss] name/reduction: a CRF head trains on its own sequence NLL; "
-                          f"use name = \"ce\" with reduction \"mean\" or \"sum\"")
-    for key, unset in (("label_smoothing", 0.0), ("drw_epoch", None)):
-        if has_crf(cfg) and getattr(cfg.loss, key) != unset:
-            raise ConfigError(f"{where}: [loss] {key}: a CRF head trains on its own sequence NLL, which has "
-                              f"no per-token {key.replace('_', ' ')}; leave it out")
-    if cfg.loss.drw_epoch is not None and cfg.loss.drw_epoch >= cfg.train.epochs:
-        raise ConfigError(f"{where}: [loss] drw_epoch: the re-weighting would start at epoch {cfg.loss.drw_epoch} "
-                          f"(0-based) of {cfg.train.epochs}, i.e. never; expected < [train] epochs")
+    check_loss_section(cfg, where)
     if cfg.sampler.name == "resample" and not cfg.sampler.method:
         raise ConfigError(f"{where}: [sampler] method: name = \"resample\" needs a method, one of "
                           f"{list(RESAMPLING_METHODS)}")
     if cfg.sampler.method and cfg.sampler.name != "resample":
         raise ConfigError(f"{where}: [sampler] method: only used with name = \"resample\" "
                           f"(name = {cfg.sampler.name!r})")
-    if cfg.sampler.name == "btl" and cfg.loss.reduction == "weighted_mean":
-        raise ConfigError(f"{where}: [loss] reduction: 'weighted_mean' is for ATL only; BTL copies are "
-                          f"normalised by the labelled-token count (\"mean\") or not at all (\"sum\")")
     if cfg.data.stride >= cfg.data.max_length - 2:
         raise ConfigError(f"{where}: [data] stride: expected < max_length - 2 = {cfg.data.max_length - 2}, "
                           f"got {cfg.data.stride}")
@@ -502,6 +503,35 @@ def check_config(cfg: TrainConfig, where: str) -> None:
                           f"got {cfg.train.device!r}")
 
 
+def check_loss_section(cfg: TrainConfig, where: str) -> None:
+    """The ``[loss]`` section against the rest: the loss is made once here (``build_loss``), so it
+    checks its own options before any run folder exists; then what a CRF head or BTL allows."""
+    try:  # e.g. gamma set for a loss other than focal or dice; a [loss] class that does not import
+        loss = build_loss(cfg.loss, label_counts=torch.ones(3))
+    except ValueError as e:
+        raise ConfigError(f"{where}: [loss] {e}") from None
+    if has_crf(cfg) and cfg.loss.loss_class:
+        raise ConfigError(f"{where}: [loss] class: a CRF head trains on its own sequence NLL, not on a token "
+                          f"loss; leave [loss] out or use name = \"ce\"")
+    if cfg.sampler.name == "btl" and cfg.loss.reduction == "weighted_mean":
+        raise ConfigError(f"{where}: [loss] reduction: 'weighted_mean' is for ATL only; BTL copies are "
+                          f"normalised by the labelled-token count (\"mean\") or not at all (\"sum\")")
+    if cfg.sampler.name == "btl" and loss.reduction == "weighted_mean" and cfg.loss.loss_class:
+        raise ConfigError(f"{where}: [loss] class: {cfg.loss.loss_class} has reduction 'weighted_mean', which is "
+                          f"for ATL only; BTL copies are normalised by the labelled-token count (\"mean\") "
+                          f"or not at all (\"sum\")")
+    if has_crf(cfg) and (cfg.loss.name != "ce" or cfg.loss.reduction == "weighted_mean"):
+        raise ConfigError(f"{where}: [loss] name/reduction: a CRF head trains on its own sequence NLL; "
+                          f"use name = \"ce\" with reduction \"mean\" or \"sum\"")
+    for key, unset in (("label_smoothing", 0.0), ("drw_epoch", None)):
+        if has_crf(cfg) and getattr(cfg.loss, key) != unset:
+            raise ConfigError(f"{where}: [loss] {key}: a CRF head trains on its own sequence NLL, which has "
+                              f"no per-token {key.replace('_', ' ')}; leave it out")
+    if cfg.loss.drw_epoch is not None and cfg.loss.drw_epoch >= cfg.train.epochs:
+        raise ConfigError(f"{where}: [loss] drw_epoch: the re-weighting would start at epoch {cfg.loss.drw_epoch} "
+                          f"(0-based) of {cfg.train.epochs}, i.e. never; expected < [train] epochs")
+
+
 BILSTM_OPTIONS = ("embedding_dim", "lstm_hidden_size", "num_layers", "dropout", "min_freq")
 
 
@@ -546,8 +576,12 @@ def has_crf(cfg: TrainConfig) -> bool:
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
-    """The config as plain ``{section: {key: value}}``: JSON/TOML-ready, and ``load_config`` reads it back."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """The config as plain ``{section: {key: value}}``: JSON/TOML-ready, and ``load_config`` reads it back.
+    ``[loss]`` is its TOML table (``LossConfig.to_table``): a loss of your own as ``class`` and its
+    keyword arguments."""
+    out = dataclasses.asdict(cfg)
+    out["loss"] = cfg.loss.to_table()
+    return json.loads(json.dumps(out))
 
 
 # config fields a resumed run may change: they do not change what is computed

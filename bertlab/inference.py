@@ -32,7 +32,7 @@ import torch
 from bertlab.config import DECODES
 from bertlab.constrained import base_decode, constrain, is_constrained
 from bertlab.metrics import entity_report, token_report, unweighted_accuracy
-from bertlab.sampling import collate, pad_multiple, padded_width
+from bertlab.batching import collate, pad_multiple, padded_width
 
 # decodes fitted on dev, passed as ``calibrator`` (an object with ``predict(logits)`` and ``adjust(logits)``)
 DEV_FITTED = {"calibrated": "a BiasCalibrator", "logit_adjusted": "a LogitAdjustedDecoder"}
@@ -78,7 +78,7 @@ def word_logits(model, tokenizer, sentences, max_length: int = 128, stride: int 
     runs the model under bf16 autocast (logits are returned in float32). The model is put in eval
     mode for the call and restored to its previous mode afterwards. ``progress=True`` shows a tqdm
     bar over the batches on stderr. Batches are padded to a multiple of ``pad_to_multiple_of``
-    (0: the device's choice, ``bertlab.sampling.pad_multiple``: 8 on CUDA, none on a CPU); padding
+    (0: the device's choice, ``bertlab.batching.pad_multiple``: 8 on CUDA, none on a CPU); padding
     is masked, so it changes the logits only by float rounding.
 
     Every window is encoded up front and kept; ``iter_word_logits`` is the same computation for a

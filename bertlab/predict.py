@@ -58,11 +58,11 @@ class UsageError(BertlabError, ValueError):
 
 def pick_device(name: str = "cpu"):
     """The ``torch.device`` to tag on: "cpu", "cuda", "cuda:N", or "auto" (CUDA when available),
-    chosen as training chooses it (``bertlab.train.pick_device``), after a check that names the flag."""
+    chosen as training chooses it (``bertlab.train.runtime.pick_device``), after a check that names the flag."""
     import torch
 
-    from bertlab.train import Dist
-    from bertlab.train import pick_device as train_pick_device
+    from bertlab.train.runtime import Dist
+    from bertlab.train.runtime import pick_device as train_pick_device
     try:
         kind = "auto" if name == "auto" else torch.device(name).type
     except RuntimeError:
@@ -512,7 +512,7 @@ def check_not_input(output: str | os.PathLike, inputs: list[str]) -> None:
 
 def show_progress() -> bool:
     """tqdm bars on a terminal unless ``$CI`` is set (as ``bertlab train``'s ``progress = "auto"``)."""
-    from bertlab.train import show_progress as train_show_progress
+    from bertlab.train.runtime import show_progress as train_show_progress
     return train_show_progress("auto")
 
 
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="-", metavar="FILE", help="output file (default: - for stdout)")
     args = ap.parse_args(argv)
     from bertlab.inference import check_window
-    from bertlab.sampling import pad_multiple
+    from bertlab.batching import pad_multiple
     try:
         if args.output != "-":
             check_writable(args.output)

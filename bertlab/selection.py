@@ -104,16 +104,19 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
 
 
 def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: dict,
-                 priors=None) -> tuple[dict | None, dict]:
+                 priors=None, loss=None) -> tuple[dict | None, dict]:
     """Dev scores of the model as it is now, for every decode of ``[eval] decode``, from one
     forward pass over dev (and one over train for ``knn``, whose reference is the training words).
 
-    Returns ``({"loss": dev loss, "decodes": {decode: {"f1_micro", "f1_macro",
-    "unweighted_accuracy"}}, "seconds": {"dev_forward", "knn_fit", "calibration_fit",
-    "dev_decoding"}}, fitted)``; ``fitted`` holds the KNN reference and the calibration
-    made for this epoch, saved beside the checkpoint if this epoch becomes that decode's best.
-    The dev loss is plain cross entropy at each word's first subword, averaged over dev words
-    (the same for every loss and sampler, so curves compare across them). No dev set: ``(None, {})``.
+    Returns ``({"loss": dev loss, "ce": dev cross entropy, "decodes": {decode: {"f1_micro",
+    "f1_macro", "unweighted_accuracy"}}, "seconds": {"dev_forward", "knn_fit",
+    "calibration_fit", "dev_decoding"}}, fitted)``; ``fitted`` holds the KNN reference and the
+    calibration made for this epoch, saved beside the checkpoint if this epoch becomes that
+    decode's best. The dev loss is the configured loss ``loss`` (a ``TokenLoss``, with its own
+    reduction; ``bertlab.losses.objective.evaluation_loss``) of each dev word's logits (its first
+    subword's) against its tag; without ``loss``, plain cross entropy. The dev cross entropy is
+    plain cross entropy averaged over dev words, the same for every loss and sampler, so curves
+    compare across them (``word_cross_entropy``). No dev set: ``(None, {})``.
 
     The calibrated decodes are scored with offsets fitted on all of dev (``[eval] calibration_fit
     = "dev"``), or out of sample (``"crossfit"``: each half of the dev documents with offsets
@@ -123,6 +126,7 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
     """
     from bertlab.calibration import BiasCalibrator, CrossFitCalibrator
     from bertlab.inference import decode_tags, fit_knn_on_train, word_logits
+    from bertlab.losses.objective import evaluation_loss
     from bertlab.metrics import entity_report, unweighted_accuracy
     if splits.dev is None:
         return None, {}
@@ -160,11 +164,14 @@ def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: di
         scores[decode] = {"f1_micro": report["micro avg"]["f1-score"], "f1_macro": report["macro avg"]["f1-score"],
                           "unweighted_accuracy": unweighted_accuracy(gold, pred)}
     lap("dev_decoding")
-    return {"loss": word_cross_entropy(logits, gold, model.labels), "decodes": scores, "seconds": seconds}, fitted
+    ce = word_cross_entropy(logits, gold, model.labels)
+    dev_loss = ce if loss is None else evaluation_loss(loss, logits, gold, model.labels)
+    return {"loss": dev_loss, "ce": ce, "decodes": scores, "seconds": seconds}, fitted
 
 
 def word_cross_entropy(logits: list[np.ndarray], tags: list[list[str]], labels: list[str]) -> float:
-    """Mean over words of -log softmax(z)[gold] (float64): the dev loss of the learning curves."""
+    """Mean over words of -log softmax(z)[gold] (float64): the dev cross entropy of the learning
+    curves (``dev_ce``), whatever the loss trained with."""
     z = np.concatenate([l for l in logits if len(l)], axis=0).astype(np.float64) if logits else np.zeros((0, 1))
     if len(z) == 0:
         return float("nan")

@@ -92,7 +92,8 @@ class Sleep(Callback):
 def main(argv: list[str]) -> int:
     import torch
     torch.set_num_threads(2)  # as tests/conftest.py: results are compared bit for bit
-    from bertlab.train import load_config, train
+    from bertlab.config import load_config
+    from bertlab.train import train
     config_file, out = argv[0], argv[1]
     sleep = float(argv[argv.index("--sleep") + 1]) if "--sleep" in argv else 0.0
     cfg = load_config(json.loads(Path(config_file).read_text(encoding="utf-8")))

@@ -143,10 +143,10 @@ def config_commands(text: str) -> list[tuple[str, list[str]]]:
 def test_every_config_a_doc_runs_exists_and_loads(doc):
     """Each `bertlab ... --config FILE` line of README.md and docs/training.md names a file of the
     repository (or a TOML block of the same page titled with that name) that
-    bertlab.train.load_config reads with the line's --set overrides, as `bertlab train` would."""
+    bertlab.config.load_config reads with the line's --set overrides, as `bertlab train` would."""
     import tomllib
 
-    from bertlab.train import load_config
+    from bertlab.config import load_config
     text = (REPO / doc).read_text(encoding="utf-8")
     commands = config_commands(text)
     assert commands, f"{doc} names no config file"
@@ -172,7 +172,7 @@ def test_config_commands_are_found():
 
 
 def test_train_example_is_a_small_minilm_run():
-    from bertlab.train import load_config
+    from bertlab.config import load_config
     cfg = load_config(REPO / "experiments" / "train_example.toml")
     assert (cfg.data.name, cfg.model.builtin, cfg.model.path, cfg.model.preset) == ("maccrobat", "minilm", "", "")
     assert 0 < cfg.data.max_documents <= 40 and cfg.train.epochs <= 5
@@ -182,7 +182,7 @@ def test_train_example_header_states_the_epochs_the_file_sets():
     """The header said 2 epochs while the file set 4 (issue #41, item 11)."""
     import re
 
-    from bertlab.train import load_config
+    from bertlab.config import load_config
     path = REPO / "experiments" / "train_example.toml"
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
     stated = re.findall(r"(\d+) epochs?\b", header)

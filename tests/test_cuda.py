@@ -49,13 +49,13 @@ from bertlab.checkpoint import build_model, load_pretrained
 from bertlab.config import load_config
 from bertlab.datasets.prepare import load_splits
 from bertlab.inference import decode_argmax, decode_knn, evaluate, fit_knn_on_train, word_logits
-from bertlab.losses import LossConfig, build_loss, cross_entropy
+from bertlab.losses import BTL_MODES, LossConfig, btl_naive_loss, build_loss, cross_entropy
 from bertlab.models import ops
 from bertlab.models.bert import additive_padding_mask
 from bertlab.models.crf import CRF
 from bertlab.predict import load_model, predict_text
-from bertlab.sampling import BTL_MODES, btl_naive_loss
-from bertlab.train import Dist, pick_device, train
+from bertlab.train import train
+from bertlab.train.runtime import Dist, pick_device
 from test_models import LABELS, hf_logits, hf_model, random_batch
 from test_sampling import COUNTS as BTL_COUNTS
 from test_sampling import LABELS as BTL_LABELS

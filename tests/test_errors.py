@@ -59,7 +59,7 @@ def test_fail_is_one_line_and_the_traceback_on_request(debug, monkeypatch, capsy
 # every command that does work goes through fail(): a bug deep inside is one line, status 2, and
 # BERTLAB_DEBUG=1 shows where it happened
 COMMAND_INTERNALS = {
-    "train": ("bertlab.train", "load_config", ["--config", "CONFIG"]),
+    "train": ("bertlab.train.cli", "load_config", ["--config", "CONFIG"]),
     "experiment": ("bertlab.study.cli", "load_study", ["nope", "--list"]),
     "report": ("bertlab.report.cli", "build_report", ["RUNS"]),
     "plan": ("bertlab.study.spec", "load_study", ["nope", "--pilot", "RUNS"]),

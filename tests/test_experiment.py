@@ -302,7 +302,7 @@ def test_study_json_and_report_say_which_scale_and_command_made_them(tmp_path):
     # the precision a run resolved ("auto": bf16 on a CPU with bf16 instructions, else fp32) is in
     # run.json and the environment line
     import torch
-    from bertlab.train import resolve_precision
+    from bertlab.train.runtime import resolve_precision
     resolved = resolve_precision("auto", torch.device("cpu"))
     run_json = json.loads(next(sdir.glob("*/run.json")).read_text())
     assert run_json["precision"] == resolved and run_json["axes"]["train.seed"] == 0
@@ -349,7 +349,7 @@ def test_a_full_disk_during_a_study_is_one_line_naming_the_checkpoint(tmp_path, 
     import errno
     import io
 
-    import bertlab.resume
+    import bertlab.train.state
 
     class FullDisk(io.RawIOBase):  # a file on a disk that fills up after 1 kB
         written = 0
@@ -363,7 +363,7 @@ def test_a_full_disk_during_a_study_is_one_line_naming_the_checkpoint(tmp_path, 
                 raise OSError(errno.ENOSPC, "No space left on device")
             return len(b)
 
-    monkeypatch.setattr(bertlab.resume, "write_with", lambda path, write: write(FullDisk()))
+    monkeypatch.setattr(bertlab.train.state, "write_with", lambda path, write: write(FullDisk()))
     d = write_study(tmp_path)
     args = ["tiny", "--experiments", str(d), "--runs", str(tmp_path / "runs"), "--only", "loss=ce", "--only",
             "seed=0", "--no-report"]

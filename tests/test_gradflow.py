@@ -74,9 +74,8 @@ def btl_fused(logits, y, n_types=3):
 
 
 def library_losses():
-    """bertlab.losses' CE / weighted CE / focal, and bertlab.sampling's fused BTL over them."""
-    from bertlab.losses import LossConfig, build_loss
-    from bertlab.sampling import btl_fused_loss
+    """bertlab.losses' CE / weighted CE / focal, and its fused BTL over them."""
+    from bertlab.losses import LossConfig, btl_fused_loss, build_loss
     counts = [50, 3, 2, 6, 4, 1, 1]
     out = {name: build_loss(LossConfig(name=name), label_counts=counts) for name in ("ce", "weighted_ce", "focal")}
     for name in ("ce", "focal"):

@@ -6,8 +6,20 @@ import random
 import numpy as np
 import pytest
 
-from bertlab.baselines.hmm import HMMTagger, brute_force_best, unknown_token, viterbi, word_class
+from bertlab.baselines.hmm import HMMTagger, unknown_token, viterbi, word_class
 
+
+
+def brute_force_best(log_pi: np.ndarray, log_A: np.ndarray, log_emit: np.ndarray) -> tuple[list[int], float]:
+    """The same as :func:`viterbi` by enumerating all ``C^n`` paths (tiny n, C only)."""
+    n, C = log_emit.shape
+    best, best_score = None, -np.inf
+    for path in itertools.product(range(C), repeat=n):
+        s = log_pi[path[0]] + sum(log_A[path[t - 1], path[t]] for t in range(1, n)) \
+            + sum(log_emit[t, path[t]] for t in range(n))
+        if s > best_score:
+            best, best_score = list(path), s
+    return best, float(best_score)
 
 @pytest.mark.parametrize("seed", range(10))
 def test_viterbi_matches_brute_force(seed):

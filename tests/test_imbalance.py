@@ -19,7 +19,9 @@ import torch
 from bertlab.config import ConfigError
 from bertlab.losses import class_weights, label_counts
 from bertlab.sampling import sentence_repeats
-from bertlab.train import Objective, load_config, train
+from bertlab.config import load_config
+from bertlab.losses.objective import build_objective
+from bertlab.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import tiny_config  # noqa: E402
@@ -177,10 +179,10 @@ def test_the_objective_follows_the_epoch_also_when_resumed_past_it(tmp_path):
     splits = load_splits(cfg.data)
     windows = encode_corpus(Tokenizer.from_pretrained(builtin_path("minilm")), splits.train, splits.labels,
                             cfg.data.max_length, cfg.data.stride)
-    objective = Objective(cfg, splits.labels, windows)
+    objective = build_objective(cfg, splits.labels, windows)
     assert [objective.start_epoch(e) for e in range(4)] == [False, False, True, False]
     torch.testing.assert_close(objective.loss.alpha, class_weights(objective.label_counts, "effective", 0.9999, "mean"))
-    resumed = Objective(cfg, splits.labels, windows)  # a run resumed in epoch 3 starts from epoch 0's loss
+    resumed = build_objective(cfg, splits.labels, windows)  # a run resumed in epoch 3 starts from epoch 0's loss
     assert resumed.loss.alpha is None and resumed.start_epoch(3) and resumed.loss.alpha is not None
 
 
@@ -230,7 +232,7 @@ def test_the_logit_adjusted_decode_is_fitted_on_dev_and_scores_test_with_it(tmp_
     from bertlab.datasets.prepare import load_splits
     from bertlab.inference import word_logits
     from bertlab.logit_adjustment import LOGIT_ADJUSTMENT_FILE, LogitAdjustedDecoder
-    from bertlab.train import build_model_and_tokenizer
+    from bertlab.train.setup import build_model_and_tokenizer
     decodes = ["argmax", "logit_adjusted"]
     cfg = tiny_config(tmp_path / "data", eval={"decode": decodes}, train={"epochs": 2})
     metrics = train(load_config(cfg), tmp_path / "run", resume=False, log=quiet)

@@ -70,7 +70,7 @@ def test_word_logits_read_each_word_once_from_its_owning_window(tokenizer):
 def word_logits_before_41(model, tokenizer, sentences, max_length, stride, batch_size):
     """``word_logits`` as it was before issue #41 (every window held): all windows of all sentences
     sorted by length (``sorted``, stable), ``batch_size`` at a time, merged by ``word_predictions``."""
-    from bertlab.sampling import collate
+    from bertlab.batching import collate
     from bertlab.tokenization import word_predictions
     windows = tokenizer.batch_encode(sentences, None, max_length, stride)
     flat = [w for ws in windows for w in ws]

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertlab.losses import TokenLoss
-from bertlab.sampling import binary_token_label_batches, collate
-from bertlab.train import Objective, load_config, train
+from bertlab.batching import collate
+from bertlab.config import load_config
+from bertlab.losses import TokenLoss, binary_token_label_batches
+from bertlab.losses.objective import build_objective, step_loss
+from bertlab.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import tiny_config  # noqa: E402
@@ -73,11 +75,11 @@ def setup(sampler, impl, mode, tmp_path):
 def test_a_custom_loss_drives_every_path_with_its_own_gradient(sampler, impl, mode, tmp_path):
     cfg, model, tok, windows, labels = setup(sampler, impl, mode, tmp_path)
     custom = LabelSmoothedCE(epsilon=0.2)
-    objective = Objective(cfg, labels, windows, loss=custom)
+    objective = build_objective(cfg, labels, windows, loss=custom)
     rows = list(range(8))
     batch = collate([windows[i] for i in rows], pad_token_id=tok.pad_token_id)
     normaliser = objective.normaliser(rows)
-    loss, _ = objective.loss_sum(model, batch)
+    loss, _ = step_loss(model, batch, objective)
     got = torch.autograd.grad(loss / normaliser, list(model.parameters()))
 
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -244,12 +246,12 @@ def test_each_imbalance_loss_drives_every_path_with_its_formulas_gradient(loss_n
     cfg = load_config(tiny_config(tmp_path, sampler={"name": sampler, "btl_impl": impl, "btl_mode": mode},
                                   loss=section))
     _, model, tok, windows, labels = setup(sampler, impl, mode, tmp_path)
-    objective = Objective(cfg, labels, windows)
+    objective = build_objective(cfg, labels, windows)
     formula = direct_formula(section, objective.label_counts.tolist())
     rows = list(range(8))
     batch = collate([windows[i] for i in rows], pad_token_id=tok.pad_token_id)
     normaliser = objective.normaliser(rows)
-    loss, _ = objective.loss_sum(model, batch)
+    loss, _ = step_loss(model, batch, objective)
     got = torch.autograd.grad(loss / normaliser, list(model.parameters()))
 
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -303,3 +305,124 @@ def test_zeroing_each_imbalance_loss_leaves_the_parameters_unchanged(loss_name, 
     assert after.keys() == initial_parameters.keys()
     for k in after:
         assert torch.equal(after[k], initial_parameters[k]), k
+
+
+# ---- step_loss times 0: no parameter moves, on every training path ---------------------------------
+# The loop's one loss call (step_loss), one AdamW step. Weight decay is 0 here on purpose: AdamW's
+# decoupled decay shrinks the weights with no loss at all (p <- p - lr * lambda * p), so with lambda > 0
+# a zero loss would still move them. With lambda = 0 a zero gradient gives Adam's first moment 0 and
+# the update lr * 0 / (sqrt(0) + eps) = 0 exactly; clipping and the schedule only rescale it.
+
+STEP_PATHS = {"token": ({"name": "atl"}, {}), "btl_fused": ({"name": "btl", "btl_impl": "fused"}, {}),
+              "btl_naive": ({"name": "btl", "btl_impl": "naive"}, {}), "crf": ({"name": "atl"}, {"head": "crf"})}
+
+
+@pytest.mark.parametrize("path", STEP_PATHS)
+@pytest.mark.parametrize("factor", [0.0, 1.0])
+def test_the_configured_loss_times_zero_leaves_the_parameters_unchanged(path, factor, tmp_path, monkeypatch):
+    from bertlab.datasets.prepare import encode_corpus, load_splits
+    from bertlab.models.heads import TokenClassifier
+    from bertlab.train.setup import build_model_and_tokenizer, make_optimizer
+    sampler, model_section = STEP_PATHS[path]
+    cfg = load_config(tiny_config(tmp_path, sampler=sampler, model=model_section,
+                                  optim={"name": "adamw", "lr": 1e-2, "weight_decay": 0.0}))
+    splits = load_splits(cfg.data)
+    torch.manual_seed(0)
+    model, tok = build_model_and_tokenizer(cfg.model, splits.labels, splits.train)
+    windows = encode_corpus(tok, splits.train, splits.labels, cfg.data.max_length, cfg.data.stride)
+    objective = build_objective(cfg, splits.labels, windows)
+    assert objective.path == path
+    if path == "crf":  # a CRF head trains on its own sequence NLL: that is its configured loss
+        real = TokenClassifier.crf_loss
+        monkeypatch.setattr(TokenClassifier, "crf_loss", lambda self, *a, **k: factor * real(self, *a, **k))
+    else:
+        monkeypatch.setattr(type(objective.loss), "per_token", _scaled(factor, type(objective.loss).per_token))
+    optimizer = make_optimizer(model, cfg.optim, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = list(range(8))
+    batch = collate([windows[i] for i in rows], pad_token_id=tok.pad_token_id)
+    loss_sum, _ = step_loss(model, batch, objective)
+    (loss_sum / objective.normaliser(rows)).backward()
+    optimizer.step()
+    after = model.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    if factor == 0.0:
+        assert float(loss_sum.detach()) == 0.0 and moved == []
+    else:  # the same step with the loss itself moves them: the test can fail
+        assert len(moved) > 10 and (path != "crf" or "crf.transitions" in moved)
+
+
+# ---- a loss of your own, named in a study: [loss] class ------------------------------------------------
+
+POLY = "experiments.poly_loss:PolyLoss"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _comparable(metrics: dict) -> dict:
+    """metrics.json without its recorded config and wall-clock fields."""
+    drop = {"config", "timing", "train_seconds", "time_split", "cpu_share", "tokens_per_second"}
+
+    def strip(o):
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k not in drop}
+        return [strip(v) for v in o] if isinstance(o, list) else o
+    return strip(metrics)
+
+
+def test_a_study_trains_with_a_loss_class_and_records_it(tmp_path, monkeypatch):
+    """experiments/poly_loss.py through a study's [loss] class: Poly-1 at epsilon = 0 is cross
+    entropy exactly, so that run equals the CE run number for number; at epsilon = 1 it equals a run
+    given the same PolyLoss object from Python (train(loss=...)); metrics.json records the class
+    and its field, results.jsonl the label."""
+    import json
+
+    from conftest import TINY_STUDY, write_study
+
+    from bertlab.experiment import run_experiment
+    monkeypatch.syspath_prepend(str(REPO))  # the class is imported as experiments.poly_loss
+    from experiments.poly_loss import PolyLoss
+    text = TINY_STUDY.replace('baseline = { "loss.name" = "ce", decode = "argmax" }', 'baseline = { loss = "ce" }')
+    sweep = '"loss.name" = ["ce", "focal"]\n"train.seed" = [0, 1]'
+    text = text.replace(sweep, f'''loss = [{{ label = "ce", name = "ce" }},
+        {{ label = "poly0", class = "{POLY}", epsilon = 0.0 }},
+        {{ label = "poly1", class = "{POLY}", epsilon = 1.0 }}]
+"train.seed" = [0]''')
+    sdir = run_experiment("tiny", out=tmp_path / "runs", experiments_dir=write_study(tmp_path, text),
+                          progress=lambda s: None, report=False)
+    metrics = {label: json.loads((sdir / f"loss={label}__seed=0" / "metrics.json").read_text())
+               for label in ("ce", "poly0", "poly1")}
+    assert metrics["poly1"]["config"]["loss"] == {"class": POLY, "epsilon": 1.0}
+    assert metrics["poly0"]["config"]["loss"] == {"class": POLY, "epsilon": 0.0}
+    assert _comparable(metrics["poly0"]) == _comparable(metrics["ce"])
+    assert metrics["poly1"]["history"][0]["train_loss"] != metrics["ce"]["history"][0]["train_loss"]
+    rows = [json.loads(line) for line in (sdir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["axes"]["loss"] for r in rows) == ["ce", "poly0", "poly1"]
+    # the same run with the object passed from Python: the same numbers; its record names the class
+    cfg = dict(metrics["ce"]["config"])
+    python = train(load_config(cfg), tmp_path / "python", loss=PolyLoss(epsilon=1.0), log=lambda line: None)
+    assert _comparable(python) == _comparable(metrics["poly1"])
+    assert python["config"]["loss"] == {"class": POLY, "name": "ce", "gamma": 0.0, "alpha": None, "reduction": "mean",
+                                        "ignore_index": -100, "label_smoothing": 0.0, "epsilon": 1.0}
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"class": "nope.losses:Poly"}, "[loss] class = 'nope.losses:Poly': cannot import nope.losses"),
+    ({"class": "experiments.poly_loss:Nope"},
+     "[loss] class = 'experiments.poly_loss:Nope': experiments.poly_loss has no Nope"),
+    ({"class": POLY, "eps": 1.0}, "[loss] class = 'experiments.poly_loss:PolyLoss': PolyLoss(eps=1.0) failed"),
+    ({"class": "experiments.poly_loss"}, "[loss] class = 'experiments.poly_loss': expected 'package.module:ClassName'"),
+    ({"class": "bertlab.config:TrainConfig"}, "TrainConfig is not a TokenLoss subclass"),
+])
+def test_a_bad_loss_class_is_one_line_naming_it(table, message, tmp_path, monkeypatch, capsys):
+    import tomllib
+
+    from bertlab.train.cli import main
+    monkeypatch.syspath_prepend(str(REPO))
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in table.items()]
+    config = tmp_path / "bad.toml"
+    config.write_text("[loss]\n" + "\n".join(lines) + "\n")
+    assert tomllib.loads(config.read_text())["loss"] == table
+    assert main(["--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "run").exists()

@@ -517,9 +517,10 @@ def test_evaluate_reproduces_the_runs_own_test_predictions_in_its_precision(tmp_
     the same predictions, for argmax and for a KNN refitted from the run's config."""
     from _train_script import tiny_config
 
+    from bertlab.config import load_config
     from bertlab.evaluate import evaluate_model
     from bertlab.predict import scoring_precision
-    from bertlab.train import load_config, train
+    from bertlab.train import train
     cfg = tiny_config(tmp_path / "data", train={"precision": precision, "epochs": 1},
                       eval={"decode": ["argmax", "knn"], "knn_k": 3})
     run = tmp_path / "run"
@@ -544,8 +545,9 @@ def test_decode_reproduces_each_decode_of_a_run_and_bio_tags_are_valid(tmp_path,
 
     from bertlab.checkpoint import best_folder
     from bertlab.datasets.tags import tag_problems
+    from bertlab.config import load_config
     from bertlab.evaluate import evaluate_model
-    from bertlab.train import load_config, train
+    from bertlab.train import train
     decodes = ["argmax", "argmax+bio", "knn+bio", "calibrated", "calibrated+bio"]
     cfg = tiny_config(tmp_path / "data", train={"epochs": 1}, eval={"decode": decodes, "knn_k": 3})
     run = tmp_path / "run"
@@ -669,8 +671,9 @@ def test_train_and_evaluate_on_brat_folders(tmp_path, capsys, monkeypatch):
 
     from bertlab.config import ConfigError
     from bertlab.datasets.prepare import load_splits
+    from bertlab.config import load_config
     from bertlab.evaluate import evaluate_model
-    from bertlab.train import load_config, train
+    from bertlab.train import train
     conll = tiny_config(tmp_path / "conll", train={"epochs": 1})
     folders = {key: str(conll_to_brat(conll["data"][key], tmp_path / "brat" / key.split("_")[0]))
                for key in ("train_file", "dev_file", "test_file")}

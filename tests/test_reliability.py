@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from bertlab.callbacks import Callback
-from bertlab.train import ConfigError, NonFiniteLossError, load_config, main, train
+from bertlab.config import ConfigError, load_config
+from bertlab.train import NonFiniteLossError, train
+from bertlab.train.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import tiny_config  # noqa: E402
@@ -191,20 +193,20 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_survives
     checkpoint byte for byte."""
     import errno
 
-    import bertlab.resume
+    import bertlab.train.state
     cfg = tiny_config(tmp_path / "data", train={"checkpoint_every": 1, "max_steps": 3, "epochs": 1})
     out = tmp_path / "run"
     with pytest.raises(Stop):
         train(load_config(cfg), out, callbacks=[StopAfter(2)], resume=False, log=quiet)
     before = (out / "checkpoint.pt").read_bytes()
-    real = bertlab.resume.write_with
+    real = bertlab.train.state.write_with
 
     def full_disk(path, write):
         try:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         except OSError:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
-    monkeypatch.setattr(bertlab.resume, "write_with", full_disk)
+    monkeypatch.setattr(bertlab.train.state, "write_with", full_disk)
     text = "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items() if not isinstance(v, dict))
                      for s, vals in cfg.items()) + "\n[model.overrides]\n" + "\n".join(
         f"{k} = {v}" for k, v in cfg["model"]["overrides"].items()) + "\n"
@@ -214,7 +216,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_survives
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"bertlab train: {out / 'checkpoint.pt'}: No space left on device"
     assert not any("Traceback" in line or "enforce fail" in line for line in err)
-    monkeypatch.setattr(bertlab.resume, "write_with", real)
+    monkeypatch.setattr(bertlab.train.state, "write_with", real)
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
@@ -286,10 +288,10 @@ def test_set_overrides_get_their_own_default_folder(tmp_path, monkeypatch):
     """Without --out, `--set` variants of one config used to share runs/train/<config>; each now
     gets <config>-<hash of the overrides>, the same for the same overrides in any order or spelling,
     and the folder without overrides is unchanged."""
-    import bertlab.train
+    import bertlab.train.cli
     config = config_file(tmp_path, tiny_config(tmp_path / "data"))
     folders = []
-    monkeypatch.setattr(bertlab.train, "train", lambda cfg, out, **kw: folders.append(Path(out)) or {})
+    monkeypatch.setattr(bertlab.train.cli, "train", lambda cfg, out, **kw: folders.append(Path(out)) or {})
     monkeypatch.chdir(tmp_path)
     for sets in ([], ["train.epochs=6"], ["optim.lr=5e-4"], ["optim.lr = 0.0005"],
                  ["optim.lr=5e-4", "train.epochs=6"], ["train.epochs=6", "optim.lr=5e-4"]):

@@ -1,21 +1,75 @@
-"""bertlab.sampling: collate, ATL length bucketing, BTL targets (brute force) and fused == naive BTL."""
+"""bertlab.batching (collate, ATL length bucketing), bertlab.losses.btl (BTL targets by brute force,
+fused == naive BTL) and bertlab.sampling (sentence resampling)."""
 import dataclasses
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bertlab.losses import LossConfig, build_loss
+from bertlab.batching import CUDA_PAD_MULTIPLE, collate, length_bucketed_batches, pad_multiple
+from bertlab.losses import (BTL_MODES, LossConfig, binary_token_label_batches, btl_columns, btl_fused_loss,
+                            btl_naive_loss, btl_targets, build_loss, entity_types)
 from bertlab.models import BertModel, TokenClassifier
-from bertlab.sampling import (BTL_MODES, CUDA_PAD_MULTIPLE, binary_token_label_batches, btl_columns,
-                              btl_fused_loss, btl_naive_loss, btl_targets, collate, entity_types,
-                              length_bucketed_batches, pad_multiple, padding_stats, token_budget_batches,
-                              RESAMPLING_METHODS, entity_type_rarity, resampling_scores, sentence_repeats)
+from bertlab.sampling import RESAMPLING_METHODS, entity_type_rarity, resampling_scores, sentence_repeats
 from conftest import tiny_bert_config
 
 # types A, B (IOB2) and C, which has only B- (to check a 2-column "binary" copy)
+# ---- test-only helpers: a token-budget batcher and padding statistics, which the tests below
+# compare length bucketing against (nothing in bertlab uses them) --------------------------------
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0,
+                         bucket_size: int = 10_000) -> list[list[int]]:
+    """Batches whose padded size ``len(batch) * max length in batch`` stays <= ``max_tokens``.
+
+    Same bucketing as ``bertlab.batching.length_bucketed_batches`` (shuffle, sort inside buckets of ``bucket_size``
+    items, shuffle batches), but the batch size varies: many short rows or few long ones. A row
+    longer than max_tokens gets a batch of its own.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    rng = np.random.default_rng(seed)
+    n = len(lengths)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    lengths_arr = np.asarray(lengths)
+    batches = []
+    for start in range(0, n, bucket_size):
+        chunk = order[start:start + bucket_size]
+        if shuffle:
+            chunk = chunk[np.argsort(lengths_arr[chunk], kind="stable")]
+        current, longest = [], 0
+        for i in chunk.tolist():
+            new_longest = max(longest, int(lengths_arr[i]))
+            if current and (len(current) + 1) * new_longest > max_tokens:
+                batches.append(current)
+                current, new_longest = [], int(lengths_arr[i])
+            current.append(i)
+            longest = new_longest
+        if current:
+            batches.append(current)
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def padding_stats(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> dict:
+    """How many token slots dynamic padding wastes for these batches.
+
+    Each batch is padded to its longest row, so it costs ``len(batch) * max(lengths)`` slots.
+    Returns ``{"real_tokens", "padded_tokens" (all slots), "padding_tokens" (wasted slots),
+    "padding_fraction" (padding_tokens / padded_tokens, 0..1), "num_batches"}``.
+    """
+    real = padded = 0
+    for batch in batches:
+        row_lengths = [int(lengths[i]) for i in batch]
+        real += sum(row_lengths)
+        padded += len(row_lengths) * max(row_lengths, default=0)
+    return {"real_tokens": real, "padded_tokens": padded, "padding_tokens": padded - real,
+            "padding_fraction": (padded - real) / padded if padded else 0.0, "num_batches": len(batches)}
+
+
 LABELS = ["O", "B-A", "I-A", "B-B", "I-B", "B-C"]
 COUNTS = torch.tensor([300, 20, 25, 8, 6, 3])
 LOSS_CONFIGS = [LossConfig("ce"), LossConfig("weighted_ce", weight_scheme="inverse"),
@@ -472,7 +526,7 @@ def test_the_btl_snippet_of_the_docs_runs_as_written():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "btl.md").read_text(encoding="utf-8")
-    block = re.search(r"```python\n(from bertlab.sampling import btl_targets.*?)```", text, re.S).group(1)
+    block = re.search(r"```python\n(from bertlab.losses import btl_targets.*?)```", text, re.S).group(1)
     scope: dict = {}
     checked = 0
     for line in block.splitlines():

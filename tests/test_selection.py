@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import bertlab.train as train_module
+import bertlab.train.scoring as scoring_module
 from bertlab.config import EvalConfig
 from bertlab.selection import update_best
-from bertlab.train import load_config, train
+from bertlab.config import load_config
+from bertlab.datasets.prepare import load_splits
+from bertlab.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import tiny_config  # noqa: E402
@@ -80,12 +82,12 @@ def test_recorded_dev_scores_equal_a_fresh_evaluation_of_that_epochs_weights(thr
     # with the first evaluation's fused QKV weights
     cfg, run, metrics, snaps = three_epochs
     from bertlab.checkpoint import load_pretrained
-    splits = train_module.load_splits(cfg.data)
+    splits = load_splits(cfg.data)
     fresh, tokenizer = load_pretrained(run / "best", labels=splits.labels)
     options = dict(max_length=cfg.data.max_length, stride=cfg.data.stride, batch_size=64, precision="fp32")
     for epoch, state in snaps.states.items():
         fresh.load_state_dict(state)
-        dev, _ = train_module.evaluate_dev(fresh, tokenizer, splits, cfg, options)
+        dev, _ = scoring_module.evaluate_dev(fresh, tokenizer, splits, cfg, options)
         recorded = metrics["history"][epoch]
         assert dev["loss"] == pytest.approx(recorded["dev_loss"], rel=1e-5, abs=1e-7), epoch
         assert dev["decodes"] == recorded["dev"], epoch
@@ -112,9 +114,9 @@ def test_a_flat_argmax_does_not_pin_knn_to_the_first_epoch(tmp_path, monkeypatch
     """The regression of the converged-studies issue: argmax dev F1 is 0 every epoch (as under
     BTL) while KNN's peaks at epoch 1. KNN rows must come from epoch 1, argmax from the last."""
     scripted = {"argmax": [0.0, 0.0, 0.0, 0.0], "knn": [0.1, 0.4, 0.3, 0.2]}
-    real = train_module.evaluate_dev
+    real = scoring_module.evaluate_dev
 
-    def fake_evaluate_dev(model, tokenizer, splits, cfg, options, priors=None):
+    def fake_evaluate_dev(model, tokenizer, splits, cfg, options, priors=None, loss=None):
         dev, fitted = real(model, tokenizer, splits, cfg, options)
         epoch = len(fake_evaluate_dev.seen)
         fake_evaluate_dev.seen.append(epoch)
@@ -122,7 +124,7 @@ def test_a_flat_argmax_does_not_pin_knn_to_the_first_epoch(tmp_path, monkeypatch
             dev["decodes"][decode]["f1_micro"] = values[epoch]
         return dev, fitted
     fake_evaluate_dev.seen = []
-    monkeypatch.setattr(train_module, "evaluate_dev", fake_evaluate_dev)
+    monkeypatch.setattr(scoring_module, "evaluate_dev", fake_evaluate_dev)
     cfg = load_config(tiny_config(tmp_path / "data", train={"epochs": 4, "early_stopping_patience": 3},
                                   eval={"decode": ["argmax", "knn"], "knn_k": 3}))
     snaps = Snapshots()
@@ -204,7 +206,7 @@ def test_bio_decodes_and_cross_fitted_calibration_select_and_score_as_documented
     run = tmp_path / "run"
     metrics = train(cfg, run, callbacks=[snaps], resume=False, log=quiet)
     assert metrics["config"]["eval"]["calibration_fit"] == "crossfit"
-    splits = train_module.load_splits(cfg.data)
+    splits = load_splits(cfg.data)
     dev, test = splits.dev.sentences, splits.test.sentences
     gold = [list(s.tags) for s in dev]
     model, tokenizer = load_pretrained(run / "best", labels=splits.labels)

@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertlab.train import (ConfigError, NonFiniteLossError, Objective, TrainConfig, config_to_dict, load_config,
-                           lr_factor, main, train)
+from bertlab.config import ConfigError, TrainConfig, config_to_dict, load_config
+from bertlab.losses.objective import build_objective, step_loss
+from bertlab.train import NonFiniteLossError, train
+from bertlab.train.cli import main
+from bertlab.train.setup import lr_factor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_script import TINY_MODEL, tiny_config  # noqa: E402
@@ -196,7 +199,7 @@ def test_each_epoch_has_its_own_batch_order_and_a_resume_rebuilds_it():
     """The batch order is a function of (seed, epoch) and nothing else: a new order every epoch
     (the data is reshuffled), the same order for the same pair (a resume rebuilds the epoch it
     was interrupted in from these two numbers alone)."""
-    from bertlab.train import epoch_batches
+    from bertlab.batching import epoch_batches
     lengths = [(7 * i) % 23 + 1 for i in range(200)]
     epoch0 = epoch_batches(lengths, 8, seed=13, epoch=0)
     epoch1 = epoch_batches(lengths, 8, seed=13, epoch=1)
@@ -237,7 +240,7 @@ def test_grad_accum_normalises_by_all_labelled_tokens(tmp_path):
     labelled tokens: not the mean of the two micro-batch means (their token counts differ)."""
     from bertlab.checkpoint import build_model, builtin_path
     from bertlab.datasets.prepare import encode_corpus, load_splits
-    from bertlab.sampling import collate
+    from bertlab.batching import collate
     from bertlab.tokenization import Tokenizer
     train_file = tmp_path / "train.tsv"
     train_file.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n"
@@ -275,11 +278,11 @@ def test_grad_accum_normalises_by_all_labelled_tokens(tmp_path):
 
 
 def test_normaliser_reproduces_each_loss_reduction(minilm_path):
-    """loss_sum / normaliser equals the loss modules' own reduction on one micro-batch: token mean
+    """step_loss / normaliser equals the loss modules' own reduction on one micro-batch: token mean
     for CE and focal, Σα_t for weighted_mean, token_mean for the CRF, and per-copy token mean for
     BTL (other_to_o: every copy sees all labelled tokens)."""
-    from bertlab.losses import LossConfig, build_loss, label_counts
-    from bertlab.sampling import btl_fused_loss, collate
+    from bertlab.batching import collate
+    from bertlab.losses import LossConfig, btl_fused_loss, build_loss, label_counts
     windows = _windows(minilm_path, LABELS, SENTENCES)
     batch = collate(windows)
     everything = list(range(len(windows)))
@@ -297,7 +300,7 @@ def test_normaliser_reproduces_each_loss_reduction(minilm_path):
     ]
     for sections, reference in cases:
         cfg = load_config(sections)
-        objective = Objective(cfg, LABELS, windows)
+        objective = build_objective(cfg, LABELS, windows)
         model = _tiny_model(LABELS)
         if cfg.model.head == "crf":
             from bertlab.models.heads import TokenClassifier
@@ -305,7 +308,7 @@ def test_normaliser_reproduces_each_loss_reduction(minilm_path):
             with torch.no_grad():
                 model.crf.transitions.normal_()
         model.eval()
-        loss_sum, logits = objective.loss_sum(model, batch)
+        loss_sum, logits = step_loss(model, batch, objective)
         ours = loss_sum / objective.normaliser(everything)
         torch.testing.assert_close(ours, reference(model, logits).float(), atol=1e-6, rtol=1e-6,
                                    msg=str(sections))
@@ -508,7 +511,7 @@ def test_variants_train_and_decode(tmp_path, sections):
     from bertlab.inference import decode_tags, word_logits
     from bertlab.knn import KNNClassifier
     from bertlab.checkpoint import load_best_into
-    from bertlab.train import build_model_and_tokenizer
+    from bertlab.train.setup import build_model_and_tokenizer
     c = load_config(cfg)
     splits = load_splits(c.data)
     for d in decodes:
@@ -574,7 +577,8 @@ def test_crf_transitions_get_their_own_learning_rate():
     """optim.crf_lr puts the CRF's parameters in their own group (no decay), scheduled like the rest."""
     from bertlab.models import BertModel, TokenClassifier
     from bertlab.models.bert import BertConfig
-    from bertlab.train import OptimConfig, make_optimizer
+    from bertlab.config import OptimConfig
+    from bertlab.train.setup import make_optimizer
     model = TokenClassifier(BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
                                                  num_attention_heads=2, intermediate_size=16)),
                             ["O", "B-X", "I-X"], head="crf")
@@ -744,14 +748,14 @@ def test_btl_ignore_mode_trains_on_all_labelled_tokens_as_denominator(minilm_pat
     over copies), not the copy's own-token mean that btl_fused_loss with reduction="mean" gives."""
     import torch.nn.functional as F
 
-    from bertlab.losses import LossConfig, build_loss
-    from bertlab.sampling import binary_token_label_batches, btl_fused_loss, collate
+    from bertlab.batching import collate
+    from bertlab.losses import LossConfig, binary_token_label_batches, btl_fused_loss, build_loss
     windows = _windows(minilm_path, LABELS, SENTENCES)
     batch = collate(windows)
     cfg = load_config({"sampler": {"name": "btl", "btl_mode": "ignore"}})
-    objective = Objective(cfg, LABELS, windows)
+    objective = build_objective(cfg, LABELS, windows)
     model = _tiny_model(LABELS).eval()
-    loss_sum, logits = objective.loss_sum(model, batch)
+    loss_sum, logits = step_loss(model, batch, objective)
     ours = loss_sum / objective.normaliser(list(range(len(windows))))
     n_all = int((batch["labels"] != -100).sum())
     copies = binary_token_label_batches(batch, LABELS, "ignore", "present")
@@ -765,7 +769,7 @@ def test_btl_ignore_mode_trains_on_all_labelled_tokens_as_denominator(minilm_pat
 def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_bf16_instructions(monkeypatch):
     """precision = "auto": bf16 autocast where the hardware does bf16 (CUDA; a CPU with the
     avx512_bf16 or amx_bf16 flag), fp32 elsewhere; explicit precisions are kept."""
-    import bertlab.train as T
+    import bertlab.train.runtime as T
     flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\nbugs\t\t: spectre_v1\n"
     assert T.cpu_has_bf16(flags.format("avx512_bf16"))
     assert T.cpu_has_bf16(flags.format("amx_bf16 amx_tile"))
@@ -786,7 +790,7 @@ def test_cuda_and_auto_pick_an_indexed_gpu(monkeypatch):
     device (it raises on a bare "cuda" before touching the GPU), so the process's current GPU is
     named, or a torchrun rank's own; "cuda:N" is kept. CUDA is simulated; tests/test_cuda.py runs
     it for real where a GPU is."""
-    import bertlab.train as T
+    import bertlab.train.runtime as T
     chosen = []
 
     def set_device(device):

@@ -14,17 +14,13 @@ attention_mask, token_type_ids) -> [B, T, 2H]``, ``hidden_size``, ``dropout_p``,
 ``labels``, ``head="softmax"|"crf"``, ``crf_loss`` and ``decode``, one training loop for all.
 Inputs come from :class:`bertlab.baselines.vocab.WordTokenizer` (one id per word).
 
-``fit`` / ``predict`` below are a small standalone loop for tests and quick runs; experiments
-use ``bertlab.train``.
+It is trained by ``bertlab.train`` like any BERT model (``[model] arch = "bilstm"``).
 """
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bertlab.baselines.vocab import WordTokenizer
@@ -107,68 +103,3 @@ def init_embeddings_from_bert(encoder: BiLSTMEncoder, words: WordTokenizer, bert
             encoder.word_embeddings.weight[i] = bert_word_embeddings[ids].float().mean(0)
             done += 1
     return done
-
-
-# -- a small standalone loop (experiments use bertlab.train) -----------------------------------
-
-def _pad(windows, pad_id: int = 0) -> dict:
-    """Windows -> the ``collate`` batch dict (right padding, labels -100 on padding)."""
-    T = max(1, max(len(w) for w in windows))  # at least one step, even for empty sentences
-    batch = {"input_ids": torch.full((len(windows), T), pad_id), "attention_mask": torch.zeros(len(windows), T, dtype=torch.long),
-             "labels": torch.full((len(windows), T), -100)}
-    for b, w in enumerate(windows):
-        n = len(w)
-        batch["input_ids"][b, :n] = torch.tensor(w.input_ids)
-        batch["attention_mask"][b, :n] = 1
-        batch["labels"][b, :n] = torch.tensor(w.labels)
-    return batch
-
-
-def fit(model: BiLSTMTagger, tokenizer: WordTokenizer, sentences_tokens: list[list[str]],
-        sentences_tags: list[list[str]], epochs: int = 10, lr: float = 1e-3, batch_size: int = 32,
-        clip: float = 5.0, seed: int = 0) -> list[float]:
-    """Adam on the training sentences; returns the mean loss of each epoch.
-
-    Loss: token-mean cross-entropy (softmax head) or token-mean CRF nll (CRF head).
-    """
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    label_id = {l: i for i, l in enumerate(model.labels)}
-    windows = [w for tokens, tags in zip(sentences_tokens, sentences_tags)
-               for w in tokenizer.encode_words(tokens, [label_id[t] for t in tags])]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for _ in range(epochs):
-        model.train()
-        rng.shuffle(windows)
-        total, n = 0.0, 0
-        for i in range(0, len(windows), batch_size):
-            batch = _pad(windows[i:i + batch_size], tokenizer.pad_token_id)
-            logits = model(batch["input_ids"], batch["attention_mask"])
-            if model.head == "crf":
-                loss = model.crf_loss(logits, batch["labels"])
-            else:
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        history.append(total / max(n, 1))
-    return history
-
-
-@torch.no_grad()
-def predict(model: BiLSTMTagger, tokenizer: WordTokenizer, sentences_tokens: list[list[str]],
-            batch_size: int = 128) -> list[list[str]]:
-    """Tags (IOB2 strings) per sentence via ``model.decode`` on whole sentences (one window each)."""
-    model.eval()
-    out = []
-    for i in range(0, len(sentences_tokens), batch_size):
-        chunk = sentences_tokens[i:i + batch_size]
-        windows = [tokenizer.encode_words(t, max_length=max(len(t), 1), stride=None)[0] for t in chunk]
-        batch = _pad(windows, tokenizer.pad_token_id)
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        paths = model.decode(logits, batch["attention_mask"].bool())
-        out.extend([model.labels[j] for j in p] for p in paths)
-    return out

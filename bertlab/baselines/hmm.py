@@ -27,7 +27,6 @@ already carries, which is exactly why it helps rare words and can hurt frequent 
 """
 from __future__ import annotations
 
-import itertools
 import re
 from collections import Counter
 
@@ -80,18 +79,6 @@ def viterbi(log_pi: np.ndarray, log_A: np.ndarray, log_emit: np.ndarray) -> tupl
     for t in range(n - 1, 0, -1):
         path.append(int(back[t, path[-1]]))
     return path[::-1], float(delta.max())
-
-
-def brute_force_best(log_pi: np.ndarray, log_A: np.ndarray, log_emit: np.ndarray) -> tuple[list[int], float]:
-    """The same as :func:`viterbi` by enumerating all ``C^n`` paths (tests only: tiny n, C)."""
-    n, C = log_emit.shape
-    best, best_score = None, -np.inf
-    for path in itertools.product(range(C), repeat=n):
-        s = log_pi[path[0]] + sum(log_A[path[t - 1], path[t]] for t in range(1, n)) \
-            + sum(log_emit[t, path[t]] for t in range(n))
-        if s > best_score:
-            best, best_score = list(path), s
-    return best, float(best_score)
 
 
 def iob2_label_order(tag_sequences) -> list[str]:

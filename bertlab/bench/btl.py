@@ -27,8 +27,8 @@ import torch
 from bertlab.bench.models import autocast, minilm_checkpoint, sync, tf32
 from bertlab.checkpoint import load_pretrained
 from bertlab.datasets import entity_types, label_list, load
-from bertlab.losses import LossConfig, build_loss, label_counts
-from bertlab.sampling import btl_fused_loss, btl_naive_loss, collate
+from bertlab.batching import collate
+from bertlab.losses import LossConfig, btl_fused_loss, btl_naive_loss, build_loss, label_counts
 
 
 def real_batch(tokenizer, labels: list[str], batch_size: int, max_length: int) -> dict:

@@ -55,7 +55,8 @@ def transformers_epoch(windows: list, labels: list[str], pad_id: int, batch_size
 
 
 def bertlab_epoch(max_documents: int, batch_size: int, out_dir: Path) -> float:
-    from bertlab.train import load_config, train
+    from bertlab.config import load_config
+    from bertlab.train import train
     cfg = load_config({
         "data": {"name": "maccrobat", "max_documents": max_documents, "max_length": 128},
         "model": {"builtin": "minilm"},

@@ -43,7 +43,8 @@ def run_gradflow(config_path, out_dir, overrides=(), gradflow_overrides: dict | 
     the entries as separate processes; ``--from-csv`` draws the comparison afterwards).
     Returns name -> rows, read back from each CSV.
     """
-    from bertlab import train as train_mod  # the training loop (bertlab/train.py)
+    from bertlab import train as train_mod  # the training loop (bertlab/train/)
+    from bertlab.config import load_config
     raw, gcfg = split_config(config_path)
     if gradflow_overrides:
         gcfg = GradFlowConfig.from_dict({**gcfg.__dict__, **gradflow_overrides}, source=str(config_path))
@@ -56,7 +57,7 @@ def run_gradflow(config_path, out_dir, overrides=(), gradflow_overrides: dict | 
     for name, extra in variants.items():
         run_dir = Path(out_dir) / name if gcfg.compare else Path(out_dir)
         try:
-            config = train_mod.load_config(raw, overrides=list(overrides) + extra)
+            config = load_config(raw, overrides=list(overrides) + extra)
         except ValueError as e:  # the messages say "<dict>": name the file instead
             raise type(e)(str(e).replace("<dict>", str(config_path))) from None
         recorder = GradFlowRecorder.from_config(gcfg, run_dir)

@@ -37,14 +37,14 @@ A batch where every token is ignored gives a zero loss that is still attached to
 (``requires_grad``, ``backward()`` works and leaves zero gradients), so a training loop never needs
 a special case for it.
 
-The training loop builds its loss with ``build_loss(LossConfig(...), label_counts=...)``;
-``label_counts(...)`` and ``class_weights(...)`` produce the per-class numbers it needs.
+These are the functions; ``bertlab.losses.token`` wraps them as the loss objects training uses
+(``TokenLoss`` and its subclasses), built from the ``[loss]`` section by
+``bertlab.losses.config.build_loss``. ``label_counts(...)`` and ``class_weights(...)`` produce the
+per-class numbers they need.
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -52,10 +52,6 @@ import torch
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
 WEIGHT_SCHEMES = ("paper", "inverse", "effective")
-LOSS_NAMES = ("ce", "weighted_ce", "focal", "logit_adjusted", "balanced_softmax", "ldam", "dice")
-# the losses that are cross entropy of (transformed) logits: label smoothing applies to them
-CE_BASED = ("ce", "weighted_ce", "logit_adjusted", "balanced_softmax", "ldam")
-DRW_BETA = 0.9999  # Cao et al.'s β for the deferred re-weighting (their code, all experiments)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +170,7 @@ def ldam_margins(counts, max_margin: float = 0.5) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# the per-token kernel shared by every loss (and by the fused BTL loss in bertlab.sampling)
+# the per-token kernel shared by every loss (and by the fused BTL loss in bertlab.losses.btl)
 # ---------------------------------------------------------------------------------------------
 
 def _check_reduction(reduction: str) -> None:
@@ -564,246 +560,3 @@ def _functional(kernel, logits, targets, ignore_index, reduction, name) -> torch
 def _reduce(logits, targets, gamma, alpha, ignore_index, reduction, name) -> torch.Tensor:
     return _functional(lambda z, t: token_losses(z, t, gamma, alpha, ignore_index),
                        logits, targets, ignore_index, reduction, name)
-
-
-# ---------------------------------------------------------------------------------------------
-# configuration
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class LossConfig:
-    """Which loss to train with (the ``[loss]`` table of an experiment's TOML).
-
-    name: "ce" | "weighted_ce" (CE with w = class_weights(counts, weight_scheme, beta, normalize))
-        | "focal" (FL with ``gamma`` and ``alpha``) | "logit_adjusted" (``tau``)
-        | "balanced_softmax" | "ldam" (``max_margin``, ``scale``, ``drw_epoch``)
-        | "dice" (``alpha``, ``gamma``: the self-adjusting dice's α and γ).
-    gamma: focal (None means 2.0, Lin et al.'s default) or dice (None means 1.0).
-    alpha: focal: None (α = 1), a float, or "weights" (α = the class weights, as weighted_ce);
-        dice: its exponent α >= 0 (None means 1.0).
-    weight_scheme, beta, normalize: passed to ``class_weights`` (used by weighted_ce and alpha="weights").
-    tau: logit_adjusted only; None means 1.0 (Menon et al.'s default).
-    max_margin, scale: ldam only; None means 0.5 and 30.0 (Cao et al.'s values; see ``ldam_loss``
-        on the scale with a plain linear head).
-    drw_epoch: ldam or ce only: deferred re-weighting (Cao et al.). Epochs 0..E-1 train unweighted,
-        from epoch E (0-based, as the training log counts) on, every token is weighted by
-        ``class_weights(counts, "effective", drw_beta, normalize="mean")``. None: no re-weighting.
-    drw_beta: the effective-number β of those weights (default 0.9999, Cao et al.'s).
-    label_smoothing: ε in [0, 1) for the cross-entropy-based losses (ce, weighted_ce,
-        logit_adjusted, balanced_softmax, ldam); 0 = none.
-    reduction: "mean" (default: mean over non-ignored tokens), "weighted_mean" (÷ Σ α_t, PyTorch's
-        convention for weighted CE) or "sum"; see ``cross_entropy`` for why "mean" is the default.
-    """
-    name: str = "ce"
-    gamma: float | None = None
-    alpha: float | str | None = None
-    weight_scheme: str = "paper"
-    beta: float = 0.999
-    normalize: str | None = None
-    reduction: str = "mean"
-    ignore_index: int = IGNORE_INDEX
-    tau: float | None = None
-    max_margin: float | None = None
-    scale: float | None = None
-    drw_epoch: int | None = None
-    drw_beta: float = DRW_BETA
-    label_smoothing: float = 0.0
-
-    def __post_init__(self):
-        """Checks that need no data (a bad name, reduction, gamma, or a field the loss ignores)."""
-        if self.name not in LOSS_NAMES:
-            raise ValueError(f"LossConfig.name={self.name!r}, expected one of {LOSS_NAMES}")
-        if self.reduction not in REDUCTIONS or self.reduction == "none":
-            raise ValueError(f"LossConfig.reduction={self.reduction!r}, expected 'mean', 'weighted_mean' or 'sum'")
-        if self.name not in ("focal", "dice") and self.gamma is not None:
-            raise ValueError(f"LossConfig.gamma={self.gamma} is only used by name='focal' or 'dice' "
-                             f"(name={self.name!r})")
-        if self.gamma is not None and self.gamma < 0:
-            raise ValueError(f"LossConfig.gamma={self.gamma} must be >= 0")
-        if self.name not in ("focal", "dice") and self.alpha is not None:
-            raise ValueError(f"LossConfig.alpha={self.alpha!r} is only used by name='focal' or 'dice'; "
-                             f"for class weights with cross entropy use name='weighted_ce'")
-        if self.name == "dice" and self.alpha is not None and (isinstance(self.alpha, str) or self.alpha < 0):
-            raise ValueError(f"LossConfig.alpha={self.alpha!r}: the dice loss's alpha is an exponent, "
-                             f"expected a number >= 0")
-        if isinstance(self.alpha, str) and self.alpha != "weights":
-            raise ValueError(f"LossConfig.alpha={self.alpha!r}, expected None, a number, or 'weights'")
-        if self.weight_scheme not in WEIGHT_SCHEMES:
-            raise ValueError(f"LossConfig.weight_scheme={self.weight_scheme!r}, expected one of {WEIGHT_SCHEMES}")
-        if self.normalize not in (None, "mean", "sum"):
-            raise ValueError(f"LossConfig.normalize={self.normalize!r}, expected None, 'mean' or 'sum'")
-        for field, owners in (("tau", ("logit_adjusted",)), ("max_margin", ("ldam",)), ("scale", ("ldam",)),
-                              ("drw_epoch", ("ldam", "ce"))):
-            value = getattr(self, field)
-            if value is not None and self.name not in owners:
-                raise ValueError(f"LossConfig.{field}={value} is only used by name="
-                                 f"{' or '.join(repr(o) for o in owners)} (name={self.name!r})")
-        if self.tau is not None and self.tau < 0:
-            raise ValueError(f"LossConfig.tau={self.tau} must be >= 0")
-        if self.max_margin is not None and self.max_margin < 0:
-            raise ValueError(f"LossConfig.max_margin={self.max_margin} must be >= 0")
-        if self.scale is not None and self.scale <= 0:
-            raise ValueError(f"LossConfig.scale={self.scale} must be > 0")
-        if self.drw_epoch is not None and self.drw_epoch < 0:
-            raise ValueError(f"LossConfig.drw_epoch={self.drw_epoch} must be >= 0 (the first re-weighted epoch)")
-        if self.drw_beta != DRW_BETA and self.drw_epoch is None:
-            raise ValueError(f"LossConfig.drw_beta={self.drw_beta} is only used with drw_epoch set")
-        if not 0.0 < self.drw_beta < 1.0:
-            raise ValueError(f"LossConfig.drw_beta={self.drw_beta} must be in (0, 1)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} must be in [0, 1)")
-        if self.label_smoothing and self.name not in CE_BASED:
-            raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} is only used by the cross-entropy "
-                             f"losses {CE_BASED} (name={self.name!r})")
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "[loss]") -> "LossConfig":
-        """Build from a TOML table; an unknown key is an error that names it."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class TokenLoss:
-    """A configured loss: **the one object every training path scores tokens with**.
-
-    ``per_token(logits, targets, columns)`` is the equation, ``FL_i = -α_t (1 - p_t)^γ log p_t``
-    (CE when γ = 0, label-smoothed CE with ``label_smoothing``), per token and unreduced;
-    ``reduce`` applies ``reduction``; calling the object does both. ATL, naive BTL and fused BTL
-    (``bertlab.train``, ``bertlab.sampling``) all call ``per_token`` and nothing else, so a subclass
-    that overrides it (docs/losses.md, "Adding a loss"; ``LogitOffsetLoss``, ``LDAMLoss``,
-    ``DiceLoss`` below) changes what every sampler trains with.
-
-    The contract of ``per_token``, which a new loss keeps:
-
-    - logits ``[..., N, C']`` and targets ``[..., N]`` broadcast against each other (fused BTL scores
-      one ``[N, C]`` logit matrix against ``[K, N]`` target rows with one call);
-    - ``columns``: None when ``logits[..., j]`` is label j's score; otherwise label ids ``[..., C']``
-      naming each logit column (a "binary" BTL copy keeps only {O, B-c, I-c}: ``C' = 3``), so
-      per-class quantities (α, offsets, margins) are looked up by label id, not by position;
-    - returns ``(losses, weights)``, both shaped like the broadcast targets and **0 at ignored
-      tokens**: the per-token losses and each token's weight in a "weighted_mean" (α_t here).
-    """
-    name: str = "ce"
-    gamma: float = 0.0                        # 0 for CE / weighted CE
-    alpha: torch.Tensor | float | None = None  # per-class [C] (weights), a scalar, or None
-    reduction: str = "mean"
-    ignore_index: int = IGNORE_INDEX
-    label_smoothing: float = 0.0              # CE only (gamma = 0)
-
-    def _alpha(self, columns: torch.Tensor | None):
-        """α (the per-class weight) as the columns see it."""
-        alpha = self.alpha
-        if columns is not None and isinstance(alpha, torch.Tensor):
-            alpha = alpha.to(columns.device)[columns]
-        return alpha
-
-    def per_token(self, logits: torch.Tensor, targets: torch.Tensor,
-                  columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(l_i, α_t)`` per token, unreduced; see the class docstring for shapes."""
-        return token_losses(logits, targets, self.gamma, self._alpha(columns), self.ignore_index,
-                            self.label_smoothing)
-
-    def reduce(self, losses: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``reduction`` over the last (token) dim; ``targets`` mark the ignored tokens."""
-        return reduce_token_losses(losses, weights, targets != self.ignore_index, self.reduction)
-
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The reduced loss of logits ``[N, C]`` or ``[B, T, C]`` against targets ``[N]`` / ``[B, T]``."""
-        _check_reduction(self.reduction)
-        target_shape = targets.shape
-        logits, targets = _flatten(logits, targets, self.name)
-        _check_targets(targets, logits.shape[-1], self.ignore_index, self.name)
-        losses, weights = self.per_token(logits, targets)
-        if self.reduction == "none":
-            return losses.reshape(target_shape)
-        return self.reduce(losses, weights, targets)
-
-
-@dataclass(frozen=True)
-class LogitOffsetLoss(TokenLoss):
-    """Cross entropy of ``z + o`` with a fixed per-class offset ``o [C]``: logit adjustment
-    (``o = τ log π``, name "logit_adjusted") and the balanced softmax (``o = log N``,
-    "balanced_softmax"). ``alpha`` stays a per-class weight (None here), as in ``TokenLoss``."""
-    offset: torch.Tensor | None = None
-
-    def per_token(self, logits, targets, columns=None):
-        return offset_token_losses(logits, targets, _per_column(self.offset, columns, logits),
-                                   self._alpha(columns), self.ignore_index, self.label_smoothing)
-
-
-@dataclass(frozen=True)
-class LDAMLoss(TokenLoss):
-    """LDAM (``ldam_token_losses``): CE of ``s (z - Δ_t e_t)``; ``alpha`` is the per-class weight
-    w (None, or the DRW weights once ``drw_epoch`` is reached)."""
-    margins: torch.Tensor | None = None
-    scale: float = 30.0
-
-    def per_token(self, logits, targets, columns=None):
-        return ldam_token_losses(logits, targets, _per_column(self.margins, columns, logits), self.scale,
-                                 self._alpha(columns), self.ignore_index, self.label_smoothing)
-
-
-@dataclass(frozen=True)
-class DiceLoss(TokenLoss):
-    """The self-adjusting dice loss (``dice_token_losses``) with exponent ``dice_alpha`` and
-    smoothing ``dice_gamma``; every token weighs 1 in a "weighted_mean"."""
-    dice_alpha: float = 1.0
-    dice_gamma: float = 1.0
-
-    def per_token(self, logits, targets, columns=None):
-        return dice_token_losses(logits, targets, self.dice_alpha, self.dice_gamma, self.ignore_index)
-
-
-def build_loss(cfg: LossConfig, label_counts: torch.Tensor | Sequence[int] | None = None,
-               epoch: int = 0) -> TokenLoss:
-    """Turn a ``LossConfig`` into a callable ``loss(logits, targets) -> scalar``.
-
-    label_counts: per-label-id token counts of the training set (``label_counts(...)``), needed by
-    "weighted_ce", "focal" with alpha="weights", and the count-based losses (logit_adjusted,
-    balanced_softmax, ldam) and deferred re-weighting. epoch: the (0-based) epoch the loss is for;
-    only ``drw_epoch`` makes the loss depend on it. Inconsistent configs raise a ValueError that
-    names the offending field.
-    """
-    cfg.__post_init__()  # the config may have been edited after construction
-
-    def counts(field: str) -> torch.Tensor:
-        if label_counts is None:
-            raise ValueError(f"LossConfig.{field} needs the class counts, so build_loss needs "
-                             f"label_counts (the training set's token count per label id)")
-        return torch.as_tensor(label_counts)
-
-    def weights(field: str) -> torch.Tensor:
-        return class_weights(counts(field), cfg.weight_scheme, cfg.beta, cfg.normalize)
-
-    common = dict(reduction=cfg.reduction, ignore_index=cfg.ignore_index, label_smoothing=cfg.label_smoothing)
-    drw = None
-    if cfg.drw_epoch is not None:
-        n = counts("drw_epoch")
-        drw = class_weights(n, "effective", cfg.drw_beta, "mean") if epoch >= cfg.drw_epoch else None
-    if cfg.name == "ce":
-        return TokenLoss("ce", 0.0, drw, **common)
-    if cfg.name == "weighted_ce":
-        return TokenLoss("weighted_ce", 0.0, weights("name='weighted_ce'"), **common)
-    if cfg.name == "logit_adjusted":
-        tau = 1.0 if cfg.tau is None else float(cfg.tau)
-        offset = tau * class_priors(counts("name='logit_adjusted'")).log()
-        return LogitOffsetLoss("logit_adjusted", offset=offset, **common)
-    if cfg.name == "balanced_softmax":
-        offset = seen_counts(counts("name='balanced_softmax'")).log()
-        return LogitOffsetLoss("balanced_softmax", offset=offset, **common)
-    if cfg.name == "ldam":
-        max_margin = 0.5 if cfg.max_margin is None else float(cfg.max_margin)
-        margins = ldam_margins(counts("name='ldam'"), max_margin)
-        return LDAMLoss("ldam", alpha=drw, margins=margins,
-                        scale=30.0 if cfg.scale is None else float(cfg.scale), **common)
-    if cfg.name == "dice":
-        return DiceLoss("dice", reduction=cfg.reduction, ignore_index=cfg.ignore_index,
-                        dice_alpha=1.0 if cfg.alpha is None else float(cfg.alpha),
-                        dice_gamma=1.0 if cfg.gamma is None else float(cfg.gamma))
-    gamma = 2.0 if cfg.gamma is None else float(cfg.gamma)
-    alpha = weights("alpha='weights'") if cfg.alpha == "weights" else cfg.alpha
-    return TokenLoss("focal", gamma, alpha, cfg.reduction, cfg.ignore_index)

@@ -1,14 +1,18 @@
-"""What a training run needs to stop and go on: ``checkpoint.pt`` and the state inside it.
+"""What a training run records as it goes, and what it needs to stop and go on.
 
-One file, written atomically at every checkpoint: model and optimizer state, the RNG states of
-every process, ``Progress`` (step, epoch, position in the epoch, best-so-far per decode, history)
-and the config. ``torch.load(weights_only=True)`` reads it: nothing is unpickled. A resumed run
-rebuilds the epoch's batch order from ``(seed, epoch)`` and continues bit-identically.
+``checkpoint.pt``: one file, written atomically at every checkpoint: model and optimizer state,
+the RNG states of every process, ``Progress`` (step, epoch, position in the epoch, best-so-far
+per decode, history) and the config. ``torch.load(weights_only=True)`` reads it: nothing is
+unpickled. A resumed run rebuilds the epoch's batch order from ``(seed, epoch)`` and continues
+bit-identically. ``log.jsonl`` (``JsonlLog``) is truncated back to the checkpoint on resume.
+``StepLosses`` keeps the step losses on the device until a log line or checkpoint reads them;
+a non-finite one stops training (``NonFiniteLossError``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -17,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertlab.errors import BertlabError
 from bertlab.files import write_with
+from bertlab.selection import clean_json
+from bertlab.train.runtime import Dist
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "bertlab-train-checkpoint/1"
@@ -112,3 +119,77 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RuntimeError(f"{path}: not a bertlab training checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
+
+
+class NonFiniteLossError(BertlabError, RuntimeError):
+    """The loss (or the parameters) became NaN or infinite; the message names the step and epoch.
+    The last good checkpoint and the best model so far are left untouched."""
+
+
+class JsonlLog:
+    """``log.jsonl``: one JSON object a line, appended and flushed as it happens (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool, keep_bytes: int | None):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if keep_bytes is None:  # a fresh run
+            path.write_text("", encoding="utf-8")
+        elif path.exists() and path.stat().st_size > keep_bytes:
+            with open(path, "r+b") as f:  # drop what was logged after the checkpoint we resume from
+                f.truncate(keep_bytes)
+
+    def write(self, **row) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(clean_json(row)) + "\n")
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size if self.enabled and self.path.exists() else 0
+
+
+class StepLosses:
+    """Step losses (and gradient norms) stay on the device until a log line or a checkpoint reads
+    them, all at once, so reading them costs one host sync per log line, not one per step. (Not
+    the loop's only syncs: a BTL step asks which types the batch holds, ``torch.unique(...).cpu()``
+    in ``bertlab.losses.btl``, and the BERT encoder checks whether a batch has padding,
+    ``attention_mask.all()`` in ``bertlab.models.bert``, once per micro-batch.) A non-finite value
+    stops training when it is read."""
+
+    def __init__(self, progress: Progress, ckpt_path: Path):
+        self.pending: list = []  # (step, loss tensor, grad-norm tensor or None) not yet read
+        self.since_log: list = list(progress.unlogged_losses)  # read since the last log line
+        self.ckpt_path = ckpt_path
+        self.last_good_step = None  # of the last checkpoint written in this session
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        self.pending.append((step, loss, grad_norm))
+
+    def read(self, progress: Progress, d: Dist) -> float | None:
+        """Read the pending values into ``progress.epoch_losses``; returns the last gradient norm."""
+        if not self.pending:
+            return None
+        values = torch.stack([l for _, l, _ in self.pending])
+        if d.world_size > 1:
+            torch.distributed.all_reduce(values)
+        values = values.tolist()
+        norms = ([g.item() for _, _, g in self.pending] if self.pending[0][2] is not None
+                 else [0.0] * len(self.pending))
+        for (step, _, _), value, norm in zip(self.pending, values, norms):
+            if not (math.isfinite(value) and math.isfinite(norm)):
+                what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {norm} (loss {value})"
+                raise NonFiniteLossError(
+                    f"non-finite {what} at step {step} (epoch {progress.epoch}); training stopped. "
+                    + (f"The last good checkpoint is {self.ckpt_path} (step {self.last_good_step})."
+                       if self.last_good_step is not None else "No checkpoint was written in this session."))
+        progress.epoch_losses.extend(values)
+        self.since_log.extend(values)
+        self.pending.clear()
+        return norms[-1]
+
+    def log_mean(self) -> float:
+        """The mean loss since the last log line (and forget it)."""
+        mean = math.fsum(self.since_log) / max(len(self.since_log), 1)
+        self.since_log.clear()
+        return mean
