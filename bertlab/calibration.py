@@ -120,8 +120,8 @@ def dev_words(logits: list[np.ndarray], gold_tags: list[list[str]], labels: list
     return z, starts, entity_keys(gold_ids, starts, type_of, kind_of)
 
 
-def argmax_tags(scores: list[np.ndarray], labels: list[str]) -> list[list[str]]:
-    """IOB2 tags per sentence: the argmax label of each word's scores (may be invalid IOB2)."""
+def decode_argmax(scores: list[np.ndarray], labels: list[str]) -> list[list[str]]:
+    """Each word's highest-scoring label, per sentence (may be invalid IOB2)."""
     return [[labels[i] for i in s.argmax(-1)] if len(s) else [] for s in scores]
 
 
@@ -207,7 +207,7 @@ class BiasCalibrator:
 
     def predict(self, logits: list[np.ndarray]) -> list[list[str]]:
         """IOB2 tags per sentence: argmax of the adjusted logits (may be invalid IOB2, like argmax)."""
-        return argmax_tags(self.adjust(logits), self.labels)
+        return decode_argmax(self.adjust(logits), self.labels)
 
     def _keys(self, z: np.ndarray, starts: np.ndarray, bias: np.ndarray) -> np.ndarray:
         pred = (z + self.column_bias(bias)).argmax(1) if len(z) else np.zeros(0, dtype=np.int64)

@@ -29,10 +29,11 @@ import contextlib
 import numpy as np
 import torch
 
+from bertlab.batching import collate, pad_multiple, padded_width
+from bertlab.calibration import decode_argmax
 from bertlab.config import DECODES
 from bertlab.constrained import base_decode, constrain, is_constrained
 from bertlab.metrics import entity_report, token_report, unweighted_accuracy
-from bertlab.batching import collate, pad_multiple, padded_width
 
 # decodes fitted on dev, passed as ``calibrator`` (an object with ``predict(logits)`` and ``adjust(logits)``)
 DEV_FITTED = {"calibrated": "a BiasCalibrator", "logit_adjusted": "a LogitAdjustedDecoder"}
@@ -154,11 +155,6 @@ def iter_word_logits(model, pad_token_id: int, window_lengths: list[list[int]], 
             yield done
     finally:
         model.train(was_training)
-
-
-def decode_argmax(logits: list[np.ndarray], labels: list[str]) -> list[list[str]]:
-    """Each word's highest-scoring label."""
-    return [[labels[i] for i in l.argmax(-1)] if len(l) else [] for l in logits]
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from bertlab.calibration import (argmax_tags, dev_words, entity_columns, entity_keys, micro_f1_of_keys,
+from bertlab.calibration import (decode_argmax, dev_words, entity_columns, entity_keys, micro_f1_of_keys,
                                  read_decoder_file, save_decoder_file)
 from bertlab.losses import class_priors
 
@@ -67,7 +67,7 @@ class LogitAdjustedDecoder:
 
     def predict(self, logits: list[np.ndarray]) -> list[list[str]]:
         """IOB2 tags per sentence: the argmax of the adjusted scores (may be invalid IOB2, like argmax)."""
-        return argmax_tags(self.adjust(logits), self.labels)
+        return decode_argmax(self.adjust(logits), self.labels)
 
     def fit(self, logits: list[np.ndarray], gold_tags: list[list[str]]) -> "LogitAdjustedDecoder":
         """Choose τ on dev: ``logits`` per sentence ``[n_words, C]``, ``gold_tags`` their IOB2 tags."""
