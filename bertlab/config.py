@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import tomllib
 import types
 import typing
@@ -603,50 +602,3 @@ def config_differences(old: dict, new: dict, also_allowed=()) -> list[str]:
             if (section, key) not in RESUMABLE_CHANGES | set(also_allowed) and before != b.get(key):
                 out.append(f"[{section}] {key} ({before!r} -> {b.get(key)!r})")
     return out
-
-
-# ---- writing TOML: the inverse of read_toml, for the config.toml a study leaves in each run folder ----
-
-def toml_dumps(d: dict) -> str:
-    """A nested dict of plain values as TOML (tables for dicts, inline values otherwise);
-    ``tomllib.loads(toml_dumps(d)) == d``."""
-    lines, tables = [], []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{_toml_key(k)} = {toml_value(v)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables:
-        out += _toml_table(_toml_key(k), v)
-    return out
-
-
-def _toml_table(name: str, d: dict) -> str:
-    scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
-    subs = {k: v for k, v in d.items() if isinstance(v, dict)}
-    out = f"\n[{name}]\n" + "".join(f"{_toml_key(k)} = {toml_value(v)}\n" for k, v in scalars.items())
-    for k, v in subs.items():
-        out += _toml_table(f"{name}.{_toml_key(k)}", v)
-    return out
-
-
-def _toml_key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-
-def toml_value(v) -> str:
-    """One TOML value: a bool, number (nan and inf too), string, array or inline table."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) if not math.isfinite(v) else repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")

@@ -5,14 +5,18 @@
 - ``results.jsonl`` in a study folder: one line per finished (run, decode), ``result_row``: the axis
   values, test scores (micro/macro F1, unweighted accuracy in its four readings, per type), the
   dev learning curve of that decode and its best epoch, compute cost and environment. It is a pure
-  function of the finished run folders (``result_rows``), rewritten atomically.
+  function of the finished run folders (``result_rows``), rewritten atomically;
+- ``config.toml`` in a run folder: the run's full config (``toml_dumps``, the inverse of
+  ``tomllib.loads``).
 
 ``bertlab.study`` writes these, ``bertlab.report`` reads them; neither imports the other for it.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from pathlib import Path
 
 from bertlab.files import write_text
@@ -174,3 +178,50 @@ def read_json(path: str | os.PathLike, default=None):
     if not isinstance(obj, dict):  # every JSON file of a study or run folder is one object
         raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}; {damaged}")
     return obj
+
+
+# ---- config.toml: each run's config as TOML (the inverse of tomllib.loads) -------------------------
+
+def toml_dumps(d: dict) -> str:
+    """A nested dict of plain values as TOML (tables for dicts, inline values otherwise);
+    ``tomllib.loads(toml_dumps(d)) == d``."""
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{_toml_key(k)} = {toml_value(v)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in tables:
+        out += _toml_table(_toml_key(k), v)
+    return out
+
+
+def _toml_table(name: str, d: dict) -> str:
+    scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+    subs = {k: v for k, v in d.items() if isinstance(v, dict)}
+    out = f"\n[{name}]\n" + "".join(f"{_toml_key(k)} = {toml_value(v)}\n" for k, v in scalars.items())
+    for k, v in subs.items():
+        out += _toml_table(f"{name}.{_toml_key(k)}", v)
+    return out
+
+
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+
+def toml_value(v) -> str:
+    """One TOML value: a bool, number (nan and inf too), string, array or inline table."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) if not math.isfinite(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_STUDY as TINY
 from conftest import write_study
 
-from bertlab.config import toml_dumps
+from bertlab.results import toml_dumps
 from bertlab.results import read_results
 from bertlab.study import StudyError, expand, load_study, run_experiment, select
 from bertlab.study.cli import main

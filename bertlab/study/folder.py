@@ -12,9 +12,8 @@ import shlex
 import tomllib
 from pathlib import Path
 
-from bertlab.config import toml_dumps, toml_value
 from bertlab.files import write_text
-from bertlab.results import read_json
+from bertlab.results import read_json, toml_dumps, toml_value
 from bertlab.study.spec import (FOLD_AXIS, NON_RESULT_KEYS, Run, Study, StudyError, axis_value, expand,
                                 short_names)
 

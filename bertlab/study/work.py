@@ -17,11 +17,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertlab.config import toml_dumps
 from bertlab.environment import environment
 from bertlab.errors import BertlabError, one_line
 from bertlab.files import FolderBusy, remove_path, write_bytes, write_text
-from bertlab.results import read_json, write_results
+from bertlab.results import read_json, toml_dumps, write_results
 from bertlab.study.claims import (Claim, ClaimLost, heartbeat, heartbeat_period, read_claim, study_lock,
                                   take_claim)
 from bertlab.study.folder import check_snapshot, finished, flatten, snapshot_diff, write_json
