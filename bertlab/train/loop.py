@@ -213,6 +213,7 @@ def _train(cfg: TrainConfig, out_dir: Path, callbacks: CallbackList, resume: boo
     callbacks.on_train_end(metrics)
     return metrics
 
+
 def optimizer_step(cfg: TrainConfig, s: Setup, step: int) -> torch.Tensor | None:
     """Clip the gradients, set the learning rate of (0-based) ``step``, step the optimizer (fp16:
     through the GradScaler, which skips a step with inf/NaN gradients). Returns the gradient norm
