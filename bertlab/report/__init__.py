@@ -9,8 +9,8 @@ options or while a study is still running). It computes once, then renders from 
   variants), ``counts`` (per-document counts, intervals), ``runs`` (a variant's runs, folds pooled),
   ``comparisons`` (the tests, Holm, MDD, an earlier build's results), ``classes``, ``training``,
   ``anova``.
-* ``markdown`` and ``significance``: report.md from those numbers; ``figures``: matplotlib figures
-  from them (arrays, not files).
+* ``markdown`` and ``significance``: report.md from those numbers (``format``: how a number, a
+  p-value and a table print); ``figures``: matplotlib figures from them (arrays, not files).
 * ``build``: ``build_report``, the one place that writes report.json, report.md and figures/.
 * ``cli``: ``bertlab report`` (``main``) and ``publish``.
 
