@@ -161,6 +161,28 @@ def checkpoint_labels(cfg: dict) -> list[str] | None:
     return [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))]
 
 
+def head_labels(path: Path, cfg: dict, has_head: bool, labels: list[str] | None,
+                num_labels: int | None) -> tuple[list[str], bool]:
+    """``(labels, keep_head)``: the label names the model gets, and whether the checkpoint's
+    ``classifier.*`` is kept (it is a token classifier whose ``id2label`` are those labels)."""
+    ckpt_labels = checkpoint_labels(cfg) if has_head else None
+    if labels is not None and num_labels is not None and len(labels) != num_labels:
+        raise ValueError(f"labels has {len(labels)} names but num_labels={num_labels}")
+    if labels is None and num_labels is None:
+        if ckpt_labels is None:
+            raise ValueError(f"{path}: has no token-classification head with id2label; pass labels= "
+                             f"(or num_labels=)")
+        labels = ckpt_labels
+    elif labels is None:
+        labels = ckpt_labels if ckpt_labels is not None and len(ckpt_labels) == num_labels \
+            else [f"LABEL_{i}" for i in range(num_labels)]
+    keep_head = ckpt_labels is not None and list(labels) == ckpt_labels
+    if ckpt_labels is not None and not keep_head:
+        log.info("%s: checkpoint head %s differs from the requested labels %s; new head initialised",
+                 path, ckpt_labels, list(labels))
+    return list(labels), keep_head
+
+
 def load_pretrained(path: str | os.PathLike, num_labels: int | None = None,
                     labels: list[str] | None = None) -> tuple[TokenClassifier, Tokenizer | None]:
     """Read a Hugging Face BERT/DistilBERT folder -> ``(TokenClassifier, Tokenizer)``, eval mode, fp32.
@@ -187,23 +209,7 @@ def load_pretrained(path: str | os.PathLike, num_labels: int | None = None,
         else:
             head_keys.append(k)  # classifier.*, and extra heads (crf.*) written by save_pretrained
 
-    # the head: keep the checkpoint's when it is a token classifier with the requested labels
-    ckpt_labels = checkpoint_labels(cfg) if "classifier.weight" in state else None
-    if labels is not None and num_labels is not None and len(labels) != num_labels:
-        raise ValueError(f"labels has {len(labels)} names but num_labels={num_labels}")
-    if labels is None and num_labels is None:
-        if ckpt_labels is None:
-            raise ValueError(f"{path}: has no token-classification head with id2label; pass labels= "
-                             f"(or num_labels=)")
-        labels = ckpt_labels
-    elif labels is None:
-        labels = ckpt_labels if ckpt_labels is not None and len(ckpt_labels) == num_labels \
-            else [f"LABEL_{i}" for i in range(num_labels)]
-    keep_head = ckpt_labels is not None and list(labels) == ckpt_labels
-    if ckpt_labels is not None and not keep_head:
-        log.info("%s: checkpoint head %s differs from the requested labels %s; new head initialised",
-                 path, ckpt_labels, list(labels))
-
+    labels, keep_head = head_labels(path, cfg, "classifier.weight" in state, labels, num_labels)
     encoder = encoder_cls(config)
     head_kind = cfg.get("bertlab_head", "softmax")  # "crf": our export of a TokenClassifier(head="crf")
     model = (TokenClassifier(encoder, labels, head=head_kind) if keep_head and head_kind != "softmax"

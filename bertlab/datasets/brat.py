@@ -183,6 +183,25 @@ def _resolve_overlaps(candidates, policy):
     return sorted(kept), dropped
 
 
+def _mention_spans(mentions, discontinuous: str, count) -> list[tuple[int, int, str, int]]:
+    """``(char start, char end, type, order)`` of each mention under the ``discontinuous`` policy
+    (a fragmented mention as one span, its first fragment, or each fragment); ``count(group,
+    reason, type)`` records each change."""
+    spans = []
+    for order, m in enumerate(mentions):
+        if len(m.fragments) == 1 or discontinuous == "span":
+            spans.append((m.fragments[0][0], m.fragments[-1][1], m.type, order))
+            if len(m.fragments) > 1:
+                count("changed", "discontinuous_merged", m.type)
+        elif discontinuous == "first":
+            spans.append((*m.fragments[0], m.type, order))
+            count("changed", "discontinuous_first_fragment", m.type)
+        else:
+            spans += [(s, e, m.type, order) for s, e in m.fragments]
+            count("changed", "fragments_split", m.type)
+    return spans
+
+
 def read_brat_document(txt_path, ann_path=None, *, doc_id: str | None = None, sentences: str = "lines",
                        overlap: str = "longest", discontinuous: str = "span",
                        inside_token: str = "expand") -> tuple[Document, dict]:
@@ -211,18 +230,7 @@ def read_brat_document(txt_path, ann_path=None, *, doc_id: str | None = None, se
     def count(group, reason, type_):
         notes[group].setdefault(reason, Counter())[type_] += 1
 
-    spans = []  # (char start, char end, type, order)
-    for order, m in enumerate(mentions):
-        if len(m.fragments) == 1 or discontinuous == "span":
-            spans.append((m.fragments[0][0], m.fragments[-1][1], m.type, order))
-            if len(m.fragments) > 1:
-                count("changed", "discontinuous_merged", m.type)
-        elif discontinuous == "first":
-            spans.append((*m.fragments[0], m.type, order))
-            count("changed", "discontinuous_first_fragment", m.type)
-        else:
-            spans += [(s, e, m.type, order) for s, e in m.fragments]
-            count("changed", "fragments_split", m.type)
+    spans = _mention_spans(mentions, discontinuous, count)
 
     cuts = sorted({b for s in spans for b in s[:2] if _inside_word(text, b)}) if inside_token == "split" else []
     sentence_list = []

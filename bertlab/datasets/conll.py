@@ -28,25 +28,15 @@ def decode_utf8(data: bytes, name: str, error=DataError) -> str:
                     f"expected UTF-8 text") from None
 
 
-def read_conll(path, *, split: str = "train", name: str | None = None, scheme: str = "IOB2",
-               repair: bool = False, doc_ids: list[str] | None = None) -> Corpus:
-    """Read one CoNLL/IOB column file into a :class:`Corpus` with IOB2 tags.
-
-    ``scheme`` is the scheme of the file (IOB1, IOB2, IOBES, BILOU); tags are converted to IOB2.
-    Invalid sequences (e.g. ``I-X`` after ``O`` in IOB2) raise :class:`DataError` naming the file and
-    line, unless ``repair=True``: then they are read the forgiving way (an orphan ``I-X`` starts a
-    mention) and every change is listed in ``corpus.notes["repairs"]``.
-    Without ``-DOCSTART-`` lines each sentence is its own document ``"<split>-<index>"``; with them,
-    documents are ``"<split>-<k>"`` or the given ``doc_ids`` in file order.
-    """
-    path = Path(path)
-    text = read_text(path)
+def _column_documents(path: Path, text: str, scheme: str) -> tuple[list, bool]:
+    """The sentences of a column file grouped into documents, ``([[(tokens, tags, line numbers),
+    ...] per document], has -DOCSTART- markers)``, each tag checked against ``scheme``; without
+    markers, one document holds every sentence. Errors name the file and line."""
     documents: list[list[tuple[list[str], list[str], list[int]]]] = []  # per doc: (tokens, tags, line numbers)
     doc_lines: list[int] = []  # line of each -DOCSTART- marker, for empty-document errors
     has_markers = False
     n_columns = None
     tokens, tags, lines = [], [], []
-    repairs: list[str] = []
 
     def end_sentence():
         nonlocal tokens, tags, lines
@@ -92,6 +82,22 @@ def read_conll(path, *, split: str = "train", name: str | None = None, scheme: s
     for doc, lineno in zip(documents, doc_lines):
         if not doc:
             raise DataError(f"{path}:{lineno}: empty document: -DOCSTART- is followed by no sentence")
+    return documents, has_markers
+
+
+def read_conll(path, *, split: str = "train", name: str | None = None, scheme: str = "IOB2",
+               repair: bool = False, doc_ids: list[str] | None = None) -> Corpus:
+    """Read one CoNLL/IOB column file into a :class:`Corpus` with IOB2 tags.
+
+    ``scheme`` is the scheme of the file (IOB1, IOB2, IOBES, BILOU); tags are converted to IOB2.
+    Invalid sequences (e.g. ``I-X`` after ``O`` in IOB2) raise :class:`DataError` naming the file and
+    line, unless ``repair=True``: then they are read the forgiving way (an orphan ``I-X`` starts a
+    mention) and every change is listed in ``corpus.notes["repairs"]``.
+    Without ``-DOCSTART-`` lines each sentence is its own document ``"<split>-<index>"``; with them,
+    documents are ``"<split>-<k>"`` or the given ``doc_ids`` in file order.
+    """
+    path = Path(path)
+    documents, has_markers = _column_documents(path, read_text(path), scheme)
 
     if has_markers:
         if doc_ids is not None and len(doc_ids) != len(documents):
@@ -101,7 +107,7 @@ def read_conll(path, *, split: str = "train", name: str | None = None, scheme: s
         documents = [[sentence] for sentence in documents[0]]  # no markers: one document per sentence
         ids = [f"{split}-{k}" for k in range(len(documents))]
 
-    out = []
+    out, repairs = [], []
     for doc_id, doc in zip(ids, documents):
         sentences = []
         for tokens, tags, lines in doc:
