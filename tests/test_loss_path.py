@@ -378,7 +378,7 @@ def test_a_study_trains_with_a_loss_class_and_records_it(tmp_path, monkeypatch):
 
     from conftest import TINY_STUDY, write_study
 
-    from bertlab.experiment import run_experiment
+    from bertlab.study import run_experiment
     monkeypatch.syspath_prepend(str(REPO))  # the class is imported as experiments.poly_loss
     from experiments.poly_loss import PolyLoss
     text = TINY_STUDY.replace('baseline = { "loss.name" = "ce", decode = "argmax" }', 'baseline = { loss = "ce" }')

@@ -56,7 +56,7 @@ def header(report) -> list[str]:
     md = [f"# Study `{study['name']}` (scale `{study['scale']}`)", ""]
     if study.get("description"):
         md += [study["description"].strip(), ""]
-    # every distinct command that trained in the folder, with its --set / --only (bertlab.experiment)
+    # every distinct command that trained in the folder, with its --set / --only (bertlab.study)
     made_by = ", then ".join(f"`{c}`" for c in study.get("commands", [])) or (
         f"`bertlab experiment {study['name']} --scale {study['scale']}`")
     md += [f"Made by {made_by} "

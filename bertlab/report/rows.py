@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy": "unweighted acc."}
-FOLD_AXIS = "data.fold"  # the axis [study] folds makes (bertlab.experiment); not part of a variant
+FOLD_AXIS = "data.fold"  # the axis [study] folds makes (bertlab.study.spec); not part of a variant
 DEFAULTS = {
     "metrics": ["f1_micro", "f1_macro"],  # metrics tested for significance (Holm family each)
     "compare": None,  # {NAME = {vary = "loss.name", baseline = "ce"}, ...}; None: [study] baseline
