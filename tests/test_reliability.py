@@ -223,7 +223,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_checkpoint_survives
 # ---- one run folder, one writer (issue #41) ---------------------------------------------------
 
 def config_file(tmp_path, cfg) -> Path:
-    from bertlab.config import toml_dumps
+    from bertlab.results import toml_dumps
     path = tmp_path / "own.toml"
     path.write_text(toml_dumps(cfg))
     return path
