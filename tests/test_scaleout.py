@@ -4,6 +4,7 @@ The promise checked here: who trains a run (one process, 2 workers, 3 shards, a 
 the study re-run) changes nothing in its results, and no run is trained twice or lost."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -275,7 +276,9 @@ def test_workers_die_with_a_killed_study_and_a_rerun_finishes_it(tiny, tmp_path)
         assert time.time() < deadline, lines
         time.sleep(0.2)
     assert parent.poll() is None, lines  # both workers are mid-run (3 steps of 2 s each)
-    workers = [int(line.split()[2].rstrip(":")) for line in lines if line.startswith("[w") and " pid " in line]
+    # "[w0] pid 123: ..." when a worker starts (other lines may name a pid too: a lost claim race
+    # prints "[w1] [1/2] RUN: being trained by HOST pid 123, skipped")
+    workers = [int(m.group(1)) for m in (re.match(r"\[w\d+\] pid (\d+):", line) for line in lines) if m]
     assert len(workers) == 2
     parent.kill()
     parent.wait()
@@ -310,8 +313,8 @@ def test_a_killed_study_leaves_no_traceback_and_no_leaked_semaphores(tiny, tmp_p
     deadline = time.time() + 240
     while ": training" not in (tmp_path / "out.txt").read_text() and time.time() < deadline:
         time.sleep(0.2)
-    workers = [int(w.split()[2].rstrip(":")) for w in (tmp_path / "out.txt").read_text().splitlines()
-               if w.startswith("[w") and " pid " in w]
+    workers = [int(m.group(1)) for m in (re.match(r"\[w\d+\] pid (\d+):", w)
+                                         for w in (tmp_path / "out.txt").read_text().splitlines()) if m]
     assert len(workers) == 2, (tmp_path / "out.txt").read_text()
     proc.kill()
     assert proc.wait(timeout=60) == -signal.SIGKILL
