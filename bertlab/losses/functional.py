@@ -238,13 +238,9 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if label_smoothing and gamma:
         raise ValueError("label smoothing is defined for cross entropy (gamma = 0) only")
-    dtype = _loss_dtype(logits)
-    # autocast would run some of these ops in bf16/fp16; the loss must see full-precision log-probs
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        z = logits.to(dtype)
-        batch_shape = torch.broadcast_shapes(z.shape[:-1], targets.shape)
-        valid = targets != ignore_index
-        safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).expand(batch_shape)
+    with _full_precision(logits):
+        z, valid, safe_targets = _token_view(logits, targets, ignore_index)
+        dtype, batch_shape = z.dtype, valid.shape
         log_p = torch.log_softmax(z, dim=-1)
         if gamma == 0:
             losses = -log_p.expand(*batch_shape, z.shape[-1]).gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
@@ -266,14 +262,35 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0
                 each = each * (a if a.dim() == 1 else a.unsqueeze(-2))  # α_j (-log p_j)
             spread = each.sum(-1) / present.sum(-1).clamp(min=1)         # (1/C) Σ_j α_j (-log p_j)
             losses = (1 - label_smoothing) * losses + label_smoothing * spread.expand(batch_shape)
-        valid = valid.expand(batch_shape)
-        zero = torch.zeros((), device=z.device, dtype=dtype)
-        return torch.where(valid, losses, zero), torch.where(valid, alpha_t, zero)
+        return _masked(losses, valid), _masked(alpha_t, valid)
 
 
 def _loss_dtype(logits: torch.Tensor) -> torch.dtype:
     """float32 for every loss computation, float64 if the logits are float64."""
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _full_precision(logits: torch.Tensor):
+    """Autocast off: under autocast some ops would run in bf16/fp16, and every loss must see
+    full-precision log-probs."""
+    return torch.autocast(device_type=logits.device.type, enabled=False)
+
+
+def _token_view(logits: torch.Tensor, targets: torch.Tensor,
+                ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prologue every per-token loss shares: ``(z, valid, safe)`` with z the logits in the loss
+    dtype, and the non-ignored mask and the targets with ignored ids set to 0 (a safe gather
+    index), both expanded to the broadcast target shape."""
+    z = logits.to(_loss_dtype(logits))
+    batch_shape = torch.broadcast_shapes(z.shape[:-1], targets.shape)
+    valid = targets != ignore_index
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    return z, valid.expand(batch_shape), safe.expand(batch_shape)
+
+
+def _masked(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """values with ignored tokens set to 0 (where(), so no NaN from them reaches the gradient)."""
+    return torch.where(valid, values, torch.zeros((), device=values.device, dtype=values.dtype))
 
 
 def _per_column(values, columns: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
@@ -292,7 +309,7 @@ def offset_token_losses(logits: torch.Tensor, targets: torch.Tensor, offset: tor
     adjustment, ``log N`` for the balanced softmax). Shapes, weight, label smoothing and the result
     as in ``token_losses``.
     """
-    with torch.autocast(device_type=logits.device.type, enabled=False):
+    with _full_precision(logits):
         dtype = _loss_dtype(logits)
         o = torch.as_tensor(offset, device=logits.device, dtype=dtype)
         z = logits.to(dtype) + (o if o.dim() == 1 else o.unsqueeze(-2))  # [..., 1, C]: every token of the row
@@ -311,12 +328,10 @@ def ldam_token_losses(logits: torch.Tensor, targets: torch.Tensor, margins: torc
     """
     if scale <= 0:
         raise ValueError(f"LDAM needs scale > 0, got {scale}")
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        dtype = _loss_dtype(logits)
-        z = logits.to(dtype)
+    with _full_precision(logits):
+        z, valid, safe = _token_view(logits, targets, ignore_index)
+        dtype, batch_shape = z.dtype, valid.shape
         m = torch.as_tensor(margins, device=logits.device, dtype=dtype)
-        batch_shape = torch.broadcast_shapes(z.shape[:-1], targets.shape)
-        safe = torch.where(targets != ignore_index, targets, torch.zeros_like(targets)).expand(batch_shape)
         delta_t = m[safe] if m.dim() == 1 else m.expand(*batch_shape[:-1], m.shape[-1]).gather(-1, safe)
         # Δ_t e_t: the margin in the target's column only (no arithmetic on the others, so a
         # padding column's -∞ stays -∞)
@@ -337,18 +352,12 @@ def dice_token_losses(logits: torch.Tensor, targets: torch.Tensor, alpha: float 
     """
     if alpha < 0 or gamma < 0:
         raise ValueError(f"dice loss needs alpha >= 0 and gamma >= 0, got alpha={alpha}, gamma={gamma}")
-    dtype = _loss_dtype(logits)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        z = logits.to(dtype)
-        batch_shape = torch.broadcast_shapes(z.shape[:-1], targets.shape)
-        valid = targets != ignore_index
-        safe = torch.where(valid, targets, torch.zeros_like(targets)).expand(batch_shape)
+    with _full_precision(logits):
+        z, valid, safe = _token_view(logits, targets, ignore_index)
         log_p_t, log_q_t = _focal_log_probs(torch.log_softmax(z, dim=-1), safe)
         q = torch.exp(log_p_t) if alpha == 0 else torch.exp(alpha * log_q_t + log_p_t)
         losses = (1 - q) / (q + 1 + gamma)
-        valid = valid.expand(batch_shape)
-        zero = torch.zeros((), device=z.device, dtype=dtype)
-        return torch.where(valid, losses, zero), valid.to(dtype)
+        return _masked(losses, valid), valid.to(z.dtype)
 
 
 def reduce_token_losses(losses: torch.Tensor, alpha_t: torch.Tensor, valid: torch.Tensor,
