@@ -5,7 +5,7 @@ from __future__ import annotations
 # the keys of a study's [report] table (bertlab.report.rows.DEFAULTS holds their defaults)
 REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha",
                   "permutation_resamples", "permutation_seed", "bands", "min_support", "anova", "figures",
-                  "confusion", "type_shares", "plateau", "primary", "target_difference")
+                  "confusion", "type_shares", "plateau", "primary", "target_difference", "tail_types")
 
 
 def comparison_families(study: dict, opts: dict) -> list[dict]:
@@ -15,19 +15,33 @@ def comparison_families(study: dict, opts: dict) -> list[dict]:
     (``vary = "decode"`` for the decoder): every level of AXIS is compared with LEVEL within every
     combination of the other factors (factorial contrasts); or ``NAME = { vary = AXIS, pairs =
     [[LEVEL, ITS_BASELINE], ...] }``: only those levels, each against its own baseline level (e.g.
-    each model with a CRF layer against the same model without). Without ``[report.compare]``, the
-    single family ``baseline`` compares every variant with ``[study] baseline`` (the older form)."""
+    each model with a CRF layer against the same model without). Either form takes ``within = {
+    AXIS = LEVEL, ... }`` (``decode`` included): only the combinations with those levels, e.g. the
+    losses against CE under argmax only, where a second decoder would otherwise double the family.
+    Without ``[report.compare]``, the single family ``baseline`` compares every variant with
+    ``[study] baseline`` (the older form)."""
     declared = opts.get("compare") or {}
     where = f"{study.get('source') or 'study.json'}: [report.compare]"
-    expected = "{ vary = \"axis\", baseline = level } or { vary = \"axis\", pairs = [[level, baseline], ...] }"
+    expected = ("{ vary = \"axis\", baseline = level } or { vary = \"axis\", pairs = [[level, baseline], ...] }, "
+                "either with an optional within = { axis = level, ... }")
     if not isinstance(declared, dict):
         raise ValueError(f"{where} must be a table of families, NAME = {expected}")
     levels = {k: list(v) for k, v in study.get("axes", {}).items() if k not in ("train.seed", "data.fold")}
     levels["decode"] = list(study.get("decodes", []))
     families = []
     for name, spec in declared.items():
-        if not isinstance(spec, dict) or sorted(spec) not in (["baseline", "vary"], ["pairs", "vary"]):
+        if not isinstance(spec, dict) or sorted(set(spec) - {"within"}) not in (["baseline", "vary"], ["pairs", "vary"]):
             raise ValueError(f"{where} {name}: expected {expected}, got {spec!r}")
+        within = spec.get("within", {})
+        if not isinstance(within, dict) or ("within" in spec and not within):
+            raise ValueError(f"{where} {name}: within must be a non-empty table {{ axis = level, ... }}, got {within!r}")
+        for axis, level in within.items():
+            if axis not in levels or axis == spec["vary"]:
+                raise ValueError(f"{where} {name}: within: {axis!r} is not an axis of the study other than "
+                                 f"vary (axes: {', '.join(a for a in levels if a != spec['vary'])})")
+            if str(level) not in map(str, levels[axis]):
+                raise ValueError(f"{where} {name}: within: {level!r} is not a level of {axis} "
+                                 f"(levels: {', '.join(map(str, levels[axis]))})")
         vary = spec["vary"]
         if vary not in levels:
             raise ValueError(f"{where} {name}: vary = {vary!r} is not an axis of the study "
@@ -45,6 +59,8 @@ def comparison_families(study: dict, opts: dict) -> list[dict]:
                                  f"(levels: {', '.join(map(str, levels[vary]))})")
         families.append({"name": name, "vary": vary, "baseline": spec.get("baseline"),
                          "pairs": [tuple(pair) for pair in pairs]})
+        if within:  # only when declared: report.json of the studies without it stays as it was
+            families[-1]["within"] = {axis: str(level) for axis, level in within.items()}
     if not families and study.get("baseline"):
         families.append({"name": "baseline", "vary": None, "baseline": dict(study["baseline"])})
     return families

@@ -6,6 +6,7 @@ The study folders are synthetic (no training): runs whose predictions are gold t
 noise, so the variants really differ and the numbers are not trivial."""
 import json
 import math
+import re
 import shutil
 import warnings
 import zlib
@@ -2155,3 +2156,120 @@ def test_report_of_a_missing_default_scale_points_to_the_smoke_folder(tmp_path, 
     err = capsys.readouterr().err
     assert "`bertlab report btl_focal-smoke`" in err and "make report NAME=btl_focal-smoke" in err
     assert "docs/results" not in err
+
+
+# ---- the tail F1 ---------------------------------------------------------------------------------
+
+def tail_scores(sents, tail, full=None):
+    """The tail F1 of some sentences by seqeval: the mean strict F1 of the ``tail`` types with a gold
+    mention in the full test set; a type without gold in ``sents`` takes its ``full`` F1."""
+    rep = classification_report([s["tags"] for s in sents], [s["pred"] for s in sents], mode="strict",
+                                scheme=IOB2, output_dict=True, zero_division=0)
+    f1 = {t: v["f1-score"] for t, v in rep.items() if " avg" not in t and v["support"] > 0}
+    classes = [t for t in tail if t in (full or f1)]
+    return float(np.mean([f1[t] if t in f1 else full[t] for t in classes])), f1
+
+
+def test_tail_f1_is_macro_f1_over_the_declared_tail_against_seqeval(tmp_path):
+    """``[report] tail_types`` + ``f1_tail`` in metrics: the main table's tail F1 is the seed mean ±
+    std of seqeval's mean F1 over the tail types (Age, Dose: the two rarer of the three), its
+    interval the seed × document t of the leave-one-document-out pseudo-values; each comparison's
+    Δ, seed-paired t (scipy) and seed × document interval are the same numbers's. Without
+    tail_types the column is absent (every earlier report unchanged)."""
+    tail = ["Age", "Dose"]
+    sdir = make_study(tmp_path, NOISE, report={"compare": {"loss": FAMILIES["loss"]},
+                                               "metrics": ["f1_macro", "f1_tail"], "tail_types": tail})
+    md = build_report(sdir).read_text()
+    rows = read_results(sdir / "results.jsonl")
+    data = json.loads((sdir / "report.json").read_text())
+    header = next(l for l in md.splitlines() if l.startswith("| variant | seeds"))
+    assert "tail F1" in header and "Age, Dose" in md
+    table = {row[0]: row for row in table_rows(md, "## Main results")}
+    groups = by_variant(rows)
+    pseudo = {}
+    for name, group in groups.items():
+        per_seed = [read_docs(sdir, r) for r in group]
+        D = len(per_seed[0])
+        full = [tail_scores([s for d in docs for s in d], tail) for docs in per_seed]
+        v = np.array([f[0] for f in full])
+        assert table[name][8] == f"{v.mean():.4f} ± {v.std(ddof=1):.4f}", name
+        pseudo[name] = np.array([[D * f[0] - (D - 1) * tail_scores([s for k, d in enumerate(docs) if k != j
+                                                                     for s in d], tail, f[1])[0]
+                                  for j in range(D)] for docs, f in zip(per_seed, full)])
+        lo, hi, _ = crossed_interval(pseudo[name], v.mean())
+        assert table[name][9] == f"[{lo:.4f}, {hi:.4f}]", name
+    tested = [c for c in data["comparisons"] if c["metric"] == "f1_tail"]
+    assert len(tested) == 4
+    for c in tested:
+        va = np.array([tail_scores([s for d in read_docs(sdir, r) for s in d], tail)[0] for r in groups[c["variant"]]])
+        vb = np.array([tail_scores([s for d in read_docs(sdir, r) for s in d], tail)[0]
+                       for r in groups[c["baseline"]]])
+        assert c["diff"] == pytest.approx(va.mean() - vb.mean(), abs=1e-12)
+        assert c["p_t"] == pytest.approx(sps.ttest_rel(va, vb).pvalue, rel=1e-9)
+        lo, hi, p = crossed_interval(pseudo[c["variant"]] - pseudo[c["baseline"]], va.mean() - vb.mean())
+        assert c["ci"] == pytest.approx([lo, hi], abs=1e-9) and c["p_sd"] == pytest.approx(p, rel=1e-6)
+    # the tail differs from the macro average over all three types, so the column is not macro F1 again
+    assert any(table[n][8] != table[n][4] for n in table)
+    plain = make_study(tmp_path, NOISE, name="plain", report={"metrics": ["f1_macro"]})
+    plain_md = build_report(plain).read_text()
+    assert "tail F1" not in next(l for l in plain_md.splitlines() if l.startswith("| variant | seeds"))
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"metrics": ["f1_macro", "f1_tail"]}, "'f1_tail' needs [report] tail_types"),
+    ({"metrics": ["f1_macro", "f1_rare"]}, "'f1_rare' is not a metric"),
+    ({"metrics": "f1_macro"}, "expected a list of metrics"),
+    ({"tail_types": "Age"}, "tail_types: expected a list of entity types"),
+    ({"tail_types": []}, "tail_types: expected a list of entity types"),
+])
+def test_report_metrics_and_tail_types_are_checked_when_the_study_is_read(tmp_path, report, message):
+    from bertlab.study.spec import StudyError, load_study
+
+    lines = ["[study]", 'name = "t"', "[base.model]", 'preset = "tiny"', "[sweep]", '"train.seed" = [0]',
+             "[report]"] + [f"{k} = {json.dumps(v)}" for k, v in report.items()]
+    path = tmp_path / "t.toml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(path)
+
+
+def test_the_study_reader_knows_every_metric_the_report_computes():
+    from bertlab.report.rows import METRICS
+    from bertlab.study.spec import TESTED_METRICS
+
+    assert set(TESTED_METRICS) == set(METRICS)
+
+
+def test_a_family_within_a_level_compares_only_there_and_holm_counts_only_those(tmp_path):
+    """``within = { decode = "argmax" }``: the loss family compares focal with CE under argmax only
+    (one comparison per sampler, not one per sampler and decoder), and its Holm correction runs over
+    those; the numbers equal the same comparisons of the unrestricted family except for Holm."""
+    free = make_study(tmp_path, NOISE, name="free", report={"compare": {"loss": FAMILIES["loss"]}})
+    build_report(free)
+    kept = make_study(tmp_path, NOISE, name="kept", report={
+        "compare": {"loss": {**FAMILIES["loss"], "within": {"decode": "argmax"}}}})
+    md = build_report(kept).read_text()
+    everything = json.loads((free / "report.json").read_text())["comparisons"]
+    mine = json.loads((kept / "report.json").read_text())["comparisons"]
+    assert len(everything) == 2 * len(mine) == 8
+    assert all(c["variant"].endswith("decode=argmax") for c in mine)
+    same = {(c["variant"], c["metric"]): c for c in everything}
+    for c in mine:
+        twin = same[(c["variant"], c["metric"])]
+        assert (c["diff"], c["ci"], c["p_sd"]) == (twin["diff"], twin["ci"], twin["p_sd"])
+        assert c["family_size"] == 2 and twin["family_size"] == 4
+    assert "with `decode` = `argmax`" in md
+
+
+@pytest.mark.parametrize("within, message", [
+    ({"decode": "viterbi"}, "'viterbi' is not a level of decode"),
+    ({"loss.name": "ce"}, "'loss.name' is not an axis of the study other than vary"),
+    ({"optim.lr": 1e-4}, "'optim.lr' is not an axis of the study"),
+    ({}, "within must be a non-empty table"),
+])
+def test_a_family_within_names_levels_of_other_axes(within, message):
+    from bertlab.families import comparison_families
+
+    study = {"axes": {"loss.name": ["ce", "focal"], "sampler.name": ["atl", "btl"]}, "decodes": ["argmax", "knn"]}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        comparison_families(study, {"compare": {"loss": {"vary": "loss.name", "baseline": "ce", "within": within}}})

@@ -46,6 +46,8 @@ def family_pairs(family: dict, variants: dict) -> list[tuple[tuple, tuple]]:
             base = baseline_of(key, family["baseline"], variants)
         else:
             values = dict(key)
+            if any(str(values.get(axis)) != level for axis, level in family.get("within", {}).items()):
+                continue
             level = family["baseline"] if not family.get("pairs") else dict(family["pairs"]).get(values.get(vary))
             if vary not in values or level is None or values[vary] == level:
                 continue
@@ -131,8 +133,9 @@ def compare(a: VariantRuns, b: VariantRuns, metric: str, opts: dict) -> dict:
     runs). ``excluded``: why the comparison is certain by construction (it then is not tested).
     ``mdd`` is filled in by ``comparisons`` from the study's pooled variance."""
     pairs = paired_runs(a, b)
-    va = [metric_value(r, metric) for r in a.rows]
-    vb = [metric_value(r, metric) for r in b.rows]
+    tail = opts.get("tail_types")
+    va = [metric_value(r, metric, tail) for r in a.rows]
+    vb = [metric_value(r, metric, tail) for r in b.rows]
     diffs = np.array([va[i] - vb[j] for i, j in pairs]) if pairs else np.array([math.nan])
     out = {"metric": metric, "diff": float(diffs.mean()), "runs": [len(va), len(vb)],
            "single": [a.single, b.single], "n": 0, "t": math.nan, "p_t": math.nan, "d": math.nan,
@@ -175,8 +178,8 @@ def document_level(a: VariantRuns, b: VariantRuns, pairs: list[tuple[int, int]],
         return
     types = sorted({t for c in a.counts + b.counts for t in c["entities"]})
     try:
-        xa, layout = stack_counts(a.counts, b.counts[0]["docs"], types)
-        xb, layout_b = stack_counts(b.counts, b.counts[0]["docs"], types)
+        xa, layout = stack_counts(a.counts, b.counts[0]["docs"], types, opts.get("tail_types"))
+        xb, layout_b = stack_counts(b.counts, b.counts[0]["docs"], types, opts.get("tail_types"))
     except ValueError:
         out["ci_note"] = "scored on different test documents"
         return
@@ -274,7 +277,7 @@ def comparisons(variants: dict, runs: dict, labels: dict, families: list[dict], 
                 c.update(family=family["name"], variant=labels[key], baseline=labels[base],
                          seeds=[r["seed"] for r in runs[key].rows])
                 if c["ci_note"] == "no prediction files" and earlier:
-                    c.update(earlier_comparison(earlier, c, runs[key], runs[base]) or {})
+                    c.update(earlier_comparison(earlier, c, runs[key], runs[base], opts.get("tail_types")) or {})
                     if c.get("identical") and not c["excluded"]:  # the earlier build saw the predictions
                         c["excluded"] = IDENTICAL_EARLIER
                 declared = [f"the {who} {why}" for who, k in (("variant", key), ("baseline", base))
@@ -333,7 +336,7 @@ def _same(a, b) -> bool:
     return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
 
 
-def earlier_metric(earlier: dict, label: str, v: VariantRuns, metric: str) -> dict | None:
+def earlier_metric(earlier: dict, label: str, v: VariantRuns, metric: str, tail=None) -> dict | None:
     """What the earlier build stored for this variant and metric (``report.json``,
     ``variants[label][metric]``), if it measured the same thing: the same runs with the same
     values of ``metric``, or, for a variant that is now one run (deterministic or identical
@@ -346,7 +349,7 @@ def earlier_metric(earlier: dict, label: str, v: VariantRuns, metric: str) -> di
     if not isinstance(stored, dict):
         return None
     by_run = dict(zip(entry.get("runs") or [], stored.get("values") or []))
-    now = {r["run_id"]: metric_value(r, metric) for r in v.rows}
+    now = {r["run_id"]: metric_value(r, metric, tail) for r in v.rows}
     if not all(rid in by_run and _same(by_run[rid], x) for rid, x in now.items()):
         return None
     if set(by_run) != set(now) and not (v.single and all(_same(x, next(iter(now.values()))) for x in by_run.values())):
@@ -354,7 +357,7 @@ def earlier_metric(earlier: dict, label: str, v: VariantRuns, metric: str) -> di
     return stored
 
 
-def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns) -> dict | None:
+def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns, tail=None) -> dict | None:
     """The document-level results (``ci``, ``ci_note``, ``p_perm`` …) of comparison ``c`` from the
     earlier build, when it stored them for the same family, variants and metric, of the same
     values on both sides, and with the same difference; ``None`` otherwise."""
@@ -365,8 +368,8 @@ def earlier_comparison(earlier: dict, c: dict, a: VariantRuns, b: VariantRuns) -
                 and old.get("ci_note") != "no prediction files"  # that build had none either
                 and all(old.get(k) == c[k] for k in ("family", "variant", "baseline", "metric"))
                 and _same(old.get("diff"), c["diff"])
-                and earlier_metric(earlier, c["variant"], a, c["metric"]) is not None
-                and earlier_metric(earlier, c["baseline"], b, c["metric"]) is not None):
+                and earlier_metric(earlier, c["variant"], a, c["metric"], tail) is not None
+                and earlier_metric(earlier, c["baseline"], b, c["metric"], tail) is not None):
             keep = ("ci", "ci_note", "p_sd", "df", "se", "seeds_crossed", "docs", "ms", "p_perm", "perm_exact",
                     "identical", "same_as")
             return {**{k: old[k] for k in keep if k in old}, "p_perm": float(old["p_perm"]),

@@ -24,7 +24,7 @@ from bertlab.report.anova import anova_table
 from bertlab.report.comparisons import STATISTICS, comparisons, earlier_build, earlier_metric
 from bertlab.report.counts import cv_variant_interval, stack_counts, stacked_folds, variant_interval
 from bertlab.report.rows import (DEFAULTS, METRICS, cv_ratio, group_variants, load_study_results, mean_std,
-                                 median, metric_value, variant_label)
+                                 median, metric_value, table_metrics, variant_label)
 from bertlab.report.runs import pool_folds, variant_runs
 
 
@@ -202,13 +202,15 @@ def main_table(variants: dict, runs: dict, labels: dict, opts: dict, earlier: di
         entry = {"label": labels[key], "seeds": [r["seed"] for r in v.rows], "runs": [r["run_id"] for r in v.rows],
                  "single": v.single}
         x = layout = None
+        tail = opts.get("tail_types")
         if v.counts is not None:
-            x, layout = stack_counts(v.counts)
-        for m in METRICS:
-            mean, std = mean_std(metric_value(r, m) for r in v.rows)
-            entry[m] = {"mean": mean, "std": std, "values": [metric_value(r, m) for r in v.rows]}
+            x, layout = stack_counts(v.counts, tail=tail)
+        for m in table_metrics(opts):
+            values = [metric_value(r, m, tail) for r in v.rows]
+            mean, std = mean_std(values)
+            entry[m] = {"mean": mean, "std": std, "values": values}
             if x is None:
-                stored = earlier_metric(earlier or {}, labels[key], v, m)
+                stored = earlier_metric(earlier or {}, labels[key], v, m, tail)
                 if stored is None or "ci" not in stored:
                     prior = (((earlier or {}).get("variants") or {}).get(labels[key]) or {}).get(m)
                     if isinstance(prior, dict) and prior.get("ci"):  # an interval, but of other values

@@ -14,6 +14,7 @@ import json
 import math
 import os
 from collections import defaultdict
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,12 +87,14 @@ class CountLayout:
     """How one row of stacked counts is laid out: ``types`` entity types × (tp, predicted, gold),
     then ``tags`` gold tags × (correct, gold). ``classes`` / ``tag_classes`` are the indices of
     the **fixed class sets** the macro metrics average over: the types and tags with a gold
-    mention in the full test set."""
+    mention in the full test set; ``tail_classes`` those of ``classes`` that the study declared
+    its tail (``[report] tail_types``, the class set of ``f1_tail``)."""
 
     types: list[str]
     tags: list[str]
     classes: np.ndarray
     tag_classes: np.ndarray
+    tail_classes: np.ndarray = dataclasses.field(default_factory=lambda: np.arange(0))
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x [..., K]`` -> entity counts ``[..., T, 3]`` and tag counts ``[..., L, 2]``."""
@@ -101,11 +104,12 @@ class CountLayout:
 
 
 def stack_counts(counts: list[dict], docs: list[str] | None = None,
-                 types: list[str] | None = None) -> tuple[np.ndarray, CountLayout]:
+                 types: list[str] | None = None, tail=None) -> tuple[np.ndarray, CountLayout]:
     """The per-document counts of several runs (``document_counts``) as one float array
     ``[runs, D, K]`` in the order of ``docs`` (default: the first run's), with its layout.
     ``types`` (default: every type gold or predicted in some run) lets two variants share one
-    layout. Raises ``ValueError`` when the runs were scored on different documents."""
+    layout; ``tail`` names the types of ``f1_tail``. Raises ``ValueError`` when the runs were
+    scored on different documents."""
     docs = list(counts[0]["docs"]) if docs is None else list(docs)
     types = sorted({t for c in counts for t in c["entities"]}) if types is None else list(types)
     tags = sorted({l for c in counts for l in c["tokens"]})
@@ -122,7 +126,10 @@ def stack_counts(counts: list[dict], docs: list[str] | None = None,
     x = np.stack(rows).astype(np.float64)
     probe = CountLayout(types, tags, np.arange(0), np.arange(0))
     ent, tok = probe.split(x[0].sum(0))
-    layout = CountLayout(types, tags, np.flatnonzero(ent[:, 2] > 0), np.flatnonzero(tok[:, 1] > 0))
+    classes = np.flatnonzero(ent[:, 2] > 0)
+    tail = set(tail or ())
+    layout = CountLayout(types, tags, classes, np.flatnonzero(tok[:, 1] > 0),
+                         np.asarray([i for i in classes if types[i] in tail], dtype=np.int64))
     return x, layout
 
 
@@ -134,13 +141,14 @@ def class_f1(e: np.ndarray) -> np.ndarray:
 
 
 def per_class_scores(x: np.ndarray, layout: CountLayout, metric: str) -> np.ndarray:
-    """Per-class F1 (``f1_macro``: 2 TP / (predicted + gold)) or recall (``unweighted_accuracy``:
-    correct / gold) of the fixed class set, from summed counts ``x [..., K]``; NaN for a class with
-    no gold mention in ``x`` (the score is undefined there, not 0)."""
+    """Per-class F1 (``f1_macro``: 2 TP / (predicted + gold); ``f1_tail``: the same over the tail
+    classes) or recall (``unweighted_accuracy``: correct / gold) of the fixed class set, from summed
+    counts ``x [..., K]``; NaN for a class with no gold mention in ``x`` (the score is undefined
+    there, not 0)."""
     ent, tok = layout.split(x)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if metric == "f1_macro":
-            return class_f1(ent[..., layout.classes, :])
+        if metric in ("f1_macro", "f1_tail"):
+            return class_f1(ent[..., layout.classes if metric == "f1_macro" else layout.tail_classes, :])
         t = tok[..., layout.tag_classes, :]
         return np.where(t[..., 1] > 0, t[..., 0] / t[..., 1], np.nan)
 
@@ -149,8 +157,9 @@ def scores_from_sums(x: np.ndarray, layout: CountLayout, metric: str, full: np.n
     """One metric from summed counts ``x [..., K]`` (leading dimensions kept).
 
     ``f1_micro``: 2 TP / (predicted + gold) pooled over types, 0 without a true positive (as
-    seqeval). ``f1_macro`` / ``unweighted_accuracy``: the mean over the **fixed class set** of
-    per-class F1 / recall (``per_class_scores``). A class with no gold mention in ``x`` (a document
+    seqeval). ``f1_macro`` / ``f1_tail`` / ``unweighted_accuracy``: the mean over the **fixed class
+    set** (all classes with test support, or the declared tail's) of per-class F1 / recall
+    (``per_class_scores``). A class with no gold mention in ``x`` (a document
     resample that left out its documents) takes its value from ``full [..., K]`` (the same runs on
     the full test set, broadcast against ``x``): that resample says nothing about the class, so it
     neither drops out of the mean (which biased resampled macro scores upward) nor counts as 0."""
@@ -158,7 +167,7 @@ def scores_from_sums(x: np.ndarray, layout: CountLayout, metric: str, full: np.n
         ent, _ = layout.split(x)
         tp, pred, gold = ent[..., 0].sum(-1), ent[..., 1].sum(-1), ent[..., 2].sum(-1)
         return np.where(tp > 0, 2 * tp / np.maximum(pred + gold, 1), 0.0)
-    if metric not in ("f1_macro", "unweighted_accuracy"):
+    if metric not in ("f1_macro", "f1_tail", "unweighted_accuracy"):
         raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
     per_class = per_class_scores(x, layout, metric)
     if per_class.shape[-1] == 0:

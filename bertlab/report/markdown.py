@@ -11,7 +11,7 @@ import numpy as np
 
 from bertlab.report.format import fmt_number as _f
 from bertlab.report.format import md_table as _table
-from bertlab.report.rows import METRICS, band_of, format_value, metric_name, variant_label
+from bertlab.report.rows import METRICS, band_of, format_value, metric_name, table_metrics, variant_label
 from bertlab.report.significance import significance_section, target_warning
 from bertlab.report.training import TIME_PARTS
 
@@ -127,6 +127,9 @@ def main_section(variants: dict, main: dict, opts: dict) -> list[str]:
           "results.jsonl, also averages types that are only predicted); leaving out every document of a "
           "class, that class keeps its full-test-set score. A model without random "
           "state is one run (`1 (deterministic)`).", ""]
+    if opts.get("tail_types"):
+        md += [f"Tail F1 (`f1_tail`) is the macro F1 over the tail class set the study declared before its runs "
+               f"(`[report] tail_types`, those with test support): {', '.join(opts['tail_types'])}.", ""]
     if opts.get("cv"):
         md += [f"Cross-validated: each row pools a seed's {opts['cv']['k']} test folds, so its scores are over "
                "every document of the corpus; std is over seeds of the pooled scores, and the 95% CI is the "
@@ -141,7 +144,7 @@ def main_section(variants: dict, main: dict, opts: dict) -> list[str]:
         elif entry["single"]:
             seeds = f"1 ({main['seeds_run'][label]} identical runs)"
         cells = [label, seeds]
-        for m in METRICS:
+        for m in table_metrics(opts):
             e = entry[m]
             cells.append(f"{_f(e['mean'])} ± {_f(e['std'])}")
             if "ci" not in e:
@@ -160,7 +163,7 @@ def main_section(variants: dict, main: dict, opts: dict) -> list[str]:
                 missing.append(f"{label}, {METRICS[m]}: {e['ci_note']}")
         body.append(cells)
     header = ["variant", "seeds"]
-    for m in METRICS:
+    for m in table_metrics(opts):
         header += [metric_name(m, opts), "95% CI"]
     md += _table(header, body)
     if missing:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy": "unweighted acc."}
+METRICS = {"f1_micro": "micro F1", "f1_macro": "macro F1", "unweighted_accuracy": "unweighted acc.",
+           "f1_tail": "tail F1"}
+# the main table's columns; f1_tail joins them when the study declares its tail ([report] tail_types)
+TABLE_METRICS = ("f1_micro", "f1_macro", "unweighted_accuracy")
 FOLD_AXIS = "data.fold"  # the axis [study] folds makes (bertlab.study.spec); not part of a variant
 DEFAULTS = {
     "metrics": ["f1_micro", "f1_macro"],  # metrics tested for significance (Holm family each)
@@ -28,6 +31,7 @@ DEFAULTS = {
     "plateau": None,  # {delta = 0.005, window = 3, choose = "optim.lr"}: the epoch budget from the curves
     "primary": None,  # the claim metric, declared before the study ran: tested first, the others "secondary"
     "target_difference": None,  # the effect the study is about: a warning on top when its MDD is larger
+    "tail_types": None,  # f1_tail's fixed class set: entity types named before the runs (a list)
 }
 
 
@@ -80,6 +84,12 @@ def group_variants(rows: list[dict], axes: list[str] | None = None) -> dict[tupl
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
 
 
+def table_metrics(opts: dict) -> tuple[str, ...]:
+    """The metrics of the main table: micro F1, macro F1, unweighted accuracy, and the tail F1 when
+    the study names its tail types."""
+    return TABLE_METRICS + (("f1_tail",) if opts.get("tail_types") else ())
+
+
 def fixed_macro_f1(row: dict) -> float:
     """Macro F1 of one results row over the fixed class set: the mean F1 of the types with test
     support (seqeval's ``f1_macro`` also averages types that were only predicted)."""
@@ -87,8 +97,19 @@ def fixed_macro_f1(row: dict) -> float:
     return float(np.mean(f1)) if f1 else math.nan
 
 
-def metric_value(row: dict, metric: str) -> float:
-    """The value of ``metric`` in a results row, macro F1 over the fixed class set."""
+def tail_f1(row: dict, tail) -> float:
+    """The tail F1 of one results row: the mean F1 of the ``tail`` types with test support (a fixed
+    class set declared before the runs, ``[report] tail_types``); NaN if none has support."""
+    per_type = row.get("per_type", {})
+    f1 = [per_type[t]["f1"] for t in tail if per_type.get(t, {}).get("support", 0) > 0]
+    return float(np.mean(f1)) if f1 else math.nan
+
+
+def metric_value(row: dict, metric: str, tail=None) -> float:
+    """The value of ``metric`` in a results row: macro F1 over the fixed class set, the tail F1 over
+    the ``tail`` types (``tail_f1``)."""
+    if metric == "f1_tail":
+        return tail_f1(row, tail or ())
     value = fixed_macro_f1(row) if metric == "f1_macro" else row.get(metric)
     return math.nan if value is None else float(value)
 

@@ -79,7 +79,7 @@ def constant_reason(v: VariantRuns, metric: str) -> str | None:
     documents — by construction, not by measurement — or ``None``. F1 is 0 whatever the documents
     when no run finds a correct entity; unweighted accuracy is fixed when every tag's recall is
     the same in every document (e.g. only ``O`` is predicted)."""
-    if metric in ("f1_micro", "f1_macro"):
+    if metric in ("f1_micro", "f1_macro", "f1_tail"):
         if v.counts is None:
             if v.rows and all(r.get("f1_micro") == 0 for r in v.rows):
                 return "has micro F1 = 0 on every seed (no correct entity), so its F1 is 0 on any test set"

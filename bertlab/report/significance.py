@@ -73,6 +73,9 @@ def family_section(family: dict, mine: list[dict], opts: dict) -> list[str]:
     else:
         what = (f"each level of `{family['vary']}` against `{family['baseline']}`, within every "
                 "combination of the other factors")
+    if family.get("within"):
+        what = what.replace("within every combination of the other factors", "with " + ", ".join(
+            f"`{axis}` = `{level}`" for axis, level in family["within"].items()) + " (the other factors: every combination)")
     md = [f"### Family `{family['name']}`: {what}", ""]
     if not mine:
         return md + ["No variant has a baseline run to pair with yet.", ""]

@@ -29,6 +29,8 @@ SHORT_NAMES = {"sampler.name": "sampler", "loss.name": "loss", "train.seed": "se
 FOLD_AXIS = "data.fold"
 # the metrics a study may declare as its claim ([report] primary): what checkpoint selection can use
 PRIMARY_METRICS = ("f1_micro", "f1_macro", "unweighted_accuracy")
+# what [report] metrics may test (bertlab.report.rows.METRICS): f1_tail is tested, not selected on
+TESTED_METRICS = PRIMARY_METRICS + ("f1_tail",)
 # where to get checkpoints that are not bundled, for the "missing checkpoint" message
 HUB_HINTS = {"bio_clinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
              "bert_base": "google-bert/bert-base-uncased",
@@ -269,6 +271,7 @@ def _check_report(report: dict, base: dict, axes: dict, decodes: list, where: st
     for key in report:
         if key not in REPORT_OPTIONS:
             raise StudyError(f"{where}: [report] {key}: unknown key; expected one of {', '.join(REPORT_OPTIONS)}")
+    _check_metrics(report, where)
     _check_primary(report, base, axes, where)
     _check_anova(report.get("anova"), axes, decodes, where)
     full_sweep = {k: [axis_value(k, v) for v in vs] for k, vs in sweep.items()
@@ -299,6 +302,28 @@ def _check_folds(head: dict, base: dict, axes: dict, where) -> tuple[int, int]:
     if fold_seed and not folds:
         raise StudyError(f"{where}: [study] fold_seed: only used with [study] folds = K")
     return folds, fold_seed
+
+
+def _check_metrics(report: dict, where) -> None:
+    """``[report] metrics``: a list of metric names (``TESTED_METRICS``); ``f1_tail`` needs ``[report]
+    tail_types``, the tail class set named before the runs (a list of entity types)."""
+    metrics = report.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, list) or not metrics:
+            raise StudyError(f"{where}: [report] metrics: expected a list of metrics, some of "
+                             f"{', '.join(TESTED_METRICS)}; got {metrics!r}")
+        for m in metrics:
+            if m not in TESTED_METRICS:
+                raise StudyError(f"{where}: [report] metrics: {m!r} is not a metric; expected some of "
+                                 f"{', '.join(TESTED_METRICS)}")
+    tail = report.get("tail_types")
+    if tail is not None and (not isinstance(tail, list) or not tail
+                             or not all(isinstance(t, str) and t for t in tail)):
+        raise StudyError(f"{where}: [report] tail_types: expected a list of entity types (e.g. "
+                         f"[\"Shape\", \"Texture\"]), got {tail!r}")
+    if "f1_tail" in (metrics or []) and tail is None:
+        raise StudyError(f"{where}: [report] metrics: 'f1_tail' needs [report] tail_types, the entity types of "
+                         f"the tail, named before the runs")
 
 
 def _check_primary(report: dict, base: dict, axes: dict, where) -> None:
