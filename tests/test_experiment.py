@@ -733,3 +733,23 @@ def test_primary_selects_every_run_and_a_scale_may_cross_validate_with_fewer_fol
     assert sorted({r.axes["data.fold"] for r in smoke}) == [0, 1, 2]
     assert [r.run_id for r in select(runs, ["fold=2", "seed=1"], load_study("tiny", experiments_dir=d))] == [
         "loss=ce__fold=2__seed=1", "loss=focal__fold=2__seed=1"]
+
+
+def test_imbalance_cv_declares_as_tail_the_types_under_50_training_mentions_in_every_fold():
+    """The tail class set of ``imbalance_cv``'s f1_tail is named in the study file; it must be what
+    the file says it is: the MACCROBAT types with fewer than 50 training mentions in each of the
+    study's folds (a type that straddles 50 across folds, Family_history, is out)."""
+    import tomllib
+
+    from bertlab.config import DataConfig
+    from bertlab.datasets.prepare import load_splits
+    from bertlab.train.scoring import mention_counts
+
+    spec = tomllib.loads((EXPERIMENTS / "imbalance_cv.toml").read_text())
+    K, seed = spec["study"]["folds"], spec["study"]["fold_seed"]
+    per_fold = [mention_counts(load_splits(DataConfig(name="maccrobat", folds=K, fold=f, fold_seed=seed))
+                               .train.sentences) for f in range(K)]
+    types = set().union(*per_fold)
+    tail = {t for t in types if max(p.get(t, 0) for p in per_fold) < spec["report"]["bands"]["tail"]}
+    assert sorted(spec["report"]["tail_types"]) == sorted(tail)
+    assert "Family_history" in types and "Family_history" not in tail
