@@ -602,3 +602,18 @@ def test_own_data_errors_name_the_file_and_line_or_annotation(tmp_path, capsys):
                                        f"{notes / 'n2.txt'}; expected <id>.ann next to <id>.txt\n")
     with pytest.raises(DataError, match="is a brat folder; scheme applies to CoNLL files"):
         read_corpus(tmp_path / "corpus" / "train", scheme="BILOU")
+
+
+@pytest.mark.parametrize("name, split", [("maccrobat", "train"), ("ncbi_disease", "dev")])
+def test_a_bundled_split_is_parsed_once_and_each_load_gets_its_own_copy(name, split):
+    """``load`` parses a bundled split once per process: a second load equals a fresh parse of the
+    files, and editing the corpus one call returned leaves the next call's untouched."""
+    from bertlab.datasets import bundled
+
+    first = bundled.load(name, split)
+    fresh = bundled._parse(name, split, bundled.corpus_dir(name), {})
+    assert first == fresh and bundled.load(name, split) == fresh
+    first.documents[0].sentences[0].tags[0] = "B-Edited"
+    first.documents.pop()
+    again = bundled.load(name, split)
+    assert again == fresh and again is not first
