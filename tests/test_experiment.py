@@ -753,3 +753,32 @@ def test_imbalance_cv_declares_as_tail_the_types_under_50_training_mentions_in_e
     tail = {t for t in types if max(p.get(t, 0) for p in per_fold) < spec["report"]["bands"]["tail"]}
     assert sorted(spec["report"]["tail_types"]) == sorted(tail)
     assert "Family_history" in types and "Family_history" not in tail
+
+
+def test_btl_budget_rule_compares_each_arms_selected_dev_macro_f1_with_btl_cv_fold_0(tmp_path):
+    """experiments/btl_budget_rule.py: the selected epoch is the best dev macro F1 (ties to the later
+    epoch), and an arm is under-trained when that beats btl_cv's fold-0 run of its sampler by more
+    than 0.02 — checked on hand-made histories."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("btl_budget_rule", EXPERIMENTS / "btl_budget_rule.py")
+    rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rule)
+
+    def run(folder, name, macro):
+        d = folder / name
+        d.mkdir(parents=True)
+        history = [{"epoch": e, "dev": {k: {"f1_macro": v} for k in rule.DECODES}} for e, v in enumerate(macro)]
+        (d / "metrics.json").write_text(json.dumps({"history": history}))
+
+    run(tmp_path / "cv", "sampler=atl__fold=0__seed=0", [0.30, 0.40, 0.40])        # best 0.40 at epoch 2
+    run(tmp_path / "cv", "sampler=btl__fold=0__seed=0", [0.30, 0.35])
+    run(tmp_path / "b", "sampler=atl__lr=0.0004__fold=0__seed=0", [0.35, 0.42, 0.41, 0.38])  # +0.02: not over
+    run(tmp_path / "b", "sampler=btl__lr=0.0004__fold=0__seed=0", [0.30, 0.38, 0.36])        # +0.03: over
+    (tmp_path / "b" / "sampler=btl__lr=0.0002__fold=0__seed=0").mkdir()                     # unfinished: skipped
+    rows = {(r["run"].split("__")[0], r["decode"]): r for r in rule.decide(tmp_path / "b", tmp_path / "cv")}
+    assert len(rows) == 2 * len(rule.DECODES)
+    atl, btl = rows[("sampler=atl", "knn")], rows[("sampler=btl", "knn")]
+    assert (atl["long"], atl["epoch"], atl["short"], atl["short_epoch"]) == (0.42, 1, 0.40, 2)
+    assert atl["difference"] == pytest.approx(0.02) and not atl["under_trained"]
+    assert btl["difference"] == pytest.approx(0.03) and btl["under_trained"]
