@@ -298,6 +298,35 @@ def test_workers_die_with_a_killed_study_and_a_rerun_finishes_it(tiny, tmp_path)
     assert comparable(read_results(sdir / "results.jsonl")) == ref
     assert (sdir / "report.md").exists()
 
+@pytest.mark.parametrize("first", ["in_main", "at_exit"])
+def test_a_sigterm_while_the_interpreter_exits_prints_no_traceback(tmp_path, first):
+    """CI caught a worker whose parent-death SIGTERM landed while its interpreter ran torch's exit
+    handlers: SystemExit raised inside one, printed as "Exception ignored ... Traceback". A worker
+    leaving (``leave_quietly``), or one already stopping on a first SIGTERM, ignores the next. Here
+    the SIGTERM is sent from an atexit handler, after the main code left (at_exit) or after a first
+    SIGTERM stopped it (in_main); without the fix both print the traceback."""
+    script = f"""
+import atexit, os, signal, sys, time
+from bertlab.study.workers import exit_on_sigterm, leave_quietly
+def late():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)  # the handler runs here, if any is installed
+    print("atexit finished")
+atexit.register(late)
+signal.signal(signal.SIGTERM, exit_on_sigterm)
+try:
+    if {first == "in_main"!r}:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+finally:
+    leave_quietly() if {first == "at_exit"!r} else None
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert "Traceback" not in done.stderr and "atexit finished" in done.stdout, done.stderr
+    assert done.returncode == (143 if first == "in_main" else 0)
+
+
 def test_a_killed_study_leaves_no_traceback_and_no_leaked_semaphores(tiny, tmp_path):
     """Issue #41: SIGKILL the study process while its 2 workers train. Each worker used to print a
     BrokenPipeError traceback at its next message to the dead parent, and the resource tracker

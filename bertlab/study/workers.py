@@ -140,6 +140,15 @@ def _worker_main(job: Job, index: int, place: dict, conn, stop) -> None:
         except ParentGone:
             pass
         sys.exit(2)
+    finally:
+        leave_quietly()
+
+
+def leave_quietly() -> None:
+    """Ignore SIGTERM from here on: the process holds nothing more and is on its way out. A SIGTERM
+    (the parent's death signal) that lands while the interpreter runs its exit handlers would
+    otherwise raise SystemExit inside one of them, and Python prints that as a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _die_with_parent() -> None:
@@ -171,5 +180,7 @@ def _die_with_parent() -> None:
 
 
 def exit_on_sigterm(signum, frame):
-    """SIGTERM (Slurm's scancel, a time limit) as SystemExit: claims are released on the way out."""
+    """SIGTERM (Slurm's scancel, a time limit) as SystemExit: claims are released on the way out. A
+    second SIGTERM on that way out is ignored, so the release is not cut short."""
+    leave_quietly()
     sys.exit(128 + signum)
