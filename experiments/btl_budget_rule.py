@@ -5,7 +5,7 @@ epochs it trained: every run selects on dev macro F1, ties to the later epoch) a
 sampler's fold-0 run of ``btl_cv`` (12 epochs at lr 2e-4). More than ``margin`` (0.02) above it:
 the 12-epoch budget under-trains that arm.
 
-    python experiments/btl_budget_rule.py RUNS/btl_budget RUNS/btl_cv
+    python experiments/btl_budget_rule.py docs/results/btl_budget docs/results/btl_cv-12epochs
 """
 from __future__ import annotations
 
