@@ -5,7 +5,7 @@ from __future__ import annotations
 # the keys of a study's [report] table (bertlab.report.rows.DEFAULTS holds their defaults)
 REPORT_OPTIONS = ("metrics", "compare", "by_construction", "alpha",
                   "permutation_resamples", "permutation_seed", "bands", "min_support", "anova", "figures",
-                  "confusion", "type_shares", "plateau", "primary", "target_difference", "tail_types")
+                  "confusion", "type_shares", "plateau", "primary", "co_primary", "target_difference", "tail_types")
 
 
 def comparison_families(study: dict, opts: dict) -> list[dict]:

@@ -124,7 +124,7 @@ def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> l
     D = len(splits.test.documents) if splits.test is not None else 0
     S = len(study.axes.get("train.seed", [study.base.get("train", {}).get("seed", 0)]))
     K = study.folds
-    metrics = [study.report["primary"]] if study.report.get("primary") else list(
+    metrics = [study.report["primary"], *study.report.get("co_primary", [])] if study.report.get("primary") else list(
         study.report.get("metrics", ["f1_micro", "f1_macro"]))
     design = (f"{S} seed(s) x {K} folds over {n} documents" if K else
               f"{S} seed(s) on the corpus's test split of {D} documents")
@@ -136,7 +136,7 @@ def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> l
             continue
         kind = "cross-validated" if pilot.crossed is None else "seeds x documents"
         mdd = design_mdd(pilot, S, K, n, D, alpha)
-        lines += ["", f"{metric}{' (primary)' if study.report.get('primary') == metric else ''}: variance pooled "
+        lines += ["", f"{metric}{' (primary)' if metric in metrics and study.report.get('primary') else ''}: variance pooled "
                       f"over {pilot.comparisons} {kind} comparison(s) of the pilot",
                   f"  MDD of this design (80% power, alpha {alpha:g}): {mdd:.4f}"
                   + (f"  -- above the target {target:g}: this design cannot detect it" if target and mdd > target
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, help="the difference to detect (default [report] target_difference)")
     ap.add_argument("--scale", default="default", help="the study's scale (default: default)")
     ap.add_argument("--experiments", default="experiments", metavar="DIR", help="where the study files are")
-    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--alpha", type=float, help="the test's level (default [report] alpha, else 0.05)")
     args = ap.parse_args(argv)
     try:
         if args.target is not None and not 0 < args.target < 1:
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"docs/results/{study.name}; pass --pilot DIR (a study folder with a report, "
                              f"e.g. a smaller run of this study or docs/results/btl_focal)")
         target = args.target if args.target is not None else study.report.get("target_difference")
-        print("\n".join(plan(study, pilot, target, args.alpha)))
+        alpha = args.alpha if args.alpha is not None else float(study.report.get("alpha", 0.05))
+        print("\n".join(plan(study, pilot, target, alpha)))
     except Exception as e:
         return fail("plan", e, also=(ValueError,))
     return 0

@@ -52,6 +52,13 @@ def test_plan_reproduces_the_pilots_own_mdd_and_says_when_a_design_cannot_detect
     assert "no design in the table does" in out
     assert main(["tiny_cv", "--experiments", str(d), "--pilot", str(sdir), "--target", "0.9"]) == 0
     assert "the cheapest: 1 seed(s) x 3 folds" in capsys.readouterr().out
+    # a study that declares its alpha (e.g. two primaries sharing 0.05) is planned at it, unless --alpha says
+    (tmp_path / "strict").mkdir()
+    strict = write_study(tmp_path / "strict", CV_STUDY.replace("[report]", "[report]\nalpha = 0.025"), name="tiny_cv")
+    assert main(["tiny_cv", "--experiments", str(strict), "--pilot", str(sdir)]) == 0
+    assert f"(80% power, alpha 0.025): {design_mdd(pilot, 2, 3, 12, 0, 0.025):.4f}" in capsys.readouterr().out
+    assert main(["tiny_cv", "--experiments", str(strict), "--pilot", str(sdir), "--alpha", "0.05"]) == 0
+    assert f"(80% power, alpha 0.05): {mdd:.4f}" in capsys.readouterr().out
 
 
 def test_plan_of_a_fixed_split_equals_the_committed_reports_mdd(capsys):

@@ -2221,6 +2221,14 @@ def test_tail_f1_is_macro_f1_over_the_declared_tail_against_seqeval(tmp_path):
     ({"metrics": "f1_macro"}, "expected a list of metrics"),
     ({"tail_types": "Age"}, "tail_types: expected a list of entity types"),
     ({"tail_types": []}, "tail_types: expected a list of entity types"),
+    ({"metrics": ["f1_macro", "f1_tail"], "tail_types": ["Age"], "co_primary": ["f1_tail"]},
+     "co_primary: needs [report] primary"),
+    ({"primary": "f1_macro", "metrics": ["f1_macro"], "co_primary": ["f1_micro"]},
+     "co_primary: 'f1_micro' must be a metric of [report] metrics"),
+    ({"primary": "f1_macro", "metrics": ["f1_macro", "f1_micro"], "co_primary": ["f1_macro"]},
+     "co_primary: 'f1_macro' must be a metric of [report] metrics = ['f1_macro', 'f1_micro'], other than primary"),
+    ({"primary": "f1_macro", "metrics": ["f1_macro", "f1_micro"], "co_primary": "f1_micro"},
+     "co_primary: expected a list of metric names"),
 ])
 def test_report_metrics_and_tail_types_are_checked_when_the_study_is_read(tmp_path, report, message):
     from bertlab.study.spec import StudyError, load_study
@@ -2231,6 +2239,30 @@ def test_report_metrics_and_tail_types_are_checked_when_the_study_is_read(tmp_pa
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(StudyError, match=re.escape(message)):
         load_study(path)
+
+
+def test_a_co_primary_metric_is_tested_and_named_as_primary_after_the_primary(tmp_path):
+    """``co_primary = ["f1_tail"]`` beside ``primary = "f1_macro"`` (imbalance_cv's two claims):
+    tail F1 is "primary" wherever the report names it, tested right after macro F1 and before the
+    secondary micro F1, with the same numbers as without the declaration; α is the study's own
+    (0.025 here: Bonferroni over the two primaries)."""
+    tail = ["Age", "Dose"]
+    common = {"compare": {"loss": FAMILIES["loss"]}, "tail_types": tail, "primary": "f1_macro",
+              "metrics": ["f1_micro", "f1_tail", "f1_macro"]}
+    plain = make_study(tmp_path, NOISE, name="plain", report=common)
+    co = make_study(tmp_path, NOISE, name="co", report={**common, "co_primary": ["f1_tail"], "alpha": 0.025})
+    md_plain, md = build_report(plain).read_text(), build_report(co).read_text()
+    assert "tail F1 (secondary)" in md_plain and "tail F1 (primary)" not in md_plain
+    assert "tail F1 (primary)" in md and "tail F1 (secondary)" not in md and "micro F1 (secondary)" in md
+    tests = md[md.index("Holm correction within this family"):]  # the main table keeps its fixed columns
+    assert tests.index("macro F1 (primary)") < tests.index("tail F1 (primary)") < tests.index("micro F1 (secondary)")
+    assert "α = 0.025" in md and "α = 0.025" not in md_plain
+    mine = json.loads((co / "report.json").read_text())["comparisons"]
+    theirs = {(c["variant"], c["metric"]): c for c in json.loads((plain / "report.json").read_text())["comparisons"]}
+    assert [c["metric"] for c in mine][::4] == ["f1_macro", "f1_tail", "f1_micro"]
+    for c in mine:
+        twin = theirs[(c["variant"], c["metric"])]
+        assert (c["diff"], c["p_holm"], *c["ci"]) == pytest.approx((twin["diff"], twin["p_holm"], *twin["ci"]))
 
 
 def test_the_study_reader_knows_every_metric_the_report_computes():

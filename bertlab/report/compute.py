@@ -50,11 +50,17 @@ class Report:
 
 def report_options(study: dict) -> dict:
     """The study's ``[report]`` options over ``DEFAULTS``; with a declared ``primary``, that metric
-    is tested first and the others are secondary."""
+    is tested first, then any ``co_primary`` ones, and the others are secondary."""
     opts = {**DEFAULTS, **study.get("report", {})}
     if opts.get("primary"):
-        opts["metrics"] = [opts["primary"]] + [m for m in opts["metrics"] if m != opts["primary"]]
+        first = primaries(opts)
+        opts["metrics"] = first + [m for m in opts["metrics"] if m not in first]
     return opts
+
+
+def primaries(opts: dict) -> list[str]:
+    """The claim's metrics: ``[report] primary`` (it selects checkpoints) and its ``co_primary``."""
+    return [opts["primary"], *opts.get("co_primary", [])] if opts.get("primary") else []
 
 
 def compute_report(study_dir: str | os.PathLike) -> Report:

@@ -41,7 +41,7 @@ def metric_name(metric: str, opts: dict) -> str:
     primary = opts.get("primary")
     if not primary:
         return METRICS[metric]
-    return f"{METRICS[metric]} ({'primary' if metric == primary else 'secondary'})"
+    return f"{METRICS[metric]} ({'primary' if metric in (primary, *opts.get('co_primary', [])) else 'secondary'})"
 
 
 def load_study_results(study_dir: str | os.PathLike) -> tuple[dict, list[dict]]:

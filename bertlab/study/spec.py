@@ -328,13 +328,27 @@ def _check_metrics(report: dict, where) -> None:
 
 def _check_primary(report: dict, base: dict, axes: dict, where) -> None:
     """``[report] primary`` names a metric every run selects its checkpoints and stops early on:
-    it sets ``[eval] select``, which must not say otherwise (in [base.eval] or a model's recipe)."""
+    it sets ``[eval] select``, which must not say otherwise (in [base.eval] or a model's recipe).
+    ``co_primary`` names the claim's other metrics (e.g. a tail F1), tested as primary too; they
+    select nothing, and sharing α among the primaries (``[report] alpha``) is the study's call."""
     primary = report.get("primary")
     target = report.get("target_difference")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
                                or not 0 < target < 1):
         raise StudyError(f"{where}: [report] target_difference: expected a difference between 0 and 1 "
                          f"(e.g. 0.02), got {target!r}")
+    co = report.get("co_primary")
+    if co is not None:
+        if primary is None:
+            raise StudyError(f"{where}: [report] co_primary: needs [report] primary, the metric that selects "
+                             f"checkpoints; co_primary names the claim's other metrics")
+        if not isinstance(co, list) or not all(isinstance(m, str) for m in co):
+            raise StudyError(f"{where}: [report] co_primary: expected a list of metric names, got {co!r}")
+        metrics = report.get("metrics") or []
+        for m in co:
+            if m not in TESTED_METRICS or m not in metrics or m == primary or co.count(m) > 1:
+                raise StudyError(f"{where}: [report] co_primary: {m!r} must be a metric of [report] metrics = "
+                                 f"{metrics}, other than primary {primary!r} and named once")
     if primary is None:
         return
     if primary not in PRIMARY_METRICS:
