@@ -30,6 +30,7 @@ DEFAULTS = {
     "type_shares": False,  # each type's share of the predicted test mentions vs of the training mentions
     "plateau": None,  # {delta = 0.005, window = 3, choose = "optim.lr"}: the epoch budget from the curves
     "primary": None,  # the claim metric, declared before the study ran: tested first, the others "secondary"
+    "co_primary": [],  # the claim's other metrics (e.g. f1_tail): "primary" too, tested next; they select nothing
     "target_difference": None,  # the effect the study is about: a warning on top when its MDD is larger
     "tail_types": None,  # f1_tail's fixed class set: entity types named before the runs (a list)
 }
