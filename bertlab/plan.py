@@ -33,6 +33,7 @@ from pathlib import Path
 from bertlab import stats
 from bertlab.datasets.splits import DEV_FRACTION
 from bertlab.errors import fail
+from bertlab.report.rows import primaries
 
 SEEDS = (1, 2, 3, 5, 10, 20)
 FOLDS = (0, 3, 5, 10)  # 0: the corpus's own split
@@ -124,8 +125,7 @@ def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> l
     D = len(splits.test.documents) if splits.test is not None else 0
     S = len(study.axes.get("train.seed", [study.base.get("train", {}).get("seed", 0)]))
     K = study.folds
-    metrics = [study.report["primary"], *study.report.get("co_primary", [])] if study.report.get("primary") else list(
-        study.report.get("metrics", ["f1_micro", "f1_macro"]))
+    metrics = primaries(study.report) or list(study.report.get("metrics", ["f1_micro", "f1_macro"]))
     design = (f"{S} seed(s) x {K} folds over {n} documents" if K else
               f"{S} seed(s) on the corpus's test split of {D} documents")
     lines = [f"study {study.name} (scale {study.scale}): {design}; pilot {pilot_dir}"]
@@ -136,7 +136,7 @@ def plan(study, pilot_dir: Path, target: float | None, alpha: float = 0.05) -> l
             continue
         kind = "cross-validated" if pilot.crossed is None else "seeds x documents"
         mdd = design_mdd(pilot, S, K, n, D, alpha)
-        lines += ["", f"{metric}{' (primary)' if metric in metrics and study.report.get('primary') else ''}: variance pooled "
+        lines += ["", f"{metric}{' (primary)' if study.report.get('primary') else ''}: variance pooled "
                       f"over {pilot.comparisons} {kind} comparison(s) of the pilot",
                   f"  MDD of this design (80% power, alpha {alpha:g}): {mdd:.4f}"
                   + (f"  -- above the target {target:g}: this design cannot detect it" if target and mdd > target

@@ -24,7 +24,7 @@ from bertlab.report.anova import anova_table
 from bertlab.report.comparisons import STATISTICS, comparisons, earlier_build, earlier_metric
 from bertlab.report.counts import cv_variant_interval, stack_counts, stacked_folds, variant_interval
 from bertlab.report.rows import (DEFAULTS, METRICS, cv_ratio, group_variants, load_study_results, mean_std,
-                                 median, metric_value, table_metrics, variant_label)
+                                 median, metric_value, primaries, table_metrics, variant_label)
 from bertlab.report.runs import pool_folds, variant_runs
 
 
@@ -56,11 +56,6 @@ def report_options(study: dict) -> dict:
         first = primaries(opts)
         opts["metrics"] = first + [m for m in opts["metrics"] if m not in first]
     return opts
-
-
-def primaries(opts: dict) -> list[str]:
-    """The claim's metrics: ``[report] primary`` (it selects checkpoints) and its ``co_primary``."""
-    return [opts["primary"], *opts.get("co_primary", [])] if opts.get("primary") else []
 
 
 def compute_report(study_dir: str | os.PathLike) -> Report:

@@ -36,13 +36,18 @@ DEFAULTS = {
 }
 
 
+def primaries(opts: dict) -> list[str]:
+    """The claim's metrics: ``[report] primary`` (it selects checkpoints) and its ``co_primary``;
+    ``opts``: the report options or a study's ``[report]`` table."""
+    return [opts["primary"], *opts.get("co_primary", [])] if opts.get("primary") else []
+
+
 def metric_name(metric: str, opts: dict) -> str:
     """A metric's name in tables and sentences; with a declared ``primary``, marked primary or
     secondary."""
-    primary = opts.get("primary")
-    if not primary:
+    if not opts.get("primary"):
         return METRICS[metric]
-    return f"{METRICS[metric]} ({'primary' if metric in (primary, *opts.get('co_primary', [])) else 'secondary'})"
+    return f"{METRICS[metric]} ({'primary' if metric in primaries(opts) else 'secondary'})"
 
 
 def load_study_results(study_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
