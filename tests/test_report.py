@@ -2090,6 +2090,23 @@ def test_cross_validated_report_pools_folds_and_uses_the_corrected_t(tmp_path):
     assert "| variant | seeds | micro F1 (secondary) | 95% CI | macro F1 (primary) | 95% CI |" in md
 
 
+def test_a_cross_validated_study_with_no_pooled_seed_says_so_and_draws_no_empty_tables(tmp_path):
+    """While the first seed's folds are still running, nothing can be pooled: the report names the
+    finished runs it leaves out and says when the results appear, with no empty tables or figures."""
+    pytest.importorskip("matplotlib")
+    sdir, _ = make_cv_study(tmp_path, folds=3, seeds=(0,), report={"figures": True})
+    for run in sdir.glob("*__fold=[12]__*"):
+        shutil.rmtree(run)
+    write_results(sdir)
+    md = build_report(sdir).read_text()
+    assert "2 of 6 runs finished" in md
+    assert "Not pooled yet (2 run(s)" in md and "`sampler=atl__fold=0__seed=0`" in md
+    assert "No variant is pooled yet" in md
+    assert "## Main results" not in md and "## Significance" not in md and "| variant |" not in md
+    assert not (sdir / "figures").exists() and "figures/" not in md
+    assert json.loads((sdir / "report.json").read_text())["variants"] == {}
+
+
 def test_a_study_whose_design_cannot_detect_its_target_says_so_on_top(tmp_path):
     sdir, _ = make_cv_study(tmp_path, report={"primary": "f1_micro", "target_difference": 0.001})
     md = build_report(sdir).read_text()

@@ -21,8 +21,8 @@ def build_report(study_dir: str | os.PathLike) -> Path:
     if plotting and report.sections:
         import matplotlib.pyplot as plt
         fig_dir = study_dir / "figures"
-        fig_dir.mkdir(exist_ok=True)
         for name, fig in figures.report_figures(report).items():
+            fig_dir.mkdir(exist_ok=True)
             fig.savefig(fig_dir / name, **figures.SAVE)
             plt.close(fig)
     write_text(study_dir / "report.json", json.dumps(report.json, indent=2, default=_nan_json) + "\n")

@@ -73,7 +73,7 @@ def report_figures(report) -> dict:
     curves), F1 against class frequency and accuracy against training time. Needs matplotlib."""
     import matplotlib.pyplot as plt
     s = report.sections
-    if not s or not report.opts.get("figures", True):
+    if not s or not report.json["variants"] or not report.opts.get("figures", True):
         return {}
     out = {}
     if s["calibration"]["variants"]:

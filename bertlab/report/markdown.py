@@ -26,6 +26,9 @@ def render(report, plotting: bool) -> str:
     if "cv" in data:
         md += cv_section(data["cv"])
     md += environment_section(s["environment"])
+    if not data["variants"]:  # a cross-validated study whose first seed is still running its folds
+        return "\n".join(md + ["No variant is pooled yet: the tables, tests and figures appear once all folds of "
+                               "a variant's seed have finished."]).rstrip() + "\n"
     md += main_section(data["variants"], s["main"], opts)
     md += band_section(data["variants"], s["bands"], opts["bands"])
     md += per_class_section(s["per_class"], int(opts["min_support"]))
