@@ -185,13 +185,18 @@ class BiasCalibrator:
                 other_best, other_arg = others.max(1), others.argmax(1)
                 own = z[:, cols]
                 own_best, own_arg = own.max(1), cols[own.argmax(1)]
-                scores = []
-                for b in self.grid:
-                    # ties go to the lower column index, as np.argmax does over the full row
-                    take = (own_best + b > other_best) | ((own_best + b == other_best) & (own_arg < other_arg))
-                    pred = np.where(take, own_arg, other_arg)
-                    scores.append(micro_f1_of_keys(entity_keys(pred, starts, self.type_of, self.kind_of), gold))
-                scores = np.asarray(scores)
+                # ties go to the lower column index, as np.argmax does over the full row; [N, len(grid)]
+                moved = own_best[:, None] + self.grid[None, :]
+                take = (moved > other_best[:, None]) | ((moved == other_best[:, None]) & (own_arg < other_arg)[:, None])
+                # a word taken at offset b is taken at every larger one (float addition is monotone), so
+                # offsets that take as many words take the same words: score each distinct set once
+                n_taken = take.sum(0)
+                score_of = {}
+                for g, n in enumerate(n_taken.tolist()):
+                    if n not in score_of:
+                        pred = np.where(take[:, g], own_arg, other_arg)
+                        score_of[n] = micro_f1_of_keys(entity_keys(pred, starts, self.type_of, self.kind_of), gold)
+                scores = np.asarray([score_of[n] for n in n_taken.tolist()])
                 candidates = np.flatnonzero(scores == scores.max())
                 # ties: the offset closest to the current one, then the smaller offset
                 pick = min(candidates, key=lambda i: (abs(self.grid[i] - bias[t]), self.grid[i]))

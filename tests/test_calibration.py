@@ -87,6 +87,7 @@ def test_fit_equals_brute_force_on_random_logits(seed):
         z[:, 0] += rng.uniform(0, 3)
         logits.append(z)
     grid = np.round(np.arange(-2, 4.01, 0.5), 2)
+    assert_fit_equals_brute_force(logits, gold, rng.permutation(grid))  # the grid's order is the user's
     cal = assert_fit_equals_brute_force(logits, gold, grid)
     pred = cal.predict(logits)
     assert seqeval_f1(gold, pred) == pytest.approx(cal.dev_f1, abs=1e-12)
