@@ -28,6 +28,7 @@ from bertlab import stats
 from bertlab.metrics import entity_report, unweighted_accuracy
 from bertlab.report import build_report
 from bertlab.report.counts import stack_counts, variant_interval
+from bertlab.report.rows import METRICS
 
 TYPES = ["Age", "Dose", "Sign"]  # Sign common, Dose middle, Age rare
 LABELS = ["O"] + [f"{b}-{t}" for t in TYPES for b in "BI"] + ["B-Freq"]  # Freq: predicted, never gold
@@ -2084,6 +2085,9 @@ def test_cross_validated_report_pools_folds_and_uses_the_corrected_t(tmp_path):
         assert c["ci"] == pytest.approx([diff - q * se, diff + q * se], abs=1e-10)
         assert c["p_sd"] == pytest.approx(2 * sps.t.sf(abs(diff / se), len(d) - 1), rel=1e-8)
         assert c["holm_source"] == "cv" and c["cv"]["folds"] == folds
+        assert c["cv"]["signs"] == [int((d > 0).sum()), int((d < 0).sum()), len(d)]
+        row = next(r for r in table_rows(md, "### Family") if r[2].startswith(METRICS[metric]))
+        assert row[7] == f"{(d > 0).sum()} / {(d < 0).sum()} of {len(d)}"
     # the primary metric is tested first and named so
     assert [c["metric"] for c in data["comparisons"]] == ["f1_macro", "f1_micro", "unweighted_accuracy"]
     assert "macro F1 (primary): " in md and "micro F1 (secondary): " in md
@@ -2101,7 +2105,8 @@ def test_a_cross_validated_study_with_no_pooled_seed_says_so_and_draws_no_empty_
     md = build_report(sdir).read_text()
     assert "2 of 6 runs finished" in md
     assert "Not pooled yet (2 run(s)" in md and "`sampler=atl__fold=0__seed=0`" in md
-    assert "No variant is pooled yet" in md
+    assert "No variant is pooled: a variant's tables, tests and figures need every fold of one of its seeds, " \
+           "and none has all 3 here." in md
     assert "## Main results" not in md and "## Significance" not in md and "| variant |" not in md
     assert not (sdir / "figures").exists() and "figures/" not in md
     assert json.loads((sdir / "report.json").read_text())["variants"] == {}

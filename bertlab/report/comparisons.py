@@ -204,7 +204,9 @@ def document_level(a: VariantRuns, b: VariantRuns, pairs: list[tuple[int, int]],
         cv = stats.corrected_resampled_t(d, ratio, estimate=out["diff"])
         out.update(ci=[float(cv.ci.low), float(cv.ci.high)], p_sd=float(cv.pvalue), df=float(cv.df),
                    se=float(cv.se), seeds_crossed=len(pairs), docs=D, test="cv",
-                   cv={"variance": cv.variance, "folds": int(d.shape[1]), "ratio": ratio})
+                   cv={"variance": cv.variance, "folds": int(d.shape[1]), "ratio": ratio,
+                       # how many per-(seed, fold) differences lie above and below 0, of how many
+                       "signs": [int((d > 0).sum()), int((d < 0).sum()), int(d.size)]})
         if math.isnan(cv.ci.low):
             out["ci"], out["ci_note"] = None, "no variance estimate"
     else:

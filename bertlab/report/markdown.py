@@ -26,9 +26,9 @@ def render(report, plotting: bool) -> str:
     if "cv" in data:
         md += cv_section(data["cv"])
     md += environment_section(s["environment"])
-    if not data["variants"]:  # a cross-validated study whose first seed is still running its folds
-        return "\n".join(md + ["No variant is pooled yet: the tables, tests and figures appear once all folds of "
-                               "a variant's seed have finished."]).rstrip() + "\n"
+    if not data["variants"]:  # cross-validated, and no seed of any variant has all its folds here
+        return "\n".join(md + [f"No variant is pooled: a variant's tables, tests and figures need every fold of "
+                               f"one of its seeds, and none has all {data['cv']['folds']} here."]).rstrip() + "\n"
     md += main_section(data["variants"], s["main"], opts)
     md += band_section(data["variants"], s["bands"], opts["bands"])
     md += per_class_section(s["per_class"], int(opts["min_support"]))

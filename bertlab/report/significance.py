@@ -30,7 +30,9 @@ def significance_section(data: dict, opts: dict) -> list[str]:
               "J = seeds × folds, centred on the pooled Δ. The n_test/n_train term accounts for the folds' "
               "shared training documents. It answers *would the difference hold with other seeds and other "
               "training and test documents from this corpus?* **p Holm** corrects it within one family and one "
-              "metric; the sentences below rest on it." if opts.get("cv") else None)
+              "metric; the sentences below rest on it.\n- **folds +/−**: how many of the J per-(seed, fold) "
+              "differences are above and below 0: whether the difference points the same way on most "
+              "training and test documents or comes from a few folds. A count, not a test." if opts.get("cv") else None)
     md += [f"Each row is one variant against its baseline variant, which differs in the family's factor "
            f"only. α = {alpha:g}. What each column answers:", "",
            "- **Δ**: variant minus baseline, difference of the seed means on the whole test set (over the "
@@ -96,10 +98,14 @@ def family_section(family: dict, mine: list[dict], opts: dict) -> list[str]:
         if c["excluded"]:
             p_sd = p_docs = "–"
         seeds = "1 run" if any(c["single"]) else str(c["n"])
-        body.append([c["variant"], c["baseline"], metric_name(c["metric"], opts), f"{c['diff']:+.4f}", ci, p_sd,
-                     holm_cell, p_docs, _f(c["t"], 3), _p(c["p_t"]), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
-    md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (CV t)" if opts.get("cv") else "p (seeds × docs)", "p Holm",
-                  "p (docs, runs fixed)", "t (seeds)", "p (t)", "d", "seeds", "MDD"], body)
+        row = [c["variant"], c["baseline"], metric_name(c["metric"], opts), f"{c['diff']:+.4f}", ci, p_sd, holm_cell]
+        if opts.get("cv"):
+            signs = (c.get("cv") or {}).get("signs")
+            row.append(f"{signs[0]} / {signs[1]} of {signs[2]}" if signs and not c["excluded"] else "–")
+        body.append(row + [p_docs, _f(c["t"], 3), _p(c["p_t"]), _f(c["d"], 2), seeds, _f(c["mdd"], 4)])
+    md += _table(["variant", "baseline", "metric", "Δ", "95% CI", "p (CV t)" if opts.get("cv") else "p (seeds × docs)", "p Holm"]
+                 + (["folds +/−"] if opts.get("cv") else [])
+                 + ["p (docs, runs fixed)", "t (seeds)", "p (t)", "d", "seeds", "MDD"], body)
     if any(c["holm_source"] == "t" and not c["excluded"] for c in mine):
         md += ["Without prediction files there is no document-level test: p Holm corrects the seed-paired "
                "t-test, which ignores test-set variance.", ""]
