@@ -2042,6 +2042,8 @@ def make_cv_study(tmp_path, folds=3, seeds=(0, 1), n_docs=12, report=None):
         write_json(rdir / "metrics.json", {
             "test": {"argmax": {"entity_report": dict(entity_report(gold, pred, zero_division=0)),
                                 "unweighted_accuracy": unweighted_accuracy(gold, pred), "tokens_per_second": 1000.0}},
+            "history": [{"epoch": e, "dev": {"argmax": {"f1_micro": 0.3 + 0.1 * e, "f1_macro": 0.2 + 0.1 * e}}}
+                        for e in range(2)],
             "train_seconds": 10.0, "epochs": 2, "params": 1_000_000, "train_mentions": {"Sign": 100, "Dose": 20, "Age": 3},
             "fold": {"folds": folds, "fold": k, "fold_seed": r, "documents": {
                 "train": n_docs - n_test - 1, "dev": 1, "test": n_test}}})
@@ -2092,6 +2094,11 @@ def test_cross_validated_report_pools_folds_and_uses_the_corrected_t(tmp_path):
     assert [c["metric"] for c in data["comparisons"]] == ["f1_macro", "f1_micro", "unweighted_accuracy"]
     assert "macro F1 (primary): " in md and "micro F1 (secondary): " in md
     assert "| variant | seeds | micro F1 (secondary) | 95% CI | macro F1 (primary) | 95% CI |" in md
+    # the learning curves: a cross-validated variant's runs are (seed, fold) pairs, each on its fold's dev set
+    assert "(mean over the runs, one per seed and fold, each on its fold's dev documents)" in md
+    curves = table_rows(md, "## Learning curves")
+    assert len(curves) == 2 and all(len(r[2].split(", ")) == folds * len(seeds) for r in curves)
+    assert "| variant | select | best epoch (per run) | epoch 0 | epoch 1 |" in md
 
 
 def test_a_cross_validated_study_with_no_pooled_seed_says_so_and_draws_no_empty_tables(tmp_path):

@@ -81,7 +81,8 @@ def report_figures(report) -> dict:
     if s["curves"]:
         c = s["curves"]
         out["learning_curves.png"] = learning_curve_figure(c["lines"], report.labels, c["trained"], c["marks"],
-                                                           c["key"], c["all_epochs"])
+                                                           c["key"], c["all_epochs"],
+                                                           "runs (seed, fold)" if report.opts.get("cv") else "seeds")
     points = s["figures"]
     style, colours, markers = variant_styles(points["variants"], report.short, plt.get_cmap)
     out["f1_vs_frequency.png"] = f1_vs_frequency_figure(points["frequency"], style, colours, markers)
@@ -106,12 +107,13 @@ def reliability_figure(models: dict):
 
 
 def learning_curve_figure(lines: dict, labels: dict, trained: list, marks: dict | None = None,
-                          dev_key: str = "dev_f1_micro", all_epochs: list | None = None):
+                          dev_key: str = "dev_f1_micro", all_epochs: list | None = None, over: str = "seeds"):
     """One panel per decode, a line per variant (``lines``: ``{variant key: (epochs, values [runs,
     epochs])}``, the mean over seeds) with a band from the lowest to the highest seed; a colour per
     trained variant (``trained``: the keys without their decode, in order), the same in every
     panel; ``marks`` ``{variant: (epoch, plateaued)}`` puts a star on the plateau epoch (a cross on
-    the last epoch of a line that never plateaued)."""
+    the last epoch of a line that never plateaued). ``over`` names what the band spans in the axis
+    label: seeds, or a cross-validated study's runs (one per seed and fold)."""
     import matplotlib.pyplot as plt
     decodes = list(dict.fromkeys(dict(k)["decode"] for k in lines))
     cmap = plt.get_cmap("tab10" if len(trained) <= 10 else "tab20")
@@ -149,7 +151,7 @@ def learning_curve_figure(lines: dict, labels: dict, trained: list, marks: dict 
         else:
             ax.xaxis.get_major_locator().set_params(integer=True)
     for row in grid:
-        row[0].set_ylabel(f"dev {'micro F1' if dev_key == 'dev_f1_micro' else METRICS[dev_key[4:]]}\n(mean; band: min–max over seeds)")
+        row[0].set_ylabel(f"dev {'micro F1' if dev_key == 'dev_f1_micro' else METRICS[dev_key[4:]]}\n(mean; band: min–max over {over})")
     handles = {}
     for ax in panels:  # one legend entry per trained variant, whatever panel it is drawn in
         for line in ax.get_lines():

@@ -337,15 +337,18 @@ def learning_curve_section(curves: dict | None, opts: dict, plotting: bool) -> l
         return []
     key_ = curves["key"]
     name = "micro F1" if key_ == "dev_f1_micro" else metric_name(opts["primary"], opts)
+    # cross-validated: one run per (seed, fold), each with its own dev documents
+    unit = "run" if opts.get("cv") else "seed"
     md = ["## Learning curves (dev)", "",
-          f"Dev {name} after each epoch (mean over seeds) with this variant's decode, and the epoch whose "
-          "checkpoint was scored on the test set (`best epoch`, 0-based, per seed) under the selection "
-          "rule `select`.", ""]
+          f"Dev {name} after each epoch (mean over "
+          + ("the runs, one per seed and fold, each on its fold's dev documents" if opts.get("cv") else "seeds")
+          + f") with this variant's decode, and the epoch whose checkpoint was scored on the test set "
+          f"(`best epoch`, 0-based, per {unit}) under the selection rule `select`.", ""]
     epochs, every = curves["epochs"], curves["every"]
     if every:
         md += [f"Epochs 0, {every}, {2 * every}, … and the last ({epochs[-1]}) are shown (each run's `metrics.csv` "
-               f"and the figure have them all); a column's mean is over the seeds that trained that epoch; "
-               f"`last` is the mean of each seed's last epoch (which epoch, per seed, in brackets).", ""]
+               f"and the figure have them all); a column's mean is over the {unit}s that trained that epoch; "
+               f"`last` is the mean of each {unit}'s last epoch (which epoch, per {unit}, in brackets).", ""]
     body = []
     for label, v in curves["variants"].items():
         best = ", ".join("–" if b is None else str(b) for b in v["best"])
@@ -354,7 +357,7 @@ def learning_curve_section(curves: dict | None, opts: dict, plotting: bool) -> l
             known = [x for _, x in v["last"] if x is not None]
             row.append(f"{_f(float(np.mean(known)) if known else math.nan)} ({', '.join(str(e) for e, _ in v['last'])})")
         body.append(row)
-    md += _table(["variant", "select", "best epoch (per seed)"] + [f"epoch {e}" for e in epochs]
+    md += _table(["variant", "select", f"best epoch (per {unit})"] + [f"epoch {e}" for e in epochs]
                  + (["last"] if every else []), body)
     if plotting:
         md += [f"![dev {'micro F1' if key_ == 'dev_f1_micro' else METRICS[opts['primary']]} per epoch]"
