@@ -2103,7 +2103,8 @@ def test_cross_validated_report_pools_folds_and_uses_the_corrected_t(tmp_path):
 
 def test_a_cross_validated_study_with_no_pooled_seed_says_so_and_draws_no_empty_tables(tmp_path):
     """While the first seed's folds are still running, nothing can be pooled: the report names the
-    finished runs it leaves out and says when the results appear, with no empty tables or figures."""
+    finished runs it leaves out, has no empty test tables or figures, and draws the finished runs'
+    dev learning curves (which need no pooling)."""
     pytest.importorskip("matplotlib")
     sdir, _ = make_cv_study(tmp_path, folds=3, seeds=(0,), report={"figures": True})
     for run in sdir.glob("*__fold=[12]__*"):
@@ -2112,10 +2113,15 @@ def test_a_cross_validated_study_with_no_pooled_seed_says_so_and_draws_no_empty_
     md = build_report(sdir).read_text()
     assert "2 of 6 runs finished" in md
     assert "Not pooled yet (2 run(s)" in md and "`sampler=atl__fold=0__seed=0`" in md
-    assert "No variant is pooled: a variant's tables, tests and figures need every fold of one of its seeds, " \
-           "and none has all 3 here." in md
-    assert "## Main results" not in md and "## Significance" not in md and "| variant |" not in md
-    assert not (sdir / "figures").exists() and "figures/" not in md
+    assert "No variant is pooled: a variant's test tables, tests and figures need every fold of one of its " \
+           "seeds, and none has all 3 here." in md
+    assert "## Main results" not in md and "## Significance" not in md and "## Compute cost" not in md
+    assert "The curves include the 2 finished run(s) not pooled yet" in md
+    curves = {r[0]: r for r in table_rows(md, "## Learning curves")}
+    assert set(curves) == {"sampler=atl, decode=argmax", "sampler=btl, decode=argmax"}
+    assert all(r[3:] == ["0.3000", "0.4000"] for r in curves.values())  # dev micro F1 of the one run each
+    assert sorted(p.name for p in (sdir / "figures").iterdir()) == ["learning_curves.png"]
+    assert "figures/learning_curves.png" in md and "figures/f1_vs_frequency.png" not in md
     assert json.loads((sdir / "report.json").read_text())["variants"] == {}
 
 

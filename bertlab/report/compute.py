@@ -71,14 +71,14 @@ def compute_report(study_dir: str | os.PathLike) -> Report:
     short = dict(study.get("short_names", {}))
     short["decode"] = "decode"
     axes = list(study.get("axes", {}))
-    variants = run_variants = group_variants(rows, axes)
+    variants = run_variants = every_run = group_variants(rows, axes)
     pooled_counts, left_out = None, []
     if study.get("folds"):  # one run per (variant, seed), pooled over its folds
         opts["cv"] = dict(study["folds"])
         pooled, pooled_counts, left_out = pool_folds(study_dir, rows, axes, int(study["folds"]["k"]))
         variants = group_variants(pooled, axes)
         run_variants = {k: v for k, v in run_variants.items() if k in variants}
-    labels = {k: variant_label(k, short) for k in run_variants}
+    labels = {k: variant_label(k, short) for k in every_run}
     data: dict = {"study": study["name"], "scale": study["scale"], "statistics": STATISTICS, "variants": {},
                   "comparisons": []}
     report = Report(data, study, opts, short, _rebuild_argument(study_dir), len({r["run_id"] for r in rows}),
@@ -118,7 +118,10 @@ def compute_report(study_dir: str | os.PathLike) -> Report:
     s["time_split"] = training.time_split(run_variants, short)
     if s["time_split"]:
         data["time_split"] = s["time_split"]["json"]
-    s["curves"] = training.learning_curves(run_variants, labels, opts)
+    # dev curves need no pooling: every finished run draws its own, a fold whose seed is unfinished too
+    s["curves"] = training.learning_curves(every_run, labels, opts)
+    if s["curves"] and left_out:
+        s["curves"]["unpooled"] = len(left_out)
     _requested_sections(report, study_dir, rows, variants, run_variants)
     s["figures"] = figure_points(variants)
     return report

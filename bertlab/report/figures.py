@@ -73,16 +73,18 @@ def report_figures(report) -> dict:
     curves), F1 against class frequency and accuracy against training time. Needs matplotlib."""
     import matplotlib.pyplot as plt
     s = report.sections
-    if not s or not report.json["variants"] or not report.opts.get("figures", True):
+    if not s or not report.opts.get("figures", True):
         return {}
     out = {}
-    if s["calibration"]["variants"]:
-        out["reliability.png"] = reliability_figure(s["calibration"]["models"])
     if s["curves"]:
         c = s["curves"]
         out["learning_curves.png"] = learning_curve_figure(c["lines"], report.labels, c["trained"], c["marks"],
                                                            c["key"], c["all_epochs"],
                                                            "runs (seed, fold)" if report.opts.get("cv") else "seeds")
+    if not report.json["variants"]:  # cross-validated, nothing pooled yet: the dev curves only
+        return out
+    if s["calibration"]["variants"]:
+        out["reliability.png"] = reliability_figure(s["calibration"]["models"])
     points = s["figures"]
     style, colours, markers = variant_styles(points["variants"], report.short, plt.get_cmap)
     out["f1_vs_frequency.png"] = f1_vs_frequency_figure(points["frequency"], style, colours, markers)

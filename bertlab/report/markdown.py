@@ -27,8 +27,9 @@ def render(report, plotting: bool) -> str:
         md += cv_section(data["cv"])
     md += environment_section(s["environment"])
     if not data["variants"]:  # cross-validated, and no seed of any variant has all its folds here
-        return "\n".join(md + [f"No variant is pooled: a variant's tables, tests and figures need every fold of "
-                               f"one of its seeds, and none has all {data['cv']['folds']} here."]).rstrip() + "\n"
+        md += [f"No variant is pooled: a variant's test tables, tests and figures need every fold of one of its "
+               f"seeds, and none has all {data['cv']['folds']} here.", ""]
+        return "\n".join(md + learning_curve_section(s["curves"], opts, plotting)).rstrip() + "\n"
     md += main_section(data["variants"], s["main"], opts)
     md += band_section(data["variants"], s["bands"], opts["bands"])
     md += per_class_section(s["per_class"], int(opts["min_support"]))
@@ -345,6 +346,9 @@ def learning_curve_section(curves: dict | None, opts: dict, plotting: bool) -> l
           + f") with this variant's decode, and the epoch whose checkpoint was scored on the test set "
           f"(`best epoch`, 0-based, per {unit}) under the selection rule `select`.", ""]
     epochs, every = curves["epochs"], curves["every"]
+    if curves.get("unpooled"):
+        md += [f"The curves include the {curves['unpooled']} finished run(s) not pooled yet (dev scores need no "
+               "pooling); their test scores enter the tables once their seed's folds are all in.", ""]
     if every:
         md += [f"Epochs 0, {every}, {2 * every}, … and the last ({epochs[-1]}) are shown (each run's `metrics.csv` "
                f"and the figure have them all); a column's mean is over the {unit}s that trained that epoch; "
