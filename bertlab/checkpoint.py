@@ -184,12 +184,15 @@ def head_labels(path: Path, cfg: dict, has_head: bool, labels: list[str] | None,
 
 
 def load_pretrained(path: str | os.PathLike, num_labels: int | None = None,
-                    labels: list[str] | None = None) -> tuple[TokenClassifier, Tokenizer | None]:
+                    labels: list[str] | None = None, with_tokenizer: bool = True
+                    ) -> tuple[TokenClassifier, Tokenizer | None]:
     """Read a Hugging Face BERT/DistilBERT folder -> ``(TokenClassifier, Tokenizer)``, eval mode, fp32.
 
     ``labels`` (names, id order) or ``num_labels`` size the head. A ``classifier.*`` already in the
     checkpoint is kept when its ``id2label`` matches (or when neither is given); otherwise the head is
-    freshly initialised (logged). The tokenizer is None (with a warning) if the folder has none.
+    freshly initialised (logged). The tokenizer is None (with a warning) if the folder has none, and
+    None without reading it when ``with_tokenizer`` is False (reading tokenizer.json is most of the
+    time of loading a small model).
     """
     path = Path(path)
     cfg = read_config(path)
@@ -247,10 +250,11 @@ def load_pretrained(path: str | os.PathLike, num_labels: int | None = None,
     model.eval()
 
     tokenizer = None
-    try:
-        tokenizer = Tokenizer.from_pretrained(path)
-    except FileNotFoundError as e:
-        log.warning("%s", e)
+    if with_tokenizer:
+        try:
+            tokenizer = Tokenizer.from_pretrained(path)
+        except FileNotFoundError as e:
+            log.warning("%s", e)
     return model, tokenizer
 
 
@@ -355,7 +359,7 @@ def load_best_into(model, folder: str | os.PathLike) -> None:
         from safetensors.torch import load_file
         model.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
         return
-    best, _ = load_pretrained(folder, labels=model.labels)
+    best, _ = load_pretrained(folder, labels=model.labels, with_tokenizer=False)
     model.load_state_dict(best.state_dict())
 
 

@@ -233,6 +233,28 @@ def test_export_round_trip(hf_folder, tmp_path):
         assert torch.equal(again(ids, mask), model(ids, mask))
 
 
+
+def test_best_weights_load_without_reading_the_tokenizer(hf_folder, tmp_path, monkeypatch):
+    """load_best_into copies the saved weights exactly and never opens tokenizer.json (it was most
+    of the time of reading a small model's best folder, once per decode per run)."""
+    from bertlab import tokenization
+    from bertlab.checkpoint import load_best_into
+    _, src = hf_folder
+    model, tok = load_pretrained(src)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    out = save_pretrained(model, tok, tmp_path / "best")
+    target, _ = load_pretrained(src)
+    assert not torch.equal(target.classifier.weight, model.classifier.weight)
+
+    def refuse(*a, **k):
+        raise AssertionError("the tokenizer was read")
+    monkeypatch.setattr(tokenization.Tokenizer, "from_pretrained", refuse)
+    load_best_into(target, out)
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), model.state_dict().values()))
+    assert load_pretrained(out, with_tokenizer=False)[1] is None
+
 def test_export_with_crf_head(hf_folder, tmp_path):
     """A CRF head's tensors (crf.*) are written too; transformers ignores them, bertlab rebuilds the CRF."""
     _, src = hf_folder
