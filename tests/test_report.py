@@ -2106,12 +2106,14 @@ def test_a_cross_validated_study_with_no_pooled_seed_says_so_and_draws_no_empty_
     finished runs it leaves out, has no empty test tables or figures, and draws the finished runs'
     dev learning curves (which need no pooling)."""
     pytest.importorskip("matplotlib")
-    sdir, _ = make_cv_study(tmp_path, folds=3, seeds=(0,), report={"figures": True})
+    sdir, _ = make_cv_study(tmp_path, folds=3, seeds=(0,), report={"figures": True, "target_difference": 0.04})
     for run in sdir.glob("*__fold=[12]__*"):
         shutil.rmtree(run)
     write_results(sdir)
     md = build_report(sdir).read_text()
     assert "2 of 6 runs finished" in md
+    assert ("The study's target difference is 0.04 in micro F1; none of its comparisons has been tested yet, so "
+            "the smallest difference this design detects is not known.") in md.split("## ")[0]
     assert "Not pooled yet (2 run(s)" in md and "`sampler=atl__fold=0__seed=0`" in md
     assert "No variant is pooled: a variant's test tables, tests and figures need every fold of one of its " \
            "seeds, and none has all 3 here." in md

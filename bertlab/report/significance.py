@@ -182,8 +182,8 @@ def target_warning(data: dict, opts: dict, study_name: str) -> list[str]:
         return []
     target, metric, mdd = data["target"]["difference"], data["target"]["metric"], data["target"]["mdd"]
     if mdd is None:
-        return [f"The study's target difference is {target:g} in {METRICS[metric]}; no tested comparison has a "
-                "detectable difference yet, so whether this design can show it is not known.", ""]
+        return [f"The study's target difference is {target:g} in {METRICS[metric]}; none of its comparisons has "
+                "been tested yet, so the smallest difference this design detects is not known.", ""]
     if mdd > target:
         return [f"**Warning: this design cannot detect the effect it is about.** The smallest difference its test "
                 f"of record detects with 80% power in {METRICS[metric]} is {mdd:.4f}, above the study's target "
