@@ -38,7 +38,8 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
                      best_epochs: dict | None = None, priors=None) -> dict:
     """Score dev and test with every decode of ``[eval] decode``, each on the checkpoint chosen
     for it (``best_folder``), with the KNN reference / calibration saved beside that checkpoint;
-    decodes that share a checkpoint share its forward pass. With ``[eval] calibration_fit =
+    decodes that share a checkpoint share its forward pass, as do folders saved at one epoch (hard
+    links of one weights file, ``save_best_folders``). With ``[eval] calibration_fit =
     "crossfit"`` the calibrated decodes score dev out of sample (``CrossFitCalibrator``, as at
     selection) and test with the offsets fitted on all of dev. Writes
     ``predictions_<split>_<decode>.jsonl``; returns ``{"dev": {decode: ...}, "test": {...}}``.
@@ -52,9 +53,13 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
     for decode in cfg.eval.decode:
         groups.setdefault(best_folder(out_dir, decode, cfg.eval.decode), []).append(decode)
     out: dict = {}
+    forwards: dict = {}  # (weights file, split) -> (word logits, seconds the forward pass took)
+    loaded = None
     for folder, decodes in groups.items():
-        if folder.exists():
+        weights = _weights_file_identity(folder)
+        if folder.exists() and (weights is None or weights != loaded):
             load_best_into(model, folder)
+        loaded = weights
         knn = calibrator = None
         bases = {base_decode(d) for d in decodes}
         if "knn" in bases:
@@ -74,9 +79,14 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
             corpus = getattr(splits, split)
             if corpus is None:
                 continue
-            t0 = time.perf_counter()
-            logits = word_logits(model, tokenizer, corpus.sentences, **options)
-            forward_seconds = time.perf_counter() - t0
+            if weights is not None and (weights, split) in forwards:
+                logits, forward_seconds = forwards[weights, split]
+            else:
+                t0 = time.perf_counter()
+                logits = word_logits(model, tokenizer, corpus.sentences, **options)
+                forward_seconds = time.perf_counter() - t0
+                if weights is not None:
+                    forwards[weights, split] = logits, forward_seconds
             if "calibrated" in bases and calibrator is None and split == "dev":
                 calibrator = BiasCalibrator(model.labels).fit(logits, [s.tags for s in corpus.sentences])
                 if folder.exists():
@@ -101,6 +111,17 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
                 out.setdefault(split, {})[decode] = result
     # the order of [eval] decode, whatever order the checkpoints were visited in
     return {split: {d: v[d] for d in cfg.eval.decode if d in v} for split, v in out.items()}
+
+
+def _weights_file_identity(folder: Path) -> tuple[int, int] | None:
+    """The (device, inode) of a best folder's weights file: equal for folders that hard-link one
+    file, which hold the same model (None where there is no single weights file)."""
+    from bertlab.checkpoint import WEIGHTS
+    try:
+        st = os.stat(folder / WEIGHTS)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def evaluate_dev(model, tokenizer, splits: Splits, cfg: TrainConfig, options: dict,

@@ -240,3 +240,48 @@ def test_bio_decodes_and_cross_fitted_calibration_select_and_score_as_documented
     for d in ("calibrated", "calibrated+bio"):
         best = metrics["history"][metrics["best_epochs"][d]]["dev"][d]["f1_micro"]
         assert metrics["dev"][d]["micro_f1"] == pytest.approx(best, abs=1e-12)
+
+
+def test_folders_of_one_epoch_share_their_forward_pass_and_score_as_copies_do(three_epochs, tmp_path, monkeypatch):
+    """Final scoring runs one dev and one test forward pass per weights file: best folders that
+    hard-link one file (saved at one epoch) share it, and their scores and prediction files equal
+    those of the same weights held as separate copies, each with its own forward pass."""
+    import shutil
+    import bertlab.inference as inference
+    from bertlab.checkpoint import link_folder
+    from bertlab.selection import final_evaluation
+    from bertlab.train.setup import build_model_and_tokenizer
+    cfg, run, metrics, _ = three_epochs
+    splits = load_splits(cfg.data)
+    options = dict(max_length=cfg.data.max_length, stride=cfg.data.stride, batch_size=cfg.train.eval_batch_size,
+                   precision="fp32")
+    real, calls = inference.word_logits, []
+
+    dev, test = splits.dev.sentences, splits.test.sentences  # each a new list of the same sentences
+
+    def counted(model, tokenizer, sentences, *args, **kw):
+        if sentences[0] is dev[0] or sentences[0] is test[0]:
+            calls.append(sentences[0] is test[0])
+        return real(model, tokenizer, sentences, *args, **kw)
+    monkeypatch.setattr(inference, "word_logits", counted)
+
+    scored = {}
+    for layout in ("linked", "copied"):
+        out = tmp_path / layout
+        shutil.copytree(run / "best", out / "best")
+        for decode in DECODES[1:]:  # the weights of best/ under every decode, without its KNN or calibration
+            if layout == "linked":
+                link_folder(out / "best", out / f"best-{decode}")
+            else:
+                shutil.copytree(out / "best", out / f"best-{decode}")
+        model, tok = build_model_and_tokenizer(cfg.model, splits.labels, splits.train)
+        calls.clear()
+        result = final_evaluation(cfg, model, tok, splits, out, options, quiet)
+        scored[layout] = (len(calls), result, {f.name: f.read_text() for f in out.glob("predictions_*.jsonl")})
+    assert scored["linked"][0] == 2 and scored["copied"][0] == 2 * len(DECODES)
+
+    def scores(result):
+        return {(s, d): {k: v for k, v in r.items() if k != "tokens_per_second"}
+                for s, by in result.items() for d, r in by.items()}
+    assert scores(scored["linked"][1]) == scores(scored["copied"][1])
+    assert scored["linked"][2] == scored["copied"][2] and len(scored["linked"][2]) == 2 * len(DECODES)
