@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertlab.checkpoint import BEST_META, best_folder, link_folder, load_best_into, save_best
+from bertlab.checkpoint import BEST_META, WEIGHTS, best_folder, link_folder, load_best_into, save_best
 from bertlab.config import EvalConfig, TrainConfig
 from bertlab.constrained import base_decode
 from bertlab.datasets.prepare import Splits
@@ -116,7 +116,6 @@ def final_evaluation(cfg: TrainConfig, model, tokenizer, splits: Splits, out_dir
 def _weights_file_identity(folder: Path) -> tuple[int, int] | None:
     """The (device, inode) of a best folder's weights file: equal for folders that hard-link one
     file, which hold the same model (None where there is no single weights file)."""
-    from bertlab.checkpoint import WEIGHTS
     try:
         st = os.stat(folder / WEIGHTS)
     except OSError:
