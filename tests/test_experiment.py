@@ -485,6 +485,7 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         report = json.loads((sdir / "report.json").read_text())
         assert report["cv"]["folds"] == study.folds and not report["cv"]["left_out"]
         assert any(c.get("cv") and c["ci"] is not None for c in report["comparisons"])
+    _check_claims_rule_reads(sdir, name)
     if study.report.get("type_shares"):
         assert "## Predicted type shares against training shares" in md
         shares = json.loads((sdir / "report.json").read_text())["type_shares"]
@@ -492,6 +493,55 @@ def test_smoke_run_of_shipped_study(tmp_path, name):
         assert "Mean predicted probability against training share" in md
         assert json.loads((sdir / "report.json").read_text())["type_probabilities"]
         _check_rescore_reproduces_training(sdir, rows)
+
+
+def claims_rule():
+    """experiments/claims_rule.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims_rule", EXPERIMENTS / "claims_rule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_claims_rule_reads(sdir, name):
+    """Every claim experiments/claims_rule.py reads from study ``name`` names a family, levels and
+    cell that its report tests: a typo there would leave a claims row "not tested" forever."""
+    from bertlab.report.verdicts import Claim, verdict
+
+    rule = claims_rule()
+    claims = [c for tests in rule.ROWS.values() for study, c in tests if study == name]
+    if name == "imbalance_cv":
+        claims += [Claim("method", m, "ce", {"decode": "argmax"}, metric=metric)
+                   for m in rule.IMBALANCE_METHODS for metric in ("f1_tail", "f1_macro")]
+    for claim in claims:
+        v = verdict(sdir, claim)
+        assert v.record is not None and v.record["family"] == claim.family, (name, claim)
+        assert v.plateaued and v.category in ("supported", "not supported", "mixed", "inconclusive", "not tested")
+
+
+def test_claims_rule_joins_the_btl_row_and_reads_whether_the_paper_recipe_trains(tmp_path):
+    """experiments/claims_rule.py: btl_paper_sum trains when ATL's best dev macro F1 under argmax,
+    averaged over its runs, reaches 0.25; the BTL row is btl_cv's verdict, mixed when a training
+    btl_paper_sum says the opposite."""
+    from types import SimpleNamespace
+
+    rule = claims_rule()
+    rows = [{"axes": {"sampler.name": s}, "decode": d, "curve": {"dev_f1_macro": curve}}
+            for s, d, curve in [("atl", "argmax", [0.1, 0.3, None]), ("atl", "argmax", [0.2, 0.22]),
+                                ("atl", "knn", [0.9]), ("btl", "argmax", [0.9])]]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ok, value, n = rule.trains(tmp_path)
+    assert (ok, n) == (True, 2) and value == pytest.approx(0.26)
+    assert rule.trains(tmp_path, at=0.27)[0] is False
+    v = {c: SimpleNamespace(category=c) for c in ("supported", "not supported", "inconclusive")}
+    assert rule.btl_row(v["supported"], v["not supported"], True) == "mixed"
+    assert rule.btl_row(v["not supported"], v["supported"], True) == "mixed"
+    assert rule.btl_row(v["supported"], v["not supported"], False) == "supported"  # untrained: decides nothing
+    assert rule.btl_row(v["inconclusive"], v["supported"], True) == "inconclusive"
+    assert rule.btl_row(v["supported"], None, False) == "supported"
+    assert rule.btl_row(None, v["supported"], True) == "not tested"
 
 
 def _check_scores_against_seqeval(sdir, rows):

@@ -2342,3 +2342,147 @@ def test_a_family_within_names_levels_of_other_axes(within, message):
     study = {"axes": {"loss.name": ["ce", "focal"], "sampler.name": ["atl", "btl"]}, "decodes": ["argmax", "knn"]}
     with pytest.raises(ValueError, match=re.escape(message)):
         comparison_families(study, {"compare": {"loss": {"vary": "loss.name", "baseline": "ce", "within": within}}})
+
+
+# ---- verdicts: a claim's category by the rules fixed before the cross-validated tests ------------------
+
+def comparison(diff, p_holm, ci=None, metric="f1_macro"):
+    """A report.json comparison with only what a verdict reads."""
+    half = 0.01
+    return {"diff": diff, "p_holm": p_holm, "ci": ci or [diff - half, diff + half], "metric": metric}
+
+
+GAIN, LOSS, NOTHING, UNTESTED = (0.05, 0.001), (-0.05, 0.001), (0.01, 0.4), (0.0, math.nan)
+
+
+@pytest.mark.parametrize("record, others, target, expected", [
+    (GAIN, [], 0.04, "supported"),
+    (GAIN, [GAIN, NOTHING, UNTESTED], 0.04, "supported"),
+    (GAIN, [LOSS], 0.04, "mixed"),                    # a reading (decoder, secondary metric) establishes a loss
+    (LOSS, [], 0.04, "not supported"),
+    (LOSS, [NOTHING, LOSS], None, "not supported"),
+    (LOSS, [GAIN], 0.04, "mixed"),
+    (NOTHING, [], 0.04, "not supported"),            # interval [0, 0.02] ends below the target: ruled out
+    (NOTHING, [LOSS], 0.04, "not supported"),
+    (NOTHING, [GAIN], 0.04, "inconclusive"),          # ruled out on the record, yet a reading finds a gain
+    (NOTHING, [], 0.015, "inconclusive"),             # the interval reaches the target
+    (NOTHING, [], None, "inconclusive"),              # no target: nothing is ruled out
+    (NOTHING, [GAIN, LOSS], 0.015, "mixed"),
+    ((0.05, 0.05), [], None, "inconclusive"),          # Holm p equal to alpha is not below it
+    ((0.05, 0.0499), [], None, "supported"),
+    (UNTESTED, [GAIN], 0.04, "not tested"),
+])
+def test_categories_follow_the_rules_docs_experiments_fixed(record, others, target, expected):
+    from bertlab.report.verdicts import categorize
+
+    assert categorize(comparison(*record), [comparison(*o) for o in others], 0.05, target) == expected
+    assert categorize(None, [], 0.05, target) == "not tested"
+
+
+def test_categories_on_generated_readings_swap_when_the_claim_is_turned_around():
+    """On random readings: exactly the definitions' consequences. Turning the claim around (every
+    difference and interval negated) swaps an established gain for a loss: supported becomes not
+    supported, mixed stays mixed; readings that establish nothing never change the verdict."""
+    from bertlab.report.verdicts import CATEGORIES, categorize, established
+
+    rng = np.random.default_rng(0)
+
+    def draw():
+        diff = float(rng.normal(0, 0.05))
+        p = float(rng.choice([0.001, 0.03, 0.2, 0.8, math.nan]))
+        half = float(rng.uniform(0.005, 0.08))
+        return {"diff": diff, "p_holm": p, "ci": [diff - half, diff + half], "metric": "f1_macro"}
+
+    def turned(c):
+        return {**c, "diff": -c["diff"], "ci": [-c["ci"][1], -c["ci"][0]]}
+
+    seen = set()
+    for _ in range(3000):
+        record, others = draw(), [draw() for _ in range(int(rng.integers(0, 5)))]
+        alpha, target = float(rng.choice([0.05, 0.025])), float(rng.choice([0.02, 0.04]))
+        got = categorize(record, others, alpha, target)
+        seen.add(got)
+        assert got in CATEGORIES
+        signs = {established(c, alpha) for c in [record, *others]}
+        if got == "supported":
+            assert established(record, alpha) == 1 and -1 not in signs
+            assert categorize(turned(record), [turned(c) for c in others], alpha, target) == "not supported"
+        if got == "mixed":
+            assert signs >= {1, -1}
+            assert categorize(turned(record), [turned(c) for c in others], alpha, target) == "mixed"
+        if got == "not supported":
+            assert 1 not in signs and (established(record, alpha) == -1 or record["ci"][1] < target)
+        neutral = {**draw(), "p_holm": 0.9}
+        assert categorize(record, [*others, neutral], alpha, target) == got
+    assert seen == set(CATEGORIES)
+
+
+def test_a_verdict_reads_its_record_and_the_other_readings_of_the_same_models(study, tmp_path):
+    """On a built report: the comparison of record is report.json's own; the other readings are the
+    comparisons of the same two levels in the same cell (every field but the decode), on every
+    tested metric; the category follows from them; a record that two cells match is an error."""
+    from bertlab.report.verdicts import Claim, categorize, verdict
+
+    sdir = study[0]
+    comps = json.loads((sdir / "report.json").read_text())["comparisons"]
+    v = verdict(sdir, Claim("loss", "focal", "ce", {"decode": "knn"}, {"sampler": "btl"}, metric="f1_macro"))
+    assert v.record == next(c for c in comps if c["family"] == "loss" and c["metric"] == "f1_macro"
+                            and c["variant"] == "sampler=btl, loss=focal, decode=knn")
+    same_models = [c for c in comps if c["family"] == "loss" and c["variant"].startswith("sampler=btl, loss=focal")
+                   and c is not None]
+    assert len(same_models) == 6  # 2 decodes x 3 metrics
+    others = [c for c in same_models if (c["variant"], c["metric"]) != (v.record["variant"], "f1_macro")]
+    assert v.others == others
+    assert v.category == categorize(v.record, others, 0.05, None) == "supported"
+    assert v.alpha == 0.05 and v.target is None
+    assert len(v.gains) == sum(c["p_holm"] < 0.05 and c["diff"] > 0 for c in same_models) and not v.losses
+    assert v.sentence().startswith("focal over ce (loss, sampler=btl, decode=knn), f1_macro: supported: diff +")
+    # the cell named in the record instead of within: the same readings, none from sampler=atl's models
+    w = verdict(sdir, Claim("loss", "focal", "ce", {"decode": "knn", "sampler": "btl"}, metric="f1_macro"))
+    assert (w.record, w.others, w.gains, w.category) == (v.record, v.others, v.gains, v.category)
+    assert verdict(sdir, Claim("sampler", "btl", "atl", {"decode": "knn"}, {"loss": "ce"})).record["metric"] == \
+        "f1_micro"  # no primary declared: the first metric the study tests
+    assert verdict(sdir, Claim("sampler", "btl", "atl", {"decode": "knn"}, {"loss": "ce"}, "f1_macro")).category == \
+        "not supported"
+    assert verdict(sdir, Claim("loss", "dice", "ce", {"decode": "knn"}, {"sampler": "btl"})).category == "not tested"
+    with pytest.raises(ValueError, match=re.escape("matches 2 comparisons (sampler=atl, loss=focal, decode=knn; "
+                                                   "sampler=btl, loss=focal, decode=knn)")):
+        verdict(sdir, Claim("loss", "focal", "ce", record={"decode": "knn"}))
+    with pytest.raises(ValueError, match=re.escape("no comparison family 'method'; the study's are "
+                                                   "['sampler', 'loss', 'decode']")):
+        verdict(sdir, Claim("method", "focal", "ce"))
+    with pytest.raises(FileNotFoundError, match="report.json: not found; build the report first"):
+        verdict(tmp_path, Claim("loss", "focal", "ce"))
+
+
+def test_a_verdict_says_at_this_budget_when_an_arms_mean_dev_curve_has_not_plateaued(tmp_path):
+    """The plateau rule on the mean dev curve of the primary metric over an arm's runs (folds and
+    seeds), checked against the rule written out by hand on the runs' metrics.json histories."""
+    from bertlab.report.verdicts import Claim, verdict
+
+    sdir, _ = make_cv_study(tmp_path, report={"primary": "f1_macro", "target_difference": 0.04})
+    curves = {}
+    for metrics in sdir.glob("*/metrics.json"):
+        run = metrics.parent.name
+        s, k = run.split("__")[0].split("=")[1], int(run.split("__")[1].split("=")[1])
+        if s == "atl":  # each fold levels off at its own height from epoch 5 on
+            values = [min(0.2 + 0.05 * e, 0.45) + 0.002 * k for e in range(10)]
+        else:  # fold 0 is flat, folds 1 and 2 rise by 0.012 an epoch: the mean never levels off
+            values = [0.2 + (0.0 if k == 0 else 0.012) * e for e in range(10)]
+        curves.setdefault(s, []).append(values)
+        m = json.loads(metrics.read_text())
+        m["history"] = [{"epoch": e, "dev": {"argmax": {"f1_micro": v, "f1_macro": v}}} for e, v in enumerate(values)]
+        metrics.write_text(json.dumps(m))
+    write_results(sdir)
+    build_report(sdir)
+
+    def plateaued(values, delta=0.005, window=3):
+        return any(all(abs(values[e + j] - values[e]) < delta for j in range(1, window + 1))
+                   for e in range(len(values) - window))
+
+    expected = {f"sampler={s}, decode=argmax": plateaued(np.mean(c, axis=0)) for s, c in curves.items()}
+    assert expected == {"sampler=atl, decode=argmax": True, "sampler=btl, decode=argmax": False}
+    assert any(plateaued(c) for c in curves["btl"])  # one run alone would pass: the rule reads the mean
+    v = verdict(sdir, Claim("baseline", "btl", "atl", record={"decode": "argmax"}))
+    assert v.plateaued == expected and v.at_this_budget
+    assert " at this budget: " in v.sentence() and "no dev plateau by the last epoch: sampler=btl" in v.sentence()

@@ -13,6 +13,9 @@ options or while a study is still running). It computes once, then renders from 
   p-value and a table print); ``figures``: matplotlib figures from them (arrays, not files).
 * ``build``: ``build_report``, the one place that writes report.json, report.md and figures/.
 * ``cli``: ``bertlab report`` (``main``) and ``publish``.
+* ``verdicts``: a claim's category (supported / not supported / mixed / inconclusive) from a built
+  study folder, by the rules docs/experiments.md fixed before the cross-validated tests; it reads
+  report.json, it is no part of it.
 
 The package exports ``build_report``, its entry point from Python.
 
