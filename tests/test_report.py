@@ -2444,10 +2444,17 @@ def test_a_verdict_reads_its_record_and_the_other_readings_of_the_same_models(st
         "f1_micro"  # no primary declared: the first metric the study tests
     assert verdict(sdir, Claim("sampler", "btl", "atl", {"decode": "knn"}, {"loss": "ce"}, "f1_macro")).category == \
         "not supported"
-    assert verdict(sdir, Claim("loss", "dice", "ce", {"decode": "knn"}, {"sampler": "btl"})).category == "not tested"
     with pytest.raises(ValueError, match=re.escape("matches 2 comparisons (sampler=atl, loss=focal, decode=knn; "
                                                    "sampler=btl, loss=focal, decode=knn)")):
         verdict(sdir, Claim("loss", "focal", "ce", record={"decode": "knn"}))
+    for claim, says in [(Claim("loss", "focal", "ce", {"decoder": "knn"}, {"sampler": "btl"}),
+                         "no field 'decoder' in its comparisons; they have ['decode', 'loss', 'sampler']"),
+                        (Claim("loss", "focal", "ce", {"decode": "kNN"}, {"sampler": "btl"}),
+                         "decode=kNN is in none of its comparisons; decode is one of ['argmax', 'knn']"),
+                        (Claim("loss", "focall", "ce", {"decode": "knn"}, {"sampler": "btl"}),
+                         "no comparison has the level 'focall'")]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            verdict(sdir, claim)
     with pytest.raises(ValueError, match=re.escape("no comparison family 'method'; the study's are "
                                                    "['sampler', 'loss', 'decode']")):
         verdict(sdir, Claim("method", "focal", "ce"))
@@ -2486,3 +2493,18 @@ def test_a_verdict_says_at_this_budget_when_an_arms_mean_dev_curve_has_not_plate
     v = verdict(sdir, Claim("baseline", "btl", "atl", record={"decode": "argmax"}))
     assert v.plateaued == expected and v.at_this_budget
     assert " at this budget: " in v.sentence() and "no dev plateau by the last epoch: sampler=btl" in v.sentence()
+
+
+def test_a_verdict_of_a_study_still_running_is_not_tested(tmp_path):
+    """No variant pooled yet, so no comparison: the verdict is "not tested" (the names cannot be
+    checked against comparisons that do not exist yet), not an error and not "inconclusive"."""
+    from bertlab.report.verdicts import Claim, verdict
+
+    sdir, _ = make_cv_study(tmp_path, folds=3, seeds=(0,), report={"primary": "f1_macro", "target_difference": 0.04})
+    for run in sdir.glob("*__fold=[12]__*"):
+        shutil.rmtree(run)
+    write_results(sdir)
+    build_report(sdir)
+    v = verdict(sdir, Claim("baseline", "btl", "atl", record={"decode": "argmax"}))
+    assert (v.category, v.record, v.others) == ("not tested", None, [])
+    assert v.sentence() == "btl over atl (baseline, decode=argmax): not tested (the study has no such comparison yet)"

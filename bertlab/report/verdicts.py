@@ -113,11 +113,12 @@ def readings(comparisons: list[dict], claim: Claim, metric: str) -> tuple[dict |
     fields of ``record`` and ``within``, on ``metric``; None if the report has none yet) and the
     other readings of the same trained models: the comparisons of the same two levels whose labels
     agree with the record's in every field but the decode, on every tested metric. A record that
-    more than one comparison matches is an error naming the fields that differ."""
+    more than one comparison matches is an error naming the fields that differ; so is a field or
+    level that no comparison of the family has (a typo would otherwise read "not tested" forever)."""
+    family = [c for c in comparisons if c.get("family") == claim.family]
+    _check_names(family, claim)
     pair = []
-    for c in comparisons:
-        if c.get("family") != claim.family:
-            continue
+    for c in family:
         a, b = parse_label(c["variant"]), parse_label(c["baseline"])
         varied = [k for k in a if a.get(k) != b.get(k)]
         if len(varied) == 1 and (a[varied[0]], b[varied[0]]) == (claim.variant, claim.baseline) and \
@@ -136,6 +137,28 @@ def readings(comparisons: list[dict], claim: Claim, metric: str) -> tuple[dict |
     models = {k: v for k, v in parse_label(record["variant"]).items() if k != "decode"}
     others = [c for c, a in pair if c is not record and {k: v for k, v in a.items() if k != "decode"} == models]
     return record, others
+
+
+def _check_names(family: list[dict], claim: Claim) -> None:
+    """ValueError when the family has comparisons but none with a field of ``claim.record`` or
+    ``claim.within``, one of their values, or the claim's two levels."""
+    if not family:
+        return  # nothing tested yet (a study still running): nothing to check against
+    labels = [parse_label(c[side]) for c in family for side in ("variant", "baseline")]
+    values: dict = {}
+    for label in labels:
+        for k, v in label.items():
+            values.setdefault(k, set()).add(v)
+    where = f"claim {claim.variant} over {claim.baseline} in family {claim.family!r}"
+    for k, v in {**claim.within, **claim.record}.items():
+        if k not in values:
+            raise ValueError(f"{where}: no field {k!r} in its comparisons; they have {sorted(values)}")
+        if str(v) not in values[k]:
+            raise ValueError(f"{where}: {k}={v} is in none of its comparisons; {k} is one of {sorted(values[k])}")
+    levels = {v for vs in values.values() for v in vs}
+    for level in (claim.variant, claim.baseline):
+        if level not in levels:
+            raise ValueError(f"{where}: no comparison has the level {level!r}")
 
 
 def established(c: dict, alpha: float) -> int:
