@@ -13,7 +13,8 @@ gives one claim's category); this file adds what joins them into a row:
   (``btl_cv``), each its own verdict.
 * **imbalance row**: per method of ``imbalance_cv``, against CE under argmax: it *helps rare types*
   when its tail F1 difference is established above 0 (Holm p < 0.025, the study file's rule); its
-  macro F1 verdict is given beside it; the post-hoc logit adjustment is CE's decode against argmax.
+  macro F1 verdict is given beside it, and its cost to frequent types is read (head-band and micro
+  F1 against CE), not decided; the post-hoc logit adjustment is CE's decode against argmax.
 
 A study folder that is missing (not yet published) prints as such.
 
@@ -54,6 +55,26 @@ def trains(study_dir: Path, at: float = TRAINS_AT) -> tuple[bool, float, int]:
             best.append(max(v for v in row["curve"]["dev_f1_macro"] if v is not None))
     value = sum(best) / len(best) if best else math.nan
     return value >= at, value, len(best)
+
+
+def frequent_cost(study_dir: Path, method: str, baseline: str = "ce") -> str:
+    """What ``imbalance_cv``'s rule reads, without deciding, for a method's cost to frequent types:
+    its head-band F1 (types with >= 500 training mentions) and micro F1 against CE under argmax."""
+    report = json.loads((study_dir / "report.json").read_text(encoding="utf-8"))
+    label = f"setting={{}}, decode=argmax"
+    mine, base = (report["variants"].get(label.format(m)) for m in (method, baseline))
+    if not mine or not base:
+        return "not pooled yet"
+    head = mine["bands"]["head"]["f1"] - base["bands"]["head"]["f1"]
+    head_text = f"{head:+.4f} (untested)" if math.isfinite(head) else "none (no head-band type has test mentions)"
+    micro = next((c for c in report["comparisons"] if c["family"] == "method" and c["metric"] == "f1_micro"
+                  and c["variant"] == label.format(method)), None)
+    if micro and math.isfinite(micro.get("p_holm", math.nan)):
+        tested = f" (Holm p {micro['p_holm']:.3g})"
+    else:
+        tested = f" (not tested: {(micro or {}).get('excluded') or 'no test of record yet'})"
+    return (f"head-band F1 {head_text}, micro F1 {mine['f1_micro']['mean'] - base['f1_micro']['mean']:+.4f}"
+            f"{tested}")
 
 
 def btl_row(cv, paper, paper_trains: bool) -> str:
@@ -98,6 +119,7 @@ def main(results: Path) -> None:
         helps = tail.record is not None and tail.category != "not tested" and tail.record["diff"] > 0 and \
             tail.record["p_holm"] < tail.alpha
         print(f"  {method}: helps rare types: {'yes' if helps else 'no'}\n    {tail.sentence()}\n    {macro.sentence()}")
+        print(f"    cost to frequent types (read, not decided): {frequent_cost(results / 'imbalance_cv', method)}")
     for metric in ("f1_tail", "f1_macro"):
         print("  " + verdict(results / "imbalance_cv", Claim("posthoc", "logit_adjusted", "argmax", metric=metric)).sentence())
 

@@ -1,6 +1,7 @@
 """bertlab.study: study files, sweep expansion, errors, resume, and a smoke run of every
 shipped study (experiments/*.toml at scale smoke)."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -515,6 +516,9 @@ def _check_claims_rule_reads(sdir, name):
     if name == "imbalance_cv":
         claims += [Claim("method", m, "ce", {"decode": "argmax"}, metric=metric)
                    for m in rule.IMBALANCE_METHODS for metric in ("f1_tail", "f1_macro")]
+    if name == "imbalance_cv":
+        for m in rule.IMBALANCE_METHODS:
+            assert re.fullmatch(r"head-band F1 (.+), micro F1 [+-]\d\.\d{4} \((Holm p .+|not tested: .+)\)", rule.frequent_cost(sdir, m)), m
     for claim in claims:
         v = verdict(sdir, claim)
         assert v.record is not None and v.record["family"] == claim.family, (name, claim)
