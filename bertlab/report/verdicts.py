@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bertlab.report.compute import report_options
 from bertlab.report.rows import group_variants, load_study_results, variant_label
-from bertlab.report.training import curves_of, plateau_epoch, seed_mean_curve
+from bertlab.report.training import curve_key, curves_of, plateau_epoch, seed_mean_curve
 
 CATEGORIES = ("supported", "not supported", "mixed", "inconclusive", "not tested")
 
@@ -197,7 +197,7 @@ def dev_plateaus(study_dir: str | Path) -> dict:
     mean dev curve of the primary metric over its runs (every fold and seed)."""
     study, rows = load_study_results(study_dir)
     opts = report_options(study)
-    key = f"dev_{opts['primary']}" if opts.get("primary") else "dev_f1_micro"
+    key = curve_key(opts)
     spec = opts.get("plateau") or {}
     short = {**study.get("short_names", {}), "decode": "decode"}
     out = {}
