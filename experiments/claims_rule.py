@@ -27,7 +27,8 @@ import math
 import sys
 from pathlib import Path
 
-from bertlab.report.verdicts import Claim, verdict
+from bertlab.report.verdicts import Claim, established, verdict
+from bertlab.results import read_results
 
 TRAINS_AT = 0.25  # btl_paper_sum's criterion: half of btl_focal's AdamW ATL dev macro F1 (0.50-0.51)
 
@@ -48,11 +49,9 @@ IMBALANCE_METHODS = ("wce_effective", "focal", "logit_adjusted", "balanced_softm
 def trains(study_dir: Path, at: float = TRAINS_AT) -> tuple[bool, float, int]:
     """``(trains, value, runs)`` for ``btl_paper_sum``: the mean over ATL's runs of each run's best
     dev macro F1 under argmax (its learning curve's maximum), against ``at``."""
-    best = []
-    for line in (study_dir / "results.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row["axes"].get("sampler.name") == "atl" and row["decode"] == "argmax" and row.get("curve"):
-            best.append(max(v for v in row["curve"]["dev_f1_macro"] if v is not None))
+    best = [max(v for v in row["curve"]["dev_f1_macro"] if v is not None)
+            for row in read_results(study_dir / "results.jsonl")
+            if row["axes"].get("sampler.name") == "atl" and row["decode"] == "argmax" and row.get("curve")]
     value = sum(best) / len(best) if best else math.nan
     return value >= at, value, len(best)
 
@@ -61,14 +60,16 @@ def frequent_cost(study_dir: Path, method: str, baseline: str = "ce") -> str:
     """What ``imbalance_cv``'s rule reads, without deciding, for a method's cost to frequent types:
     its head-band F1 (types with >= 500 training mentions) and micro F1 against CE under argmax."""
     report = json.loads((study_dir / "report.json").read_text(encoding="utf-8"))
-    label = f"setting={{}}, decode=argmax"
-    mine, base = (report["variants"].get(label.format(m)) for m in (method, baseline))
+    def label(setting):
+        return f"setting={setting}, decode=argmax"
+
+    mine, base = report["variants"].get(label(method)), report["variants"].get(label(baseline))
     if not mine or not base:
         return "not pooled yet"
     head = mine["bands"]["head"]["f1"] - base["bands"]["head"]["f1"]
     head_text = f"{head:+.4f} (untested)" if math.isfinite(head) else "none (no head-band type has test mentions)"
     micro = next((c for c in report["comparisons"] if c["family"] == "method" and c["metric"] == "f1_micro"
-                  and c["variant"] == label.format(method)), None)
+                  and c["variant"] == label(method)), None)
     if micro and math.isfinite(micro.get("p_holm", math.nan)):
         tested = f" (Holm p {micro['p_holm']:.3g})"
     else:
@@ -116,8 +117,7 @@ def main(results: Path) -> None:
     for method in IMBALANCE_METHODS:
         tail = verdict(results / "imbalance_cv", Claim("method", method, "ce", {"decode": "argmax"}, metric="f1_tail"))
         macro = verdict(results / "imbalance_cv", Claim("method", method, "ce", {"decode": "argmax"}))
-        helps = tail.record is not None and tail.category != "not tested" and tail.record["diff"] > 0 and \
-            tail.record["p_holm"] < tail.alpha
+        helps = tail.record is not None and established(tail.record, tail.alpha) == 1
         print(f"  {method}: helps rare types: {'yes' if helps else 'no'}\n    {tail.sentence()}\n    {macro.sentence()}")
         print(f"    cost to frequent types (read, not decided): {frequent_cost(results / 'imbalance_cv', method)}")
     for metric in ("f1_tail", "f1_macro"):

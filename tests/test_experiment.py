@@ -532,9 +532,10 @@ def test_claims_rule_joins_the_btl_row_and_reads_whether_the_paper_recipe_trains
     from types import SimpleNamespace
 
     rule = claims_rule()
-    rows = [{"axes": {"sampler.name": s}, "decode": d, "curve": {"dev_f1_macro": curve}}
-            for s, d, curve in [("atl", "argmax", [0.1, 0.3, None]), ("atl", "argmax", [0.2, 0.22]),
-                                ("atl", "knn", [0.9]), ("btl", "argmax", [0.9])]]
+    rows = [{"run_id": f"sampler={s}__seed={i}", "axes": {"sampler.name": s}, "decode": d,
+             "curve": {"dev_f1_macro": curve}}
+            for i, (s, d, curve) in enumerate( [("atl", "argmax", [0.1, 0.3, None]), ("atl", "argmax", [0.2, 0.22]),
+                                ("atl", "knn", [0.9]), ("btl", "argmax", [0.9])])]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ok, value, n = rule.trains(tmp_path)
     assert (ok, n) == (True, 2) and value == pytest.approx(0.26)

@@ -195,7 +195,10 @@ def _describe(c: dict) -> str:
 def dev_plateaus(study_dir: str | Path) -> dict:
     """``{variant label: plateaued}`` of every variant with learning curves: the plateau rule on its
     mean dev curve of the primary metric over its runs (every fold and seed)."""
-    study, rows = load_study_results(study_dir)
+    return _plateaus(*load_study_results(study_dir))
+
+
+def _plateaus(study: dict, rows: list[dict]) -> dict:
     opts = report_options(study)
     key = curve_key(opts)
     spec = opts.get("plateau") or {}
@@ -218,7 +221,7 @@ def verdict(study_dir: str | Path, claim: Claim) -> Verdict:
     if not report_file.exists():
         raise FileNotFoundError(f"{report_file}: not found; build the report first (`bertlab report {study_dir}`)")
     report = json.loads(report_file.read_text(encoding="utf-8"))
-    study, _ = load_study_results(study_dir)
+    study, rows = load_study_results(study_dir)
     opts = report_options(study)
     families = [f["name"] for f in report.get("families", [])]
     if claim.family not in families:
@@ -229,7 +232,7 @@ def verdict(study_dir: str | Path, claim: Claim) -> Verdict:
     alpha, target = float(opts["alpha"]), opts.get("target_difference")
     category = categorize(record, others, alpha, target)
     signs = {id(c): established(c, alpha) for c in found}
-    plateaus = dev_plateaus(study_dir)
+    plateaus = _plateaus(study, rows)
     compared = [record["variant"], record["baseline"]] if record else []
     return Verdict(claim, category, record, others,
                    gains=[_describe(c) for c in found if signs[id(c)] == 1],
