@@ -60,9 +60,9 @@ def frequent_cost(study_dir: Path, method: str, baseline: str = "ce") -> str:
     """What ``imbalance_cv``'s rule reads, without deciding, for a method's cost to frequent types:
     its head-band F1 (types with >= 500 training mentions) and micro F1 against CE under argmax."""
     report = json.loads((study_dir / "report.json").read_text(encoding="utf-8"))
+
     def label(setting):
         return f"setting={setting}, decode=argmax"
-
     mine, base = report["variants"].get(label(method)), report["variants"].get(label(baseline))
     if not mine or not base:
         return "not pooled yet"

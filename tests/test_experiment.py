@@ -516,7 +516,6 @@ def _check_claims_rule_reads(sdir, name):
     if name == "imbalance_cv":
         claims += [Claim("method", m, "ce", {"decode": "argmax"}, metric=metric)
                    for m in rule.IMBALANCE_METHODS for metric in ("f1_tail", "f1_macro")]
-    if name == "imbalance_cv":
         for m in rule.IMBALANCE_METHODS:
             assert re.fullmatch(r"head-band F1 (.+), micro F1 [+-]\d\.\d{4} \((Holm p .+|not tested: .+)\)", rule.frequent_cost(sdir, m)), m
     for claim in claims:
