@@ -242,15 +242,63 @@ def test_attention_with_dropout_under_bf16_autocast_stays_bf16_and_matches_float
         assert rel(a, b) < 0.02
 
 
-def test_inference_fusions_under_bf16_autocast_match_the_composed_ops():
+def within_one_bf16_ulp(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Same dtype; every element equal to ``want`` or one of its bf16 neighbours (the two differ only
+    in the order of float32 sums before the one rounding), and almost all exactly equal."""
+    assert got.dtype == want.dtype
+    g, w = got.detach().float(), want.detach().float()
+    ulp = torch.where(w == 0, torch.full_like(w, 2.0 ** -133), w.abs() * 2.0 ** -7)  # >= one bf16 step
+    assert bool(((g - w).abs() <= ulp).all()), (g - w).abs().max()
+    assert (g != w).float().mean().item() < 0.02
+
+
+@pytest.mark.parametrize("case", ["linear", "attention_dropout"])
+def test_bf16_gemms_in_float32_on_cpus_without_bf16_equal_autocasts_own_kernels(monkeypatch, case):
+    """On CPUs whose oneDNN has no bf16 GEMM, bf16 autocast's GEMMs (forward and backward) run as
+    float32 GEMMs on bf16-rounded operands (linear; attention when training with dropout): forced here (``_ONEDNN_BF16`` False) and compared with
+    torch's own bf16 kernels (the ``bf16_gemm`` path off), outputs and every gradient."""
+    torch.manual_seed(0)
+    if case == "linear":
+        x, w, b = torch.randn(6, 40, 48), torch.randn(72, 48) / 7, torch.randn(72)
+        inputs, run = (x, w, b), (lambda x, w, b: ops.linear(x, w, b))
+    else:
+        q, k, v = (torch.randn(2, 3, 24, 16).bfloat16() for _ in range(3))  # as a bf16 linear gives them
+        keep = torch.ones(2, 24)
+        keep[1, 17:] = 0
+        bias = ((1 - keep) * torch.finfo(torch.float32).min)[:, None, None, :]
+        p = 0.2  # the explicit path: without dropout attention is SDPA's own bf16 kernel
+        inputs, run = (q, k, v), (lambda q, k, v: ops.attention(q, k, v, bias, dropout_p=p))
+    results = {}
+    for emulate in (True, False):
+        monkeypatch.setattr(ops, "_ONEDNN_BF16", False)
+        ops.use_fast_kernels(True, bf16_gemm=emulate)
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        torch.manual_seed(7)  # the same dropout mask for both
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = run(*leaves)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype)
+        results[emulate] = (y, *torch.autograd.grad(y, leaves, g))
+    assert results[True][0].dtype == torch.bfloat16
+    for got, want in zip(results[True], results[False]):
+        within_one_bf16_ulp(got, want)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_inference_fusions_under_bf16_autocast_match_the_composed_ops(monkeypatch, fused):
+    """With oneDNN bf16 (AVX-512 CPUs) the GELU and the residual add are post-ops of a bf16 GEMM;
+    on CPUs without it (AVX2 only, where that call raises) the same calls take autocast's composed
+    ops, whose residual sum autocast leaves in float32."""
+    if fused and not ops._ONEDNN_BF16:
+        pytest.skip("this CPU's oneDNN has no bf16 GEMM")
+    monkeypatch.setattr(ops, "_ONEDNN_BF16", fused)
     torch.manual_seed(0)
     x, w, b, r = torch.randn(2, 16, 64), torch.randn(96, 64) / 8, torch.randn(96), torch.randn(2, 16, 96)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = ops.linear_gelu(x, w, b), ops.linear_add(x, w, b, r)
+        fused_out = ops.linear_gelu(x, w, b), ops.linear_add(x, w, b, r)
     with torch.inference_mode():
         ref = F.gelu(F.linear(x, w, b)), F.linear(x, w, b) + r
-    for a, want in zip(fused, ref):
-        assert a.dtype == torch.bfloat16
+    for a, want, dtype in zip(fused_out, ref, (torch.bfloat16, torch.bfloat16 if fused else torch.float32)):
+        assert a.dtype == dtype
         assert ((a.float() - want).abs().max() / want.abs().max()).item() < 0.02  # bf16: 8-bit mantissa
 
 

@@ -86,6 +86,22 @@ def test_repairs_are_listed_and_untrained_dev_types_warned(tmp_path):
     assert len(warning) == 1 and "dev split" in warning[0], lines
 
 
+@pytest.mark.parametrize("hardware", [True, False])
+def test_bf16_on_a_cpu_without_bf16_arithmetic_trains_with_a_warning(tmp_path, monkeypatch, hardware):
+    """precision = 'bf16' on an AVX2-only CPU: torch emulates bf16 (many times slower than fp32) and
+    oneDNN's bf16 fusions are unavailable; the run still trains and scores, and says so up front
+    (cpu_has_bf16 reads /proc/cpuinfo, so both answers are forced here)."""
+    import bertlab.train.setup as setup
+
+    monkeypatch.setattr(setup, "cpu_has_bf16", lambda: hardware)
+    cfg = tiny_config(tmp_path / "data", train={"epochs": 1, "max_steps": 1, "precision": "bf16"})
+    lines: list[str] = []
+    metrics = train(load_config(cfg), tmp_path / "run", resume=False, log=lines.append)
+    assert metrics["precision"] == "bf16" and 0.0 <= metrics["test"]["argmax"]["entity_report"]["micro avg"]["f1-score"] <= 1.0
+    warned = [line for line in lines if line.startswith("warning: [train] precision = 'bf16' on a CPU without")]
+    assert len(warned) == (0 if hardware else 1), lines
+
+
 def test_keep_checkpoint_false_drops_it_and_the_run_stays_finished(tmp_path):
     """Each finished run kept its checkpoint.pt (optimizer state, 170-270 MB; issue #41, item 10).
     `[train] keep_checkpoint = false` deletes it when metrics.json is written; resuming the run

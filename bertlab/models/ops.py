@@ -11,6 +11,13 @@ What is here, and why (docs/performance.md has the measurements):
   slowest part of a training step after the GEMMs). Here the keep mask comes from the 16-bit
   lanes of 64-bit random words, so p is quantised to k/65536 (p = 0.1 -> 0.100006); the kept
   values are scaled by the exact 1/(1 - k/65536), so E[dropout(x)] = x still holds exactly.
+- bf16 on CPUs without bf16 GEMMs (``_ONEDNN_BF16`` False: AVX2-only CPUs such as AMD Zen 3):
+  ATen falls back to a scalar bf16 GEMM, ~8x slower than float32 there. Under bf16 autocast,
+  ``linear`` and ``attention``'s dropout path (forward and backward) then run float32 GEMMs on
+  the bf16-rounded operands and round each result to bf16: autocast's arithmetic (bf16 operands,
+  float32 accumulation, one rounding), at float32's speed; results differ from the native kernel
+  only by the order of the float32 sums (at most one bf16 unit in the last place, rarely). SDPA
+  keeps its own bf16 kernel (it rounds inside, so float32 on rounded inputs would differ more).
 - ``attention``: training with attention dropout, where ``F.scaled_dot_product_attention`` on CPU
   falls back to its math path (extra scaling passes, a "safe" softmax, float Bernoulli dropout);
   here: one scaled QKᵀ, softmax, the 16-bit keep mask, and the 1/(1-p) scale folded into V (a
@@ -21,7 +28,7 @@ Every fast path here is switchable, for studies that need the plain path::
 
     from bertlab.models import ops
     ops.use_fast_kernels(False)                    # all of them, globally
-    ops.use_fast_kernels(True, dropout=False)      # all but one ("gemm", "dropout", "inference_fusions")
+    ops.use_fast_kernels(True, dropout=False)      # all but one (names: PATHS)
     with ops.fast_kernels(False): ...              # for a block
 """
 from __future__ import annotations
@@ -34,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # each fast path by name; all on by default
-PATHS = ("gemm", "dropout", "inference_fusions")
+PATHS = ("gemm", "dropout", "inference_fusions", "bf16_gemm")
 # removed (docs/performance.md): "fused_qkv" (one [3H, H] GEMM for Q, K, V) bought under 3%
 # (train 1.01x, inference 0.96x in bench --only paths)
 _state = {name: True for name in PATHS}
@@ -83,6 +90,18 @@ def _onednn_linear_available() -> bool:
 _ONEDNN = _onednn_linear_available()
 
 
+def _onednn_bf16_available() -> bool:
+    # oneDNN's bf16 GEMM with post-ops needs AVX512BW/VL/DQ or AVX-NE-CONVERT; without them (e.g.
+    # AVX2-only CPUs) the call raises, so the bf16 fusions are left to autocast's composed ops there
+    try:
+        return _ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_BF16 = _onednn_bf16_available()
+
+
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     # y = x @ w.T + b through oneDNN; accepts strided (transposed) operands without copies
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
@@ -110,6 +129,24 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+def _emulates_bf16(x: torch.Tensor) -> bool:
+    """Whether a GEMM on ``x`` would run in bf16 (bf16 autocast, or a bf16 tensor) on a CPU whose
+    oneDNN has no bf16 GEMM, and the ``bf16_gemm`` path is on: there it runs in float32 on the
+    bf16-rounded operands instead (``_in_float32``)."""
+    if not _state["bf16_gemm"] or _ONEDNN_BF16 or x.device.type != "cpu":
+        return False
+    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def _in_float32(fn, *tensors: torch.Tensor | None) -> torch.Tensor:
+    """``fn`` of the tensors rounded to bf16, computed in float32 with autocast off, its result
+    rounded to bf16. Autograd goes through the casts, so each gradient is a float32 GEMM rounded
+    once to bf16 (then cast to its input's dtype), as autocast's bf16 backward computes it."""
+    with torch.autocast("cpu", enabled=False):
+        return fn(*(None if t is None else t.to(torch.bfloat16).float() for t in tensors)).to(torch.bfloat16)
+
+
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (_state["gemm"] and _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0
@@ -117,7 +154,10 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` with the oneDNN fast path for fp32 CPU tensors (any leading dims)."""
+    """``F.linear`` with the oneDNN fast path for fp32 CPU tensors (any leading dims), and bf16
+    autocast's GEMM in float32 on CPUs without bf16 GEMMs (``_emulates_bf16``)."""
+    if _emulates_bf16(x):
+        return _in_float32(linear, x, weight, bias)
     if not _use_onednn(x, weight):
         return F.linear(x, weight, bias)
     y = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
@@ -132,9 +172,10 @@ class Linear(nn.Linear):
 
 
 def _bf16_inference(x: torch.Tensor, *tensors) -> bool:
-    """Whether x goes through a GEMM under CPU bf16 autocast with no gradient wanted: there the
-    post-op fusions run on bf16 operands (oneDNN accumulates in float32 and rounds once)."""
-    return (_ONEDNN and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    """Whether x goes through a GEMM under CPU bf16 autocast with no gradient wanted, on a CPU whose
+    oneDNN does bf16: there the post-op fusions run on bf16 operands (oneDNN accumulates in float32
+    and rounds once)."""
+    return (_ONEDNN_BF16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not _needs_grad(x, *tensors))
 
 
@@ -253,10 +294,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     # here a half-precision q stays half: softmax takes bf16 in and gives bf16 out (float32 inside, one
     # rounding, the values autocast's cast would give), the 0/1 mask is exact in bf16
     with torch.autocast(q.device.type, enabled=False):
-        scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+        matmul = (lambda a, b: _in_float32(torch.matmul, a, b)) if _emulates_bf16(q) else torch.matmul
+        scores = matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
         if bias is not None:
             scores = scores + bias.to(scores.dtype)
         probs = scores.softmax(-1)
         mask, scale = keep_mask(probs.shape, dropout_p, probs.device, probs.dtype)
         # (P ⊙ mask / (1-p)) v = (P ⊙ mask) (v / (1-p)): the scale touches [T, d], not [T, T]
-        return torch.matmul(probs * mask, v * scale)
+        return matmul(probs * mask, v * scale)
