@@ -1927,6 +1927,48 @@ def doc_counts_of(sdir, row):
     return document_counts(sdir / row["predictions"])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_document_counts_of_a_whole_file_equal_the_sentence_by_sentence_reading(tmp_path, seed):
+    """``document_counts`` reads plain IOB2 files with arrays over all words; on generated files
+    (stray and mixed-type I- tags, hyphenated types, empty sentences, documents revisited) its
+    counts equal ``document_counts_by_sentence``, which reads each sentence with the seqeval-checked
+    ``metrics`` readers; tags outside plain IOB2 take the sentence-by-sentence path."""
+    from bertlab.report.counts import _document_counts_iob2, _read_predictions, document_counts, document_counts_by_sentence
+
+    rng = np.random.default_rng(seed)
+    tags = ["O", "B-a", "I-a", "B-b-c", "I-b-c", "B-D", "I-D"]
+    odd = ["B--x", "I-x-", "B-_", "I-_", "B-a-"]  # types the two conventions read differently, or "_"
+
+    def sentence(n, vocabulary):
+        p = np.array([6.0] + [1.0] * (len(vocabulary) - 1))
+        return [vocabulary[i] for i in rng.choice(len(vocabulary), size=n, p=p / p.sum())]
+
+    for variant in ("iob2", "odd"):
+        lines = []
+        for _ in range(int(rng.integers(1, 60))):
+            n = int(rng.integers(0, 12))
+            gold = sentence(n, tags)
+            pred = sentence(n, tags)
+            if rng.random() < 0.3:  # a prediction that copies gold but for one word: mostly equal entities
+                pred = list(gold)
+                if n:
+                    pred[int(rng.integers(n))] = tags[int(rng.integers(len(tags)))]
+            lines.append(json.dumps({"doc_id": f"d{int(rng.integers(5))}", "tags": gold, "pred": pred}))
+        if variant == "odd":  # one tag the arrays leave to the sentence-by-sentence reading
+            odd_tag = odd[seed % len(odd)]
+            lines.append(json.dumps({"doc_id": "d0", "tags": ["B-a", "O", "B-a"], "pred": ["B-a", odd_tag, "I-a"]}))
+        path = tmp_path / f"predictions_{variant}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        fast, reference = document_counts(path), document_counts_by_sentence(path)
+        takes_arrays = _document_counts_iob2(*_read_predictions(path)) is not None
+        assert takes_arrays == (variant == "iob2")
+        assert fast["docs"] == reference["docs"]
+        for key in ("entities", "tokens", "conventions"):
+            assert list(fast[key]) == list(reference[key]), key
+            for name, counts in fast[key].items():
+                assert counts.dtype == np.int64 and np.array_equal(counts, reference[key][name]), (key, name)
+
+
 def test_per_class_table_against_seqeval_with_intervals_and_the_supported_macro(study):
     """Per class: precision, recall and F1 are seqeval's (strict) seed means, support the gold test
     mentions, the F1 interval the seed × document t of the class's leave-one-document-out seqeval F1

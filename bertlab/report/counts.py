@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -25,16 +26,168 @@ from bertlab.metrics import conlleval_entities, invalid_transitions, overlap_mat
 from bertlab.report.rows import METRICS
 
 
+def document_counts(pred_file: str | os.PathLike) -> dict:
+    """Per-document counts of one prediction file (``predictions_<split>_<decode>.jsonl``).
+
+    Returns ``{"docs": [doc ids in order], "entities": {type: int [D, 3]}`` (true positives,
+    predicted, gold; strict IOB2 as seqeval's strict mode), ``"tokens": {label: int [D, 2]}``
+    (correct, gold) for the unweighted accuracy, and ``"conventions": {name: int [D, k]}``: the
+    other scoring conventions, summed over types — ``conlleval`` and ``lenient`` (tp, predicted,
+    gold; ``metrics.conlleval_entities``, ``metrics.lenient_counts``), ``tokens`` (correct tags,
+    tags), ``invalid`` (invalid IOB2 transitions the predictions make, predicted ``I-`` tags;
+    ``metrics.invalid_transitions``)}``.
+
+    Computed on the whole file at once with arrays (``_iob2_runs``) when every tag is ``O`` or
+    ``B-``/``I-`` and a type and every sentence has one prediction per gold tag, as bertlab writes
+    them; otherwise sentence by sentence (``document_counts_by_sentence``). Both give the same
+    counts (tests/test_report.py checks it on generated files)."""
+    sentences = _read_predictions(pred_file)
+    fast = _document_counts_iob2(*sentences)
+    return fast if fast is not None else document_counts_by_sentence(pred_file)
+
+
+def _read_predictions(pred_file) -> tuple[dict, list, list, list]:
+    """``(doc index by id in first-seen order, each sentence's doc index, gold tags, predicted tags)``."""
+    docs: dict[str, int] = {}
+    sentence_doc, gold, pred = [], [], []
+    with open(pred_file, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            s = json.loads(line)
+            sentence_doc.append(docs.setdefault(s["doc_id"], len(docs)))
+            gold.append(s["tags"] if "tags" in s else s["gold"])
+            pred.append(s["pred"])
+    return docs, sentence_doc, gold, pred
+
+
+def _iob2_runs(ids: np.ndarray, starts: np.ndarray, kind_of: np.ndarray, type_of: np.ndarray,
+               strict: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The entities of tag ids laid end to end (``starts`` True at each sentence's first word), as
+    ``(first word, last word)`` arrays, from each tag's kind (0 = O, 1 = B, 2 = I) and type index.
+    A run is a non-O word and the ``I-`` words of its type that follow it in its sentence; strict
+    IOB2 (seqeval strict) keeps the runs that open with ``B-``, conlleval every run: for plain IOB2
+    tags this is ``metrics.strict_entities`` and ``metrics.conlleval_entities``."""
+    kind, typ = kind_of[ids], type_of[ids]
+    n = len(ids)
+    cont = np.zeros(n, dtype=bool)
+    cont[1:] = (kind[1:] == 2) & (kind[:-1] > 0) & (typ[1:] == typ[:-1]) & ~starts[1:]
+    first = np.flatnonzero(~cont)
+    last = np.append(first[1:] - 1, n - 1) if n else first
+    keep = kind[first] == 1 if strict else kind[first] > 0
+    return first[keep], last[keep]
+
+
+def _document_counts_iob2(docs: dict, sentence_doc: list, gold: list, pred: list) -> dict | None:
+    """``document_counts`` with arrays over all words of the file; None when a tag is not plain
+    IOB2 (``O``, ``B-<type>``, ``I-<type>``) or a sentence's prediction and gold lengths differ."""
+    lengths = np.fromiter(map(len, gold), dtype=np.int64, count=len(gold))
+    if not np.array_equal(lengths, np.fromiter(map(len, pred), dtype=np.int64, count=len(pred))):
+        return None
+    N = int(lengths.sum())
+    tags = list(dict.fromkeys(itertools.chain(itertools.chain.from_iterable(gold), itertools.chain.from_iterable(pred))))
+    # strict reads a type as tag[1:].strip("-"), conlleval as what follows the first "-": equal here
+    if not all(t == "O" or (isinstance(t, str) and t[:1] in ("B", "I") and t[1:2] == "-"
+                            and t[1:].strip("-") == t[2:] not in ("", "_")) for t in tags):
+        return None
+    vocabulary = {t: i for i, t in enumerate(tags)}
+    g, p = (np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(side)), dtype=np.int64, count=N)
+            for side in (gold, pred))
+    types = sorted({t[2:] for t in tags if t != "O"})
+    type_of = np.asarray([types.index(t[2:]) if t != "O" else -1 for t in tags], dtype=np.int64)
+    kind_of = np.asarray([{"O": 0, "B": 1, "I": 2}[t[0]] for t in tags], dtype=np.int64)
+    D, T = len(docs), max(len(types), 1)
+    word_doc = np.repeat(np.asarray(sentence_doc, dtype=np.int64), lengths)
+    word_sentence = np.repeat(np.arange(len(gold)), lengths)
+    starts = np.zeros(N, dtype=bool)
+    starts[(np.cumsum(lengths) - lengths)[lengths > 0]] = True
+
+    def per_doc(words, classes=None, size=1):  # how many of ``words`` each document has [D, 1], or per class [D, size]
+        index = word_doc[words] if classes is None else word_doc[words] * size + classes
+        return np.bincount(index, minlength=D * size).reshape(D, size).astype(np.int64)
+
+    entities = {}
+    for side, ids in (("gold", g), ("pred", p)):
+        for strict in (True, False):
+            first, last = _iob2_runs(ids, starts, kind_of, type_of, strict)
+            entities[side, strict] = first, last, type_of[ids[first]], (first * N + last) * T + type_of[ids[first]]
+    # strict entities per document and type: (tp, predicted, gold)
+    (gf, gl, gt, gk), (pf, pl, pt, pk) = entities["gold", True], entities["pred", True]
+    matched = np.isin(pk, gk, assume_unique=True)
+    by_type = np.stack([per_doc(pf[matched], classes=pt[matched], size=T), per_doc(pf, classes=pt, size=T),
+                        per_doc(gf, classes=gt, size=T)], axis=-1)
+    present = sorted(set(gt.tolist()) | set(pt.tolist()))
+    conventions = {}
+    lf, _, _, lk = entities["gold", False]
+    qf, _, _, qk = entities["pred", False]
+    loose_matched = np.isin(qk, lk, assume_unique=True)
+    conventions["conlleval"] = np.concatenate([per_doc(qf[loose_matched]), per_doc(qf), per_doc(lf)], axis=1)
+    lenient = _lenient_matches((gf, gl, gt), (pf, pl, pt), word_sentence, matched, len(gold))
+    lenient_by_doc = np.bincount(np.asarray(sentence_doc, dtype=np.int64), lenient, minlength=D)
+    conventions["lenient"] = np.concatenate([lenient_by_doc.astype(np.int64)[:, None], per_doc(pf), per_doc(gf)], axis=1)
+    words = np.arange(N)
+    zeros = np.zeros((D, 1), dtype=np.int64)
+    correct = g == p
+    conventions["tokens"] = np.concatenate([per_doc(words[correct]), per_doc(words), zeros], axis=1)
+    pk_kind, pk_type = kind_of[p], type_of[p]
+    after = np.ones(N, dtype=bool)  # the previous word is O, another type, or the sentence starts
+    after[1:] = (kind_of[p[:-1]] == 0) | (type_of[p[:-1]] != pk_type[1:])
+    after |= starts
+    inside = pk_kind == 2
+    conventions["invalid"] = np.concatenate([per_doc(words[inside & after]), per_doc(words[inside]), zeros], axis=1)
+    labels = sorted({tags[i] for i in np.unique(g).tolist()})
+    label_index = np.asarray([labels.index(t) if t in labels else -1 for t in tags], dtype=np.int64)
+    L = max(len(labels), 1)
+    tokens = np.stack([per_doc(words[correct], classes=label_index[g[correct]], size=L),
+                       per_doc(words, classes=label_index[g], size=L)], axis=-1)
+    return {"docs": list(docs), "entities": {types[t]: np.ascontiguousarray(by_type[:, t]) for t in present},
+            "tokens": {l: np.ascontiguousarray(tokens[:, i]) for i, l in enumerate(labels)},
+            "conventions": conventions}
+
+
+def _lenient_matches(gold, pred, word_sentence: np.ndarray, matched: np.ndarray, n_sentences: int) -> np.ndarray:
+    """Per sentence, ``metrics.overlap_matches`` of its strict gold and predicted entities
+    (``(first word, last word, type)`` arrays in word order; ``matched`` flags the predicted ones
+    equal to a gold one). Entities of one side never overlap, so a predicted entity equal to a
+    gold one overlaps nothing else and is in every largest matching: only the sentences with an
+    unmatched entity on both sides need the pairing, which is ``overlap_matches``' greedy walk
+    from the left within each (sentence, type), run over all of them in one pass."""
+    g_sentence, p_sentence = word_sentence[gold[0]], word_sentence[pred[0]]
+    out = np.bincount(p_sentence[matched], minlength=n_sentences)
+    pairing = (np.bincount(p_sentence, minlength=n_sentences) > out) & (np.bincount(g_sentence, minlength=n_sentences) > out)
+    sides, n_types = [], int(max(gold[2].max(initial=0), pred[2].max(initial=0))) + 1
+    for (first, last, typ), sentence in ((gold, g_sentence), (pred, p_sentence)):
+        keep = pairing[sentence]
+        group = sentence[keep] * n_types + typ[keep]  # one (sentence, type)
+        order = np.lexsort((first[keep], group))
+        sides.append((group[order].tolist(), first[keep][order].tolist(), (last[keep][order] + 1).tolist(),
+                      sentence[keep][order].tolist()))
+    (gg, ga, gb, _), (pg, pa, pb, ps) = sides
+    out[pairing] = 0
+    i = j = 0
+    while i < len(pg) and j < len(gg):
+        if pg[i] != gg[j]:  # different (sentence, type): move the one behind
+            i, j = (i + 1, j) if pg[i] < gg[j] else (i, j + 1)
+        elif pa[i] < gb[j] and ga[j] < pb[i]:  # overlap
+            out[ps[i]] += 1
+            i, j = i + 1, j + 1
+        elif pb[i] <= gb[j]:  # the predicted entity ends first: it can meet no later gold one
+            i += 1
+        else:
+            j += 1
+    return out
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def _sentence_entities(tags: tuple) -> tuple[frozenset, frozenset]:
     """The strict IOB2 and the conlleval entities of one tag sequence. Memoised: the gold sentences
-    of a study's test set repeat in every run's prediction file (and all-O predictions everywhere),
-    and reading the entities is most of the time of ``document_counts``."""
+    of a study's test set repeat in every run's prediction file (and all-O predictions everywhere)."""
     return frozenset(strict_entities(tags)), frozenset(conlleval_entities(tags))
 
 
-def document_counts(pred_file: str | os.PathLike) -> dict:
-    """Per-document counts of one prediction file (``predictions_<split>_<decode>.jsonl``).
+def document_counts_by_sentence(pred_file: str | os.PathLike) -> dict:
+    """``document_counts`` one sentence at a time, from ``metrics``' entity readers: for tag sets
+    outside plain IOB2 (and, in the tests, the reference the array version must equal).
 
     Returns ``{"docs": [doc ids in order], "entities": {type: int [D, 3]}`` (true positives,
     predicted, gold; strict IOB2 as seqeval's strict mode), ``"tokens": {label: int [D, 2]}``
