@@ -186,16 +186,8 @@ def _sentence_entities(tags: tuple) -> tuple[frozenset, frozenset]:
 
 
 def document_counts_by_sentence(pred_file: str | os.PathLike) -> dict:
-    """``document_counts`` one sentence at a time, from ``metrics``' entity readers: for tag sets
-    outside plain IOB2 (and, in the tests, the reference the array version must equal).
-
-    Returns ``{"docs": [doc ids in order], "entities": {type: int [D, 3]}`` (true positives,
-    predicted, gold; strict IOB2 as seqeval's strict mode), ``"tokens": {label: int [D, 2]}``
-    (correct, gold) for the unweighted accuracy, and ``"conventions": {name: int [D, k]}``: the
-    other scoring conventions, summed over types — ``conlleval`` and ``lenient`` (tp, predicted,
-    gold; ``metrics.conlleval_entities``, ``metrics.lenient_counts``), ``tokens`` (correct tags,
-    tags), ``invalid`` (invalid IOB2 transitions the predictions make, predicted ``I-`` tags;
-    ``metrics.invalid_transitions``)}``."""
+    """``document_counts`` (same return value) one sentence at a time, from ``metrics``' entity
+    readers: for tag sets outside plain IOB2, and in the tests the reference the arrays must equal."""
     docs: dict[str, int] = {}
     ent: dict[str, list] = defaultdict(list)
     tok: dict[str, list] = defaultdict(list)
