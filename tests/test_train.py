@@ -23,6 +23,7 @@ import torch
 
 from bertlab.config import ConfigError, TrainConfig, config_to_dict, load_config
 from bertlab.losses.objective import build_objective, step_loss
+from bertlab.models import ops
 from bertlab.train import NonFiniteLossError, train
 from bertlab.train.cli import main
 from bertlab.train.setup import lr_factor
@@ -88,9 +89,10 @@ def test_repairs_are_listed_and_untrained_dev_types_warned(tmp_path):
 
 @pytest.mark.parametrize("hardware", [True, False])
 def test_bf16_on_a_cpu_without_bf16_arithmetic_trains_with_a_warning(tmp_path, monkeypatch, hardware):
-    """precision = 'bf16' on an AVX2-only CPU: torch emulates bf16 (many times slower than fp32) and
-    oneDNN's bf16 fusions are unavailable; the run still trains and scores, and says so up front
-    (cpu_has_bf16 reads /proc/cpuinfo, so both answers are forced here)."""
+    """precision = 'bf16' on a CPU without bf16 arithmetic: bf16 is emulated in float32 (no faster
+    than fp32) and, on AVX2-only CPUs, oneDNN's bf16 fusions are unavailable; the run still trains
+    and scores, and says so up front, naming the emulator (cpu_has_bf16 reads /proc/cpuinfo, so
+    both answers are forced here)."""
     import bertlab.train.setup as setup
 
     monkeypatch.setattr(setup, "cpu_has_bf16", lambda: hardware)
@@ -100,6 +102,8 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_trains_with_a_warning(tmp_path, m
     assert metrics["precision"] == "bf16" and 0.0 <= metrics["test"]["argmax"]["entity_report"]["micro avg"]["f1-score"] <= 1.0
     warned = [line for line in lines if line.startswith("warning: [train] precision = 'bf16' on a CPU without")]
     assert len(warned) == (0 if hardware else 1), lines
+    # who emulates: oneDNN on AVX-512 CPUs, bertlab's float32 GEMMs on AVX2-only ones
+    assert all(f"(by {'oneDNN' if ops.onednn_bf16() else 'bertlab.models.ops'})" in line for line in warned)
 
 
 def test_keep_checkpoint_false_drops_it_and_the_run_stays_finished(tmp_path):

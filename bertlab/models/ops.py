@@ -102,6 +102,12 @@ def _onednn_bf16_available() -> bool:
 _ONEDNN_BF16 = _onednn_bf16_available()
 
 
+def onednn_bf16() -> bool:
+    """Whether this CPU's oneDNN runs bf16 GEMMs (natively with AVX512-BF16/AMX, by its own
+    emulation on other AVX-512 CPUs); False where ``linear`` emulates them (``_emulates_bf16``)."""
+    return _ONEDNN_BF16
+
+
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     # y = x @ w.T + b through oneDNN; accepts strided (transposed) operands without copies
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")

@@ -70,7 +70,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU does bf16 arithmetic in hardware: the ``avx512_bf16`` or ``amx_bf16`` flag
     of /proc/cpuinfo (Linux; elsewhere False, so "auto" stays fp32). ``cpuinfo``: the file's text,
-    for tests. Without these instructions oneDNN emulates bf16 and autocast is slower than fp32."""
+    for tests. Without these instructions bf16 is emulated in float32 (by oneDNN on AVX-512 CPUs,
+    by ``bertlab.models.ops`` on AVX2-only ones) and is no faster than fp32."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")

@@ -24,6 +24,7 @@ from bertlab.inference import check_window
 from bertlab.losses.config import loss_table
 from bertlab.losses.objective import Objective, build_objective
 from bertlab.losses.token import TokenLoss
+from bertlab.models import ops
 from bertlab.sampling import RESAMPLING_FILE, format_resampling_table, resampling_table
 from bertlab.train.runtime import (Dist, autocast_for, barrier, cpu_has_bf16, pick_device, resolve_precision,
                                    share_gradients)
@@ -342,8 +343,9 @@ def prepare(cfg: TrainConfig, out_dir: Path, resume: bool, log, d: Dist, loss_fn
 
     precision = resolve_precision(cfg.train.precision, device)
     if ckpt is None and precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        by = "oneDNN" if ops.onednn_bf16() else "bertlab.models.ops"
         log("warning: [train] precision = 'bf16' on a CPU without bf16 arithmetic (no avx512_bf16 or amx_bf16 "
-            "flag): bf16 is emulated (bertlab.models.ops), no faster than fp32; precision = 'auto' picks fp32 here")
+            f"flag): bf16 is emulated in float32 (by {by}), no faster than fp32; precision = 'auto' picks fp32 here")
     # fp16 only: scale the loss so small gradients survive the half-precision backward (a no-op otherwise)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if ckpt is not None and "scaler" in ckpt:
