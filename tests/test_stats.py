@@ -373,6 +373,60 @@ def test_permutation_test_paired_sums_of_a_mean_is_the_sign_flip_test():
                                                                n_resamples=resamples)  # seeded
 
 
+def _paired_sums_null_by_brute_force(a, b, statistic, n_resamples, seed):
+    """Every permutation's statistic the plain way: each swap pattern's sums built unit by unit."""
+    n = len(a)
+    swaps = (np.random.default_rng(seed).random((n_resamples, n)) < 0.5)
+    return np.array([np.asarray(statistic(np.where(s[:, None], b.reshape(n, -1), a.reshape(n, -1)).sum(0)
+                                                    .reshape(1, *a.shape[1:]),
+                                           np.where(s[:, None], a.reshape(n, -1), b.reshape(n, -1)).sum(0)
+                                                    .reshape(1, *a.shape[1:]))).reshape(-1)[0] for s in swaps])
+
+
+@pytest.mark.parametrize("case", ["counts", "large counts", "fractions"])
+def test_permutation_test_paired_sums_null_is_the_brute_force_null_to_the_bit(case):
+    """The null distribution is the product of the swap patterns with only the units and columns
+    where the systems differ, in float32 when that is exact (integer sums below 2^24): the null and
+    so the p-value must equal, to the bit, the statistic of every pattern's sums built unit by unit
+    in float64. Generated cases with units and columns on which both systems agree, counts too large
+    for float32 (~2^23 a unit), and non-integer data (float64 throughout, equal to rounding)."""
+    rng = np.random.default_rng(21)
+    for trial in range(6):
+        n, k = int(rng.integers(3, 40)), int(rng.integers(1, 6))
+        a = rng.integers(0, 9, (n, 2, k, 3)).astype(float)
+        b = a.copy()
+        differ = rng.random(n) < 0.5
+        b[differ] = rng.integers(0, 9, (int(differ.sum()), 2, k, 3))
+        if case == "large counts":  # differences of ~2^23 with the low bit set: float32 cannot sum them
+            a, b = a * 2 ** 23, b * 2 ** 23 + differ[:, None, None, None]
+        elif case == "fractions":
+            a, b = a / 7, b / 3
+        b[:, :, 0] = a[:, :, 0]  # a type both systems count the same on every unit
+
+        def stat(sa, sb):
+            return (sums_f1(*np.moveaxis(sa, -1, 0)) - sums_f1(*np.moveaxis(sb, -1, 0))).mean((-1, -2))
+
+        captured = {}
+
+        def recording(sa, sb):
+            value = stat(sa, sb)
+            if len(sa) > 1:
+                captured.setdefault("null", []).append(value)
+            return value
+
+        got = stats.permutation_test_paired_sums(a, b, recording, n_resamples=999, seed=trial, batch=300)
+        ref = _paired_sums_null_by_brute_force(a, b, stat, 999, trial)
+        null = np.concatenate(captured["null"])
+        if case == "fractions":  # float sums in another order: equal to rounding
+            np.testing.assert_allclose(null, ref, rtol=1e-12, atol=1e-15)
+        else:
+            np.testing.assert_array_equal(null, ref)
+        observed = float(stat(a.sum(0)[None], b.sum(0)[None])[0])
+        tol = 100 * np.finfo(float).eps * abs(observed)
+        less, greater = ((ref <= observed + tol).sum() + 1) / 1000, ((ref >= observed - tol).sum() + 1) / 1000
+        assert got.pvalue == pytest.approx(min(1.0, 2 * min(less, greater)), abs=1e-12)
+
+
 def doc_f1(x, w):
     """statistic(x [S, D, 3], w [B, D]) -> [B, S]: micro F1 of every run on each resample."""
     tp, fp, fn = np.moveaxis(np.einsum("bd,sdk->bsk", w, x), -1, 0)
