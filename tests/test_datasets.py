@@ -232,6 +232,22 @@ def test_maccrobat_split_file_is_stable_and_used():
         make_split(ids, (160, 20, 19))
 
 
+@pytest.mark.parametrize("name", ["maccrobat", "ncbi_disease"])
+def test_load_of_the_first_documents_equals_the_subset_and_every_call_is_a_fresh_copy(name):
+    """``load(name, split, max_documents=N)`` unpickles only N documents of the split parsed once per
+    process: the same corpus as ``load(name, split).subset(N)`` (notes of the whole split), and no
+    two calls share an object, so a caller that edits its copy changes no one else's."""
+    for split in ("train", "dev", "test"):
+        whole = load(name, split)
+        for n in (0, 1, 3, len(whole.documents) + 5):
+            assert load(name, split, max_documents=n) == whole.subset(n), (split, n)
+        tag, first = whole.documents[0].sentences[0].tags[0], load(name, split, max_documents=2)
+        first.documents[0].sentences[0].tags[0] = "edited"
+        first.notes["edited"] = True
+        again = load(name, split)
+        assert again.documents[0].sentences[0].tags[0] == tag != "edited" and "edited" not in again.notes
+
+
 # ----------------------------------------------------------------------------------- CoNLL reader
 def test_conll_reader_documents_schemes_and_round_trip(tmp_path):
     path = tmp_path / "mine.txt"

@@ -77,8 +77,8 @@ def load_splits(cfg: DataConfig) -> Splits:
             return read_corpus(path, split, name, cfg.scheme, cfg.repair) if path else None
         train, dev, test = read(cfg.train_file, "train"), read(cfg.dev_file, "dev"), read(cfg.test_file, "test")
         types = set().union(*(corpus_types(c) for c in (train, dev, test) if c is not None))
-    else:
-        train, dev, test = (load(cfg.name, split) for split in ("train", "dev", "test"))
+    else:  # the first max_documents of each split are all that either cut below keeps
+        train, dev, test = (load(cfg.name, split, cfg.max_documents or None) for split in ("train", "dev", "test"))
         types = entity_types(cfg.name)
     if cfg.folds:
         train, dev, test = cross_validation_corpora(cfg, [c for c in (train, dev, test) if c is not None])
