@@ -249,7 +249,7 @@ from _train_script import Sleep
 from bertlab.study import run_experiment
 if __name__ == "__main__":
     run_experiment("tiny", out={out!r}, experiments_dir={d!r}, only=["seed=0"], workers=2, threads=1,
-                   callbacks=[Sleep(20.0)], report=False, progress=lambda line: print(line, flush=True))
+                   callbacks=[Sleep(60.0)], report=False, progress=lambda line: print(line, flush=True))
 """
 
 
@@ -275,16 +275,17 @@ def test_workers_die_with_a_killed_study_and_a_rerun_finishes_it(tiny, tmp_path)
     while sum(line.endswith(": training\n") for line in lines) < 2 and parent.poll() is None:
         assert time.time() < deadline, lines
         time.sleep(0.2)
-    assert parent.poll() is None, lines  # both workers are mid-run (3 steps of 20 s each)
+    assert parent.poll() is None, lines  # both workers are mid-run (3 steps of 60 s each)
     # "[w0] pid 123: ..." when a worker starts (other lines may name a pid too: a lost claim race
     # prints "[w1] [1/2] RUN: being trained by HOST pid 123, skipped")
     workers = [int(m.group(1)) for m in (re.match(r"\[w\d+\] pid (\d+):", line) for line in lines) if m]
     assert len(workers) == 2
     parent.kill()
     parent.wait()
-    # each step sleeps 20 s: an orphan would live at least to the end of its step, a worker that dies
-    # with its parent is gone in seconds (up to 5 s niced beside a training study: hence not 5 s)
-    deadline = time.time() + 15
+    # each step sleeps 60 s: an orphan would live at least to the end of its first step, ~60 s from
+    # now; a worker that dies with its parent is gone in seconds, but up to ~20 s on 2 cores loaded
+    # by a training study and a parallel test suite (a 15 s bound beside a 20 s step failed there)
+    deadline = time.time() + 45
     while any(_pid_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_pid_alive(pid) for pid in workers), "the workers outlived the study process"
