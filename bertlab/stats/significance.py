@@ -341,21 +341,20 @@ def permutation_test_paired_sums(a, b, statistic: Callable, n_resamples: int = 9
         swaps = _all_sign_flips(n) < 0
     else:
         swaps = np.random.default_rng(seed).random((n_resamples, n)) < 0.5
-    # only units and columns where the systems differ move anything: the product is taken over those
-    # alone, and in float32 when every partial sum is an integer below 2^24 (exact either way, so the
-    # null distribution is the same to the bit as the full float64 product's)
+    # only units and columns where the systems differ move anything, so the product is taken over
+    # those alone; for counts (integer sums below 2^24) in float32, exact, so the null is the same to
+    # the bit as a float64 brute force's; other data in float64
     rows, cols = np.flatnonzero((delta != 0).any(1)), np.flatnonzero((delta != 0).any(0))
     part = delta[np.ix_(rows, cols)]
-    exact_f32 = bool(np.all(part == np.round(part))) and (np.abs(part).sum(0, initial=0.0) < 2 ** 24).all()
-    part = part.astype(np.float32 if exact_f32 else np.float64)
+    if np.all(part == np.round(part)) and np.all(np.abs(part).sum(0) < 2 ** 24):
+        part = part.astype(np.float32)
     null = np.empty(len(swaps))
-    moved = np.zeros((min(batch, len(swaps)), delta.shape[1]))
     for start in range(0, len(swaps), batch):
         flags = swaps[start:start + batch, rows]
-        moved = moved[:len(flags)]
+        moved = np.zeros((len(flags), delta.shape[1]))
         moved[:, cols] = flags.astype(part.dtype) @ part
-        m = moved.reshape(-1, *rest)
-        null[start:start + batch] = np.asarray(statistic(total_a + m, total_b - m)).reshape(-1)
+        moved = moved.reshape(-1, *rest)
+        null[start:start + batch] = np.asarray(statistic(total_a + moved, total_b - moved)).reshape(-1)
     return TestResult(observed, _null_pvalue(observed, null, alternative, exact))
 
 
